@@ -1,0 +1,920 @@
+/* Llama forward pass on the CPU.
+ *
+ * Threading: ap_ctx_create sets OpenBLAS to one thread for the whole process
+ * (openblas_set_num_threads(1)) and the ctx runs its own pool of n_threads - 1
+ * workers plus the calling thread. Every parallel step is a set of tiles the
+ * threads take from an atomic counter: projections by output neurons (one
+ * single-threaded sgemm/sgemv per tile of W rows), attention by query head
+ * (by GQA group when decoding). Tile boundaries depend only on the shapes
+ * and n_threads, so results do not depend on timing. Mixing BLAS's own pool
+ * with ours would oversubscribe two cores and serialize concurrent threaded
+ * sgemms (stack-notes 9).
+ *
+ * Memory: weights live as float32; per ctx the KV cache
+ * [n_layer][n_ctx][n_head_kv*head_dim] for K and for V, activations for one
+ * micro-batch of UBATCH tokens, and per thread one [ATTN_CHUNK x n_ctx] score
+ * block. Long prompts run as successive micro-batches, so nothing grows
+ * quadratically with the prompt. */
+#include "capture/model.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/attention.h"
+#include "kernels/matmul.h"
+#include "kernels/quant.h"
+#include "kernels/rmsnorm.h"
+#include "kernels/rope.h"
+#include "kernels/swiglu.h"
+
+/* Tokens per micro-batch: large enough that sgemm runs near peak, small
+ * enough that activations stay a few MB. */
+#define UBATCH 512
+/* Query rows per attention score block. */
+#define ATTN_CHUNK 128
+/* Pause iterations a worker spins before sleeping: covers the few serial
+ * microseconds between two parallel steps of a decode token. */
+#define POOL_SPIN 4000
+
+/* Sanity limits on hyperparameters, so size arithmetic cannot overflow. */
+#define MAX_DIM (1 << 20)
+#define MAX_LAYERS 4096
+
+typedef struct {
+    float *attn_norm; /* [n_embd] */
+    float *wqkv;      /* [(n_head + 2 n_head_kv) hd][n_embd]: q rows, k rows, v rows */
+    float *wo;        /* [n_embd][n_head hd] */
+    float *ffn_norm;  /* [n_embd] */
+    float *wgu;       /* [2 n_ff][n_embd]: gate rows then up rows */
+    float *wdown;     /* [n_embd][n_ff] */
+} layer_w;
+
+struct ap_model {
+    ap_hparams hp;
+    float *tok_embd; /* [n_vocab][n_embd] */
+    float *out_norm; /* [n_embd] */
+    float *output;   /* [n_vocab][n_embd]; == tok_embd when tied (not owned twice) */
+    layer_w *layers;
+};
+
+/* ------------------------------------------------------------------ load */
+
+static ap_status get_int_opt(const ap_gguf *g, const char *key, int64_t def, int64_t *out,
+                             ap_err *err) {
+    if (ap_gguf_find_key(g, key) < 0) {
+        *out = def;
+        return AP_OK;
+    }
+    return ap_gguf_get_int(g, key, out, err);
+}
+
+static ap_status get_float_opt(const ap_gguf *g, const char *key, double def, double *out,
+                               ap_err *err) {
+    if (ap_gguf_find_key(g, key) < 0) {
+        *out = def;
+        return AP_OK;
+    }
+    return ap_gguf_get_float(g, key, out, err);
+}
+
+static ap_status check_range(const char *key, int64_t v, int64_t lo, int64_t hi, int *out,
+                             ap_err *err) {
+    if (v < lo || v > hi)
+        return ap_errf(err, AP_ERR_FORMAT, "metadata %s = %lld is outside [%lld, %lld]", key,
+                       (long long)v, (long long)lo, (long long)hi);
+    *out = (int)v;
+    return AP_OK;
+}
+
+static ap_status read_hparams(const ap_gguf *g, ap_hparams *hp, ap_err *err) {
+    ap_status st;
+    const char *s;
+    size_t len;
+    int64_t v;
+    double d;
+    char key[128];
+
+    memset(hp, 0, sizeof *hp);
+    if ((st = ap_gguf_get_str(g, "general.architecture", &s, &len, err))) return st;
+    if (len != 5 || memcmp(s, "llama", 5) != 0)
+        return ap_errf(err, AP_ERR_UNSUPPORTED,
+                       "architecture '%.*s' is not supported (only llama)",
+                       (int)(len > 64 ? 64 : len), s);
+    memcpy(hp->arch, "llama", 6);
+    if (ap_gguf_find_key(g, "general.name") >= 0 &&
+        ap_gguf_get_str(g, "general.name", &s, &len, NULL) == AP_OK) {
+        if (len >= sizeof hp->name) len = sizeof hp->name - 1;
+        memcpy(hp->name, s, len);
+        hp->name[len] = '\0';
+    }
+
+#define KEY(suffix) (snprintf(key, sizeof key, "llama.%s", suffix), key)
+#define REQ_INT(suffix, lo, hi, field)                                                         \
+    do {                                                                                       \
+        if ((st = ap_gguf_get_int(g, KEY(suffix), &v, err))) return st;                        \
+        if ((st = check_range(key, v, lo, hi, &hp->field, err))) return st;                    \
+    } while (0)
+
+    REQ_INT("context_length", 1, 1 << 24, n_ctx_train);
+    REQ_INT("embedding_length", 1, MAX_DIM, n_embd);
+    REQ_INT("block_count", 1, MAX_LAYERS, n_layer);
+    REQ_INT("feed_forward_length", 1, MAX_DIM, n_ff);
+    REQ_INT("attention.head_count", 1, 4096, n_head);
+    if ((st = get_int_opt(g, KEY("attention.head_count_kv"), hp->n_head, &v, err))) return st;
+    if ((st = check_range(key, v, 1, hp->n_head, &hp->n_head_kv, err))) return st;
+    if (hp->n_head % hp->n_head_kv != 0)
+        return ap_errf(err, AP_ERR_FORMAT,
+                       "attention.head_count %d is not a multiple of head_count_kv %d",
+                       hp->n_head, hp->n_head_kv);
+#undef REQ_INT
+
+    /* head_dim: n_embd / n_head unless the file says otherwise. */
+    int64_t hd = hp->n_embd % hp->n_head == 0 ? hp->n_embd / hp->n_head : 0;
+    int64_t rot = -1, klen = -1, vlen = -1;
+    if ((st = get_int_opt(g, KEY("attention.key_length"), -1, &klen, err))) return st;
+    if ((st = get_int_opt(g, KEY("attention.value_length"), -1, &vlen, err))) return st;
+    if ((st = get_int_opt(g, KEY("rope.dimension_count"), -1, &rot, err))) return st;
+    if (klen > 0) hd = klen;
+    else if (rot > 0) hd = rot;
+    if (hd <= 0)
+        return ap_errf(err, AP_ERR_FORMAT,
+                       "head_dim unknown: embedding_length %d is not a multiple of head_count %d "
+                       "and neither rope.dimension_count nor attention.key_length is set",
+                       hp->n_embd, hp->n_head);
+    if (rot > 0 && rot != hd)
+        return ap_errf(err, AP_ERR_UNSUPPORTED,
+                       "partial rotary embedding (rope.dimension_count %lld, head_dim %lld) is "
+                       "not supported",
+                       (long long)rot, (long long)hd);
+    if (vlen > 0 && vlen != hd)
+        return ap_errf(err, AP_ERR_UNSUPPORTED,
+                       "attention.value_length %lld differs from key_length %lld",
+                       (long long)vlen, (long long)hd);
+    if ((st = check_range("head_dim", hd, 2, 4096, &hp->head_dim, err))) return st;
+    if (hp->head_dim % 2)
+        return ap_errf(err, AP_ERR_FORMAT, "head_dim %d is odd: RoPE needs pairs", hp->head_dim);
+
+    if ((st = get_float_opt(g, KEY("rope.freq_base"), 10000.0, &d, err))) return st;
+    if (!(d > 0.0 && isfinite(d)))
+        return ap_errf(err, AP_ERR_FORMAT, "metadata %s = %g is not a positive number", key, d);
+    hp->rope_base = (float)d;
+    if ((st = ap_gguf_get_float(g, KEY("attention.layer_norm_rms_epsilon"), &d, err))) return st;
+    if (!(d > 0.0 && isfinite(d)))
+        return ap_errf(err, AP_ERR_FORMAT, "metadata %s = %g is not a positive number", key, d);
+    hp->rms_eps = (float)d;
+
+    if (ap_gguf_find_key(g, KEY("rope.scaling.type")) >= 0) {
+        if ((st = ap_gguf_get_str(g, key, &s, &len, err))) return st;
+        if (!(len == 0 || (len == 4 && memcmp(s, "none", 4) == 0)))
+            return ap_errf(err, AP_ERR_UNSUPPORTED, "rope scaling '%.*s' is not supported",
+                           (int)(len > 64 ? 64 : len), s);
+    }
+    if ((st = get_float_opt(g, KEY("rope.scaling.factor"), 1.0, &d, err))) return st;
+    if (d != 1.0 && d != 0.0)
+        return ap_errf(err, AP_ERR_UNSUPPORTED, "rope scaling factor %g is not supported", d);
+    if (ap_gguf_find_tensor(g, "rope_freqs.weight"))
+        return ap_errf(err, AP_ERR_UNSUPPORTED,
+                       "tensor 'rope_freqs.weight' (llama3 rope scaling) is not supported");
+
+    /* Vocabulary size: the embedding matrix decides; llama.vocab_size, when
+     * present, must agree. */
+    const ap_gguf_tensor *te = ap_gguf_find_tensor(g, "token_embd.weight");
+    if (!te) return ap_errf(err, AP_ERR_FORMAT, "missing tensor 'token_embd.weight'");
+    if ((st = check_range("token_embd.weight ne[1] (n_vocab)", te->ne[1], 1, 1 << 24,
+                          &hp->n_vocab, err)))
+        return st;
+    if ((st = get_int_opt(g, KEY("vocab_size"), hp->n_vocab, &v, err))) return st;
+    if (v != hp->n_vocab)
+        return ap_errf(err, AP_ERR_FORMAT,
+                       "llama.vocab_size %lld differs from token_embd.weight rows %d",
+                       (long long)v, hp->n_vocab);
+#undef KEY
+    hp->tied_output = ap_gguf_find_tensor(g, "output.weight") == NULL;
+    return AP_OK;
+}
+
+/* Dequantize tensor `name` of expected shape [ne0, ne1] (ne1 = 1 for a
+ * vector) into dst, row by row. */
+static ap_status load_tensor(const ap_gguf *g, const char *name, int n_dims, int64_t ne0,
+                             int64_t ne1, float *dst, ap_err *err) {
+    const ap_gguf_tensor *t = ap_gguf_find_tensor(g, name);
+    if (!t) return ap_errf(err, AP_ERR_FORMAT, "missing tensor '%s'", name);
+    if (t->ne[0] != ne0 || t->ne[1] != ne1 || t->ne[2] != 1 || t->ne[3] != 1) {
+        if (n_dims == 1)
+            return ap_errf(err, AP_ERR_FORMAT,
+                           "tensor '%s' has shape [%lld, %lld, %lld, %lld], expected [%lld]", name,
+                           (long long)t->ne[0], (long long)t->ne[1], (long long)t->ne[2],
+                           (long long)t->ne[3], (long long)ne0);
+        return ap_errf(err, AP_ERR_FORMAT,
+                       "tensor '%s' has shape [%lld, %lld, %lld, %lld], expected [%lld, %lld]",
+                       name, (long long)t->ne[0], (long long)t->ne[1], (long long)t->ne[2],
+                       (long long)t->ne[3], (long long)ne0, (long long)ne1);
+    }
+    const ap_ggml_traits *tr = ap_ggml_type_traits((uint32_t)t->type);
+    if (!tr || !tr->dequant_ok)
+        return ap_errf(err, AP_ERR_UNSUPPORTED, "tensor '%s' has type %s (%d), which is not supported",
+                       name, tr && tr->name ? tr->name : "unknown", (int)t->type);
+    size_t row = ap_ggml_row_size((uint32_t)t->type, ne0);
+    if (row == 0 || t->nbytes / row < (size_t)ne1)
+        return ap_errf(err, AP_ERR_FORMAT, "tensor '%s': %zu bytes cannot hold %lld rows of %lld %s",
+                       name, t->nbytes, (long long)ne1, (long long)ne0, tr->name);
+    const uint8_t *src = t->data;
+    for (int64_t r = 0; r < ne1; r++) {
+        float *d = dst + (size_t)r * (size_t)ne0;
+        ap_status st = ap_dequant_row(t->type, src + (size_t)r * row, d, ne0, err);
+        if (st) {
+            char pre[160];
+            snprintf(pre, sizeof pre, "tensor '%s'", name);
+            return ap_err_prefix(err, pre);
+        }
+        /* One NaN weight silently poisons every logit; name it here instead. */
+        for (int64_t i = 0; i < ne0; i++)
+            if (!isfinite(d[i]))
+                return ap_errf(err, AP_ERR_NUMERIC,
+                               "tensor '%s' has a non-finite value at row %lld, column %lld", name,
+                               (long long)r, (long long)i);
+    }
+    return AP_OK;
+}
+
+static float *alloc_floats(size_t n) { return malloc((n ? n : 1) * sizeof(float)); }
+
+void ap_model_free(ap_model *m) {
+    if (!m) return;
+    if (m->layers) {
+        for (int l = 0; l < m->hp.n_layer; l++) {
+            layer_w *w = &m->layers[l];
+            free(w->attn_norm);
+            free(w->wqkv);
+            free(w->wo);
+            free(w->ffn_norm);
+            free(w->wgu);
+            free(w->wdown);
+        }
+        free(m->layers);
+    }
+    if (m->output != m->tok_embd) free(m->output);
+    free(m->tok_embd);
+    free(m->out_norm);
+    free(m);
+}
+
+ap_status ap_model_load(const ap_gguf *g, ap_model **out, ap_err *err) {
+    ap_status st = AP_OK;
+    ap_model *m = NULL;
+    char name[96];
+    *out = NULL;
+
+    m = calloc(1, sizeof *m);
+    if (!m) {
+        st = ap_errf(err, AP_ERR_NOMEM, "out of memory for the model");
+        goto cleanup;
+    }
+    if ((st = read_hparams(g, &m->hp, err))) goto cleanup;
+    const ap_hparams *hp = &m->hp;
+    const size_t E = (size_t)hp->n_embd, hd = (size_t)hp->head_dim;
+    const size_t qd = (size_t)hp->n_head * hd, kvd = (size_t)hp->n_head_kv * hd;
+    const size_t F = (size_t)hp->n_ff, V = (size_t)hp->n_vocab;
+
+    m->tok_embd = alloc_floats(V * E);
+    m->out_norm = alloc_floats(E);
+    m->layers = calloc((size_t)hp->n_layer, sizeof *m->layers);
+    if (!m->tok_embd || !m->out_norm || !m->layers) {
+        st = ap_errf(err, AP_ERR_NOMEM, "out of memory for %zu x %zu embeddings", V, E);
+        goto cleanup;
+    }
+    if ((st = load_tensor(g, "token_embd.weight", 2, (int64_t)E, (int64_t)V, m->tok_embd, err)))
+        goto cleanup;
+    if ((st = load_tensor(g, "output_norm.weight", 1, (int64_t)E, 1, m->out_norm, err)))
+        goto cleanup;
+    if (hp->tied_output) {
+        m->output = m->tok_embd;
+    } else {
+        m->output = alloc_floats(V * E);
+        if (!m->output) {
+            st = ap_errf(err, AP_ERR_NOMEM, "out of memory for output.weight");
+            goto cleanup;
+        }
+        if ((st = load_tensor(g, "output.weight", 2, (int64_t)E, (int64_t)V, m->output, err)))
+            goto cleanup;
+    }
+
+    for (int l = 0; l < hp->n_layer; l++) {
+        layer_w *w = &m->layers[l];
+        w->attn_norm = alloc_floats(E);
+        w->wqkv = alloc_floats((qd + 2 * kvd) * E);
+        w->wo = alloc_floats(E * qd);
+        w->ffn_norm = alloc_floats(E);
+        w->wgu = alloc_floats(2 * F * E);
+        w->wdown = alloc_floats(E * F);
+        if (!w->attn_norm || !w->wqkv || !w->wo || !w->ffn_norm || !w->wgu || !w->wdown) {
+            st = ap_errf(err, AP_ERR_NOMEM, "out of memory for layer %d", l);
+            goto cleanup;
+        }
+#define LOAD(suffix, nd, ne0, ne1, dst)                                                        \
+    do {                                                                                       \
+        snprintf(name, sizeof name, "blk.%d.%s", l, suffix);                                   \
+        if ((st = load_tensor(g, name, nd, (int64_t)(ne0), (int64_t)(ne1), dst, err)))         \
+            goto cleanup;                                                                      \
+    } while (0)
+        LOAD("attn_norm.weight", 1, E, 1, w->attn_norm);
+        LOAD("attn_q.weight", 2, E, qd, w->wqkv);
+        LOAD("attn_k.weight", 2, E, kvd, w->wqkv + qd * E);
+        LOAD("attn_v.weight", 2, E, kvd, w->wqkv + (qd + kvd) * E);
+        LOAD("attn_output.weight", 2, qd, E, w->wo);
+        LOAD("ffn_norm.weight", 1, E, 1, w->ffn_norm);
+        LOAD("ffn_gate.weight", 2, E, F, w->wgu);
+        LOAD("ffn_up.weight", 2, E, F, w->wgu + F * E);
+        LOAD("ffn_down.weight", 2, F, E, w->wdown);
+#undef LOAD
+    }
+    *out = m;
+    m = NULL;
+
+cleanup:
+    if (st != AP_OK) ap_err_prefix(err, ap_gguf_path(g));
+    ap_model_free(m);
+    return st;
+}
+
+const ap_hparams *ap_model_hparams(const ap_model *m) { return &m->hp; }
+
+/* ------------------------------------------------------------ thread pool */
+
+/* A job is a set of tiles that any subset of the threads can finish: each
+ * job function takes tiles from an atomic counter until none are left. The
+ * caller works on the job too and does not wait for a worker that has not
+ * entered it yet, so a worker the OS has not scheduled (another process, or
+ * the capture's HDF5 writer, holding the second core) costs nothing instead
+ * of stalling every step. ith identifies the thread (its scratch). */
+typedef void (*job_fn)(void *arg, int ith);
+
+typedef struct ap_ctx_pool {
+    int n_workers; /* threads besides the caller */
+    int n_started;
+    pthread_t *threads;
+    pthread_mutex_t mu;
+    pthread_cond_t cv_job, cv_done;
+    atomic_uint gen;    /* bumped once per job; idle workers wait for a change */
+    atomic_int closed;  /* the current job admits no more workers */
+    atomic_int entered; /* workers inside the current job */
+    atomic_int quit;
+    job_fn fn;
+    void *arg;
+} pool_t;
+
+typedef struct {
+    pool_t *p;
+    int ith;
+} worker_arg;
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+static void *worker_main(void *varg) {
+    worker_arg *wa = varg;
+    pool_t *p = wa->p;
+    const int ith = wa->ith;
+    unsigned seen = 0;
+    for (;;) {
+        unsigned g = atomic_load(&p->gen);
+        for (int i = 0; g == seen && i < POOL_SPIN; i++) {
+            cpu_relax();
+            g = atomic_load(&p->gen);
+        }
+        if (g == seen) {
+            pthread_mutex_lock(&p->mu);
+            while ((g = atomic_load(&p->gen)) == seen && !atomic_load(&p->quit))
+                pthread_cond_wait(&p->cv_job, &p->mu);
+            pthread_mutex_unlock(&p->mu);
+        }
+        if (atomic_load(&p->quit)) break;
+        seen = g;
+        /* Enter, then check the job is still open (both seq_cst): either
+         * the caller sees us and waits, or we see it closed and never touch
+         * fn/arg, which may already belong to the next job. */
+        atomic_fetch_add(&p->entered, 1);
+        if (!atomic_load(&p->closed)) p->fn(p->arg, ith);
+        if (atomic_fetch_sub(&p->entered, 1) == 1 && atomic_load(&p->closed)) {
+            pthread_mutex_lock(&p->mu);
+            pthread_cond_signal(&p->cv_done);
+            pthread_mutex_unlock(&p->mu);
+        }
+    }
+    return NULL;
+}
+
+static void pool_run(pool_t *p, job_fn fn, void *arg) {
+    if (p->n_workers == 0) {
+        fn(arg, 0);
+        return;
+    }
+    pthread_mutex_lock(&p->mu);
+    p->fn = fn;
+    p->arg = arg;
+    atomic_store(&p->closed, 0);
+    atomic_fetch_add(&p->gen, 1);
+    pthread_cond_broadcast(&p->cv_job);
+    pthread_mutex_unlock(&p->mu);
+    fn(arg, 0);
+    /* No tiles left: close the job, then wait only for workers inside it. */
+    atomic_store(&p->closed, 1);
+    for (int i = 0; atomic_load(&p->entered) > 0 && i < POOL_SPIN; i++) cpu_relax();
+    if (atomic_load(&p->entered) > 0) {
+        pthread_mutex_lock(&p->mu);
+        while (atomic_load(&p->entered) > 0) pthread_cond_wait(&p->cv_done, &p->mu);
+        pthread_mutex_unlock(&p->mu);
+    }
+}
+
+static void pool_destroy(pool_t *p) {
+    if (!p) return;
+    if (p->n_started > 0) {
+        pthread_mutex_lock(&p->mu);
+        atomic_store(&p->quit, 1);
+        atomic_fetch_add(&p->gen, 1);
+        pthread_cond_broadcast(&p->cv_job);
+        pthread_mutex_unlock(&p->mu);
+        for (int i = 0; i < p->n_started; i++) pthread_join(p->threads[i], NULL);
+    }
+    pthread_cond_destroy(&p->cv_job);
+    pthread_cond_destroy(&p->cv_done);
+    pthread_mutex_destroy(&p->mu);
+    free(p->threads);
+    free(p);
+}
+
+/* ------------------------------------------------------------------- ctx */
+
+struct ap_ctx {
+    const ap_model *m;
+    int n_ctx, n_past, n_threads, ubatch;
+    size_t qkv_dim, kv_dim;
+    float *kcache, *vcache; /* [n_layer][n_ctx][kv_dim] */
+    float *rope_cs;         /* [n_ctx][head_dim] */
+    float *x, *xn, *qkv, *att, *gu; /* micro-batch activations */
+    float *attn_scratch;    /* [n_threads][ATTN_CHUNK * n_ctx] */
+    size_t attn_scratch_per_thread;
+    double *colsum;         /* [n_layer][n_head][n_ctx], allocated on first use */
+    float *colsum_f;        /* [n_ctx] */
+    pool_t *pool;
+    worker_arg *wargs;
+};
+
+static ap_status pool_create(ap_ctx *c, int n_workers, ap_err *err) {
+    pool_t *p = calloc(1, sizeof *p);
+    if (!p) return ap_errf(err, AP_ERR_NOMEM, "out of memory for the thread pool");
+    c->pool = p;
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->cv_job, NULL);
+    pthread_cond_init(&p->cv_done, NULL);
+    atomic_init(&p->gen, 0);
+    atomic_init(&p->closed, 1);
+    atomic_init(&p->entered, 0);
+    atomic_init(&p->quit, 0);
+    p->n_workers = n_workers;
+    if (n_workers == 0) return AP_OK;
+    p->threads = calloc((size_t)n_workers, sizeof *p->threads);
+    c->wargs = calloc((size_t)n_workers, sizeof *c->wargs);
+    if (!p->threads || !c->wargs) return ap_errf(err, AP_ERR_NOMEM, "out of memory for threads");
+    for (int i = 0; i < n_workers; i++) {
+        c->wargs[i].p = p;
+        c->wargs[i].ith = i + 1;
+        int rc = pthread_create(&p->threads[i], NULL, worker_main, &c->wargs[i]);
+        if (rc != 0) {
+            /* The workers already running are told to quit by
+             * pool_destroy; n_started says how many. */
+            return ap_errf(err, AP_ERR_INTERNAL, "pthread_create failed for worker %d of %d", i + 1,
+                           n_workers);
+        }
+        p->n_started = i + 1;
+    }
+    return AP_OK;
+}
+
+void ap_ctx_free(ap_ctx *c) {
+    if (!c) return;
+    pool_destroy(c->pool);
+    free(c->wargs);
+    free(c->kcache);
+    free(c->vcache);
+    free(c->rope_cs);
+    free(c->x);
+    free(c->xn);
+    free(c->qkv);
+    free(c->att);
+    free(c->gu);
+    free(c->attn_scratch);
+    free(c->colsum);
+    free(c->colsum_f);
+    free(c);
+}
+
+ap_status ap_ctx_create(const ap_model *m, int n_ctx, int n_threads, ap_ctx **out, ap_err *err) {
+    ap_status st = AP_OK;
+    ap_ctx *c = NULL;
+    *out = NULL;
+    const ap_hparams *hp = &m->hp;
+    if (n_ctx < 1 || n_ctx > hp->n_ctx_train) {
+        st = ap_errf(err, AP_ERR_RANGE, "context length %d is outside [1, %d] (llama.context_length)",
+                     n_ctx, hp->n_ctx_train);
+        goto cleanup;
+    }
+    if (n_threads < 1 || n_threads > 256) {
+        st = ap_errf(err, AP_ERR_ARG, "thread count %d is outside [1, 256]", n_threads);
+        goto cleanup;
+    }
+    c = calloc(1, sizeof *c);
+    if (!c) {
+        st = ap_errf(err, AP_ERR_NOMEM, "out of memory for the context");
+        goto cleanup;
+    }
+    c->m = m;
+    c->n_ctx = n_ctx;
+    c->n_threads = n_threads;
+    c->ubatch = n_ctx < UBATCH ? n_ctx : UBATCH;
+    const size_t E = (size_t)hp->n_embd, hd = (size_t)hp->head_dim, U = (size_t)c->ubatch;
+    c->kv_dim = (size_t)hp->n_head_kv * hd;
+    c->qkv_dim = (size_t)hp->n_head * hd + 2 * c->kv_dim;
+    const size_t cache = (size_t)hp->n_layer * (size_t)n_ctx * c->kv_dim;
+    int chunk = c->ubatch < ATTN_CHUNK ? c->ubatch : ATTN_CHUNK;
+    c->attn_scratch_per_thread =
+        ap_attn_scratch_floats(chunk, hp->n_head / hp->n_head_kv, n_ctx);
+
+    c->kcache = alloc_floats(cache);
+    c->vcache = alloc_floats(cache);
+    c->rope_cs = alloc_floats((size_t)n_ctx * hd);
+    c->x = alloc_floats(U * E);
+    c->xn = alloc_floats(U * E);
+    c->qkv = alloc_floats(U * c->qkv_dim);
+    c->att = alloc_floats(U * (size_t)hp->n_head * hd);
+    c->gu = alloc_floats(U * 2 * (size_t)hp->n_ff);
+    c->attn_scratch = alloc_floats((size_t)n_threads * c->attn_scratch_per_thread);
+    c->colsum_f = alloc_floats((size_t)n_ctx);
+    if (!c->kcache || !c->vcache || !c->rope_cs || !c->x || !c->xn || !c->qkv || !c->att ||
+        !c->gu || !c->attn_scratch || !c->colsum_f) {
+        st = ap_errf(err, AP_ERR_NOMEM, "out of memory for a %d-token context (KV cache %zu MiB)",
+                     n_ctx, 2 * cache * sizeof(float) >> 20);
+        goto cleanup;
+    }
+    ap_rope_table(c->rope_cs, 0, n_ctx, hp->head_dim, hp->rope_base);
+    /* Process-wide, hence here and only here: see the note at the top. */
+    openblas_set_num_threads(1);
+    if ((st = pool_create(c, n_threads - 1, err))) goto cleanup;
+    *out = c;
+    c = NULL;
+
+cleanup:
+    ap_ctx_free(c);
+    return st;
+}
+
+void ap_ctx_reset(ap_ctx *c) { c->n_past = 0; }
+int ap_ctx_n_past(const ap_ctx *c) { return c->n_past; }
+int ap_ctx_n_ctx(const ap_ctx *c) { return c->n_ctx; }
+
+/* ------------------------------------------------------- parallel steps */
+
+/* Output neurons per tile: about three tiles per thread, so a late or
+ * absent thread's share is picked up by the others, in multiples of 16
+ * (whole cache lines of results). */
+static int tile_width(int n, int n_threads) {
+    int w = (n + 3 * n_threads - 1) / (3 * n_threads);
+    w = (w + 15) / 16 * 16;
+    return w < 32 ? 32 : w;
+}
+
+typedef struct {
+    float *y;
+    size_t ldy;
+    const float *x;
+    size_t ldx;
+    const float *w;
+    int T, n_in, n_out, accumulate, tile;
+    atomic_int next;
+} mm_job;
+
+static void mm_run(void *arg, int ith) {
+    mm_job *j = arg;
+    (void)ith;
+    for (;;) {
+        int a = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed) * j->tile;
+        if (a >= j->n_out) break;
+        int b = a + j->tile < j->n_out ? a + j->tile : j->n_out;
+        ap_matmul(j->y + a, j->ldy, j->x, j->ldx, j->w + (size_t)a * j->n_in, (size_t)j->n_in,
+                  j->T, j->n_in, b - a, j->accumulate);
+    }
+}
+
+static void par_matmul(ap_ctx *c, float *y, size_t ldy, const float *x, size_t ldx, const float *w,
+                       int T, int n_in, int n_out, int accumulate) {
+    mm_job j = {.y = y, .ldy = ldy, .x = x, .ldx = ldx, .w = w, .T = T, .n_in = n_in,
+                .n_out = n_out, .accumulate = accumulate, .tile = tile_width(n_out, c->n_threads)};
+    atomic_init(&j.next, 0);
+    pool_run(c->pool, mm_run, &j);
+}
+
+/* Gate and up products of the same neurons in the same tile, so SwiGLU runs
+ * on the tile right away without another synchronization. */
+typedef struct {
+    float *gu; /* [T][2 n_ff]: gate | up; gate becomes silu(gate) * up */
+    const float *x;
+    const float *wgu;
+    int T, n_embd, n_ff, tile;
+    atomic_int next;
+} gu_job;
+
+static void gu_run(void *arg, int ith) {
+    gu_job *j = arg;
+    const size_t ld = 2 * (size_t)j->n_ff;
+    const size_t E = (size_t)j->n_embd;
+    (void)ith;
+    for (;;) {
+        int a = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed) * j->tile;
+        if (a >= j->n_ff) break;
+        int b = a + j->tile < j->n_ff ? a + j->tile : j->n_ff;
+        ap_matmul(j->gu + a, ld, j->x, E, j->wgu + (size_t)a * E, E, j->T, j->n_embd, b - a, 0);
+        ap_matmul(j->gu + j->n_ff + a, ld, j->x, E, j->wgu + ((size_t)j->n_ff + a) * E, E, j->T,
+                  j->n_embd, b - a, 0);
+        ap_swiglu(j->gu + a, ld, j->gu + a, ld, j->gu + j->n_ff + a, ld, j->T, b - a);
+    }
+}
+
+typedef struct {
+    ap_ctx *c;
+    int layer, pos0, T;
+    const ap_attn_observer *obs;
+    double *colsum; /* this layer's [n_head][n_ctx] block, or NULL */
+    atomic_int next;
+} attn_job;
+
+typedef struct {
+    const ap_attn_observer *obs;
+    int layer, head0;
+} row_thunk;
+
+static void row_cb(void *user, int head, int pos, const float *probs, int len) {
+    const row_thunk *t = user;
+    t->obs->on_row(t->obs->user, t->layer, t->head0 + head, pos, probs, len);
+}
+
+static void attn_run(void *arg, int ith) {
+    attn_job *j = arg;
+    ap_ctx *c = j->c;
+    const ap_hparams *hp = &c->m->hp;
+    const int hd = hp->head_dim, group = hp->n_head / hp->n_head_kv;
+    const ap_attn_observer *obs = j->obs;
+    float *scratch = c->attn_scratch + (size_t)ith * c->attn_scratch_per_thread;
+    const size_t layer_off = (size_t)j->layer * (size_t)c->n_ctx * c->kv_dim;
+    int chunk = c->ubatch < ATTN_CHUNK ? c->ubatch : ATTN_CHUNK;
+    /* Work units: single heads for prefill (nine units balance two threads
+     * far better than three groups, and prefill is compute-bound); whole
+     * GQA groups for one decode row, which is bound by reading the cache and
+     * then reads it once per group. */
+    const int per_unit = j->T == 1 ? group : 1;
+    const int n_units = hp->n_head / per_unit;
+    for (;;) {
+        /* Units taken one at a time: a head's rows stay on one thread, in
+         * order, which the observer contract relies on. */
+        int u = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
+        if (u >= n_units) break;
+        int h0 = u * per_unit, g = h0 / group;
+        const float *q = c->qkv + (size_t)h0 * hd;
+        if (obs && obs->on_query) {
+            int first = obs->rows_from > j->pos0 ? obs->rows_from - j->pos0 : 0;
+            for (int h = h0; h < h0 + per_unit; h++)
+                for (int i = first; i < j->T; i++)
+                    obs->on_query(obs->user, j->layer, h, j->pos0 + i,
+                                  c->qkv + (size_t)i * c->qkv_dim + (size_t)h * hd, hd);
+        }
+        row_thunk th = {obs, j->layer, h0};
+        ap_attn_args a = {
+            .n_q = j->T,
+            .n_heads = per_unit,
+            .pos0 = j->pos0,
+            .head_dim = hd,
+            .scale = 1.0f / sqrtf((float)hd),
+            .q = q,
+            .ldq = c->qkv_dim,
+            .k = c->kcache + layer_off + (size_t)g * hd,
+            .v = c->vcache + layer_off + (size_t)g * hd,
+            .ldkv = c->kv_dim,
+            .out = c->att + (size_t)h0 * hd,
+            .ldo = (size_t)hp->n_head * hd,
+            .colsum = j->colsum ? j->colsum + (size_t)h0 * c->n_ctx : NULL,
+            .colsum_stride = (size_t)c->n_ctx,
+            .on_row = obs && obs->on_row ? row_cb : NULL,
+            .user = &th,
+            .rows_from = obs ? obs->rows_from : 0,
+        };
+        ap_attn(&a, scratch, chunk);
+    }
+}
+
+/* ---------------------------------------------------------------- forward */
+
+/* T tokens at positions pos0..pos0+T-1 through every layer; leaves the
+ * final hidden states (before output_norm) in c->x. */
+static void forward_ubatch(ap_ctx *c, const int32_t *tokens, int T, int pos0,
+                           const ap_attn_observer *obs) {
+    const ap_model *m = c->m;
+    const ap_hparams *hp = &m->hp;
+    const size_t E = (size_t)hp->n_embd, hd = (size_t)hp->head_dim;
+    const size_t qd = (size_t)hp->n_head * hd, kvd = c->kv_dim;
+    const int F = hp->n_ff;
+
+    for (int t = 0; t < T; t++)
+        memcpy(c->x + (size_t)t * E, m->tok_embd + (size_t)tokens[t] * E, E * sizeof(float));
+
+    for (int l = 0; l < hp->n_layer; l++) {
+        const layer_w *w = &m->layers[l];
+        ap_rmsnorm(c->xn, E, c->x, E, w->attn_norm, T, (int)E, hp->rms_eps);
+        par_matmul(c, c->qkv, c->qkv_dim, c->xn, E, w->wqkv, T, (int)E, (int)c->qkv_dim, 0);
+        /* q heads and k heads are adjacent in a qkv row: one pass ropes both. */
+        ap_rope(c->qkv, c->qkv_dim, T, hp->n_head + hp->n_head_kv, (int)hd,
+                c->rope_cs + (size_t)pos0 * hd);
+        const size_t layer_off = (size_t)l * (size_t)c->n_ctx * kvd;
+        for (int t = 0; t < T; t++) {
+            const float *row = c->qkv + (size_t)t * c->qkv_dim;
+            size_t at = layer_off + (size_t)(pos0 + t) * kvd;
+            memcpy(c->kcache + at, row + qd, kvd * sizeof(float));
+            memcpy(c->vcache + at, row + qd + kvd, kvd * sizeof(float));
+        }
+        if (obs && obs->on_key)
+            for (int g = 0; g < hp->n_head_kv; g++)
+                for (int t = 0; t < T; t++)
+                    obs->on_key(obs->user, l, g, pos0 + t,
+                                c->kcache + layer_off + (size_t)(pos0 + t) * kvd + (size_t)g * hd,
+                                (int)hd);
+
+        attn_job aj = {.c = c, .layer = l, .pos0 = pos0, .T = T, .obs = obs};
+        aj.colsum = (obs && obs->on_colsum)
+                        ? c->colsum + (size_t)l * (size_t)hp->n_head * (size_t)c->n_ctx
+                        : NULL;
+        atomic_init(&aj.next, 0);
+        pool_run(c->pool, attn_run, &aj);
+
+        par_matmul(c, c->x, E, c->att, qd, w->wo, T, (int)qd, (int)E, 1);
+        ap_rmsnorm(c->xn, E, c->x, E, w->ffn_norm, T, (int)E, hp->rms_eps);
+        gu_job gj = {.gu = c->gu, .x = c->xn, .wgu = w->wgu, .T = T, .n_embd = (int)E,
+                     .n_ff = F, .tile = tile_width(F, c->n_threads)};
+        atomic_init(&gj.next, 0);
+        pool_run(c->pool, gu_run, &gj);
+        par_matmul(c, c->x, E, c->gu, 2 * (size_t)F, w->wdown, T, F, (int)E, 1);
+    }
+}
+
+ap_status ap_ctx_eval(ap_ctx *c, const int32_t *tokens, int n, float *logits, int all_logits,
+                      const ap_attn_observer *obs, ap_err *err) {
+    ap_status st = AP_OK;
+    const ap_model *m = c->m;
+    const ap_hparams *hp = &m->hp;
+    const size_t E = (size_t)hp->n_embd, V = (size_t)hp->n_vocab;
+    const int n_past0 = c->n_past;
+
+    if (n < 1 || !tokens) {
+        st = ap_errf(err, AP_ERR_ARG, "eval needs at least one token (got %d)", n);
+        goto cleanup;
+    }
+    if (n > c->n_ctx - c->n_past) {
+        st = ap_errf(err, AP_ERR_RANGE,
+                     "%d tokens after %d cached ones overflow the %d-token KV cache", n, c->n_past,
+                     c->n_ctx);
+        goto cleanup;
+    }
+    for (int i = 0; i < n; i++) {
+        if (tokens[i] < 0 || tokens[i] >= hp->n_vocab) {
+            st = ap_errf(err, AP_ERR_ARG, "token %d at index %d is outside the vocabulary [0, %d)",
+                         tokens[i], i, hp->n_vocab);
+            goto cleanup;
+        }
+    }
+    const int want_colsum = obs && obs->on_colsum;
+    const size_t cs_stride = (size_t)c->n_ctx;
+    if (want_colsum) {
+        if (!c->colsum) {
+            c->colsum = malloc((size_t)hp->n_layer * hp->n_head * cs_stride * sizeof(double));
+            if (!c->colsum) {
+                st = ap_errf(err, AP_ERR_NOMEM, "out of memory for attention column sums");
+                goto cleanup;
+            }
+        }
+        /* The keys this call can touch: everything up to n_past + n. */
+        for (size_t lh = 0; lh < (size_t)hp->n_layer * hp->n_head; lh++)
+            memset(c->colsum + lh * cs_stride, 0, (size_t)(n_past0 + n) * sizeof(double));
+    }
+
+    for (int b0 = 0; b0 < n; b0 += c->ubatch) {
+        int T = n - b0 < c->ubatch ? n - b0 : c->ubatch;
+        forward_ubatch(c, tokens + b0, T, c->n_past, obs);
+        c->n_past += T;
+        if (!logits) continue;
+        if (all_logits) {
+            ap_rmsnorm(c->xn, E, c->x, E, m->out_norm, T, (int)E, hp->rms_eps);
+            par_matmul(c, logits + (size_t)b0 * V, V, c->xn, E, m->output, T, (int)E, (int)V, 0);
+        } else if (b0 + T == n) {
+            ap_rmsnorm(c->xn, E, c->x + (size_t)(T - 1) * E, E, m->out_norm, 1, (int)E,
+                       hp->rms_eps);
+            par_matmul(c, logits, V, c->xn, E, m->output, 1, (int)E, (int)V, 0);
+        }
+    }
+
+    if (logits) {
+        size_t nl = all_logits ? (size_t)n * V : V;
+        for (size_t i = 0; i < nl; i++) {
+            if (!isfinite(logits[i])) {
+                st = ap_errf(err, AP_ERR_NUMERIC, "non-finite logit at token %zu, vocab id %zu",
+                             i / V, i % V);
+                c->n_past = n_past0;
+                goto cleanup;
+            }
+        }
+    }
+    if (want_colsum) {
+        int len = c->n_past;
+        for (int l = 0; l < hp->n_layer; l++) {
+            for (int h = 0; h < hp->n_head; h++) {
+                const double *src = c->colsum + ((size_t)l * hp->n_head + h) * cs_stride;
+                for (int j = 0; j < len; j++) c->colsum_f[j] = (float)src[j];
+                obs->on_colsum(obs->user, l, h, c->colsum_f, len);
+            }
+        }
+    }
+
+cleanup:
+    return st;
+}
+
+/* --------------------------------------------------------------- sampling */
+
+static uint64_t splitmix64(uint64_t *s) {
+    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+/* Order-preserving map from float to uint32 (NaN sorts above +inf and is
+ * excluded separately). */
+static uint32_t fkey(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+int32_t ap_sample(const float *logits, int n_vocab, float temperature, int top_k, uint64_t *rng) {
+    int best = -1;
+    for (int i = 0; i < n_vocab; i++)
+        if (!isnan(logits[i]) && (best < 0 || logits[i] > logits[best])) best = i;
+    if (best < 0) return 0;
+    if (!(temperature > 0.0f) || !rng) return best;
+
+    int n_valid = 0;
+    for (int i = 0; i < n_vocab; i++) n_valid += !isnan(logits[i]);
+    int k = (top_k <= 0 || top_k > n_valid) ? n_valid : top_k;
+
+    /* The k-th largest logit, found bit by bit on the ordered keys: no copy,
+     * no sort, 32 passes over the row (cheap next to one forward pass). */
+    uint32_t thr = 0;
+    for (int bit = 31; bit >= 0; bit--) {
+        uint32_t cand = thr | (1u << bit);
+        int cnt = 0;
+        for (int i = 0; i < n_vocab; i++) cnt += !isnan(logits[i]) && fkey(logits[i]) >= cand;
+        if (cnt >= k) thr = cand;
+    }
+    /* Keep everything above the threshold and, among ties at it, the lowest
+     * indices until k are kept. */
+    int above = 0;
+    for (int i = 0; i < n_vocab; i++) above += !isnan(logits[i]) && fkey(logits[i]) > thr;
+    int ties_left = k - above;
+
+    const double mx = logits[best], inv_t = 1.0 / temperature;
+    double sum = 0.0;
+    int ties = ties_left;
+    for (int i = 0; i < n_vocab; i++) {
+        if (isnan(logits[i])) continue;
+        uint32_t key = fkey(logits[i]);
+        if (key < thr || (key == thr && ties-- <= 0)) continue;
+        sum += exp(((double)logits[i] - mx) * inv_t);
+    }
+    double u = (double)(splitmix64(rng) >> 11) * 0x1.0p-53 * sum;
+    double acc = 0.0;
+    int last = best;
+    ties = ties_left;
+    for (int i = 0; i < n_vocab; i++) {
+        if (isnan(logits[i])) continue;
+        uint32_t key = fkey(logits[i]);
+        if (key < thr || (key == thr && ties-- <= 0)) continue;
+        acc += exp(((double)logits[i] - mx) * inv_t);
+        last = i;
+        if (u < acc) return i;
+    }
+    return last; /* u rounding up to the full sum */
+}

@@ -1,0 +1,95 @@
+/* Llama-family transformer forward pass on the CPU (OpenBLAS).
+ *
+ * Weights are dequantized to float32 once at load (the exact mode the
+ * transformers reference uses). Prefill runs as batched matrix products;
+ * decode runs one token at a time against the KV cache. RoPE follows the GGUF
+ * convention (adjacent pairs x[2i], x[2i+1]), since GGUF stores q/k permuted.
+ *
+ * Ownership: ap_model borrows nothing from the ap_gguf after load (weights
+ * are copied/dequantized), so the gguf may be freed. ap_ctx borrows the
+ * model: free every ctx before its model. */
+#ifndef AP_MODEL_H
+#define AP_MODEL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "capture/gguf.h"
+#include "common/status.h"
+
+typedef struct {
+    char arch[32];         /* "llama" */
+    char name[128];        /* general.name, may be empty */
+    int n_layer;
+    int n_embd;
+    int n_head;
+    int n_head_kv;
+    int head_dim;
+    int n_ff;
+    int n_vocab;
+    int n_ctx_train;       /* llama.context_length */
+    float rope_base;
+    float rms_eps;
+    int tied_output;       /* no output.weight: logits use token_embd */
+} ap_hparams;
+
+typedef struct ap_model ap_model;
+typedef struct ap_ctx ap_ctx;
+
+ap_status ap_model_load(const ap_gguf *g, ap_model **out, ap_err *err);
+void ap_model_free(ap_model *m);
+const ap_hparams *ap_model_hparams(const ap_model *m);
+
+/* Observer of attention, called synchronously from ap_ctx_eval for each
+ * (layer, query head, query position) with pos >= rows_from, with the
+ * post-softmax probabilities over keys 0..pos (len = pos + 1).
+ * on_query/on_keys (optional) give the post-RoPE query of each reported row
+ * and every newly cached post-RoPE key, so traces can hold what Quest needs.
+ * on_colsum (optional) gives, per (layer, head), the sum over all query rows
+ * of this eval call of the attention each key received (H2O's prefill score),
+ * length = number of keys in the cache after the call.
+ * Callbacks may run on worker threads, concurrently for different heads: an
+ * observer must only touch state owned by the (layer, head) it is given.
+ * (on_row and on_query run on workers; on_key and on_colsum run on the thread
+ * that called ap_ctx_eval. For each (layer, head), rows arrive in increasing
+ * pos order. Pointers passed to callbacks are valid only during the call.) */
+typedef struct {
+    void *user;
+    int rows_from;
+    void (*on_row)(void *user, int layer, int head, int pos, const float *probs, int len);
+    void (*on_query)(void *user, int layer, int head, int pos, const float *q, int head_dim);
+    void (*on_key)(void *user, int layer, int kv_head, int pos, const float *k, int head_dim);
+    void (*on_colsum)(void *user, int layer, int head, const float *colsum, int len);
+} ap_attn_observer;
+
+/* n_ctx <= hparams.n_ctx_train; n_threads >= 1.
+ * Threading: the ctx owns a pool of n_threads - 1 worker threads (plus the
+ * caller's) that split every matrix product by output neurons and attention
+ * by head. Each BLAS call then runs inside one of those threads, so creating
+ * a ctx sets OpenBLAS to one thread for the whole process
+ * (openblas_set_num_threads(1), stack-notes 9); code that wants threaded BLAS
+ * elsewhere in the same process must set it back itself. */
+ap_status ap_ctx_create(const ap_model *m, int n_ctx, int n_threads, ap_ctx **out, ap_err *err);
+void ap_ctx_free(ap_ctx *c);
+void ap_ctx_reset(ap_ctx *c);     /* empty the KV cache */
+int ap_ctx_n_past(const ap_ctx *c);
+int ap_ctx_n_ctx(const ap_ctx *c);
+
+/* Append n tokens at positions n_past..n_past+n-1 (n > 1 = prefill, batched).
+ * logits: if non-NULL receives n_vocab floats for the last token, or n*n_vocab
+ * if all_logits. obs may be NULL. AP_ERR_RANGE if the cache would overflow,
+ * AP_ERR_ARG for n < 1 or a token outside the vocabulary (the cache is then
+ * unchanged); AP_ERR_NUMERIC for a non-finite logit (n_past is rolled back).
+ * Long inputs run as micro-batches of 512 tokens, so memory does not grow
+ * with n beyond the KV cache. */
+ap_status ap_ctx_eval(ap_ctx *c, const int32_t *tokens, int n, float *logits, int all_logits,
+                      const ap_attn_observer *obs, ap_err *err);
+
+/* Greedy (temperature <= 0, or rng NULL): the arg max, lowest index on ties.
+ * Otherwise softmax(logits / temperature) over the top_k largest logits
+ * (top_k <= 0 or >= n_vocab: all; ties at the cut keep the lowest indices),
+ * drawing from *rng, a splitmix64 state advanced once per call. NaN logits
+ * are never chosen. */
+int32_t ap_sample(const float *logits, int n_vocab, float temperature, int top_k, uint64_t *rng);
+
+#endif

@@ -1,0 +1,520 @@
+/* attnpred inspect: summary of a trace (text or --json) and attention heatmaps
+ * (--png). Everything is read through capture/trace.h, so inspect sees a trace
+ * exactly as the predictor and the baselines will. */
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
+#include <png.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "capture/trace.h"
+#include "cli/cli.h"
+#include "common/util.h"
+
+#define CMD "inspect"
+
+static void inspect_usage(FILE *out) {
+    fprintf(out,
+            "usage: attnpred inspect T.h5 [--json] [--png OUT.png [heatmap options]]\n\n"
+            "Summarise an attnpred trace (also a .partial one: its finished sequences):\n"
+            "format version, model, dimensions, and per sequence its lengths, recorded\n"
+            "steps, blocks and raw layers; file size and bytes per token.\n\n"
+            "options:\n"
+            "  --json              the summary as JSON on stdout (stable keys)\n"
+            "  --png OUT.png       draw one layer/head as a heatmap: recorded steps top to\n"
+            "                      bottom, key blocks left to right; a cyan line marks the\n"
+            "                      first decode step; grey cells lie past the causal length\n"
+            "  --seq ID|INDEX      sequence by id, or by 0-based index (default 0)\n"
+            "  --layer L           layer (default 0)\n"
+            "  --head H            query head (default 0)\n"
+            "  --view max|sum      block view (default max, what the predictor reads)\n"
+            "  --log               log colour scale over --decades decades below the row max\n"
+            "  --decades D         decades shown with --log (default 4)\n"
+            "  --global            scale by the map's maximum instead of each row's own\n"
+            "                      maximum (the default makes faint decode rows visible)\n"
+            "  --help              this text\n\n"
+            "The PNG is written under a temporary name and renamed; an existing OUT.png is\n"
+            "replaced.\n");
+}
+
+static int parse_int(const char *s, int *out) {
+    char *end = NULL;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (!s[0] || *end || errno || v < 0 || v > 1000000000L) return 0;
+    *out = (int)v;
+    return 1;
+}
+
+/* ------------------------------------------------------------ summary -- */
+
+static long long file_bytes(const char *path) {
+    struct stat sb;
+    return stat(path, &sb) == 0 ? (long long)sb.st_size : -1;
+}
+
+static int summary_json(const char *path, const ap_trace *t, ap_err *err) {
+    int rc = 1;
+    const ap_trace_meta *m = ap_trace_get_meta(t);
+    cJSON *root = cJSON_CreateObject();
+    cJSON *seqs = NULL;
+    char *text = NULL;
+    if (!root) goto cleanup;
+    long long ptoks = 0, gtoks = 0;
+    int n = ap_trace_n_seq(t);
+    seqs = cJSON_CreateArray();
+    if (!seqs) goto cleanup;
+    for (int i = 0; i < n; i++) {
+        ap_trace_seq_info in;
+        if (ap_trace_seq_get_info(t, i, &in, err)) goto cleanup;
+        ptoks += in.n_prompt;
+        gtoks += in.n_gen;
+        cJSON *s = cJSON_CreateObject();
+        cJSON *raw = cJSON_CreateIntArray(in.raw_layers, in.n_raw_layers);
+        if (!s || !raw) {
+            cJSON_Delete(s);
+            cJSON_Delete(raw);
+            goto cleanup;
+        }
+        cJSON_AddItemToArray(seqs, s);
+        cJSON_AddNumberToObject(s, "index", i);
+        cJSON_AddStringToObject(s, "id", in.id);
+        cJSON_AddStringToObject(s, "task", in.task);
+        cJSON_AddStringToObject(s, "source", in.source);
+        cJSON_AddBoolToObject(s, "chat", in.chat);
+        cJSON_AddNumberToObject(s, "n_prompt", in.n_prompt);
+        cJSON_AddNumberToObject(s, "n_gen", in.n_gen);
+        cJSON_AddNumberToObject(s, "n_steps", in.n_steps);
+        cJSON_AddNumberToObject(s, "n_blocks", in.n_blocks);
+        cJSON_AddBoolToObject(s, "has_query", in.has_query);
+        cJSON_AddBoolToObject(s, "has_colsum", in.has_colsum);
+        cJSON_AddItemToObject(s, "raw_layers", raw);
+    }
+    long long bytes = file_bytes(path);
+    cJSON_AddStringToObject(root, "path", path);
+    cJSON_AddStringToObject(root, "format", AP_TRACE_FORMAT);
+    cJSON_AddNumberToObject(root, "format_version", AP_TRACE_FORMAT_VERSION);
+    cJSON_AddBoolToObject(root, "complete", ap_trace_is_complete(t));
+    cJSON_AddStringToObject(root, "model_name", m->model_name);
+    cJSON_AddStringToObject(root, "model_sha256", m->model_sha256);
+    cJSON_AddStringToObject(root, "attnpred_version", m->attnpred_version);
+    cJSON_AddNumberToObject(root, "n_layer", m->n_layer);
+    cJSON_AddNumberToObject(root, "n_head", m->n_head);
+    cJSON_AddNumberToObject(root, "n_head_kv", m->n_head_kv);
+    cJSON_AddNumberToObject(root, "head_dim", m->head_dim);
+    cJSON_AddNumberToObject(root, "block_size", m->block_size);
+    cJSON_AddNumberToObject(root, "history", m->history);
+    cJSON_AddNumberToObject(root, "n_sequences", n);
+    cJSON_AddNumberToObject(root, "prompt_tokens", (double)ptoks);
+    cJSON_AddNumberToObject(root, "gen_tokens", (double)gtoks);
+    cJSON_AddNumberToObject(root, "total_tokens", (double)(ptoks + gtoks));
+    cJSON_AddNumberToObject(root, "file_bytes", (double)bytes);
+    cJSON_AddNumberToObject(root, "bytes_per_token",
+                            ptoks + gtoks > 0 ? (double)bytes / (double)(ptoks + gtoks) : 0.0);
+    cJSON_AddItemToObject(root, "sequences", seqs);
+    seqs = NULL;
+    text = cJSON_Print(root);
+    if (!text) goto cleanup;
+    fputs(text, stdout);
+    fputc('\n', stdout);
+    rc = 0;
+cleanup:
+    if (rc && err && err->status == AP_OK) ap_errf(err, AP_ERR_NOMEM, "out of memory");
+    free(text);
+    cJSON_Delete(seqs);
+    cJSON_Delete(root);
+    return rc;
+}
+
+static void human_bytes(char *buf, size_t n, double b) {
+    const char *u[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+    int k = 0;
+    while (b >= 1024.0 && k < 4) b /= 1024.0, k++;
+    snprintf(buf, n, k ? "%.1f %s" : "%.0f %s", b, u[k]);
+}
+
+static int summary_text(const char *path, const ap_trace *t, ap_err *err) {
+    const ap_trace_meta *m = ap_trace_get_meta(t);
+    int n = ap_trace_n_seq(t);
+    long long ptoks = 0, gtoks = 0;
+    for (int i = 0; i < n; i++) {
+        ap_trace_seq_info in;
+        if (ap_trace_seq_get_info(t, i, &in, err)) return 1;
+        ptoks += in.n_prompt;
+        gtoks += in.n_gen;
+    }
+    long long bytes = file_bytes(path);
+    char hb[32];
+    human_bytes(hb, sizeof hb, (double)bytes);
+    printf("%s: %s format_version %d (%s)\n", path, AP_TRACE_FORMAT, AP_TRACE_FORMAT_VERSION,
+           ap_trace_is_complete(t) ? "complete" : "partial: finished sequences only");
+    printf("model:       %s\n", m->model_name);
+    printf("sha256:      %s\n", m->model_sha256);
+    printf("written by:  attnpred %s\n", m->attnpred_version);
+    printf("dimensions:  %d layers, %d query heads, %d KV heads, head_dim %d\n", m->n_layer,
+           m->n_head, m->n_head_kv, m->head_dim);
+    printf("blocks:      %d keys per block; history %d prefill rows\n", m->block_size,
+           m->history);
+    printf("sequences:   %d (%lld prompt + %lld generated = %lld tokens)\n", n, ptoks, gtoks,
+           ptoks + gtoks);
+    printf("file:        %s (%lld bytes)", hb, bytes);
+    if (ptoks + gtoks > 0) printf(", %.1f bytes per token", (double)bytes / (double)(ptoks + gtoks));
+    printf("\n");
+    if (n == 0) return 0;
+    printf("\n%5s  %-24s %-12s %8s %6s %6s %6s %5s %6s  %s\n", "index", "id", "task", "n_prompt",
+           "n_gen", "steps", "blocks", "quest", "colsum", "raw layers");
+    for (int i = 0; i < n; i++) {
+        ap_trace_seq_info in;
+        if (ap_trace_seq_get_info(t, i, &in, err)) return 1;
+        char raw[256] = "-";
+        size_t o = 0;
+        for (int k = 0; k < in.n_raw_layers && o + 12 < sizeof raw; k++)
+            o += (size_t)snprintf(raw + o, sizeof raw - o, "%s%d", k ? "," : "", in.raw_layers[k]);
+        printf("%5d  %-24s %-12s %8d %6d %6d %6d %5s %6s  %s\n", i, in.id,
+               in.task[0] ? in.task : "-", in.n_prompt, in.n_gen, in.n_steps, in.n_blocks,
+               in.has_query ? "yes" : "no", in.has_colsum ? "yes" : "no", raw);
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------ heatmap -- */
+
+/* A magma-like sequential colormap computed in CIELAB: lightness rises linearly
+ * from 8 to 96 (so equal steps in value look like equal steps in brightness),
+ * hue turns from purple through red and orange to yellow, and chroma is the
+ * largest that stays inside sRGB (capped by a smooth arch). */
+static double srgb_gamma(double c) {
+    return c <= 0.0031308 ? 12.92 * c : 1.055 * pow(c, 1.0 / 2.4) - 0.055;
+}
+
+static double lab_finv(double t) {
+    const double d = 6.0 / 29.0;
+    return t > d ? t * t * t : 3.0 * d * d * (t - 4.0 / 29.0);
+}
+
+/* 1 if inside the sRGB gamut; rgb in [0,1]. */
+static int lab_to_srgb(double L, double a, double b, double rgb[3]) {
+    double fy = (L + 16.0) / 116.0, fx = fy + a / 500.0, fz = fy - b / 200.0;
+    double X = 0.95047 * lab_finv(fx), Y = lab_finv(fy), Z = 1.08883 * lab_finv(fz);
+    double lin[3] = {3.2404542 * X - 1.5371385 * Y - 0.4985314 * Z,
+                     -0.9692660 * X + 1.8760108 * Y + 0.0415560 * Z,
+                     0.0556434 * X - 0.2040259 * Y + 1.0572252 * Z};
+    int in = 1;
+    for (int k = 0; k < 3; k++) {
+        if (lin[k] < -1e-9 || lin[k] > 1.0 + 1e-9) in = 0;
+        double c = lin[k] < 0 ? 0 : lin[k] > 1 ? 1 : lin[k];
+        rgb[k] = srgb_gamma(c);
+    }
+    return in;
+}
+
+static void colormap_build(unsigned char lut[256][3]) {
+    const double pi = 3.14159265358979323846;
+    for (int i = 0; i < 256; i++) {
+        double t = i / 255.0;
+        double L = 8.0 + 88.0 * t;
+        double h = (300.0 + 150.0 * t) * pi / 180.0;
+        double cmax = 20.0 + 70.0 * sin(pi * fmin(1.0, t * 1.1));
+        double lo = 0.0, hi = cmax, rgb[3];
+        /* Largest in-gamut chroma along this hue, by bisection. */
+        for (int it = 0; it < 40; it++) {
+            double c = 0.5 * (lo + hi);
+            if (lab_to_srgb(L, c * cos(h), c * sin(h), rgb))
+                lo = c;
+            else
+                hi = c;
+        }
+        lab_to_srgb(L, lo * cos(h), lo * sin(h), rgb);
+        for (int k = 0; k < 3; k++) lut[i][k] = (unsigned char)lrint(rgb[k] * 255.0);
+    }
+}
+
+typedef struct {
+    int seq_index;
+    const char *seq_arg;
+    int layer, head;
+    int view_sum;
+    int log_scale;
+    double decades;
+    int global;
+} heat_opts;
+
+typedef struct {
+    FILE *f;
+    png_structp png;
+    png_infop info;
+    char msg[200];
+} png_job;
+
+static void png_err_cb(png_structp png, png_const_charp msg) {
+    png_job *j = png_get_error_ptr(png);
+    snprintf(j->msg, sizeof j->msg, "%s", msg);
+    png_longjmp(png, 1);
+}
+
+static void png_warn_cb(png_structp png, png_const_charp msg) { (void)png, (void)msg; }
+
+/* rows: h rows of w*3 bytes. Written to a temporary name, then renamed. */
+static ap_status png_write_rgb(const char *path, const unsigned char *img, int w, int h,
+                               ap_err *err) {
+    char tmp[4096];
+    ap_tmp_name(tmp, sizeof tmp, path);
+    png_job j;
+    memset(&j, 0, sizeof j);
+    j.f = fopen(tmp, "wb");
+    if (!j.f) return ap_errf(err, AP_ERR_IO, "%s: cannot create: %s", tmp, strerror(errno));
+    j.png = png_create_write_struct(PNG_LIBPNG_VER_STRING, &j, png_err_cb, png_warn_cb);
+    if (j.png) j.info = png_create_info_struct(j.png);
+    if (!j.png || !j.info) {
+        png_destroy_write_struct(&j.png, &j.info);
+        fclose(j.f);
+        unlink(tmp);
+        return ap_errf(err, AP_ERR_NOMEM, "%s: out of memory", path);
+    }
+    if (setjmp(png_jmpbuf(j.png))) {
+        png_destroy_write_struct(&j.png, &j.info);
+        fclose(j.f);
+        unlink(tmp);
+        return ap_errf(err, AP_ERR_IO, "%s: cannot write PNG: %s", path, j.msg);
+    }
+    png_init_io(j.png, j.f);
+    png_set_IHDR(j.png, j.info, (png_uint_32)w, (png_uint_32)h, 8, PNG_COLOR_TYPE_RGB,
+                 PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
+    png_write_info(j.png, j.info);
+    for (int y = 0; y < h; y++) png_write_row(j.png, (png_const_bytep)(img + (size_t)y * w * 3));
+    png_write_end(j.png, NULL);
+    png_destroy_write_struct(&j.png, &j.info);
+    if (fclose(j.f) != 0) {
+        unlink(tmp);
+        return ap_errf(err, AP_ERR_IO, "%s: cannot write: %s", tmp, strerror(errno));
+    }
+    ap_status st = ap_commit_file(tmp, path, err);
+    if (st) unlink(tmp);
+    return st;
+}
+
+static int resolve_seq(const ap_trace *t, const char *arg, int *out) {
+    if (!arg) {
+        *out = 0;
+        return ap_trace_n_seq(t) > 0;
+    }
+    int i = ap_trace_find(t, arg);
+    if (i >= 0) {
+        *out = i;
+        return 1;
+    }
+    int v;
+    if (parse_int(arg, &v) && v < ap_trace_n_seq(t)) {
+        *out = v;
+        return 1;
+    }
+    return 0;
+}
+
+static ap_status heatmap(const ap_trace *t, const heat_opts *o, const char *png_path,
+                         int *out_w, int *out_h, ap_err *err) {
+    ap_status st = AP_OK;
+    float *view = NULL;
+    int32_t *pos = NULL;
+    unsigned char *img = NULL;
+    double *scale = NULL;
+    const ap_trace_meta *m = ap_trace_get_meta(t);
+    ap_trace_seq_info in;
+    st = ap_trace_seq_get_info(t, o->seq_index, &in, err);
+    if (st) return st;
+    if (o->layer >= m->n_layer || o->head >= m->n_head)
+        return ap_errf(err, AP_ERR_RANGE, "layer %d / head %d out of range (%d layers, %d heads)",
+                       o->layer, o->head, m->n_layer, m->n_head);
+    const int S = in.n_steps, H = m->n_head, NB = in.n_blocks;
+    size_t n = (size_t)S * H * NB;
+    view = malloc(n * sizeof *view);
+    pos = malloc((size_t)S * sizeof *pos);
+    scale = malloc((size_t)S * sizeof *scale);
+    if (!view || !pos || !scale) {
+        st = ap_errf(err, AP_ERR_NOMEM, "out of memory");
+        goto cleanup;
+    }
+    st = ap_trace_read_layer(t, o->seq_index, o->layer, o->view_sum ? "block_sum" : "block_max",
+                             view, n, err);
+    if (!st) st = ap_trace_read_i32(t, o->seq_index, "step_pos", pos, (size_t)S, err);
+    if (st) goto cleanup;
+    /* Cells are scaled up so that a short trace is still a readable picture. */
+    int cw = 1024 / NB, ch = 768 / S;
+    cw = cw < 1 ? 1 : cw > 16 ? 16 : cw;
+    ch = ch < 1 ? 1 : ch > 16 ? 16 : ch;
+    const int W = NB * cw, Hh = S * ch;
+    double gmax = 0.0;
+    for (int s = 0; s < S; s++) {
+        double mx = 0.0;
+        for (int j = 0; j < NB; j++) mx = fmax(mx, view[((size_t)s * H + o->head) * NB + j]);
+        scale[s] = mx;
+        gmax = fmax(gmax, mx);
+    }
+    img = malloc((size_t)W * Hh * 3);
+    if (!img) {
+        st = ap_errf(err, AP_ERR_NOMEM, "out of memory");
+        goto cleanup;
+    }
+    unsigned char lut[256][3];
+    colormap_build(lut);
+    int boundary = -1; /* first decode step: its query position is past the prompt */
+    for (int s = 0; s < S && boundary < 0; s++)
+        if (pos[s] >= in.n_prompt) boundary = s;
+    for (int s = 0; s < S; s++) {
+        double ref = o->global ? gmax : scale[s];
+        int nvalid = pos[s] / m->block_size + 1;
+        for (int j = 0; j < NB; j++) {
+            unsigned char px[3] = {128, 128, 128};
+            if (j < nvalid) {
+                double v = view[((size_t)s * H + o->head) * NB + j];
+                double u = 0.0;
+                if (ref > 0 && v > 0) {
+                    if (o->log_scale)
+                        u = 1.0 + log10(v / ref) / o->decades;
+                    else
+                        u = v / ref;
+                }
+                u = u < 0 ? 0 : u > 1 ? 1 : u;
+                memcpy(px, lut[(int)lrint(u * 255.0)], 3);
+            }
+            for (int y = s * ch; y < (s + 1) * ch; y++)
+                for (int x = j * cw; x < (j + 1) * cw; x++) memcpy(img + ((size_t)y * W + x) * 3, px, 3);
+        }
+    }
+    if (boundary > 0) {
+        int y = boundary * ch;
+        for (int x = 0; x < W; x++) {
+            unsigned char *p = img + ((size_t)y * W + x) * 3;
+            p[0] = 0, p[1] = 255, p[2] = 255;
+        }
+    }
+    st = png_write_rgb(png_path, img, W, Hh, err);
+    *out_w = W;
+    *out_h = Hh;
+cleanup:
+    free(img);
+    free(scale);
+    free(pos);
+    free(view);
+    return st;
+}
+
+int ap_cmd_inspect(int argc, char **argv) {
+    int json = 0;
+    const char *png_path = NULL;
+    heat_opts ho = {0, NULL, 0, 0, 0, 0, 4.0, 0};
+    enum { O_JSON = 256, O_PNG, O_SEQ, O_LAYER, O_HEAD, O_VIEW, O_LOG, O_DEC, O_GLOBAL, O_HELP };
+    static const struct option longopts[] = {
+        {"json", no_argument, 0, O_JSON},         {"png", required_argument, 0, O_PNG},
+        {"seq", required_argument, 0, O_SEQ},     {"layer", required_argument, 0, O_LAYER},
+        {"head", required_argument, 0, O_HEAD},   {"view", required_argument, 0, O_VIEW},
+        {"log", no_argument, 0, O_LOG},           {"decades", required_argument, 0, O_DEC},
+        {"global", no_argument, 0, O_GLOBAL},     {"help", no_argument, 0, O_HELP},
+        {0, 0, 0, 0}};
+    optind = 1;
+    opterr = 0;
+    int c, heat_flags = 0;
+    while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+        switch (c) {
+        case O_JSON: json = 1; break;
+        case O_PNG: png_path = optarg; break;
+        case O_SEQ: ho.seq_arg = optarg, heat_flags = 1; break;
+        case O_LAYER:
+            if (!parse_int(optarg, &ho.layer)) goto bad_value;
+            heat_flags = 1;
+            break;
+        case O_HEAD:
+            if (!parse_int(optarg, &ho.head)) goto bad_value;
+            heat_flags = 1;
+            break;
+        case O_VIEW:
+            if (!strcmp(optarg, "max"))
+                ho.view_sum = 0;
+            else if (!strcmp(optarg, "sum"))
+                ho.view_sum = 1;
+            else
+                goto bad_value;
+            heat_flags = 1;
+            break;
+        case O_LOG: ho.log_scale = 1, heat_flags = 1; break;
+        case O_DEC: {
+            char *end = NULL;
+            ho.decades = strtod(optarg, &end);
+            if (!optarg[0] || *end || !(ho.decades > 0 && ho.decades <= 30)) goto bad_value;
+            heat_flags = 1;
+            break;
+        }
+        case O_GLOBAL: ho.global = 1, heat_flags = 1; break;
+        case O_HELP: inspect_usage(stdout); return 0;
+        default:
+            ap_cli_error(CMD, "unknown option or missing value '%s' (see --help)",
+                         argv[optind - 1]);
+            return 2;
+        }
+        continue;
+    bad_value:
+        ap_cli_error(CMD, "bad value '%s' for --%s (see --help)", optarg,
+                     longopts[c - O_JSON].name);
+        return 2;
+    }
+    if (optind >= argc) {
+        ap_cli_error(CMD, "no trace given (usage: attnpred inspect T.h5 [--json] [--png OUT.png])");
+        return 2;
+    }
+    if (argc - optind > 1) {
+        ap_cli_error(CMD, "unexpected argument '%s' (one trace at a time)", argv[optind + 1]);
+        return 2;
+    }
+    if (heat_flags && !png_path) {
+        ap_cli_error(CMD, "--seq/--layer/--head/--view/--log/--decades/--global need --png");
+        return 2;
+    }
+    const char *path = argv[optind];
+    ap_err err;
+    ap_err_clear(&err);
+    ap_trace *t = NULL;
+    int rc = 1;
+    if (ap_trace_open(path, &t, &err)) {
+        ap_cli_error(CMD, "%s", err.msg);
+        return 1;
+    }
+    if (png_path) {
+        if (!resolve_seq(t, ho.seq_arg, &ho.seq_index)) {
+            if (ho.seq_arg)
+                ap_cli_error(CMD, "%s: no sequence with id or index '%s' (%d sequences)", path,
+                             ho.seq_arg, ap_trace_n_seq(t));
+            else
+                ap_cli_error(CMD, "%s: the trace holds no sequence to draw", path);
+            goto cleanup;
+        }
+        int w = 0, h = 0;
+        if (heatmap(t, &ho, png_path, &w, &h, &err)) {
+            ap_cli_error(CMD, "%s", err.msg);
+            goto cleanup;
+        }
+        ap_trace_seq_info in;
+        ap_trace_seq_get_info(t, ho.seq_index, &in, NULL);
+        fprintf(stderr, "inspect: wrote %s (%dx%d): sequence '%s' layer %d head %d, block_%s%s\n",
+                png_path, w, h, in.id, ho.layer, ho.head, ho.view_sum ? "sum" : "max",
+                ho.log_scale ? ", log scale" : "");
+        if (!json) {
+            rc = 0;
+            goto cleanup;
+        }
+    }
+    if ((json ? summary_json(path, t, &err) : summary_text(path, t, &err)) != 0) {
+        ap_cli_error(CMD, "%s", err.msg[0] ? err.msg : "failed");
+        goto cleanup;
+    }
+    rc = 0;
+cleanup:
+    ap_trace_close(t);
+    return rc;
+}

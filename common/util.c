@@ -1,0 +1,136 @@
+#define _POSIX_C_SOURCE 200809L
+#include "common/util.h"
+
+#include <errno.h>
+#include <libgen.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+int ap_file_exists(const char *path) {
+    struct stat st;
+    return path && stat(path, &st) == 0;
+}
+
+ap_status ap_read_file(const char *path, char **data, size_t *len, ap_err *err) {
+    ap_status st = AP_OK;
+    char *buf = NULL;
+    FILE *f = fopen(path, "rb");
+    if (!f) return ap_errf(err, AP_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    if (fseek(f, 0, SEEK_END) != 0) {
+        st = ap_errf(err, AP_ERR_IO, "%s: cannot seek: %s", path, strerror(errno));
+        goto cleanup;
+    }
+    long n = ftell(f);
+    if (n < 0) {
+        st = ap_errf(err, AP_ERR_IO, "%s: cannot tell size", path);
+        goto cleanup;
+    }
+    rewind(f);
+    buf = malloc((size_t)n + 1);
+    if (!buf) {
+        st = ap_errf(err, AP_ERR_NOMEM, "%s: out of memory reading %ld bytes", path, n);
+        goto cleanup;
+    }
+    if (n > 0 && fread(buf, 1, (size_t)n, f) != (size_t)n) {
+        st = ap_errf(err, AP_ERR_IO, "%s: short read", path);
+        goto cleanup;
+    }
+    buf[n] = '\0';
+    *data = buf;
+    *len = (size_t)n;
+    buf = NULL;
+cleanup:
+    free(buf);
+    fclose(f);
+    return st;
+}
+
+void ap_tmp_name(char *buf, size_t n, const char *path) {
+    snprintf(buf, n, "%s.tmp.%ld", path, (long)getpid());
+}
+
+ap_status ap_commit_file(const char *tmp, const char *final_path, ap_err *err) {
+    if (rename(tmp, final_path) != 0)
+        return ap_errf(err, AP_ERR_IO, "%s: cannot rename from %s: %s", final_path, tmp,
+                       strerror(errno));
+    return AP_OK;
+}
+
+ap_status ap_check_writable_dir(const char *path, ap_err *err) {
+    char *copy = strdup(path);
+    if (!copy) return ap_errf(err, AP_ERR_NOMEM, "out of memory");
+    const char *dir = dirname(copy);
+    ap_status st = AP_OK;
+    struct stat sb;
+    if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode))
+        st = ap_errf(err, AP_ERR_IO, "%s: directory %s does not exist", path, dir);
+    else if (access(dir, W_OK) != 0)
+        st = ap_errf(err, AP_ERR_IO, "%s: directory %s is not writable", path, dir);
+    free(copy);
+    return st;
+}
+
+double ap_now_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+size_t ap_peak_rss_bytes(void) {
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) != 0) return 0;
+    return (size_t)ru.ru_maxrss * 1024u; /* Linux reports KiB */
+}
+
+static void fmt_secs(char *buf, size_t n, double s) {
+    if (s < 0 || s != s) s = 0;
+    long t = (long)(s + 0.5);
+    if (t >= 3600)
+        snprintf(buf, n, "%ldh%02ldm", t / 3600, (t / 60) % 60);
+    else
+        snprintf(buf, n, "%ldm%02lds", t / 60, t % 60);
+}
+
+void ap_progress_init(ap_progress *p, FILE *out, const char *label, const char *unit,
+                      double total, int enabled) {
+    memset(p, 0, sizeof *p);
+    p->out = out;
+    p->label = label;
+    p->unit = unit;
+    p->total = total;
+    p->t_start = ap_now_seconds();
+    p->t_last = 0.0;
+    p->interval = 1.0;
+    p->enabled = enabled && out != NULL;
+}
+
+static void progress_print(ap_progress *p, double now, int final) {
+    double el = now - p->t_start;
+    double rate = el > 0 ? p->done / el : 0.0;
+    double eta = (rate > 0 && p->total > p->done) ? (p->total - p->done) / rate : 0.0;
+    char e1[32], e2[32];
+    fmt_secs(e1, sizeof e1, el);
+    fmt_secs(e2, sizeof e2, eta);
+    double pct = p->total > 0 ? 100.0 * p->done / p->total : 0.0;
+    fprintf(p->out, "\r%s: %.0f/%.0f %s (%.1f%%) %.1f %s/s elapsed %s ETA %s%s", p->label,
+            p->done, p->total, p->unit, pct, rate, p->unit, e1, e2, final ? "\n" : "   ");
+    fflush(p->out);
+}
+
+void ap_progress_update(ap_progress *p, double done) {
+    p->done = done;
+    if (!p->enabled) return;
+    double now = ap_now_seconds();
+    if (now - p->t_last < p->interval) return;
+    p->t_last = now;
+    progress_print(p, now, 0);
+}
+
+void ap_progress_finish(ap_progress *p) {
+    if (!p->enabled) return;
+    progress_print(p, ap_now_seconds(), 1);
+}

