@@ -74,6 +74,26 @@ ap_status ap_check_writable_dir(const char *path, ap_err *err) {
     return st;
 }
 
+ap_status ap_mkdir_p(const char *dir, ap_err *err) {
+    char buf[4096];
+    size_t n = strlen(dir);
+    if (n == 0 || n >= sizeof buf) return ap_errf(err, AP_ERR_ARG, "bad directory name '%s'", dir);
+    memcpy(buf, dir, n + 1);
+    for (size_t i = 1; i <= n; i++) {
+        if (buf[i] != '/' && buf[i] != '\0') continue;
+        char c = buf[i];
+        buf[i] = '\0';
+        if (mkdir(buf, 0755) != 0 && errno != EEXIST)
+            return ap_errf(err, AP_ERR_IO, "%s: cannot create directory %s: %s", dir, buf,
+                           strerror(errno));
+        buf[i] = c;
+    }
+    struct stat sb;
+    if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode))
+        return ap_errf(err, AP_ERR_IO, "%s: exists and is not a directory", dir);
+    return AP_OK;
+}
+
 double ap_now_seconds(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);

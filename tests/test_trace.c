@@ -587,6 +587,59 @@ Test(trace, resume_after_sigkill) {
     std_free(ys, N_STD);
 }
 
+/* A short version of the stress loop behind the resume design: a child resumes
+ * and adds sequences until it is SIGKILLed at a random moment (possibly inside
+ * a flush, or inside its own resume); every resume must succeed and never
+ * report fewer finished sequences than the one before. */
+Test(trace, resume_survives_random_kills) {
+    enum { N_SEQ = 40, ROUNDS = 30 };
+    synth ys[N_SEQ];
+    for (int i = 0; i < N_SEQ; i++) {
+        char id[16];
+        snprintf(id, sizeof id, "s%d", i);
+        synth_make(&ys[i], &META, id, 40 + 7 * i, 9, i % 2, i % 3 == 0, 0, NULL, 100 + i);
+    }
+    char path[1200];
+    path_in(path, sizeof path, "kill.h5");
+    uint64_t r = 12345;
+    int done = 0;
+    for (int round = 0; round < ROUNDS && done < N_SEQ; round++) {
+        fflush(NULL);
+        pid_t pid = fork();
+        cr_assert_geq(pid, 0);
+        if (pid == 0) {
+            ap_err e;
+            ap_trace_writer *w = NULL;
+            if (ap_trace_writer_open(path, &META, AP_TRACE_RESUME, &w, &e)) _exit(3);
+            for (int i = 0; i < N_SEQ; i++)
+                if (!ap_trace_writer_has(w, ys[i].s.id) && ap_trace_writer_add(w, &ys[i].s, &e))
+                    _exit(4);
+            pause(); /* all written: wait for the kill, never commit */
+            _exit(5);
+        }
+        usleep((useconds_t)(rng_next(&r) % 8000));
+        kill(pid, SIGKILL);
+        int status = 0;
+        cr_assert_eq(waitpid(pid, &status, 0), pid);
+        cr_assert(WIFSIGNALED(status), "child failed on its own (exit %d)", WEXITSTATUS(status));
+        ap_err e;
+        ap_trace_writer *w = NULL;
+        char partial[1300];
+        snprintf(partial, sizeof partial, "%s.partial", path);
+        if (!ap_file_exists(partial)) continue; /* killed before creating it */
+        cr_assert_eq(ap_trace_writer_open(path, &META, AP_TRACE_RESUME, &w, &e), AP_OK,
+                     "round %d: %s", round, e.msg);
+        int n = ap_trace_writer_count(w);
+        cr_assert_geq(n, done, "round %d: %d finished sequences, %d before", round, n, done);
+        for (int i = 0; i < N_SEQ; i++)
+            if (ap_trace_writer_has(w, ys[i].s.id)) cr_assert_lt(i, n, "finished out of order");
+        done = n;
+        ap_trace_writer_free(w);
+    }
+    resume_and_finish(path, ys, done, N_SEQ);
+    for (int i = 0; i < N_SEQ; i++) synth_free(&ys[i]);
+}
+
 Test(trace, resume_refuses_other_settings) {
     synth ys[N_STD];
     std_set(ys);

@@ -172,8 +172,10 @@ static ap_status run_pass(pass_ctx *pc, ap_split split, int epoch, int train, do
             if (st) goto cleanup;
             size_t np = 0;
             float *params = ap_predictor_params(pc->pred, &np);
-            float lr = ap_lr_at(AP_LR_COSINE, o->lr, *pc->step, o->warmup_steps,
-                                pc->total_steps, 0.05f);
+            /* A short run must not spend itself in warm-up. */
+            long warm = o->warmup_steps < pc->total_steps / 10 ? o->warmup_steps
+                                                               : pc->total_steps / 10;
+            float lr = ap_lr_at(AP_LR_COSINE, o->lr, *pc->step, warm, pc->total_steps, 0.05f);
             ap_pred_layout lay;
             ap_pred_layout_of(ap_predictor_config(pc->pred), &lay);
             ap_adam_step_range(pc->adam, params, pc->grad, lr, (size_t)m * lay.total, lay.total);
@@ -318,9 +320,8 @@ ap_status ap_train_run(const ap_train_opts *o, ap_train_result *res, ap_err *err
         return ap_errf(err, AP_ERR_ARG,
                        "bad training options (epochs, batch, lr, history, block >= 1; sink and "
                        "local multiples of the block; at least one budget)");
-    if (mkdir(o->run_dir, 0755) != 0 && errno != EEXIST)
-        return ap_errf(err, AP_ERR_IO, "%s: cannot create run directory: %s", o->run_dir,
-                       strerror(errno));
+    st = ap_mkdir_p(o->run_dir, err);
+    if (st) return st;
     snprintf(path, sizeof path, "%s/%s", o->run_dir, AP_CKPT_NAME_LAST);
     int have_last = ap_file_exists(path);
     if (have_last && !o->resume && !o->force)
