@@ -287,9 +287,11 @@ static int attr_read_int(hid_t loc, const char *name, int *v) {
 /* ----------------------------------------------------------------- datasets -- */
 
 /* Object creation settings shared by the root, every group and dataset: no
- * timestamps (files are byte-reproducible) and attributes kept in the object
- * header (compact) rather than in dense storage; HDF5 1.10.8 crashes in
- * H5Ocopy (merge) on variable-length string attributes in dense storage. */
+ * timestamps (a trace's bytes depend on its content, not on when it was
+ * written; only the superblock extension HDF5 adds for the B-tree setting keeps
+ * its creation time) and attributes kept in the object header (compact) rather
+ * than in dense storage: HDF5 1.10.8 crashes in H5Ocopy (merge) on
+ * variable-length string attributes in dense storage. */
 static herr_t obj_props(hid_t ocpl) {
     if (H5Pset_obj_track_times(ocpl, 0) < 0) return -1;
     return H5Pset_attr_phase_change(ocpl, 64, 48);
@@ -337,7 +339,7 @@ cleanup:
 }
 
 /* /sequences: creation order tracked and indexed, so sequences list in the
- * order they were captured; no timestamps (byte-reproducible files). */
+ * order they were captured; no timestamps. */
 static hid_t seq_root_gcpl(void) {
     hid_t gcpl = H5Pcreate(H5P_GROUP_CREATE);
     if (gcpl < 0) return -1;
@@ -1431,6 +1433,27 @@ cleanup:
     return st;
 }
 
+/* A .partial whose journal does not end with "+" was killed while its sequence
+ * index was being updated; HDF5 can crash iterating such an index, so it is
+ * refused until --resume has rebuilt it. */
+static ap_status partial_check(const char *path, ap_err *err) {
+    static const char suffix[] = ".partial";
+    size_t n = strlen(path), ns = sizeof suffix - 1;
+    if (n < ns || strcmp(path + n - ns, suffix) != 0) return AP_OK;
+    char *idx = str_cat(path, ".idx");
+    if (!idx) return ap_errf(err, AP_ERR_NOMEM, "%s: out of memory", path);
+    idx_list j = {0};
+    ap_status st = AP_OK;
+    if (ap_file_exists(idx) && idx_read(idx, &j, err) == AP_OK && !j.clean)
+        st = ap_errf(err, AP_ERR_FORMAT,
+                     "%s: the capture writing it stopped while adding a sequence (%s does not "
+                     "end with \"+\"): run capture --resume to repair it before reading",
+                     path, idx);
+    free(j.e);
+    free(idx);
+    return st;
+}
+
 ap_status ap_trace_open(const char *path, ap_trace **out, ap_err *err) {
     ap_status st = AP_OK;
     ap_trace *t = NULL;
@@ -1446,6 +1469,8 @@ ap_status ap_trace_open(const char *path, ap_trace **out, ap_err *err) {
         st = ap_errf(err, AP_ERR_NOMEM, "%s: out of memory", path);
         goto cleanup;
     }
+    st = partial_check(path, err);
+    if (st) goto cleanup;
     st = h5_open_file(path, 0, &t->file, err);
     if (st) goto cleanup;
     st = meta_read(t->file, path, &t->meta, &t->complete, err);

@@ -6,8 +6,10 @@
  * Atomicity: the writer writes "<path>.partial"; each sequence group gets the
  * attribute complete=1 only after all its datasets are written and flushed.
  * ap_trace_writer_close(commit=1) marks the file complete and renames it to
- * <path>. A killed capture leaves only the .partial file, which --resume
- * reopens (dropping any incomplete group). */
+ * <path>. A killed capture leaves only the .partial file (and its journal
+ * <path>.partial.idx, see docs/trace-format.md), which --resume reopens
+ * (dropping any incomplete group, repairing the sequence index if the kill
+ * interrupted an update of it). */
 #ifndef AP_TRACE_H
 #define AP_TRACE_H
 

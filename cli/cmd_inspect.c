@@ -168,8 +168,17 @@ static int summary_text(const char *path, const ap_trace *t, ap_err *err) {
     if (ptoks + gtoks > 0) printf(", %.1f bytes per token", (double)bytes / (double)(ptoks + gtoks));
     printf("\n");
     if (n == 0) return 0;
-    printf("\n%5s  %-24s %-12s %8s %6s %6s %6s %5s %6s  %s\n", "index", "id", "task", "n_prompt",
-           "n_gen", "steps", "blocks", "quest", "colsum", "raw layers");
+    /* Columns as wide as the longest id/task (ids up to 40 shown whole). */
+    int wid = 2, wtask = 4;
+    for (int i = 0; i < n; i++) {
+        ap_trace_seq_info in;
+        if (ap_trace_seq_get_info(t, i, &in, err)) return 1;
+        int li = (int)strlen(in.id), lt = (int)strlen(in.task);
+        wid = li > wid ? (li > 40 ? 40 : li) : wid;
+        wtask = lt > wtask ? lt : wtask;
+    }
+    printf("\n%5s  %-*s %-*s %8s %6s %6s %6s %5s %6s  %s\n", "index", wid, "id", wtask, "task",
+           "n_prompt", "n_gen", "steps", "blocks", "quest", "colsum", "raw layers");
     for (int i = 0; i < n; i++) {
         ap_trace_seq_info in;
         if (ap_trace_seq_get_info(t, i, &in, err)) return 1;
@@ -177,7 +186,7 @@ static int summary_text(const char *path, const ap_trace *t, ap_err *err) {
         size_t o = 0;
         for (int k = 0; k < in.n_raw_layers && o + 12 < sizeof raw; k++)
             o += (size_t)snprintf(raw + o, sizeof raw - o, "%s%d", k ? "," : "", in.raw_layers[k]);
-        printf("%5d  %-24s %-12s %8d %6d %6d %6d %5s %6s  %s\n", i, in.id,
+        printf("%5d  %-*s %-*s %8d %6d %6d %6d %5s %6s  %s\n", i, wid, in.id, wtask,
                in.task[0] ? in.task : "-", in.n_prompt, in.n_gen, in.n_steps, in.n_blocks,
                in.has_query ? "yes" : "no", in.has_colsum ? "yes" : "no", raw);
     }

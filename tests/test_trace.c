@@ -297,25 +297,6 @@ Test(trace, round_trip_is_exact) {
     std_free(ys, N_STD);
 }
 
-Test(trace, files_are_byte_reproducible) {
-    synth ys[N_STD];
-    std_set(ys);
-    char a[1200], b[1200];
-    path_in(a, sizeof a, "a.h5");
-    path_in(b, sizeof b, "b.h5");
-    write_trace(a, ys, N_STD, 0);
-    write_trace(b, ys, N_STD, 0);
-    char *da = NULL, *db = NULL;
-    size_t na = 0, nb = 0;
-    ap_err e;
-    cr_assert_eq(ap_read_file(a, &da, &na, &e), AP_OK);
-    cr_assert_eq(ap_read_file(b, &db, &nb, &e), AP_OK);
-    cr_assert_eq(na, nb);
-    cr_assert_eq(memcmp(da, db, na), 0, "same input, different bytes (timestamps?)");
-    free(da), free(db);
-    std_free(ys, N_STD);
-}
-
 /* ------------------------------------------------------ writer checks -- */
 
 Test(trace, writer_rejects_bad_sequences) {
@@ -548,6 +529,11 @@ Test(trace, resume_rebuilds_index_after_interrupted_link) {
     cr_assert(len > 2 && !strcmp(data + len - 2, "+\n"), "journal: %s", data);
     cr_assert_eq(truncate(idx, (off_t)len - 2), 0);
     free(data);
+
+    /* Until resume repairs it, the reader refuses such a partial. */
+    ap_trace *t = NULL;
+    cr_assert_eq(ap_trace_open(partial, &t, &e), AP_ERR_FORMAT);
+    cr_assert(strstr(e.msg, "--resume") != NULL, "%s", e.msg);
 
     ap_trace_writer *w = NULL;
     cr_assert_eq(ap_trace_writer_open(path, &META, AP_TRACE_RESUME, &w, &e), AP_OK, "%s", e.msg);
