@@ -40,7 +40,7 @@ else
   resume=()
   [ -f "$run/last.safetensors" ] && resume=(--resume)
   ./build/attnpred train --traces "$trace" --out "$run" --epochs "${ATTNPRED_EPOCHS:-3}" \
-    --max-train "${ATTNPRED_MAX_TRAIN:-6000}" --max-val 4000 --budgets 256,512,1024 \
+    --max-train "${ATTNPRED_MAX_TRAIN:-6000}" --max-val 4000 --batch 64 --lr 3e-3 --budgets 256,512,1024 \
     --threads "$(nproc)" --json "$run/result.json" "${resume[@]}"
   ./build/attnpred export --run "$run" --out "$run/predictor.safetensors"
 fi
