@@ -183,15 +183,19 @@ int ap_cmd_train(int argc, char **argv) {
         char tmpn[4200];
         ap_tmp_name(tmpn, sizeof tmpn, json_path);
         FILE *f = fopen(tmpn, "w");
-        if (!f || fprintf(f,
-                          "{\"run\": \"%s\", \"epochs_done\": %d, \"best_epoch\": %d, "
-                          "\"best_val_recovery\": %.6f, \"last_step_val_recovery\": %.6f, "
-                          "\"oracle_val_recovery\": %.6f, \"train_windows_per_s\": %.2f, "
-                          "\"params\": %lld}\n",
-                          o.run_dir, r.epochs_done, r.best_epoch, r.best_recovery,
-                          r.last_step_recovery, r.oracle_recovery, r.samples_per_s,
-                          r.n_params) < 0 ||
-            fclose(f) != 0 || rename(tmpn, json_path) != 0) {
+        int ok = f != NULL;
+        if (ok)
+            ok = fprintf(f,
+                         "{\"run\": \"%s\", \"epochs_done\": %d, \"best_epoch\": %d, "
+                         "\"best_val_recovery\": %.6f, \"last_step_val_recovery\": %.6f, "
+                         "\"oracle_val_recovery\": %.6f, \"train_windows_per_s\": %.2f, "
+                         "\"params\": %lld}\n",
+                         o.run_dir, r.epochs_done, r.best_epoch, r.best_recovery,
+                         r.last_step_recovery, r.oracle_recovery, r.samples_per_s,
+                         r.n_params) >= 0;
+        if (f && fclose(f) != 0) ok = 0;
+        if (!ok || rename(tmpn, json_path) != 0) {
+            if (f) remove(tmpn);
             ap_cli_error("train", "%s: cannot write", json_path);
             rc = 1;
             goto done;
