@@ -8,6 +8,7 @@ int ap_cmd_inspect(int argc, char **argv);
 int ap_cmd_merge(int argc, char **argv);
 int ap_cmd_export(int argc, char **argv);
 int ap_cmd_train(int argc, char **argv);
+int ap_cmd_eval(int argc, char **argv);
 
 /* Print "attnpred <cmd>: <msg>" to stderr. */
 void ap_cli_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

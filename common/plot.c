@@ -260,6 +260,26 @@ void ap_plot_colormap(double t, unsigned char rgb[3]) {
         rgb[k] = (unsigned char)lround(stops[i][k] + u * (stops[i + 1][k] - stops[i][k]));
 }
 
+void ap_plot_diverging_colormap(double t, unsigned char rgb[3]) {
+    /* Blue - white - red through five stops (a RdBu-like ramp): the two
+     * halves mirror each other in lightness, so equal |v| reads as equally
+     * strong on either side of zero. */
+    static const unsigned char stops[5][3] = {
+        {33, 102, 172}, {146, 197, 222}, {247, 247, 247}, {244, 165, 130}, {178, 24, 43}};
+    if (isnan(t)) t = 0.5;
+    if (t < 0.0) t = 0.0;
+    if (t > 1.0) t = 1.0;
+    double f = t * 4.0;
+    int i = (int)f;
+    if (i >= 4) {
+        memcpy(rgb, stops[4], 3);
+        return;
+    }
+    double u = f - i;
+    for (int k = 0; k < 3; k++)
+        rgb[k] = (unsigned char)lround(stops[i][k] + u * (stops[i + 1][k] - stops[i][k]));
+}
+
 static rgb8 palette(int i) {
     unsigned char c[3];
     ap_plot_palette_color(i, c);
@@ -838,8 +858,18 @@ static void fmt_bar_label(char *buf, size_t n, double v, int log_scale, int have
     snprintf(buf, n, "%s", num);
 }
 
-ap_status ap_plot_heatmap_png(const char *path, const char *title, const float *v, int rows,
-                              int cols, int log_scale, ap_err *err) {
+/* Colour of value h on [lo, hi] in the chosen map. */
+static rgb8 heat_color(double h, double lo, double hi, int diverging) {
+    unsigned char rgb[3];
+    if (diverging)
+        ap_plot_diverging_colormap(hi > lo ? (h - lo) / (hi - lo) : 0.5, rgb);
+    else
+        ap_plot_colormap(hi > lo ? (h - lo) / (hi - lo) : 0.0, rgb);
+    return (rgb8){rgb[0], rgb[1], rgb[2]};
+}
+
+static ap_status heatmap_png(const char *path, const char *title, const float *v, int rows,
+                             int cols, int log_scale, int diverging, ap_err *err) {
     ap_status st = AP_OK;
     canvas cv = {0};
     int *col_start = NULL, *row_start = NULL;
@@ -862,12 +892,21 @@ ap_status ap_plot_heatmap_png(const char *path, const char *title, const float *
         hi = fmax(hi, h);
     }
     int have = lo <= hi;
+    if (have && diverging) { /* symmetric, so white is exactly zero */
+        hi = fmax(fabs(lo), fabs(hi));
+        lo = hi > 0 ? -hi : 0.0; /* no "-0" label on an all-zero map */
+    }
 
     int mw = heat_side(cols), mh = heat_side(rows);
     const int pad = 16, bar_w = 20, bar_gap = 16, ts = 2;
     char lab_max[32], lab_min[32];
     fmt_bar_label(lab_max, sizeof lab_max, hi, log_scale, have);
     fmt_bar_label(lab_min, sizeof lab_min, lo, log_scale, have);
+    if (diverging && have && hi > 0) {
+        char num[32];
+        snprintf(num, sizeof num, "%s", lab_max);
+        snprintf(lab_max, sizeof lab_max, "+%.30s", num);
+    }
     int lab_w = text_w(lab_max, 1);
     if (text_w(lab_min, 1) > lab_w) lab_w = text_w(lab_min, 1);
     if (log_scale && text_w("log", 1) > lab_w) lab_w = text_w("log", 1);
@@ -889,28 +928,21 @@ ap_status ap_plot_heatmap_png(const char *path, const char *title, const float *
     for (int p = 0; p <= mh; p++) row_start[p] = (int)((long long)p * rows / mh);
 
     int mx0 = pad, my0 = top;
-    unsigned char rgb[3];
     for (int py = 0; py < mh; py++) {
         int r0 = row_start[py], r1 = row_start[py + 1] > r0 ? row_start[py + 1] : r0 + 1;
         for (int px = 0; px < mw; px++) {
             int c0 = col_start[px], c1 = col_start[px + 1] > c0 ? col_start[px + 1] : c0 + 1;
             /* When cells outnumber pixels, the block max keeps sparse peaks
-             * (typical of attention) from being sampled away. */
+             * (typical of attention) from being sampled away; signed data
+             * keeps the largest |v| so negative peaks survive too. */
             double m = NAN;
             for (int r = r0; r < r1; r++)
                 for (int c = c0; c < c1; c++) {
                     double h = heat_value(v[(size_t)r * (size_t)cols + (size_t)c], log_scale);
-                    if (!isnan(h) && (isnan(m) || h > m)) m = h;
+                    if (isnan(h)) continue;
+                    if (isnan(m) || (diverging ? fabs(h) > fabs(m) : h > m)) m = h;
                 }
-            rgb8 col;
-            if (isnan(m)) {
-                col = C_NAN;
-            } else {
-                double t = hi > lo ? (m - lo) / (hi - lo) : 0.0;
-                ap_plot_colormap(t, rgb);
-                col = (rgb8){rgb[0], rgb[1], rgb[2]};
-            }
-            put_px(&cv, mx0 + px, my0 + py, col);
+            put_px(&cv, mx0 + px, my0 + py, isnan(m) ? C_NAN : heat_color(m, lo, hi, diverging));
         }
     }
     frame_rect(&cv, mx0, my0, mx0 + mw, my0 + mh, C_AXIS);
@@ -918,14 +950,15 @@ ap_status ap_plot_heatmap_png(const char *path, const char *title, const float *
     /* Colour bar, max at the top. */
     int bx0 = mx0 + mw + bar_gap;
     for (int y = 0; y < mh; y++) {
-        ap_plot_colormap(mh > 1 ? 1.0 - (double)y / (mh - 1) : 1.0, rgb);
-        fill_rect(&cv, bx0, my0 + y, bx0 + bar_w, my0 + y + 1, (rgb8){rgb[0], rgb[1], rgb[2]});
+        double t = mh > 1 ? 1.0 - (double)y / (mh - 1) : 1.0;
+        fill_rect(&cv, bx0, my0 + y, bx0 + bar_w, my0 + y + 1, heat_color(t, 0.0, 1.0, diverging));
     }
     frame_rect(&cv, bx0, my0, bx0 + bar_w, my0 + mh, C_AXIS);
     int lx = bx0 + bar_w + 6;
     draw_text(&cv, lx, my0, lab_max, 1, C_TEXT);
     draw_text(&cv, lx, my0 + mh - text_h(1), lab_min, 1, C_TEXT);
     if (log_scale) draw_text(&cv, lx, my0 + (mh - text_h(1)) / 2, "log", 1, C_TEXT);
+    if (diverging && have) draw_text(&cv, lx, my0 + (mh - text_h(1)) / 2, "0", 1, C_TEXT);
 
     if (*title) draw_text(&cv, (W - text_w(title, ts)) / 2, pad, title, ts, C_TEXT);
 
@@ -935,4 +968,14 @@ cleanup:
     free(row_start);
     free(cv.px);
     return st;
+}
+
+ap_status ap_plot_heatmap_png(const char *path, const char *title, const float *v, int rows,
+                              int cols, int log_scale, ap_err *err) {
+    return heatmap_png(path, title, v, rows, cols, log_scale, 0, err);
+}
+
+ap_status ap_plot_heatmap_diverging_png(const char *path, const char *title, const float *v,
+                                        int rows, int cols, ap_err *err) {
+    return heatmap_png(path, title, v, rows, cols, 0, 1, err);
 }

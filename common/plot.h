@@ -42,11 +42,23 @@ ap_status ap_plot_lines_png(const char *path, const ap_plot_opts *o, const ap_pl
 ap_status ap_plot_heatmap_png(const char *path, const char *title, const float *v, int rows,
                               int cols, int log_scale, ap_err *err);
 
+/* Heatmap of signed data (a difference, a gain): the colour range is
+ * symmetric about zero, +-max |v| over the finite cells, so white is exactly
+ * 0, blue below and red above, whatever the data's range; the colour bar is
+ * labelled with -m, 0 and +m. Sizes, NaN cells and errors as in
+ * ap_plot_heatmap_png. */
+ap_status ap_plot_heatmap_diverging_png(const char *path, const char *title, const float *v,
+                                        int rows, int cols, ap_err *err);
+
 /* Colour i of the series palette (Tableau 10, cycling). */
 void ap_plot_palette_color(int i, unsigned char rgb[3]);
 
 /* Heatmap colormap at t in [0,1] (clamped): t = 0 is dark purple, t = 1 the
  * top yellow. */
 void ap_plot_colormap(double t, unsigned char rgb[3]);
+
+/* Diverging colormap at t in [0,1] (clamped; NaN gives the middle): t = 0
+ * dark blue, t = 0.5 near white, t = 1 dark red. */
+void ap_plot_diverging_colormap(double t, unsigned char rgb[3]);
 
 #endif

@@ -1,0 +1,539 @@
+/* The replayed token-selection policies, one small module each behind the
+ * vtable of eval/selectors.h. Semantics: docs/eval.md. */
+#include "eval/selectors.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "common/util.h"
+#include "train/incremental.h"
+
+/* ------------------------------------------------------------ shared parts */
+
+static const float *row_at(const float *v, const ap_sel_data *d, int s, int h) {
+    return v + ((size_t)s * d->n_head + h) * d->n_blocks;
+}
+
+/* Eviction states are per query head in the method's mode, per KV head (the
+ * group shares one cache) otherwise. */
+static int n_units(const ap_sel_data *d, const ap_sel_params *p) {
+    return p->kv_mode == AP_KV_PER_QHEAD ? d->n_head : d->n_head_kv;
+}
+
+static int unit_of(const ap_sel_data *d, const ap_sel_params *p, int h) {
+    return p->kv_mode == AP_KV_PER_QHEAD ? h : h / (d->n_head / d->n_head_kv);
+}
+
+/* The row a history receives after decode step st->t (method.md 4.2 step 5):
+ * the dense block_max row on calibration steps, else the attention the step
+ * computed over its kept blocks, renormalised by the kept mass, max-pooled. */
+static void history_row(const ap_sel_data *d, const ap_sel_step *st, int calib, int h,
+                        const uint8_t *kept, double kept_mass, float *out) {
+    const float *bm = row_at(d->block_max, d, st->s, h);
+    if (calib > 0 && (st->t + 1) % calib == 0) {
+        memcpy(out, bm, (size_t)d->n_blocks * sizeof(float));
+        return;
+    }
+    memset(out, 0, (size_t)d->n_blocks * sizeof(float));
+    if (!(kept_mass > 0)) return;
+    for (int j = 0; j < st->n_valid && j < d->n_blocks; j++)
+        if (kept[j]) out[j] = (float)(bm[j] / kept_mass);
+}
+
+/* Eviction methods keep the recent window anyway, as their implementations
+ * do, so a candidate still inside the local window ranks below every other
+ * candidate instead of spending a slot (while inside it is never evicted).
+ * Finite, so that summing a KV group's scores cannot make it unavailable. */
+#define IN_LOCAL_SCORE (-1e30f)
+
+/* ------------------------------------------------------------------ oracle */
+
+typedef struct {
+    const ap_sel_data *d;
+} data_only;
+
+static ap_status data_only_create(const ap_sel_data *d, const ap_sel_params *p, void **state,
+                                  ap_err *err) {
+    data_only *s = malloc(sizeof *s);
+    if (!s) return ap_errf(err, AP_ERR_NOMEM, "out of memory");
+    s->d = d;
+    *state = s;
+    return AP_OK;
+}
+
+static void plain_free(void *state) { free(state); }
+
+/* The mass a candidate adds: its block_sum, 0 inside the local window. */
+static ap_status oracle_score(void *state, const ap_sel_step *st, float *scores, ap_err *err) {
+    const ap_sel_data *d = ((data_only *)state)->d;
+    for (int h = 0; h < d->n_head; h++) {
+        const float *bs = row_at(d->block_sum, d, st->s, h);
+        for (int j = 0; j < st->W; j++)
+            scores[(size_t)h * st->W + j] = st->c0 + j >= st->lb0 ? 0.0f : bs[st->c0 + j];
+    }
+    return AP_OK;
+}
+
+/* --------------------------------------------------------------- streaming */
+
+/* Recency: the candidate nearest the local window first. */
+static ap_status streaming_score(void *state, const ap_sel_step *st, float *scores, ap_err *err) {
+    const ap_sel_data *d = ((data_only *)state)->d;
+    for (int h = 0; h < d->n_head; h++)
+        for (int j = 0; j < st->W; j++)
+            scores[(size_t)h * st->W + j] =
+                st->c0 + j >= st->lb0 ? IN_LOCAL_SCORE : (float)(st->c0 + j);
+    return AP_OK;
+}
+
+/* --------------------------------------------------------------------- h2o */
+
+typedef struct {
+    const ap_sel_data *d;
+    const ap_sel_params *p;
+    int units;
+    double *acc; /* [units][NB] accumulated attention */
+} h2o_state;
+
+static void h2o_free(void *state) {
+    h2o_state *s = state;
+    if (!s) return;
+    free(s->acc);
+    free(s);
+}
+
+static ap_status h2o_create(const ap_sel_data *d, const ap_sel_params *p, void **state,
+                            ap_err *err) {
+    if (!d->prefill_colsum)
+        return ap_errf(err, AP_ERR_ARG,
+                       "h2o needs prefill_colsum (capture without --no-colsum)");
+    h2o_state *s = calloc(1, sizeof *s);
+    if (!s) return ap_errf(err, AP_ERR_NOMEM, "out of memory");
+    s->d = d;
+    s->p = p;
+    s->units = n_units(d, p);
+    s->acc = calloc((size_t)s->units * d->n_blocks, sizeof(double));
+    if (!s->acc) {
+        h2o_free(s);
+        return ap_errf(err, AP_ERR_NOMEM, "out of memory");
+    }
+    /* H2O's score after prefill: the column sums over every prompt query. */
+    for (int h = 0; h < d->n_head; h++) {
+        double *a = s->acc + (size_t)unit_of(d, p, h) * d->n_blocks;
+        const float *cs = d->prefill_colsum + (size_t)h * d->n_prompt;
+        for (int k = 0; k < d->n_prompt; k++) a[k / d->block] += cs[k];
+    }
+    *state = s;
+    return AP_OK;
+}
+
+static ap_status h2o_score(void *state, const ap_sel_step *st, float *scores, ap_err *err) {
+    h2o_state *s = state;
+    const ap_sel_data *d = s->d;
+    for (int h = 0; h < d->n_head; h++) {
+        const double *a = s->acc + (size_t)unit_of(d, s->p, h) * d->n_blocks;
+        for (int j = 0; j < st->W; j++)
+            scores[(size_t)h * st->W + j] =
+                st->c0 + j >= st->lb0 ? IN_LOCAL_SCORE : (float)a[st->c0 + j];
+    }
+    return AP_OK;
+}
+
+/* Adds the attention the kept cache received: the true row restricted to the
+ * kept blocks and renormalised, as softmax over the kept keys computes it. */
+static ap_status h2o_observe(void *state, const ap_sel_step *st, const uint8_t *kept,
+                             const double *kept_mass, ap_err *err) {
+    h2o_state *s = state;
+    const ap_sel_data *d = s->d;
+    for (int h = 0; h < d->n_head; h++) {
+        if (!(kept_mass[h] > 0)) continue;
+        double *a = s->acc + (size_t)unit_of(d, s->p, h) * d->n_blocks;
+        const float *bs = row_at(d->block_sum, d, st->s, h);
+        const uint8_t *kp = kept + (size_t)h * d->n_blocks;
+        for (int j = 0; j < st->n_valid && j < d->n_blocks; j++)
+            if (kp[j]) a[j] += bs[j] / kept_mass[h];
+    }
+    return AP_OK;
+}
+
+/* ------------------------------------------------------------------ snapkv */
+
+/* Blocks that leave the local window during decode outrank every prompt
+ * block: a vote is at most window rows x pool blocks x group heads (< 1e4),
+ * so this offset keeps them apart while the block index stays exact. */
+#define SNAPKV_NEW_OFFSET 1e6f
+
+typedef struct {
+    const ap_sel_data *d;
+    const ap_sel_params *p;
+    int prompt_c1; /* candidates at decode step 0 are [c0, prompt_c1) */
+    float *vote;   /* [units][NB] */
+} snapkv_state;
+
+static void snapkv_free(void *state) {
+    snapkv_state *s = state;
+    if (!s) return;
+    free(s->vote);
+    free(s);
+}
+
+static ap_status snapkv_create(const ap_sel_data *d, const ap_sel_params *p, void **state,
+                               ap_err *err) {
+    ap_status st = AP_OK;
+    double *raw = NULL;
+    snapkv_state *s = calloc(1, sizeof *s);
+    if (!s) return ap_errf(err, AP_ERR_NOMEM, "out of memory");
+    s->d = d;
+    s->p = p;
+    const int units = n_units(d, p), NB = d->n_blocks;
+    s->prompt_c1 = (d->n_prompt + d->block - 1) / d->block - p->local_blocks;
+    s->vote = calloc((size_t)units * NB, sizeof(float));
+    raw = calloc((size_t)units * NB, sizeof(double));
+    if (!s->vote || !raw) {
+        st = ap_errf(err, AP_ERR_NOMEM, "out of memory");
+        goto cleanup;
+    }
+    /* Observation window: the last snapkv_window recorded prefill queries. */
+    int first = d->n_pre - p->snapkv_window;
+    if (first < 0) first = 0;
+    for (int h = 0; h < d->n_head; h++) {
+        double *r = raw + (size_t)unit_of(d, p, h) * NB;
+        for (int srow = first; srow < d->n_pre; srow++) {
+            const float *bs = row_at(d->block_sum, d, srow, h);
+            for (int j = 0; j < NB; j++) r[j] += bs[j];
+        }
+    }
+    const int half = p->snapkv_pool > 1 ? p->snapkv_pool / 2 : 0;
+    for (int u = 0; u < units; u++)
+        for (int j = 0; j < NB; j++) {
+            double m = raw[(size_t)u * NB + j];
+            for (int o = -half; o <= half; o++)
+                if (j + o >= 0 && j + o < NB && raw[(size_t)u * NB + j + o] > m)
+                    m = raw[(size_t)u * NB + j + o];
+            s->vote[(size_t)u * NB + j] = (float)m;
+        }
+    *state = s;
+    s = NULL;
+cleanup:
+    free(raw);
+    snapkv_free(s);
+    return st;
+}
+
+static ap_status snapkv_score(void *state, const ap_sel_step *st, float *scores, ap_err *err) {
+    snapkv_state *s = state;
+    const ap_sel_data *d = s->d;
+    for (int h = 0; h < d->n_head; h++) {
+        const float *v = s->vote + (size_t)unit_of(d, s->p, h) * d->n_blocks;
+        for (int j = 0; j < st->W; j++) {
+            int b = st->c0 + j;
+            if (b >= st->lb0)
+                scores[(size_t)h * st->W + j] = IN_LOCAL_SCORE;
+            else
+                scores[(size_t)h * st->W + j] = b < s->prompt_c1 ? v[b] : SNAPKV_NEW_OFFSET + (float)b;
+        }
+    }
+    return AP_OK;
+}
+
+/* ------------------------------------------------------------------- quest */
+
+typedef struct {
+    const ap_sel_data *d;
+} quest_state;
+
+static ap_status quest_create(const ap_sel_data *d, const ap_sel_params *p, void **state,
+                              ap_err *err) {
+    if (!d->query || !d->key_min || !d->key_max)
+        return ap_errf(err, AP_ERR_ARG,
+                       "quest needs query vectors and key bounds (capture without --no-quest)");
+    return data_only_create(d, p, state, err);
+}
+
+/* Upper bound of q.k over the block's keys, per page (Quest). */
+static ap_status quest_score(void *state, const ap_sel_step *st, float *scores, ap_err *err) {
+    const ap_sel_data *d = ((data_only *)state)->d;
+    const int hd = d->head_dim, group = d->n_head / d->n_head_kv;
+    for (int h = 0; h < d->n_head; h++) {
+        const float *q = d->query + ((size_t)st->s * d->n_head + h) * hd;
+        const size_t kv = (size_t)(h / group) * d->n_blocks;
+        for (int j = 0; j < st->W; j++) {
+            const float *lo = d->key_min + (kv + st->c0 + j) * hd;
+            const float *hi = d->key_max + (kv + st->c0 + j) * hd;
+            double acc = 0.0;
+            for (int e = 0; e < hd; e++) {
+                double a = (double)q[e] * lo[e], b = (double)q[e] * hi[e];
+                acc += a > b ? a : b;
+            }
+            scores[(size_t)h * st->W + j] = (float)acc;
+        }
+    }
+    return AP_OK;
+}
+
+/* ------------------------------------------------------- last_step_dense */
+
+/* The previous recorded row: needs dense attention at every step. */
+static ap_status last_dense_score(void *state, const ap_sel_step *st, float *scores,
+                                  ap_err *err) {
+    const ap_sel_data *d = ((data_only *)state)->d;
+    for (int h = 0; h < d->n_head; h++) {
+        float *o = scores + (size_t)h * st->W;
+        if (st->s < 1) {
+            memset(o, 0, (size_t)st->W * sizeof(float));
+            continue;
+        }
+        memcpy(o, row_at(d->block_max, d, st->s - 1, h) + st->c0, (size_t)st->W * sizeof(float));
+    }
+    return AP_OK;
+}
+
+/* --------------------------------------------------------------- last_step */
+
+typedef struct {
+    const ap_sel_data *d;
+    const ap_sel_params *p;
+    float *newest; /* [n_head][NB] newest history row */
+} last_state;
+
+static void last_free(void *state) {
+    last_state *s = state;
+    if (!s) return;
+    free(s->newest);
+    free(s);
+}
+
+static ap_status last_create(const ap_sel_data *d, const ap_sel_params *p, void **state,
+                             ap_err *err) {
+    last_state *s = calloc(1, sizeof *s);
+    if (!s) return ap_errf(err, AP_ERR_NOMEM, "out of memory");
+    s->d = d;
+    s->p = p;
+    s->newest = calloc((size_t)d->n_head * d->n_blocks, sizeof(float));
+    if (!s->newest) {
+        last_free(s);
+        return ap_errf(err, AP_ERR_NOMEM, "out of memory");
+    }
+    if (d->n_pre > 0)
+        memcpy(s->newest, row_at(d->block_max, d, d->n_pre - 1, 0),
+               (size_t)d->n_head * d->n_blocks * sizeof(float));
+    *state = s;
+    return AP_OK;
+}
+
+static ap_status last_score(void *state, const ap_sel_step *st, float *scores, ap_err *err) {
+    last_state *s = state;
+    const int NB = s->d->n_blocks;
+    for (int h = 0; h < s->d->n_head; h++)
+        memcpy(scores + (size_t)h * st->W, s->newest + (size_t)h * NB + st->c0,
+               (size_t)st->W * sizeof(float));
+    return AP_OK;
+}
+
+static ap_status last_observe(void *state, const ap_sel_step *st, const uint8_t *kept,
+                              const double *kept_mass, ap_err *err) {
+    last_state *s = state;
+    const int NB = s->d->n_blocks;
+    for (int h = 0; h < s->d->n_head; h++)
+        history_row(s->d, st, s->p->calib, h, kept + (size_t)h * NB, kept_mass[h],
+                    s->newest + (size_t)h * NB);
+    return AP_OK;
+}
+
+/* --------------------------------------------------------------- attnpred */
+
+/* The predictor's history of one (layer, head): the last H rows pushed,
+ * rows before the first push zero, a row zero past its causal width. This
+ * struct, hist_push and layer_predict are the only code that knows how the
+ * CNN is evaluated: full recomputation over a ring of rows (batched over the
+ * heads of the layer), or train/incremental.h's ap_incr, which keeps the
+ * conv features of the rows between steps. */
+typedef struct {
+    float *rows;   /* [H][NB] ring (full recomputation only) */
+    int next;      /* ring slot of the next push = the oldest row */
+    ap_incr *incr; /* incremental evaluation only */
+} pred_hist;
+
+typedef struct {
+    const ap_sel_data *d;
+    const ap_sel_params *p;
+    const ap_pred_config *cfg;
+    int H;
+    pred_hist *hist; /* [n_head] */
+    float *x;        /* [n_head][H][max W] window batch (full recomputation) */
+    float *row;      /* [NB] scratch */
+    ap_sel_cost cost;
+} pred_state;
+
+static ap_status hist_push(pred_hist *ph, int H, int NB, const float *row, int width,
+                           ap_err *err) {
+    if (ph->incr) return ap_incr_push(ph->incr, row, width < NB ? width : NB, err);
+    memcpy(ph->rows + (size_t)ph->next * NB, row, (size_t)NB * sizeof(float));
+    ph->next = (ph->next + 1) % H;
+    return AP_OK;
+}
+
+/* Window x[H][c1 - c0], oldest row first, as train/dataset.c builds it. */
+static void hist_window(const pred_hist *ph, int H, int NB, int c0, int c1, float *x) {
+    const int W = c1 - c0;
+    for (int r = 0; r < H; r++)
+        memcpy(x + (size_t)r * W, ph->rows + (size_t)((ph->next + r) % H) * NB + c0,
+               (size_t)W * sizeof(float));
+}
+
+double ap_sel_naive_macs(const ap_pred_config *c, int H, int W) {
+    return (9.0 * c->c1 + 9.0 * c->c1 * c->c2) * H * W + (double)c->c2 * W;
+}
+
+static void pred_free(void *state) {
+    pred_state *s = state;
+    if (!s) return;
+    if (s->hist)
+        for (int h = 0; h < s->d->n_head; h++) {
+            free(s->hist[h].rows);
+            ap_incr_free(s->hist[h].incr);
+        }
+    free(s->hist);
+    free(s->x);
+    free(s->row);
+    free(s);
+}
+
+static ap_status pred_create(const ap_sel_data *d, const ap_sel_params *p, void **state,
+                             ap_err *err) {
+    if (!p->rt) return ap_errf(err, AP_ERR_ARG, "predictor method without a predictor");
+    ap_status st = AP_OK;
+    pred_state *s = calloc(1, sizeof *s);
+    if (!s) return ap_errf(err, AP_ERR_NOMEM, "out of memory");
+    s->d = d;
+    s->p = p;
+    s->cfg = ap_runtime_config(p->rt);
+    s->H = s->cfg->history;
+    const int H = s->H, NB = d->n_blocks > 0 ? d->n_blocks : 1;
+    const ap_predictor *pred = ap_runtime_predictor(p->rt);
+    const int model = ap_predictor_model_of_layer(pred, d->layer);
+    s->hist = calloc((size_t)d->n_head, sizeof *s->hist);
+    s->row = malloc((size_t)NB * sizeof(float));
+    if (!p->incremental) s->x = malloc((size_t)d->n_head * H * NB * sizeof(float));
+    if (!s->hist || !s->row || (!p->incremental && !s->x)) {
+        st = ap_errf(err, AP_ERR_NOMEM, "out of memory for predictor histories");
+        goto cleanup;
+    }
+    for (int h = 0; h < d->n_head; h++) {
+        if (p->incremental) {
+            if ((st = ap_incr_create(pred, model, &s->hist[h].incr, err))) goto cleanup;
+        } else if (!(s->hist[h].rows = calloc((size_t)H * NB, sizeof(float)))) {
+            st = ap_errf(err, AP_ERR_NOMEM, "out of memory for predictor histories");
+            goto cleanup;
+        }
+    }
+    /* The history starts from the last H recorded prefill rows (dense). */
+    int first = d->n_pre - H;
+    if (first < 0) first = 0;
+    for (int h = 0; h < d->n_head; h++)
+        for (int srow = first; srow < d->n_pre; srow++) {
+            int width = (d->n_prompt - d->n_pre + srow) / d->block + 1;
+            st = hist_push(&s->hist[h], H, d->n_blocks, row_at(d->block_max, d, srow, h), width,
+                           err);
+            if (st) goto cleanup;
+        }
+    *state = s;
+    s = NULL;
+cleanup:
+    pred_free(s);
+    return st;
+}
+
+/* Scores of every head of the layer for candidates [c0, c1). */
+static ap_status layer_predict(pred_state *s, int c0, int c1, float *scores, ap_err *err) {
+    const ap_sel_data *d = s->d;
+    const int H = s->H, NB = d->n_blocks, W = c1 - c0;
+    const double naive = ap_sel_naive_macs(s->cfg, H, W);
+    if (s->p->incremental) {
+        for (int h = 0; h < d->n_head; h++) {
+            ap_status st = ap_incr_predict(s->hist[h].incr, c0, c1, scores + (size_t)h * W, err);
+            if (st) return st;
+            s->cost.run_macs += ap_incr_last_macs(s->hist[h].incr);
+        }
+        s->cost.naive_macs += naive * d->n_head;
+        return AP_OK;
+    }
+    for (int h = 0; h < d->n_head; h++)
+        hist_window(&s->hist[h], H, NB, c0, c1, s->x + (size_t)h * H * W);
+    ap_status st = ap_runtime_predict_batch(s->p->rt, d->layer, s->x, d->n_head, H, W, scores, err);
+    if (st == AP_OK) {
+        s->cost.naive_macs += naive * d->n_head;
+        s->cost.run_macs += naive * d->n_head;
+    }
+    return st;
+}
+
+/* CPU time of the calling thread: the predictor runs single-threaded inside
+ * one worker, and on a shared machine wall time would mostly measure the
+ * other processes. */
+static double thread_cpu_seconds(void) {
+    struct timespec ts;
+    if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) != 0) return ap_now_seconds();
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static ap_status pred_score(void *state, const ap_sel_step *st, float *scores, ap_err *err) {
+    pred_state *s = state;
+    double t0 = thread_cpu_seconds();
+    ap_status rc = layer_predict(s, st->c0, st->c1, scores, err);
+    s->cost.seconds += thread_cpu_seconds() - t0;
+    s->cost.n += s->d->n_head;
+    return rc;
+}
+
+static ap_status pred_observe(void *state, const ap_sel_step *st, const uint8_t *kept,
+                              const double *kept_mass, ap_err *err) {
+    pred_state *s = state;
+    const int NB = s->d->n_blocks;
+    for (int h = 0; h < s->d->n_head; h++) {
+        history_row(s->d, st, s->p->calib, h, kept + (size_t)h * NB, kept_mass[h], s->row);
+        ap_status rc = hist_push(&s->hist[h], s->H, NB, s->row, st->n_valid, err);
+        if (rc) return rc;
+    }
+    return AP_OK;
+}
+
+static void pred_cost(const void *state, ap_sel_cost *c) { *c = ((const pred_state *)state)->cost; }
+
+/* ---------------------------------------------------------------- registry */
+
+static const ap_selector BUILTIN[] = {
+    {"oracle", "Oracle top-k (upper bound)", AP_SEL_BOUND, 0, 0, data_only_create, plain_free,
+     oracle_score, NULL, NULL},
+    {"streaming", "StreamingLLM (sink + recent)", AP_SEL_EVICTION, 0, 0, data_only_create,
+     plain_free, streaming_score, NULL, NULL},
+    {"h2o", "H2O (accumulated attention)", AP_SEL_EVICTION, AP_SEL_NEEDS_COLSUM, 1, h2o_create,
+     h2o_free, h2o_score, h2o_observe, NULL},
+    {"snapkv", "SnapKV (prefill vote, fixed)", AP_SEL_EVICTION, 0, 0, snapkv_create, snapkv_free,
+     snapkv_score, NULL, NULL},
+    {"quest", "Quest (page key bounds x query)", AP_SEL_RETRIEVAL, AP_SEL_NEEDS_QUERY, 0,
+     quest_create, plain_free, quest_score, NULL, NULL},
+    {"last_step", "Last step (sparse/calibrated history)", AP_SEL_RETRIEVAL, 0, 1, last_create,
+     last_free, last_score, last_observe, NULL},
+    {"last_step_dense", "Last step, dense (needs dense attention every step)", AP_SEL_RETRIEVAL,
+     AP_SEL_DENSE_EVERY_STEP, 0, data_only_create, plain_free, last_dense_score, NULL, NULL},
+};
+
+static const ap_selector PREDICTOR = {
+    "attnpred", "AttentionPredictor", AP_SEL_RETRIEVAL, AP_SEL_NEEDS_PREDICTOR, 1, pred_create,
+    pred_free, pred_score, pred_observe, pred_cost};
+
+const ap_selector *ap_selector_builtin(int i) {
+    if (i < 0 || i >= (int)(sizeof BUILTIN / sizeof BUILTIN[0])) return NULL;
+    return &BUILTIN[i];
+}
+
+const ap_selector *ap_selector_find(const char *name) {
+    for (int i = 0; ap_selector_builtin(i); i++)
+        if (!strcmp(BUILTIN[i].name, name)) return &BUILTIN[i];
+    return NULL;
+}
+
+const ap_selector *ap_selector_predictor(void) { return &PREDICTOR; }

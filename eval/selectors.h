@@ -1,0 +1,120 @@
+/* Token-selection policies replayed from traces (issue 4; semantics in
+ * docs/eval.md). One interface, a small vtable, and one module per policy in
+ * eval/selectors.c; the replay core (eval/replay.c) owns what is common to
+ * all of them: the candidate blocks and k of each step, the per-KV-head
+ * combination of scores (kv_mode), the eviction bookkeeping (an eviction
+ * method's dropped blocks are masked to -INFINITY before it ranks) and the
+ * metrics. A selector only scores candidates and, if it has state that
+ * depends on what it kept, learns what it kept.
+ *
+ * Life of a state: created for one (sequence, layer) with all heads, then
+ * for each decode step t = 0, 1, ... that is not a bypass: score(), then
+ * observe() with the kept set (stateful selectors only); bypass steps (fewer
+ * than min_candidates candidates: everything kept) call observe() only.
+ * Stateful selectors get one state per budget, since their history depends on
+ * what was kept at that budget; stateless ones one state for all budgets.
+ *
+ * Ownership: a state borrows the ap_sel_data and ap_sel_params it was created
+ * with (and the runtime inside them); both must outlive it. States are used
+ * from one thread at a time; different states may run in parallel. */
+#ifndef AP_SELECTORS_H
+#define AP_SELECTORS_H
+
+#include <stdint.h>
+
+#include "common/status.h"
+#include "eval/replay.h"
+#include "train/runtime.h"
+
+/* What a selector needs from the trace or the command line. */
+enum {
+    AP_SEL_NEEDS_QUERY = 1,     /* query + key_min/key_max (capture without --no-quest) */
+    AP_SEL_NEEDS_COLSUM = 2,    /* prefill_colsum (capture without --no-colsum) */
+    AP_SEL_NEEDS_PREDICTOR = 4, /* an exported predictor (--predictor) */
+    /* Not a data need: the method computes the dense attention row at every
+     * decode step, so it saves no attention work and is reported as a
+     * reference, never as the best heuristic. */
+    AP_SEL_DENSE_EVERY_STEP = 8
+};
+
+/* One (sequence, layer) as the replay loaded it. Rows with NaN/Inf were
+ * replaced by zeros before any selector sees them. Recorded step s < n_pre is
+ * the prefill query at position n_prompt - n_pre + s; decode step t is
+ * recorded step n_pre + t, position n_prompt + t. */
+typedef struct {
+    int layer;
+    int n_head, n_head_kv, head_dim, block;
+    int n_prompt, n_pre;
+    int n_steps;                        /* decode steps replayed */
+    int n_blocks;                       /* NB of the sequence */
+    const float *block_max, *block_sum; /* [n_pre + n_steps][n_head][NB] */
+    const float *query;                 /* [n_pre + n_steps][n_head][head_dim] or NULL */
+    const float *key_min, *key_max;     /* [n_head_kv][NB][head_dim] or NULL */
+    const float *prefill_colsum;        /* [n_head][n_prompt] or NULL */
+} ap_sel_data;
+
+typedef struct {
+    int sink_blocks;
+    int local_blocks;     /* local window in blocks: the history width cut (method.md 4.2) */
+    int local_tokens;     /* the always-kept local window of the current sequence */
+    int calib;            /* history: dense row after decode step t when (t+1) % calib == 0; 0 = never */
+    ap_kv_mode kv_mode;   /* eviction states are per KV head unless AP_KV_PER_QHEAD */
+    int snapkv_window;    /* prefill rows voting */
+    int snapkv_pool;      /* odd; max-pooling of the vote over blocks, 1 = none */
+    ap_runtime *rt;       /* predictor methods (read only); its predictor runs with 1 thread */
+    int incremental;      /* predictor: incremental evaluation instead of full recomputation */
+} ap_sel_params;
+
+/* Geometry of one decode step (docs/eval.md, "Blocks of a step"). */
+typedef struct {
+    int t;        /* decode step, 0-based */
+    int s;        /* recorded step of the data: n_pre + t */
+    int q;        /* query position n_prompt + t */
+    int c0, c1;   /* candidate blocks [c0, c1), from the history width ceil(q / block) */
+    int W;        /* c1 - c0 (>= 0) */
+    int lb0;      /* first block touching the local window; blocks [lb0, n_valid) always kept */
+    int n_valid;  /* q / block + 1: blocks holding keys <= q */
+    int k;        /* blocks chosen among the candidates */
+} ap_sel_step;
+
+/* Predictor cost accumulated by a state. */
+typedef struct {
+    long long n;       /* (step, head) predictions */
+    double naive_macs; /* summed multiply-adds of the full CNN on each window */
+    double run_macs;   /* summed multiply-adds actually spent */
+    double seconds;    /* summed CPU time of the predictor calls (one thread each) */
+} ap_sel_cost;
+
+typedef struct {
+    const char *name; /* builtin name; predictor methods get their label */
+    const char *label;
+    ap_sel_kind kind;
+    unsigned needs;   /* AP_SEL_NEEDS_* */
+    int stateful;     /* 1: one state per budget and observe() is called */
+    ap_status (*create)(const ap_sel_data *d, const ap_sel_params *p, void **state, ap_err *err);
+    void (*destroy)(void *state); /* NULL is a no-op */
+    /* scores [n_head][st->W] for the candidates c0.. c1-1 of every head; a
+     * higher score is kept first; -INFINITY = not available. */
+    ap_status (*score)(void *state, const ap_sel_step *st, float *scores, ap_err *err);
+    /* kept [n_head][NB]: 1 for every block the step attended (sink, local,
+     * chosen); kept_mass [n_head]: the true row's block_sum over it (0 for a
+     * skipped non-finite row). May be NULL for stateless selectors. */
+    ap_status (*observe)(void *state, const ap_sel_step *st, const uint8_t *kept,
+                         const double *kept_mass, ap_err *err);
+    /* Predictor cost so far; NULL for non-predictor selectors. */
+    void (*cost)(const void *state, ap_sel_cost *c);
+} ap_selector;
+
+/* Builtin selectors in report order (oracle, streaming, h2o, snapkv, quest,
+ * last_step, last_step_dense); NULL past the end. */
+const ap_selector *ap_selector_builtin(int i);
+/* By name; NULL when unknown. */
+const ap_selector *ap_selector_find(const char *name);
+/* The CNN predictor method; the caller sets calib 0 for the _nocal variant. */
+const ap_selector *ap_selector_predictor(void);
+
+/* Naive multiply-adds of the CNN for one head: (9*c1 + 9*c1*c2)*H*W + c2*W
+ * (4,752*H*W + 32*W for the defaults; biases not counted). */
+double ap_sel_naive_macs(const ap_pred_config *c, int H, int W);
+
+#endif

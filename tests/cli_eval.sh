@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# attnpred eval: help texts, usage errors and input errors of `eval replay`
+# (exit codes, one message naming the option or file, no output written).
+# The end-to-end runs on synthetic and real traces are in tests/test_replay.c
+# (they need a trace, which only the C helpers can write).
+# usage: cli_eval.sh ATTNPRED_BINARY SOURCE_DIR
+set -u
+ap=${1:?attnpred binary}
+src=${2:?source dir}
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+fails=0
+
+# expect CODE PATTERN -- command...: exit status CODE and PATTERN in stdout+stderr.
+expect() {
+    local code=$1 pat=$2
+    shift 3
+    local out rc
+    out=$("$@" 2>&1)
+    rc=$?
+    if [ "$rc" -ne "$code" ]; then
+        echo "FAIL: '$*' exited $rc, expected $code"; echo "$out"; fails=$((fails + 1)); return
+    fi
+    if ! grep -q -e "$pat" <<<"$out"; then
+        echo "FAIL: '$*' output lacks '$pat'"; echo "$out"; fails=$((fails + 1))
+    fi
+}
+
+expect 0 "replay" -- "$ap" eval --help
+expect 2 "replay" -- "$ap" eval
+expect 2 "unknown subcommand 'bogus'" -- "$ap" eval bogus
+expect 0 "eval" -- "$ap" --help
+# Every option of eval replay is documented in its --help.
+for opt in traces predictor budget methods sink local calib kv-mode dense-layers snapkv-window \
+           snapkv-pool max-seqs max-steps threads naive json md png quiet help; do
+    expect 0 "--$opt" -- "$ap" eval replay --help
+done
+for m in oracle streaming h2o snapkv quest last_step last_step_dense attnpred attnpred_nocal; do
+    expect 0 "$m" -- "$ap" eval replay --help
+done
+
+j="$tmp/out.json"
+expect 2 "--traces and --json are required" -- "$ap" eval replay --json "$j"
+expect 2 "--traces and --json are required" -- "$ap" eval replay --traces x.h5
+expect 2 "bad value 'abc' for --budget" -- "$ap" eval replay --traces x.h5 --json "$j" --budget abc
+expect 2 "bad value '256,0' for --budget" -- "$ap" eval replay --traces x.h5 --json "$j" --budget 256,0
+expect 2 "for --kv-mode" -- "$ap" eval replay --traces x.h5 --json "$j" --kv-mode pairs
+expect 2 "for --snapkv-pool" -- "$ap" eval replay --traces x.h5 --json "$j" --snapkv-pool 4
+expect 2 "for --threads" -- "$ap" eval replay --traces x.h5 --json "$j" --threads 0
+expect 2 "for --predictor" -- "$ap" eval replay --traces x.h5 --json "$j" --predictor p.st=
+expect 2 "unknown or incomplete option '--frobnicate'" -- "$ap" eval replay --frobnicate
+expect 2 "unexpected argument 'extra'" -- "$ap" eval replay --traces x.h5 --json "$j" extra
+expect 1 "--traces: $tmp/none.h5: no such file" -- "$ap" eval replay --traces "$tmp/none.h5" --json "$j"
+
+# A file that is not a trace: the reader's message names it.
+echo "not hdf5" >"$tmp/bad.h5"
+expect 1 "$tmp/bad.h5" -- "$ap" eval replay --traces "$tmp/bad.h5" --json "$j" --quiet
+expect 1 "--predictor: $tmp/p.safetensors: no such file" -- \
+    "$ap" eval replay --traces "$tmp/bad.h5" --predictor "$tmp/p.safetensors" --json "$j"
+# An output directory that does not exist is refused before any replay.
+expect 1 "--json" -- "$ap" eval replay --traces "$tmp/bad.h5" --json "$tmp/no/dir/out.json"
+expect 1 "--md" -- "$ap" eval replay --traces "$tmp/bad.h5" --json "$j" --md "$tmp/no/out.md"
+touch "$tmp/afile"
+expect 1 "not a directory" -- "$ap" eval replay --traces "$tmp/bad.h5" --json "$j" --png "$tmp/afile"
+
+if [ -e "$j" ] || ls "$tmp"/*.tmp.* >/dev/null 2>&1; then
+    echo "FAIL: a failed run left output behind"; fails=$((fails + 1))
+fi
+[ -d "$src/eval" ] || { echo "FAIL: source dir $src has no eval/"; fails=$((fails + 1)); }
+if [ "$fails" -ne 0 ]; then
+    echo "$fails check(s) failed"
+    exit 1
+fi
+echo "cli_eval: all checks passed"
