@@ -3,18 +3,32 @@
  * Threading: ap_ctx_create sets OpenBLAS to one thread for the whole process
  * (openblas_set_num_threads(1)) and the ctx runs its own pool of n_threads - 1
  * workers plus the calling thread. Every parallel step is a set of tiles the
- * threads take from an atomic counter: projections by output neurons (one
- * single-threaded sgemm/sgemv per tile of W rows), attention by query head
- * (by GQA group when decoding). Tile boundaries depend only on the shapes
- * and n_threads, so results do not depend on timing. Mixing BLAS's own pool
- * with ours would oversubscribe two cores and serialize concurrent threaded
- * sgemms (stack-notes 9).
+ * threads take from an atomic counter: projections by output neurons,
+ * prefill attention by query head, decode attention by (GQA group, key
+ * chunk). Tile boundaries depend only on the shapes and n_threads, so
+ * results do not depend on timing. Mixing BLAS's own pool with ours would
+ * oversubscribe two cores and serialize concurrent threaded sgemms
+ * (stack-notes 9).
  *
- * Memory: weights live as float32; per ctx the KV cache
+ * Weights (docs/engine.md): by default every 2-D weight stays in its GGUF
+ * block format. Decode (and micro-batches of at most QV_MAX_T tokens)
+ * multiplies the blocks directly (kernels/qmatvec.h: exact weights, float32
+ * activations); longer prefills dequantize a strip of rows at a time into a
+ * per-thread buffer and run sgemm on it, the exact float32 weights the
+ * reference uses. ap_model_opts.f32_weights restores the old engine:
+ * everything dequantized to float32 at load, sgemv/sgemm only.
+ *
+ * Decode attention streams each K/V head once: a tile scores a chunk of
+ * keys for every query head of its group, exponentiates against the chunk's
+ * own maximum and mixes the chunk's values; a cheap combine step rescales
+ * the chunks (flash-decoding), and normalises the probability rows only when
+ * an observer wants them.
+ *
+ * Memory: the weights (quantized: ~1/5 of float32), per ctx the KV cache
  * [n_layer][n_ctx][n_head_kv*head_dim] for K and for V, activations for one
- * micro-batch of UBATCH tokens, and per thread one [ATTN_CHUNK x n_ctx] score
- * block. Long prompts run as successive micro-batches, so nothing grows
- * quadratically with the prompt. */
+ * micro-batch of UBATCH tokens, per thread one [ATTN_CHUNK x n_ctx] score
+ * block and one dequantization strip. Long prompts run as successive
+ * micro-batches, so nothing grows quadratically with the prompt. */
 #include "capture/model.h"
 
 #include <cblas.h>
@@ -26,9 +40,11 @@
 
 #include "kernels/attention.h"
 #include "kernels/matmul.h"
+#include "kernels/qmatvec.h"
 #include "kernels/quant.h"
 #include "kernels/rmsnorm.h"
 #include "kernels/rope.h"
+#include "kernels/softmax.h"
 #include "kernels/swiglu.h"
 
 /* Tokens per micro-batch: large enough that sgemm runs near peak, small
@@ -39,26 +55,46 @@
 /* Pause iterations a worker spins before sleeping: covers the few serial
  * microseconds between two parallel steps of a decode token. */
 #define POOL_SPIN 4000
+/* Up to this many tokens a projection runs as that many quantized
+ * matrix-vector products; beyond, dequantizing strips for sgemm is cheaper
+ * (around 4 tokens both cost about the same on AVX2: docs/engine.md). */
+#define QV_MAX_T 4
+/* Floats of one thread's dequantization strip (2 MiB): a whole projection
+ * tile of the default model, so prefill makes as many sgemm calls (each
+ * packing the activations again) as the float32 engine does. */
+#define DEQ_STRIP_FLOATS (1 << 19)
+/* Keys per decode-attention tile: bounds of the adaptive chunk. */
+#define KV_CHUNK_MIN 64
+#define KV_CHUNK_MAX 512
 
 /* Sanity limits on hyperparameters, so size arithmetic cannot overflow. */
 #define MAX_DIM (1 << 20)
 #define MAX_LAYERS 4096
 
+/* One weight matrix: a view plus what the model owns behind it (NULL when
+ * it borrows the gguf mapping or shares another matrix). */
+typedef struct {
+    ap_qmat q;
+    void *owned;
+} wmat;
+
 typedef struct {
     float *attn_norm; /* [n_embd] */
-    float *wqkv;      /* [(n_head + 2 n_head_kv) hd][n_embd]: q rows, k rows, v rows */
-    float *wo;        /* [n_embd][n_head hd] */
+    wmat wq, wk, wv;  /* [n_head hd | n_head_kv hd][n_embd] */
+    wmat wo;          /* [n_embd][n_head hd] */
     float *ffn_norm;  /* [n_embd] */
-    float *wgu;       /* [2 n_ff][n_embd]: gate rows then up rows */
-    float *wdown;     /* [n_embd][n_ff] */
+    wmat wg, wu;      /* [n_ff][n_embd] */
+    wmat wd;          /* [n_embd][n_ff] */
 } layer_w;
 
 struct ap_model {
     ap_hparams hp;
-    float *tok_embd; /* [n_vocab][n_embd] */
+    ap_model_opts opts;
+    wmat tok_embd;   /* [n_vocab][n_embd] */
     float *out_norm; /* [n_embd] */
-    float *output;   /* [n_vocab][n_embd]; == tok_embd when tied (not owned twice) */
+    wmat output;     /* [n_vocab][n_embd]; a view of tok_embd when tied */
     layer_w *layers;
+    size_t weight_bytes; /* bytes of the matrices one decode step reads */
 };
 
 /* ------------------------------------------------------------------ load */
@@ -196,11 +232,10 @@ static ap_status read_hparams(const ap_gguf *g, ap_hparams *hp, ap_err *err) {
     hp->tied_output = ap_gguf_find_tensor(g, "output.weight") == NULL;
     return AP_OK;
 }
-
-/* Dequantize tensor `name` of expected shape [ne0, ne1] (ne1 = 1 for a
- * vector) into dst, row by row. */
-static ap_status load_tensor(const ap_gguf *g, const char *name, int n_dims, int64_t ne0,
-                             int64_t ne1, float *dst, ap_err *err) {
+/* Find tensor `name`, check it has shape [ne0, ne1] (ne1 = 1 for a vector),
+ * a supported type and enough bytes. */
+static ap_status find_tensor(const ap_gguf *g, const char *name, int n_dims, int64_t ne0,
+                             int64_t ne1, const ap_gguf_tensor **out, ap_err *err) {
     const ap_gguf_tensor *t = ap_gguf_find_tensor(g, name);
     if (!t) return ap_errf(err, AP_ERR_FORMAT, "missing tensor '%s'", name);
     if (t->ne[0] != ne0 || t->ne[1] != ne1 || t->ne[2] != 1 || t->ne[3] != 1) {
@@ -222,26 +257,89 @@ static ap_status load_tensor(const ap_gguf *g, const char *name, int n_dims, int
     if (row == 0 || t->nbytes / row < (size_t)ne1)
         return ap_errf(err, AP_ERR_FORMAT, "tensor '%s': %zu bytes cannot hold %lld rows of %lld %s",
                        name, t->nbytes, (long long)ne1, (long long)ne0, tr->name);
-    const uint8_t *src = t->data;
-    for (int64_t r = 0; r < ne1; r++) {
-        float *d = dst + (size_t)r * (size_t)ne0;
-        ap_status st = ap_dequant_row(t->type, src + (size_t)r * row, d, ne0, err);
-        if (st) {
-            char pre[160];
-            snprintf(pre, sizeof pre, "tensor '%s'", name);
-            return ap_err_prefix(err, pre);
-        }
-        /* One NaN weight silently poisons every logit; name it here instead. */
-        for (int64_t i = 0; i < ne0; i++)
-            if (!isfinite(d[i]))
-                return ap_errf(err, AP_ERR_NUMERIC,
-                               "tensor '%s' has a non-finite value at row %lld, column %lld", name,
-                               (long long)r, (long long)i);
+    *out = t;
+    return AP_OK;
+}
+
+/* Dequantize row r of t into dst and check it: one NaN weight silently
+ * poisons every logit, so name it here instead. */
+static ap_status decode_row(const ap_gguf_tensor *t, const char *name, int64_t ne0, int64_t r,
+                            float *dst, ap_err *err) {
+    size_t row = ap_ggml_row_size((uint32_t)t->type, ne0);
+    const uint8_t *src = (const uint8_t *)t->data + (size_t)r * row;
+    ap_status st = ap_dequant_row(t->type, src, dst, ne0, err);
+    if (st) {
+        char pre[160];
+        snprintf(pre, sizeof pre, "tensor '%s'", name);
+        return ap_err_prefix(err, pre);
     }
+    for (int64_t i = 0; i < ne0; i++)
+        if (!isfinite(dst[i]))
+            return ap_errf(err, AP_ERR_NUMERIC,
+                           "tensor '%s' has a non-finite value at row %lld, column %lld", name,
+                           (long long)r, (long long)i);
     return AP_OK;
 }
 
 static float *alloc_floats(size_t n) { return malloc((n ? n : 1) * sizeof(float)); }
+
+/* Cache-line aligned: a K/V head row (head_dim floats, 256 bytes in the
+ * default model) then spans whole lines. Large mallocs start 16 bytes into a
+ * page, which makes every such row touch one line more than it reads. */
+static float *alloc_floats_aligned(size_t n) {
+    size_t bytes = ((n ? n : 1) * sizeof(float) + 63) / 64 * 64;
+    return aligned_alloc(64, bytes);
+}
+
+/* A vector (norm weights), always float32. */
+static ap_status load_vec(const ap_gguf *g, const char *name, int64_t ne0, float **dst,
+                          ap_err *err) {
+    const ap_gguf_tensor *t = NULL;
+    ap_status st = find_tensor(g, name, 1, ne0, 1, &t, err);
+    if (st) return st;
+    if (!(*dst = alloc_floats((size_t)ne0)))
+        return ap_errf(err, AP_ERR_NOMEM, "out of memory for tensor '%s'", name);
+    return decode_row(t, name, ne0, 0, *dst, err);
+}
+
+/* A matrix of ne1 rows of ne0: float32 (dequantized) in f32_weights mode
+ * or when the file stores it as F32, else its blocks as they are (copied,
+ * or borrowed from the mapping). Every row is decoded once either way to
+ * check it. scratch holds ne0 floats. */
+static ap_status load_mat(const ap_gguf *g, const ap_model_opts *o, const char *name,
+                          int64_t ne0, int64_t ne1, float *scratch, wmat *w, ap_err *err) {
+    const ap_gguf_tensor *t = NULL;
+    ap_status st = find_tensor(g, name, 2, ne0, ne1, &t, err);
+    if (st) return st;
+    size_t row = ap_ggml_row_size((uint32_t)t->type, ne0);
+    if (o->f32_weights || t->type == AP_GGML_F32) {
+        float *f = alloc_floats((size_t)ne0 * (size_t)ne1);
+        if (!f) return ap_errf(err, AP_ERR_NOMEM, "out of memory for tensor '%s'", name);
+        w->owned = f;
+        for (int64_t r = 0; r < ne1; r++)
+            if ((st = decode_row(t, name, ne0, r, f + (size_t)r * (size_t)ne0, err))) return st;
+        w->q = (ap_qmat){AP_GGML_F32, f, (size_t)ne0 * sizeof(float), (int)ne0, (int)ne1};
+    } else {
+        for (int64_t r = 0; r < ne1; r++)
+            if ((st = decode_row(t, name, ne0, r, scratch, err))) return st;
+        const void *data = t->data;
+        if (!o->borrow_weights) {
+            if (!(w->owned = malloc(row * (size_t)ne1)))
+                return ap_errf(err, AP_ERR_NOMEM, "out of memory for tensor '%s'", name);
+            memcpy(w->owned, t->data, row * (size_t)ne1);
+            data = w->owned;
+        }
+        w->q = (ap_qmat){t->type, data, row, (int)ne0, (int)ne1};
+    }
+    return ap_qmat_check(&w->q, name, err);
+}
+
+static size_t wmat_bytes(const wmat *w) { return w->q.row_bytes * (size_t)w->q.n_out; }
+
+void ap_model_opts_default(ap_model_opts *o) {
+    memset(o, 0, sizeof *o);
+    o->isa = AP_QISA_AUTO;
+}
 
 void ap_model_free(ap_model *m) {
     if (!m) return;
@@ -249,23 +347,32 @@ void ap_model_free(ap_model *m) {
         for (int l = 0; l < m->hp.n_layer; l++) {
             layer_w *w = &m->layers[l];
             free(w->attn_norm);
-            free(w->wqkv);
-            free(w->wo);
             free(w->ffn_norm);
-            free(w->wgu);
-            free(w->wdown);
+            free(w->wq.owned);
+            free(w->wk.owned);
+            free(w->wv.owned);
+            free(w->wo.owned);
+            free(w->wg.owned);
+            free(w->wu.owned);
+            free(w->wd.owned);
         }
         free(m->layers);
     }
-    if (m->output != m->tok_embd) free(m->output);
-    free(m->tok_embd);
+    free(m->output.owned);
+    free(m->tok_embd.owned);
     free(m->out_norm);
     free(m);
 }
 
 ap_status ap_model_load(const ap_gguf *g, ap_model **out, ap_err *err) {
+    return ap_model_load_opts(g, NULL, out, err);
+}
+
+ap_status ap_model_load_opts(const ap_gguf *g, const ap_model_opts *opts, ap_model **out,
+                             ap_err *err) {
     ap_status st = AP_OK;
     ap_model *m = NULL;
+    float *scratch = NULL;
     char name[96];
     *out = NULL;
 
@@ -274,74 +381,74 @@ ap_status ap_model_load(const ap_gguf *g, ap_model **out, ap_err *err) {
         st = ap_errf(err, AP_ERR_NOMEM, "out of memory for the model");
         goto cleanup;
     }
+    if (opts) m->opts = *opts;
+    else ap_model_opts_default(&m->opts);
+    const ap_model_opts *o = &m->opts;
     if ((st = read_hparams(g, &m->hp, err))) goto cleanup;
     const ap_hparams *hp = &m->hp;
     const size_t E = (size_t)hp->n_embd, hd = (size_t)hp->head_dim;
     const size_t qd = (size_t)hp->n_head * hd, kvd = (size_t)hp->n_head_kv * hd;
     const size_t F = (size_t)hp->n_ff, V = (size_t)hp->n_vocab;
+    size_t widest = E > qd ? E : qd;
+    if (F > widest) widest = F;
 
-    m->tok_embd = alloc_floats(V * E);
-    m->out_norm = alloc_floats(E);
+    scratch = alloc_floats(widest);
     m->layers = calloc((size_t)hp->n_layer, sizeof *m->layers);
-    if (!m->tok_embd || !m->out_norm || !m->layers) {
-        st = ap_errf(err, AP_ERR_NOMEM, "out of memory for %zu x %zu embeddings", V, E);
+    if (!scratch || !m->layers) {
+        st = ap_errf(err, AP_ERR_NOMEM, "out of memory for %d layers", hp->n_layer);
         goto cleanup;
     }
-    if ((st = load_tensor(g, "token_embd.weight", 2, (int64_t)E, (int64_t)V, m->tok_embd, err)))
+    if ((st = load_mat(g, o, "token_embd.weight", (int64_t)E, (int64_t)V, scratch, &m->tok_embd,
+                       err)))
         goto cleanup;
-    if ((st = load_tensor(g, "output_norm.weight", 1, (int64_t)E, 1, m->out_norm, err)))
-        goto cleanup;
+    if ((st = load_vec(g, "output_norm.weight", (int64_t)E, &m->out_norm, err))) goto cleanup;
     if (hp->tied_output) {
-        m->output = m->tok_embd;
-    } else {
-        m->output = alloc_floats(V * E);
-        if (!m->output) {
-            st = ap_errf(err, AP_ERR_NOMEM, "out of memory for output.weight");
-            goto cleanup;
-        }
-        if ((st = load_tensor(g, "output.weight", 2, (int64_t)E, (int64_t)V, m->output, err)))
-            goto cleanup;
+        m->output.q = m->tok_embd.q;
+    } else if ((st = load_mat(g, o, "output.weight", (int64_t)E, (int64_t)V, scratch, &m->output,
+                              err))) {
+        goto cleanup;
     }
+    m->weight_bytes = wmat_bytes(&m->output);
 
     for (int l = 0; l < hp->n_layer; l++) {
         layer_w *w = &m->layers[l];
-        w->attn_norm = alloc_floats(E);
-        w->wqkv = alloc_floats((qd + 2 * kvd) * E);
-        w->wo = alloc_floats(E * qd);
-        w->ffn_norm = alloc_floats(E);
-        w->wgu = alloc_floats(2 * F * E);
-        w->wdown = alloc_floats(E * F);
-        if (!w->attn_norm || !w->wqkv || !w->wo || !w->ffn_norm || !w->wgu || !w->wdown) {
-            st = ap_errf(err, AP_ERR_NOMEM, "out of memory for layer %d", l);
-            goto cleanup;
-        }
-#define LOAD(suffix, nd, ne0, ne1, dst)                                                        \
+#define NAME(suffix) (snprintf(name, sizeof name, "blk.%d.%s", l, suffix), name)
+#define MAT(suffix, ne0, ne1, dst)                                                             \
     do {                                                                                       \
-        snprintf(name, sizeof name, "blk.%d.%s", l, suffix);                                   \
-        if ((st = load_tensor(g, name, nd, (int64_t)(ne0), (int64_t)(ne1), dst, err)))         \
+        if ((st = load_mat(g, o, NAME(suffix), (int64_t)(ne0), (int64_t)(ne1), scratch, dst,   \
+                           err)))                                                              \
             goto cleanup;                                                                      \
+        m->weight_bytes += wmat_bytes(dst);                                                    \
     } while (0)
-        LOAD("attn_norm.weight", 1, E, 1, w->attn_norm);
-        LOAD("attn_q.weight", 2, E, qd, w->wqkv);
-        LOAD("attn_k.weight", 2, E, kvd, w->wqkv + qd * E);
-        LOAD("attn_v.weight", 2, E, kvd, w->wqkv + (qd + kvd) * E);
-        LOAD("attn_output.weight", 2, qd, E, w->wo);
-        LOAD("ffn_norm.weight", 1, E, 1, w->ffn_norm);
-        LOAD("ffn_gate.weight", 2, E, F, w->wgu);
-        LOAD("ffn_up.weight", 2, E, F, w->wgu + F * E);
-        LOAD("ffn_down.weight", 2, F, E, w->wdown);
-#undef LOAD
+        if ((st = load_vec(g, NAME("attn_norm.weight"), (int64_t)E, &w->attn_norm, err)))
+            goto cleanup;
+        MAT("attn_q.weight", E, qd, &w->wq);
+        MAT("attn_k.weight", E, kvd, &w->wk);
+        MAT("attn_v.weight", E, kvd, &w->wv);
+        MAT("attn_output.weight", qd, E, &w->wo);
+        if ((st = load_vec(g, NAME("ffn_norm.weight"), (int64_t)E, &w->ffn_norm, err)))
+            goto cleanup;
+        MAT("ffn_gate.weight", E, F, &w->wg);
+        MAT("ffn_up.weight", E, F, &w->wu);
+        MAT("ffn_down.weight", F, E, &w->wd);
+#undef MAT
+#undef NAME
     }
     *out = m;
     m = NULL;
 
 cleanup:
     if (st != AP_OK) ap_err_prefix(err, ap_gguf_path(g));
+    free(scratch);
     ap_model_free(m);
     return st;
 }
 
 const ap_hparams *ap_model_hparams(const ap_model *m) { return &m->hp; }
+
+const ap_model_opts *ap_model_get_opts(const ap_model *m) { return &m->opts; }
+
+size_t ap_model_decode_weight_bytes(const ap_model *m) { return m->weight_bytes; }
 
 /* ------------------------------------------------------------ thread pool */
 
@@ -457,11 +564,23 @@ struct ap_ctx {
     const ap_model *m;
     int n_ctx, n_past, n_threads, ubatch;
     size_t qkv_dim, kv_dim;
+    ap_qisa isa;
     float *kcache, *vcache; /* [n_layer][n_ctx][kv_dim] */
     float *rope_cs;         /* [n_ctx][head_dim] */
     float *x, *xn, *qkv, *att, *gu; /* micro-batch activations */
     float *attn_scratch;    /* [n_threads][ATTN_CHUNK * n_ctx] */
     size_t attn_scratch_per_thread;
+    ap_qvec *qv[QV_MAX_T];  /* prepared activation rows of the current product */
+    ap_qvec *qv_exact[QV_MAX_T], *qv_q8[QV_MAX_T]; /* what qv points to, by mode */
+    int q8_activations, decode_attn_blas; /* from the model, or ap_ctx_set_exec */
+    float *deq;             /* [n_threads][deq_per_thread] dequantization strips */
+    size_t deq_per_thread;
+    /* Decode attention: probability rows, and per (head, chunk) the chunk's
+     * max, exp-sum and rescale factor, and its unnormalised output. */
+    float *dscore;          /* [n_head][n_ctx] */
+    float *dmax, *dsum, *dfac; /* [n_head][max_chunks] */
+    float *dout;            /* [max_chunks][n_head][head_dim] */
+    int max_chunks;
     double *colsum;         /* [n_layer][n_head][n_ctx], allocated on first use */
     float *colsum_f;        /* [n_ctx] */
     pool_t *pool;
@@ -512,6 +631,16 @@ void ap_ctx_free(ap_ctx *c) {
     free(c->att);
     free(c->gu);
     free(c->attn_scratch);
+    for (int t = 0; t < QV_MAX_T; t++) {
+        ap_qvec_free(c->qv_exact[t]);
+        ap_qvec_free(c->qv_q8[t]);
+    }
+    free(c->deq);
+    free(c->dscore);
+    free(c->dmax);
+    free(c->dsum);
+    free(c->dfac);
+    free(c->dout);
     free(c->colsum);
     free(c->colsum_f);
     free(c);
@@ -540,30 +669,56 @@ ap_status ap_ctx_create(const ap_model *m, int n_ctx, int n_threads, ap_ctx **ou
     c->n_ctx = n_ctx;
     c->n_threads = n_threads;
     c->ubatch = n_ctx < UBATCH ? n_ctx : UBATCH;
+    c->isa = ap_qisa_resolve(m->opts.isa);
     const size_t E = (size_t)hp->n_embd, hd = (size_t)hp->head_dim, U = (size_t)c->ubatch;
+    const size_t H = (size_t)hp->n_head;
     c->kv_dim = (size_t)hp->n_head_kv * hd;
-    c->qkv_dim = (size_t)hp->n_head * hd + 2 * c->kv_dim;
+    c->qkv_dim = H * hd + 2 * c->kv_dim;
     const size_t cache = (size_t)hp->n_layer * (size_t)n_ctx * c->kv_dim;
     int chunk = c->ubatch < ATTN_CHUNK ? c->ubatch : ATTN_CHUNK;
     c->attn_scratch_per_thread =
         ap_attn_scratch_floats(chunk, hp->n_head / hp->n_head_kv, n_ctx);
+    size_t widest = E > H * hd ? E : H * hd;
+    if ((size_t)hp->n_ff > widest) widest = (size_t)hp->n_ff;
+    /* Every chunk holds >= max(KV_CHUNK_MIN, n/8) keys (kv_chunk). */
+    c->max_chunks = n_ctx / KV_CHUNK_MAX + 9;
 
-    c->kcache = alloc_floats(cache);
-    c->vcache = alloc_floats(cache);
+    c->kcache = alloc_floats_aligned(cache);
+    c->vcache = alloc_floats_aligned(cache);
     c->rope_cs = alloc_floats((size_t)n_ctx * hd);
     c->x = alloc_floats(U * E);
     c->xn = alloc_floats(U * E);
     c->qkv = alloc_floats(U * c->qkv_dim);
-    c->att = alloc_floats(U * (size_t)hp->n_head * hd);
+    c->att = alloc_floats(U * H * hd);
     c->gu = alloc_floats(U * 2 * (size_t)hp->n_ff);
     c->attn_scratch = alloc_floats((size_t)n_threads * c->attn_scratch_per_thread);
+    c->dscore = alloc_floats(H * (size_t)n_ctx);
+    c->dmax = alloc_floats(H * (size_t)c->max_chunks);
+    c->dsum = alloc_floats(H * (size_t)c->max_chunks);
+    c->dfac = alloc_floats(H * (size_t)c->max_chunks);
+    c->dout = alloc_floats((size_t)c->max_chunks * H * hd);
     c->colsum_f = alloc_floats((size_t)n_ctx);
     if (!c->kcache || !c->vcache || !c->rope_cs || !c->x || !c->xn || !c->qkv || !c->att ||
-        !c->gu || !c->attn_scratch || !c->colsum_f) {
+        !c->gu || !c->attn_scratch || !c->dscore || !c->dmax || !c->dsum || !c->dfac ||
+        !c->dout || !c->colsum_f) {
         st = ap_errf(err, AP_ERR_NOMEM, "out of memory for a %d-token context (KV cache %zu MiB)",
                      n_ctx, 2 * cache * sizeof(float) >> 20);
         goto cleanup;
     }
+    if (!m->opts.f32_weights) {
+        for (int t = 0; t < QV_MAX_T; t++)
+            if ((st = ap_qvec_create((int)widest, AP_QACT_F32, c->isa, &c->qv_exact[t], err)))
+                goto cleanup;
+        if ((st = ap_ctx_set_exec(c, m->opts.q8_activations, m->opts.decode_attn_blas, err)))
+            goto cleanup;
+        c->deq_per_thread = widest > DEQ_STRIP_FLOATS ? widest : DEQ_STRIP_FLOATS;
+        c->deq = alloc_floats((size_t)n_threads * c->deq_per_thread);
+        if (!c->deq) {
+            st = ap_errf(err, AP_ERR_NOMEM, "out of memory for dequantization buffers");
+            goto cleanup;
+        }
+    }
+    c->decode_attn_blas = m->opts.decode_attn_blas;
     ap_rope_table(c->rope_cs, 0, n_ctx, hp->head_dim, hp->rope_base);
     /* Process-wide, hence here and only here: see the note at the top. */
     openblas_set_num_threads(1);
@@ -574,6 +729,22 @@ ap_status ap_ctx_create(const ap_model *m, int n_ctx, int n_threads, ap_ctx **ou
 cleanup:
     ap_ctx_free(c);
     return st;
+}
+
+ap_status ap_ctx_set_exec(ap_ctx *c, int q8_activations, int decode_attn_blas, ap_err *err) {
+    c->decode_attn_blas = decode_attn_blas != 0;
+    if (c->m->opts.f32_weights) return AP_OK; /* no quantized products to change */
+    const ap_hparams *hp = &c->m->hp;
+    int widest = hp->n_embd > hp->n_head * hp->head_dim ? hp->n_embd : hp->n_head * hp->head_dim;
+    if (hp->n_ff > widest) widest = hp->n_ff;
+    for (int t = 0; q8_activations && t < QV_MAX_T; t++) {
+        if (c->qv_q8[t]) continue;
+        ap_status st = ap_qvec_create(widest, AP_QACT_Q8, c->isa, &c->qv_q8[t], err);
+        if (st) return st;
+    }
+    c->q8_activations = q8_activations != 0;
+    for (int t = 0; t < QV_MAX_T; t++) c->qv[t] = c->q8_activations ? c->qv_q8[t] : c->qv_exact[t];
+    return AP_OK;
 }
 
 void ap_ctx_reset(ap_ctx *c) { c->n_past = 0; }
@@ -591,32 +762,83 @@ static int tile_width(int n, int n_threads) {
     return w < 32 ? 32 : w;
 }
 
+/* y[t*ldy + r] (+)= W[r] · x[t*ldx ..] for t < T, r in [a, b), from
+ * whatever W holds: float32 through BLAS; blocks through qmatvec for short
+ * inputs (c->qv prepared by the caller), else a strip of rows at a time
+ * dequantized into this thread's buffer and then BLAS. */
+static void wmat_rows(ap_ctx *c, int ith, const ap_qmat *w, float *y, size_t ldy, const float *x,
+                      size_t ldx, int T, int a, int b, int accumulate) {
+    if (a >= b) return;
+    const size_t n_in = (size_t)w->n_in;
+    if (w->type == AP_GGML_F32) {
+        ap_matmul(y + a, ldy, x, ldx, (const float *)w->data + (size_t)a * n_in, n_in, T,
+                  w->n_in, b - a, accumulate);
+        return;
+    }
+    if (T <= QV_MAX_T) {
+        for (int t = 0; t < T; t++) ap_qmatvec(w, c->qv[t], y + (size_t)t * ldy, a, b, accumulate);
+        return;
+    }
+    float *buf = c->deq + (size_t)ith * c->deq_per_thread;
+    const int strip = (int)(c->deq_per_thread / n_in);
+    for (int s0 = a; s0 < b; s0 += strip) {
+        int s1 = b - s0 < strip ? b : s0 + strip;
+        ap_qmat_dequant_rows(w, s0, s1, buf, c->isa);
+        ap_matmul(y + s0, ldy, x, ldx, buf, n_in, T, w->n_in, s1 - s0, accumulate);
+    }
+}
+
+/* Point c->qv at the T input rows when some product will need them. */
+static void prep_rows(ap_ctx *c, const float *x, size_t ldx, int T, int n_in,
+                      const ap_qmat *const *w, int n_w) {
+    if (T > QV_MAX_T || !c->qv[0]) return;
+    int need = 0;
+    for (int s = 0; s < n_w; s++) need |= w[s]->type != AP_GGML_F32;
+    if (!need) return;
+    for (int t = 0; t < T; t++) ap_qvec_set(c->qv[t], x + (size_t)t * ldx, n_in);
+}
+
+/* Up to three matrices with the same input, their outputs side by side
+ * (q | k | v): tiles never straddle two matrices. */
 typedef struct {
+    ap_ctx *c;
+    const ap_qmat *w[3];
+    size_t col[3];
+    int tile[3], tiles[3], n_w;
     float *y;
     size_t ldy;
     const float *x;
     size_t ldx;
-    const float *w;
-    int T, n_in, n_out, accumulate, tile;
+    int T, accumulate;
     atomic_int next;
 } mm_job;
 
 static void mm_run(void *arg, int ith) {
     mm_job *j = arg;
-    (void)ith;
     for (;;) {
-        int a = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed) * j->tile;
-        if (a >= j->n_out) break;
-        int b = a + j->tile < j->n_out ? a + j->tile : j->n_out;
-        ap_matmul(j->y + a, j->ldy, j->x, j->ldx, j->w + (size_t)a * j->n_in, (size_t)j->n_in,
-                  j->T, j->n_in, b - a, j->accumulate);
+        int u = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed), s = 0;
+        while (s < j->n_w && u >= j->tiles[s]) u -= j->tiles[s++];
+        if (s == j->n_w) break;
+        int a = u * j->tile[s];
+        int b = a + j->tile[s] < j->w[s]->n_out ? a + j->tile[s] : j->w[s]->n_out;
+        wmat_rows(j->c, ith, j->w[s], j->y + j->col[s], j->ldy, j->x, j->ldx, j->T, a, b,
+                  j->accumulate);
     }
 }
 
-static void par_matmul(ap_ctx *c, float *y, size_t ldy, const float *x, size_t ldx, const float *w,
-                       int T, int n_in, int n_out, int accumulate) {
-    mm_job j = {.y = y, .ldy = ldy, .x = x, .ldx = ldx, .w = w, .T = T, .n_in = n_in,
-                .n_out = n_out, .accumulate = accumulate, .tile = tile_width(n_out, c->n_threads)};
+static void par_matmul(ap_ctx *c, float *y, size_t ldy, const float *x, size_t ldx,
+                       const ap_qmat *const *w, int n_w, int T, int accumulate) {
+    mm_job j = {.c = c, .n_w = n_w, .y = y, .ldy = ldy, .x = x, .ldx = ldx, .T = T,
+                .accumulate = accumulate};
+    size_t col = 0;
+    for (int s = 0; s < n_w; s++) {
+        j.w[s] = w[s];
+        j.col[s] = col;
+        col += (size_t)w[s]->n_out;
+        j.tile[s] = tile_width(w[s]->n_out, c->n_threads);
+        j.tiles[s] = (w[s]->n_out + j.tile[s] - 1) / j.tile[s];
+    }
+    prep_rows(c, x, ldx, T, w[0]->n_in, w, n_w);
     atomic_init(&j.next, 0);
     pool_run(c->pool, mm_run, &j);
 }
@@ -624,9 +846,10 @@ static void par_matmul(ap_ctx *c, float *y, size_t ldy, const float *x, size_t l
 /* Gate and up products of the same neurons in the same tile, so SwiGLU runs
  * on the tile right away without another synchronization. */
 typedef struct {
+    ap_ctx *c;
     float *gu; /* [T][2 n_ff]: gate | up; gate becomes silu(gate) * up */
     const float *x;
-    const float *wgu;
+    const ap_qmat *wg, *wu;
     int T, n_embd, n_ff, tile;
     atomic_int next;
 } gu_job;
@@ -635,18 +858,18 @@ static void gu_run(void *arg, int ith) {
     gu_job *j = arg;
     const size_t ld = 2 * (size_t)j->n_ff;
     const size_t E = (size_t)j->n_embd;
-    (void)ith;
     for (;;) {
         int a = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed) * j->tile;
         if (a >= j->n_ff) break;
         int b = a + j->tile < j->n_ff ? a + j->tile : j->n_ff;
-        ap_matmul(j->gu + a, ld, j->x, E, j->wgu + (size_t)a * E, E, j->T, j->n_embd, b - a, 0);
-        ap_matmul(j->gu + j->n_ff + a, ld, j->x, E, j->wgu + ((size_t)j->n_ff + a) * E, E, j->T,
-                  j->n_embd, b - a, 0);
+        wmat_rows(j->c, ith, j->wg, j->gu, ld, j->x, E, j->T, a, b, 0);
+        wmat_rows(j->c, ith, j->wu, j->gu + j->n_ff, ld, j->x, E, j->T, a, b, 0);
         ap_swiglu(j->gu + a, ld, j->gu + a, ld, j->gu + j->n_ff + a, ld, j->T, b - a);
     }
 }
 
+/* Prefill attention (T > 1, or T = 1 with decode_attn_blas): ap_attn per
+ * query head (per GQA group for a single row). */
 typedef struct {
     ap_ctx *c;
     int layer, pos0, T;
@@ -676,8 +899,8 @@ static void attn_run(void *arg, int ith) {
     int chunk = c->ubatch < ATTN_CHUNK ? c->ubatch : ATTN_CHUNK;
     /* Work units: single heads for prefill (nine units balance two threads
      * far better than three groups, and prefill is compute-bound); whole
-     * GQA groups for one decode row, which is bound by reading the cache and
-     * then reads it once per group. */
+     * GQA groups for one decode row, which then reads the cache once per
+     * group. */
     const int per_unit = j->T == 1 ? group : 1;
     const int n_units = hp->n_head / per_unit;
     for (;;) {
@@ -718,6 +941,123 @@ static void attn_run(void *arg, int ith) {
     }
 }
 
+/* ------------------------------------------------------ decode attention */
+
+/* Keys per tile for nk keys: about eight chunks per GQA group, so tiles
+ * balance over the threads, within [KV_CHUNK_MIN, KV_CHUNK_MAX]. Depends
+ * on nk alone, so results do not depend on the thread count. */
+static int kv_chunk(int nk) {
+    int ch = (nk / 8 + 15) / 16 * 16;
+    return ch < KV_CHUNK_MIN ? KV_CHUNK_MIN : ch > KV_CHUNK_MAX ? KV_CHUNK_MAX : ch;
+}
+
+typedef struct {
+    ap_ctx *c;
+    int layer, pos, chunk, n_chunks;
+    const ap_attn_observer *obs;
+    double *colsum; /* this layer's [n_head][n_ctx] block, or NULL */
+    atomic_int next;
+} dattn_job;
+
+/* Tile (group g, chunk ch): scores of the group's heads over the chunk's
+ * keys, exp against the chunk max, and the chunk's share of P·V. */
+static void dattn_run(void *arg, int ith) {
+    dattn_job *j = arg;
+    ap_ctx *c = j->c;
+    const ap_hparams *hp = &c->m->hp;
+    const int hd = hp->head_dim, G = hp->n_head / hp->n_head_kv, nk = j->pos + 1;
+    const size_t kvd = c->kv_dim, lds = (size_t)c->n_ctx, mc = (size_t)c->max_chunks;
+    const size_t layer_off = (size_t)j->layer * (size_t)c->n_ctx * kvd;
+    const float scale = 1.0f / sqrtf((float)hd);
+    (void)ith;
+    for (;;) {
+        int u = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
+        if (u >= hp->n_head_kv * j->n_chunks) break;
+        int g = u / j->n_chunks, ch = u % j->n_chunks, h0 = g * G;
+        int j0 = ch * j->chunk, nj = nk - j0 < j->chunk ? nk - j0 : j->chunk;
+        float *s = c->dscore + (size_t)h0 * lds + j0;
+        const size_t at = layer_off + (size_t)j0 * kvd + (size_t)g * hd;
+        ap_kv_scores(c->qkv + (size_t)h0 * hd, G, hd, c->kcache + at, kvd, nj, scale, s, lds,
+                     c->isa);
+        for (int h = 0; h < G; h++) {
+            float *row = s + (size_t)h * lds;
+            float mx = ap_row_max(row, nj);
+            c->dmax[(size_t)(h0 + h) * mc + ch] = mx;
+            c->dsum[(size_t)(h0 + h) * mc + ch] = ap_exp_shift_sum(row, nj, mx);
+        }
+        ap_kv_mix(s, lds, G, c->vcache + at, kvd, nj, hd,
+                  c->dout + ((size_t)ch * hp->n_head + h0) * hd, 0, c->isa);
+    }
+}
+
+/* Head h: rescale the chunks to the row max, write the output, and (when
+ * an observer wants them) the normalised row, its column sums and the
+ * query. */
+static void dattn_combine(dattn_job *j, int h) {
+    ap_ctx *c = j->c;
+    const ap_hparams *hp = &c->m->hp;
+    const int hd = hp->head_dim, nk = j->pos + 1;
+    const size_t mc = (size_t)c->max_chunks;
+    const float *mx = c->dmax + (size_t)h * mc, *sm = c->dsum + (size_t)h * mc;
+    float *fac = c->dfac + (size_t)h * mc;
+    float M = mx[0];
+    for (int ch = 1; ch < j->n_chunks; ch++) M = mx[ch] > M ? mx[ch] : M;
+    float L = 0.0f;
+    for (int ch = 0; ch < j->n_chunks; ch++) {
+        fac[ch] = expf(mx[ch] - M);
+        L += sm[ch] * fac[ch];
+    }
+    const float inv = 1.0f / L;
+    float *o = c->att + (size_t)h * hd;
+    for (int d = 0; d < hd; d++) {
+        float acc = 0.0f;
+        for (int ch = 0; ch < j->n_chunks; ch++)
+            acc += c->dout[((size_t)ch * hp->n_head + h) * hd + d] * fac[ch];
+        o[d] = acc * inv;
+    }
+    const ap_attn_observer *obs = j->obs;
+    if (obs && obs->on_query && j->pos >= obs->rows_from)
+        obs->on_query(obs->user, j->layer, h, j->pos, c->qkv + (size_t)h * hd, hd);
+    const int want_row = obs && obs->on_row && j->pos >= obs->rows_from;
+    if (!want_row && !j->colsum) return;
+    float *row = c->dscore + (size_t)h * c->n_ctx;
+    double *cs = j->colsum ? j->colsum + (size_t)h * c->n_ctx : NULL;
+    for (int ch = 0; ch < j->n_chunks; ch++) {
+        const float f = fac[ch] * inv;
+        const int j0 = ch * j->chunk, j1 = nk - j0 < j->chunk ? nk : j0 + j->chunk;
+        for (int k = j0; k < j1; k++) row[k] *= f;
+        if (cs)
+            for (int k = j0; k < j1; k++) cs[k] += row[k];
+    }
+    if (want_row) obs->on_row(obs->user, j->layer, h, j->pos, row, nk);
+}
+
+static void dcombine_run(void *arg, int ith) {
+    dattn_job *j = arg;
+    (void)ith;
+    for (;;) {
+        int h = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
+        if (h >= j->c->m->hp.n_head) break;
+        dattn_combine(j, h);
+    }
+}
+
+static void decode_attention(ap_ctx *c, int layer, int pos, const ap_attn_observer *obs,
+                             double *colsum) {
+    dattn_job j = {.c = c, .layer = layer, .pos = pos, .obs = obs, .colsum = colsum};
+    j.chunk = kv_chunk(pos + 1);
+    j.n_chunks = (pos + j.chunk) / j.chunk;
+    atomic_init(&j.next, 0);
+    pool_run(c->pool, dattn_run, &j);
+    if (obs || colsum) {
+        /* Observer callbacks may be slow: spread the heads. */
+        atomic_init(&j.next, 0);
+        pool_run(c->pool, dcombine_run, &j);
+    } else {
+        for (int h = 0; h < c->m->hp.n_head; h++) dattn_combine(&j, h);
+    }
+}
+
 /* ---------------------------------------------------------------- forward */
 
 /* T tokens at positions pos0..pos0+T-1 through every layer; leaves the
@@ -728,15 +1068,17 @@ static void forward_ubatch(ap_ctx *c, const int32_t *tokens, int T, int pos0,
     const ap_hparams *hp = &m->hp;
     const size_t E = (size_t)hp->n_embd, hd = (size_t)hp->head_dim;
     const size_t qd = (size_t)hp->n_head * hd, kvd = c->kv_dim;
-    const int F = hp->n_ff;
+    const ap_qmat *emb = &m->tok_embd.q;
 
     for (int t = 0; t < T; t++)
-        memcpy(c->x + (size_t)t * E, m->tok_embd + (size_t)tokens[t] * E, E * sizeof(float));
+        ap_dequant_row(emb->type, (const uint8_t *)emb->data + (size_t)tokens[t] * emb->row_bytes,
+                       c->x + (size_t)t * E, (int64_t)E, NULL);
 
     for (int l = 0; l < hp->n_layer; l++) {
         const layer_w *w = &m->layers[l];
         ap_rmsnorm(c->xn, E, c->x, E, w->attn_norm, T, (int)E, hp->rms_eps);
-        par_matmul(c, c->qkv, c->qkv_dim, c->xn, E, w->wqkv, T, (int)E, (int)c->qkv_dim, 0);
+        const ap_qmat *qkv[3] = {&w->wq.q, &w->wk.q, &w->wv.q};
+        par_matmul(c, c->qkv, c->qkv_dim, c->xn, E, qkv, 3, T, 0);
         /* q heads and k heads are adjacent in a qkv row: one pass ropes both. */
         ap_rope(c->qkv, c->qkv_dim, T, hp->n_head + hp->n_head_kv, (int)hd,
                 c->rope_cs + (size_t)pos0 * hd);
@@ -754,20 +1096,29 @@ static void forward_ubatch(ap_ctx *c, const int32_t *tokens, int T, int pos0,
                                 c->kcache + layer_off + (size_t)(pos0 + t) * kvd + (size_t)g * hd,
                                 (int)hd);
 
-        attn_job aj = {.c = c, .layer = l, .pos0 = pos0, .T = T, .obs = obs};
-        aj.colsum = (obs && obs->on_colsum)
-                        ? c->colsum + (size_t)l * (size_t)hp->n_head * (size_t)c->n_ctx
-                        : NULL;
-        atomic_init(&aj.next, 0);
-        pool_run(c->pool, attn_run, &aj);
+        double *colsum = (obs && obs->on_colsum)
+                             ? c->colsum + (size_t)l * (size_t)hp->n_head * (size_t)c->n_ctx
+                             : NULL;
+        if (T == 1 && !c->decode_attn_blas) {
+            decode_attention(c, l, pos0, obs, colsum);
+        } else {
+            attn_job aj = {.c = c, .layer = l, .pos0 = pos0, .T = T, .obs = obs, .colsum = colsum};
+            atomic_init(&aj.next, 0);
+            pool_run(c->pool, attn_run, &aj);
+        }
 
-        par_matmul(c, c->x, E, c->att, qd, w->wo, T, (int)qd, (int)E, 1);
+        const ap_qmat *wo[1] = {&w->wo.q};
+        par_matmul(c, c->x, E, c->att, qd, wo, 1, T, 1);
         ap_rmsnorm(c->xn, E, c->x, E, w->ffn_norm, T, (int)E, hp->rms_eps);
-        gu_job gj = {.gu = c->gu, .x = c->xn, .wgu = w->wgu, .T = T, .n_embd = (int)E,
-                     .n_ff = F, .tile = tile_width(F, c->n_threads)};
+        const ap_qmat *wgu[2] = {&w->wg.q, &w->wu.q};
+        prep_rows(c, c->xn, E, T, (int)E, wgu, 2);
+        gu_job gj = {.c = c, .gu = c->gu, .x = c->xn, .wg = &w->wg.q, .wu = &w->wu.q, .T = T,
+                     .n_embd = (int)E, .n_ff = hp->n_ff,
+                     .tile = tile_width(hp->n_ff, c->n_threads)};
         atomic_init(&gj.next, 0);
         pool_run(c->pool, gu_run, &gj);
-        par_matmul(c, c->x, E, c->gu, 2 * (size_t)F, w->wdown, T, F, (int)E, 1);
+        const ap_qmat *wd[1] = {&w->wd.q};
+        par_matmul(c, c->x, E, c->gu, 2 * (size_t)hp->n_ff, wd, 1, T, 1);
     }
 }
 
@@ -818,11 +1169,13 @@ ap_status ap_ctx_eval(ap_ctx *c, const int32_t *tokens, int n, float *logits, in
         if (!logits) continue;
         if (all_logits) {
             ap_rmsnorm(c->xn, E, c->x, E, m->out_norm, T, (int)E, hp->rms_eps);
-            par_matmul(c, logits + (size_t)b0 * V, V, c->xn, E, m->output, T, (int)E, (int)V, 0);
+            const ap_qmat *out[1] = {&m->output.q};
+            par_matmul(c, logits + (size_t)b0 * V, V, c->xn, E, out, 1, T, 0);
         } else if (b0 + T == n) {
             ap_rmsnorm(c->xn, E, c->x + (size_t)(T - 1) * E, E, m->out_norm, 1, (int)E,
                        hp->rms_eps);
-            par_matmul(c, logits, V, c->xn, E, m->output, 1, (int)E, (int)V, 0);
+            const ap_qmat *out[1] = {&m->output.q};
+            par_matmul(c, logits, V, c->xn, E, out, 1, 1, 0);
         }
     }
 

@@ -1,13 +1,19 @@
-/* Llama-family transformer forward pass on the CPU (OpenBLAS).
+/* Llama-family transformer forward pass on the CPU (OpenBLAS + the
+ * quantized kernels of kernels/qmatvec.h; design in docs/engine.md).
  *
- * Weights are dequantized to float32 once at load (the exact mode the
- * transformers reference uses). Prefill runs as batched matrix products;
- * decode runs one token at a time against the KV cache. RoPE follows the GGUF
+ * Weights keep their GGUF block format by default. Every product still uses
+ * the exact float32 weight values the transformers reference dequantizes
+ * to: decode multiplies the blocks directly (float32 activations, only the
+ * summation order differs from dequantize + SGEMV), and prefill dequantizes
+ * strips of rows for sgemm. Prefill runs as batched matrix products; decode
+ * runs one token at a time against the KV cache. RoPE follows the GGUF
  * convention (adjacent pairs x[2i], x[2i+1]), since GGUF stores q/k permuted.
  *
- * Ownership: ap_model borrows nothing from the ap_gguf after load (weights
- * are copied/dequantized), so the gguf may be freed. ap_ctx borrows the
- * model: free every ctx before its model. */
+ * Ownership: by default ap_model borrows nothing from the ap_gguf after
+ * load (weights are copied), so the gguf may be freed; with
+ * ap_model_opts.borrow_weights it points into the gguf's mapping, which
+ * must then outlive the model. ap_ctx borrows the model: free every ctx
+ * before its model. */
 #ifndef AP_MODEL_H
 #define AP_MODEL_H
 
@@ -16,6 +22,7 @@
 
 #include "capture/gguf.h"
 #include "common/status.h"
+#include "kernels/qmatvec.h"
 
 typedef struct {
     char arch[32];         /* "llama" */
@@ -36,9 +43,41 @@ typedef struct {
 typedef struct ap_model ap_model;
 typedef struct ap_ctx ap_ctx;
 
+/* Engine choices; ap_model_opts_default gives the exact quantized engine. */
+typedef struct {
+    /* 1: dequantize every weight to float32 at load and multiply with
+     * sgemv/sgemm only (the pre-qmatvec engine: ~5x the weight memory and
+     * decode traffic of a Q4_1 file). */
+    int f32_weights;
+    /* 1 (opt-in, inexact): quantized products round their float32 input to
+     * int8 per block of 32 (AP_QACT_Q8); faster, error in docs/engine.md.
+     * Applies to decode and micro-batches of a few tokens, not to sgemm
+     * prefill. Ignored with f32_weights. */
+    int q8_activations;
+    /* 1: keep pointers into the gguf's mapping instead of copying the
+     * quantized weights (float32 ones are always copied); the gguf must
+     * outlive the model. */
+    int borrow_weights;
+    /* 1: decode attention through ap_attn (BLAS, one work unit per GQA
+     * group), as before the streaming decode kernel; for comparisons. */
+    int decode_attn_blas;
+    /* Kernel ISA for quantized products and decode attention (AUTO: the
+     * best this CPU runs; SCALAR forces the portable kernels). */
+    ap_qisa isa;
+} ap_model_opts;
+
+void ap_model_opts_default(ap_model_opts *o);
+
+/* ap_model_load = ap_model_load_opts with the defaults (opts NULL). */
 ap_status ap_model_load(const ap_gguf *g, ap_model **out, ap_err *err);
+ap_status ap_model_load_opts(const ap_gguf *g, const ap_model_opts *opts, ap_model **out,
+                             ap_err *err);
 void ap_model_free(ap_model *m);
 const ap_hparams *ap_model_hparams(const ap_model *m);
+const ap_model_opts *ap_model_get_opts(const ap_model *m);
+/* Bytes of weight matrices one decode step reads (every layer's matrices
+ * and the output matrix, in the form the model holds them). */
+size_t ap_model_decode_weight_bytes(const ap_model *m);
 
 /* Observer of attention, called synchronously from ap_ctx_eval for each
  * (layer, query head, query position) with pos >= rows_from, with the
@@ -65,12 +104,18 @@ typedef struct {
 /* n_ctx <= hparams.n_ctx_train; n_threads >= 1.
  * Threading: the ctx owns a pool of n_threads - 1 worker threads (plus the
  * caller's) that split every matrix product by output neurons and attention
- * by head. Each BLAS call then runs inside one of those threads, so creating
- * a ctx sets OpenBLAS to one thread for the whole process
- * (openblas_set_num_threads(1), stack-notes 9); code that wants threaded BLAS
- * elsewhere in the same process must set it back itself. */
+ * by head (decode: by GQA group and key chunk). Each BLAS call then runs
+ * inside one of those threads, so creating a ctx sets OpenBLAS to one
+ * thread for the whole process (openblas_set_num_threads(1), stack-notes
+ * 9); code that wants threaded BLAS elsewhere in the same process must set
+ * it back itself. */
 ap_status ap_ctx_create(const ap_model *m, int n_ctx, int n_threads, ap_ctx **out, ap_err *err);
 void ap_ctx_free(ap_ctx *c);
+/* Override the model's q8_activations and decode_attn_blas for this ctx
+ * (benchmarks compare them on one KV cache). q8_activations has no effect
+ * on a model loaded with f32_weights. AP_ERR_NOMEM leaves the ctx as it was
+ * except for decode_attn_blas. */
+ap_status ap_ctx_set_exec(ap_ctx *c, int q8_activations, int decode_attn_blas, ap_err *err);
 void ap_ctx_reset(ap_ctx *c);     /* empty the KV cache */
 int ap_ctx_n_past(const ap_ctx *c);
 int ap_ctx_n_ctx(const ap_ctx *c);

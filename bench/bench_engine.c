@@ -1,0 +1,558 @@
+/* bench-engine: prefill and decode speed of the CPU engine, float32 vs
+ * quantized weights, next to this machine's own limits measured in the same
+ * process, so every number comes with a ratio immune to machine noise.
+ *
+ *   bench-engine [--model M.gguf] [--contexts 1024,4096,8192] [--gen 16]
+ *                [--reps 2] [--threads 2] [--engines quant,f32] [--json OUT]
+ *
+ * Both engines live side by side, each with one context filled in ascending
+ * steps: at each context N the cache is prefilled up to N minus the decode
+ * tokens measured there (512-token chunks alternating between the engines),
+ * then every decode variant runs --gen tokens, --reps rounds alternating
+ * between engines and variants (best round kept), so a load change on a
+ * shared machine hits both alike. Prefill tok/s is cumulative from an empty
+ * cache (what a prompt of N tokens costs). Variants:
+ *   quant engine (default weights): exact decode; decode with Q8
+ *     activations (opt-in mode); decode with the BLAS attention path;
+ *   f32 engine (f32_weights): the pre-qmatvec engine (sgemv + BLAS
+ *     attention); and float32 sgemv with the streaming attention.
+ * Limits: streaming read / copy / triad bandwidth over 3 x 512 MiB arrays
+ * (beyond any cache) and AVX2 FMA throughput, each on 1 thread and on
+ * --threads threads. Decode is reported as bytes read per token (weights +
+ * the K/V rows of every layer) over time, as a fraction of the read
+ * bandwidth; prefill as model FLOPs over time, as a fraction of peak FMA.
+ * Memory: RSS growth from loading each engine (the file's pages are faulted
+ * in first) and the process peak; run one engine alone for its own peak.
+ * Token ids are a fixed pseudo-random stream: speed does not depend on text. */
+#include <getopt.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cjson/cJSON.h>
+
+#include "capture/gguf.h"
+#include "capture/model.h"
+#include "common/util.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define BENCH_X86 1
+#define AVX2_FN __attribute__((target("avx2,fma")))
+#else
+#define BENCH_X86 0
+#endif
+
+#ifndef AP_SOURCE_DIR
+#define AP_SOURCE_DIR "."
+#endif
+
+#define MAX_CTX 16
+#define BW_FLOATS ((size_t)128 << 20) /* 512 MiB per array */
+
+/* ---------------------------------------------------------- machine limits */
+
+typedef enum { K_READ, K_COPY, K_TRIAD, K_FMA } kern;
+
+typedef struct {
+    kern k;
+    float *a, *b, *c;
+    size_t n;
+    long iters;
+    double sink;
+    pthread_barrier_t *bar;
+} limit_arg;
+
+#if BENCH_X86
+AVX2_FN static double k_read(const float *a, size_t n) {
+    __m256 s0 = _mm256_setzero_ps(), s1 = s0, s2 = s0, s3 = s0;
+    for (size_t i = 0; i + 32 <= n; i += 32) {
+        s0 = _mm256_add_ps(s0, _mm256_loadu_ps(a + i));
+        s1 = _mm256_add_ps(s1, _mm256_loadu_ps(a + i + 8));
+        s2 = _mm256_add_ps(s2, _mm256_loadu_ps(a + i + 16));
+        s3 = _mm256_add_ps(s3, _mm256_loadu_ps(a + i + 24));
+    }
+    float t[8];
+    _mm256_storeu_ps(t, _mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3)));
+    return (double)t[0] + t[7];
+}
+
+AVX2_FN static void k_triad(float *a, const float *b, const float *c, size_t n) {
+    const __m256 s = _mm256_set1_ps(1.5f);
+    for (size_t i = 0; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(a + i, _mm256_fmadd_ps(s, _mm256_loadu_ps(c + i), _mm256_loadu_ps(b + i)));
+}
+
+/* Twelve independent FMA chains: enough to cover two ports x four cycles
+ * of latency. */
+AVX2_FN static double k_fma(long iters) {
+    const __m256 m = _mm256_set1_ps(0.9999999f), c = _mm256_set1_ps(1e-7f);
+    __m256 a[12];
+    for (int i = 0; i < 12; i++) a[i] = _mm256_set1_ps(1.0f + 0.01f * (float)i);
+    for (long it = 0; it < iters; it++)
+        for (int i = 0; i < 12; i++) a[i] = _mm256_fmadd_ps(a[i], m, c);
+    __m256 s = a[0];
+    for (int i = 1; i < 12; i++) s = _mm256_add_ps(s, a[i]);
+    float t[8];
+    _mm256_storeu_ps(t, s);
+    return t[0];
+}
+#endif
+
+static void *limit_thread(void *varg) {
+    limit_arg *a = varg;
+    pthread_barrier_wait(a->bar);
+#if BENCH_X86
+    switch (a->k) {
+    case K_READ: a->sink = k_read(a->a, a->n); break;
+    case K_COPY: memcpy(a->a, a->b, a->n * sizeof(float)); break;
+    case K_TRIAD: k_triad(a->a, a->b, a->c, a->n); break;
+    case K_FMA: a->sink = k_fma(a->iters); break;
+    }
+#endif
+    pthread_barrier_wait(a->bar);
+    return NULL;
+}
+
+/* Seconds for one run of kernel k split over nt threads (best of reps). */
+static double time_kernel(kern k, int nt, float *a, float *b, float *c, size_t n, long iters,
+                          int reps) {
+    double best = 1e30;
+    limit_arg args[64];
+    pthread_t th[64];
+    pthread_barrier_t bar;
+    for (int r = 0; r < reps; r++) {
+        pthread_barrier_init(&bar, NULL, (unsigned)nt + 1);
+        size_t per = n / (size_t)nt / 64 * 64;
+        for (int t = 0; t < nt; t++) {
+            size_t off = per * (size_t)t;
+            args[t] = (limit_arg){k, a + off, b + off, c + off, per, iters, 0.0, &bar};
+            pthread_create(&th[t], NULL, limit_thread, &args[t]);
+        }
+        pthread_barrier_wait(&bar);
+        double t0 = ap_now_seconds();
+        pthread_barrier_wait(&bar);
+        double dt = ap_now_seconds() - t0;
+        for (int t = 0; t < nt; t++) pthread_join(th[t], NULL);
+        pthread_barrier_destroy(&bar);
+        if (dt < best) best = dt;
+    }
+    return best;
+}
+
+typedef struct {
+    double read1, read, copy, triad; /* GB/s: 1 thread read, then nt threads */
+    double fma1, fma;                /* GFLOP/s */
+} limits;
+
+static int measure_limits(int nt, limits *L) {
+    memset(L, 0, sizeof *L);
+#if !BENCH_X86
+    (void)nt;
+    return 0;
+#else
+    __builtin_cpu_init();
+    if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma")) return 0;
+    const size_t n = BW_FLOATS;
+    float *a = malloc(n * sizeof *a), *b = malloc(n * sizeof *b), *c = malloc(n * sizeof *c);
+    if (!a || !b || !c) {
+        free(a);
+        free(b);
+        free(c);
+        return 0;
+    }
+    for (size_t i = 0; i < n; i++) a[i] = b[i] = c[i] = (float)(i & 1023); /* fault pages in */
+    const double gb = (double)n * sizeof(float) / 1e9;
+    L->read1 = gb / time_kernel(K_READ, 1, a, b, c, n, 0, 3);
+    L->read = gb / time_kernel(K_READ, nt, a, b, c, n, 0, 3);
+    L->copy = 2 * gb / time_kernel(K_COPY, nt, a, b, c, n, 0, 3);
+    L->triad = 3 * gb / time_kernel(K_TRIAD, nt, a, b, c, n, 0, 3);
+    const long iters = 20000000; /* 12 x 8 x 2 x 2e7 = 3.8 GFLOP per thread */
+    const double fl = 12.0 * 8 * 2 * (double)iters / 1e9;
+    L->fma1 = fl / time_kernel(K_FMA, 1, a, b, c, n, iters, 3);
+    L->fma = nt * fl / time_kernel(K_FMA, nt, a, b, c, (size_t)nt * 64, iters, 3);
+    free(a);
+    free(b);
+    free(c);
+    return 1;
+#endif
+}
+
+/* ------------------------------------------------------------------ engine */
+
+typedef enum { V_QUANT, V_Q8, V_QUANT_BLAS, V_F32_OLD, V_F32_STREAM, N_VARIANTS } variant;
+static const char *const VNAME[N_VARIANTS] = {"quant", "quant_q8act", "quant_blasattn", "f32",
+                                              "f32_streamattn"};
+static const variant ENGINE_VARS[2][3] = {{V_QUANT, V_Q8, V_QUANT_BLAS},
+                                          {V_F32_OLD, V_F32_STREAM, N_VARIANTS}};
+static const int ENGINE_NVARS[2] = {3, 2};
+static const char *const ENAME[2] = {"quant", "f32"};
+
+typedef struct {
+    int ctx;
+    double prefill_tps[2]; /* [0] quant engine, [1] f32 engine */
+    double prefill_gflops[2];
+    double decode_tps[N_VARIANTS];
+    double decode_bytes[N_VARIANTS]; /* bytes read per decode token */
+} row_t;
+
+typedef struct {
+    ap_model *m;
+    ap_ctx *c;
+    double wbytes, layer_params;
+    double pre_time, pre_flops;
+    int pre_tokens;
+    double resident_mb; /* RSS growth from loading it and running a few tokens */
+    ap_hparams hp;      /* kept after the model is freed */
+} engine_t;
+
+static int fail(const ap_err *e) {
+    fprintf(stderr, "bench-engine: %s\n", e->msg);
+    return 1;
+}
+
+/* Current resident set, bytes (0 if unknown). */
+static double rss_now(void) {
+    long pages = 0, res = 0;
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (!f) return 0.0;
+    if (fscanf(f, "%ld %ld", &pages, &res) != 2) res = 0;
+    fclose(f);
+    return (double)res * 4096.0;
+}
+
+/* Prefill FLOPs of tokens [p0, p1): every layer matrix (2 per weight per
+ * token) and attention (q·k and p·v: 4·hd per head per visible key). */
+static double prefill_flops(const ap_hparams *hp, double layer_params, int p0, int p1) {
+    double f = 2.0 * layer_params * (p1 - p0);
+    double keys = ((double)p1 * (p1 + 1) - (double)p0 * (p0 + 1)) / 2.0;
+    f += 4.0 * hp->n_layer * hp->n_head * hp->head_dim * keys;
+    return f + 2.0 * (double)hp->n_vocab * hp->n_embd; /* last-token logits */
+}
+
+static ap_status engine_open(const ap_gguf *g, int e, int max_ctx, int threads,
+                             const int32_t *stream, float *logits, engine_t *E, ap_err *err) {
+    ap_model_opts o;
+    ap_model_opts_default(&o);
+    o.f32_weights = e == 1;
+    o.decode_attn_blas = e == 1; /* the old engine, whole */
+    memset(E, 0, sizeof *E);
+    double r0 = rss_now(), t0 = ap_now_seconds();
+    ap_status st = ap_model_load_opts(g, &o, &E->m, err);
+    if (!st) st = ap_ctx_create(E->m, max_ctx, threads, &E->c, err);
+    /* A few tokens touch every weight and scratch buffer once. */
+    if (!st) st = ap_ctx_eval(E->c, stream, 8, logits, 0, NULL, err);
+    if (!st) st = ap_ctx_eval(E->c, stream + 8, 1, logits, 0, NULL, err);
+    if (st) return st;
+    ap_ctx_reset(E->c);
+    E->resident_mb = (rss_now() - r0) / 1e6;
+    fprintf(stderr, "bench-engine: %s engine ready in %.1f s, %.0f MB resident\n", ENAME[e],
+            ap_now_seconds() - t0, E->resident_mb);
+    const ap_hparams *hp = ap_model_hparams(E->m);
+    E->hp = *hp;
+    E->wbytes = (double)ap_model_decode_weight_bytes(E->m);
+    E->layer_params =
+        (double)hp->n_layer * hp->n_embd *
+        (2.0 * hp->n_head * hp->head_dim + 2.0 * hp->n_head_kv * hp->head_dim + 3.0 * hp->n_ff);
+    return AP_OK;
+}
+
+static void engine_close(engine_t *E) {
+    ap_ctx_free(E->c);
+    ap_model_free(E->m);
+}
+
+/* Engines side by side: prefill chunks and decode reps alternate between
+ * them, so a load change on a shared machine hits both alike. */
+static int run_engines(const ap_gguf *g, const int *want, const int *ctxs, int n_ctx, int gen,
+                       int reps, int threads, const int32_t *stream, row_t *rows, engine_t *eng,
+                       ap_err *err) {
+    const int max_ctx = ctxs[n_ctx - 1];
+    float *logits = NULL;
+    int rc = 1;
+    double t0 = ap_now_seconds();
+    for (int e = 0; e < 2; e++) eng[e] = (engine_t){0};
+    const ap_hparams *hp0 = NULL;
+    if (!(logits = malloc((size_t)1 << 20 /* >= n_vocab floats, checked below */))) goto cleanup;
+    for (int e = 0; e < 2; e++) {
+        if (!want[e]) continue;
+        if (engine_open(g, e, max_ctx, threads, stream, logits, &eng[e], err)) goto cleanup;
+        hp0 = ap_model_hparams(eng[e].m);
+        if ((size_t)hp0->n_vocab * sizeof(float) > ((size_t)1 << 20)) {
+            ap_errf(err, AP_ERR_UNSUPPORTED, "vocabulary %d too large for the bench", hp0->n_vocab);
+            goto cleanup;
+        }
+    }
+    for (int r = 0; r < n_ctx; r++) {
+        rows[r].ctx = ctxs[r];
+        for (int at_least = 1; at_least;) {
+            at_least = 0;
+            for (int e = 0; e < 2; e++) {
+                if (!want[e]) continue;
+                engine_t *E = &eng[e];
+                int target = ctxs[r] - ENGINE_NVARS[e] * reps * gen, at = ap_ctx_n_past(E->c);
+                if (target <= at) continue;
+                int n = target - at < 512 ? target - at : 512;
+                double t = ap_now_seconds();
+                if (ap_ctx_eval(E->c, stream + at, n, logits, 0, NULL, err)) goto cleanup;
+                E->pre_time += ap_now_seconds() - t;
+                E->pre_flops += prefill_flops(ap_model_hparams(E->m), E->layer_params, at, at + n);
+                E->pre_tokens += n;
+                at_least = 1;
+            }
+        }
+        double best[N_VARIANTS], keys[N_VARIANTS];
+        for (int v = 0; v < N_VARIANTS; v++) best[v] = 1e30, keys[v] = 0.0;
+        for (int rep = 0; rep < reps; rep++) {
+            for (int e = 0; e < 2; e++) {
+                if (!want[e]) continue;
+                engine_t *E = &eng[e];
+                for (int vi = 0; vi < ENGINE_NVARS[e]; vi++) {
+                    variant v = ENGINE_VARS[e][vi];
+                    int q8 = v == V_Q8, blas = v == V_QUANT_BLAS || v == V_F32_OLD;
+                    if (ap_ctx_set_exec(E->c, q8, blas, err)) goto cleanup;
+                    int p = ap_ctx_n_past(E->c);
+                    double t = ap_now_seconds();
+                    for (int i = 0; i < gen; i++)
+                        if (ap_ctx_eval(E->c, stream + p + i, 1, logits, 0, NULL, err))
+                            goto cleanup;
+                    double dt = ap_now_seconds() - t;
+                    if (dt < best[v]) {
+                        best[v] = dt;
+                        keys[v] = p + (gen + 1) / 2.0; /* mean keys per step */
+                    }
+                }
+            }
+        }
+        for (int e = 0; e < 2; e++) {
+            if (!want[e]) continue;
+            engine_t *E = &eng[e];
+            const ap_hparams *hp = ap_model_hparams(E->m);
+            rows[r].prefill_tps[e] = E->pre_tokens / E->pre_time;
+            rows[r].prefill_gflops[e] = E->pre_flops / E->pre_time / 1e9;
+            for (int vi = 0; vi < ENGINE_NVARS[e]; vi++) {
+                variant v = ENGINE_VARS[e][vi];
+                rows[r].decode_tps[v] = gen / best[v];
+                /* Weights, plus the K and V rows of every layer (float32). */
+                rows[r].decode_bytes[v] =
+                    E->wbytes + 2.0 * hp->n_layer * keys[v] * hp->n_head_kv * hp->head_dim * 4.0;
+            }
+        }
+        fprintf(stderr, "bench-engine: context %d done (%.0f s)\n", ctxs[r], ap_now_seconds() - t0);
+    }
+    rc = 0;
+cleanup:
+    if (!logits) ap_errf(err, AP_ERR_NOMEM, "out of memory for logits");
+    free(logits);
+    return rc;
+}
+
+/* ------------------------------------------------------------------- main */
+
+static cJSON *num(double v) { return cJSON_CreateNumber(v); }
+
+int main(int argc, char **argv) {
+    const char *model_path = AP_SOURCE_DIR "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
+    const char *json_path = NULL;
+    char contexts_arg[256] = "1024,4096,8192", engines_arg[64] = "quant,f32";
+    int gen = 16, threads = 2, reps = 2, skip_limits = 0;
+    static const struct option lo[] = {{"model", 1, 0, 'm'},   {"contexts", 1, 0, 'c'},
+                                       {"gen", 1, 0, 'g'},     {"threads", 1, 0, 't'},
+                                       {"json", 1, 0, 'j'},    {"reps", 1, 0, 'r'},
+                                       {"engines", 1, 0, 'e'}, {"no-limits", 0, 0, 'n'},
+                                       {"help", 0, 0, 'h'},    {0, 0, 0, 0}};
+    int opt;
+    while ((opt = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+        switch (opt) {
+        case 'm': model_path = optarg; break;
+        case 'c': snprintf(contexts_arg, sizeof contexts_arg, "%s", optarg); break;
+        case 'g': gen = atoi(optarg); break;
+        case 't': threads = atoi(optarg); break;
+        case 'j': json_path = optarg; break;
+        case 'r': reps = atoi(optarg); break;
+        case 'e': snprintf(engines_arg, sizeof engines_arg, "%s", optarg); break;
+        case 'n': skip_limits = 1; break;
+        case 'h':
+            printf("usage: bench-engine [--model M] [--contexts 1024,4096,8192] [--gen N]\n"
+                   "                    [--reps N] [--threads N] [--engines quant,f32]\n"
+                   "                    [--no-limits] [--json OUT]\n"
+                   "Prefill and decode tokens/s of the quantized engine (default weights) and\n"
+                   "the float32 engine (f32_weights + BLAS attention) on one model, with this\n"
+                   "machine's memory bandwidth and AVX2 FMA peak measured in the same run.\n"
+                   "--gen decode tokens per variant and rep (default 16), best of --reps\n"
+                   "(default 2). Run it under nice on a shared machine; compare ratios.\n");
+            return 0;
+        default: fprintf(stderr, "bench-engine: bad option (see --help)\n"); return 2;
+        }
+    }
+    if (gen < 1 || threads < 1 || threads > 64 || reps < 1) {
+        fprintf(stderr, "bench-engine: --gen, --reps must be >= 1, --threads in [1, 64]\n");
+        return 2;
+    }
+    int ctxs[MAX_CTX], n_ctx = 0;
+    for (char *save = NULL, *t = strtok_r(contexts_arg, ",", &save); t;
+         t = strtok_r(NULL, ",", &save)) {
+        if (n_ctx == MAX_CTX) {
+            fprintf(stderr, "bench-engine: at most %d contexts\n", MAX_CTX);
+            return 2;
+        }
+        ctxs[n_ctx] = atoi(t);
+        if (ctxs[n_ctx] < 16 || (n_ctx > 0 && ctxs[n_ctx] <= ctxs[n_ctx - 1])) {
+            fprintf(stderr, "bench-engine: contexts must be >= 16 and ascending ('%s')\n", t);
+            return 2;
+        }
+        n_ctx++;
+    }
+    if (n_ctx == 0) {
+        fprintf(stderr, "bench-engine: no contexts given\n");
+        return 2;
+    }
+    int want[2] = {strstr(engines_arg, "quant") != NULL, strstr(engines_arg, "f32") != NULL};
+    if (!want[0] && !want[1]) {
+        fprintf(stderr, "bench-engine: --engines takes quant and/or f32\n");
+        return 2;
+    }
+
+    ap_err err;
+    ap_err_clear(&err);
+    ap_gguf *g = NULL;
+    if (ap_gguf_open(model_path, &g, &err)) return fail(&err);
+    int max_ctx = ctxs[n_ctx - 1];
+    int32_t *stream = malloc(sizeof(int32_t) * (size_t)max_ctx);
+    row_t rows[MAX_CTX];
+    memset(rows, 0, sizeof rows);
+    if (!stream) return 1;
+    uint64_t s = 12345;
+    for (int i = 0; i < max_ctx; i++) {
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        stream[i] = (int32_t)((s >> 33) % 20000u);
+    }
+    /* Fault the file's pages in first, so neither engine's resident
+     * growth counts the mapping. */
+    volatile uint8_t touch = 0;
+    for (int64_t i = 0; i < ap_gguf_n_tensors(g); i++) {
+        const ap_gguf_tensor *t = ap_gguf_tensor_at(g, i);
+        for (size_t o = 0; o < t->nbytes; o += 4096) touch ^= ((const uint8_t *)t->data)[o];
+    }
+    (void)touch;
+    engine_t eng[2];
+    int rc = run_engines(g, want, ctxs, n_ctx, gen, reps, threads, stream, rows, eng, &err);
+    const double peak_mb = (double)ap_peak_rss_bytes() / 1e6;
+    for (int e = 0; e < 2; e++) engine_close(&eng[e]);
+    if (rc) return fail(&err);
+    limits L;
+    int have_limits = skip_limits ? 0 : measure_limits(threads, &L);
+
+    if (have_limits)
+        printf("machine: read %.1f GB/s (1 thread %.1f), copy %.1f, triad %.1f; AVX2 FMA %.1f "
+               "GFLOP/s (1 thread %.1f), %d threads\n",
+               L.read, L.read1, L.copy, L.triad, L.fma, L.fma1, threads);
+    for (int r = 0; r < n_ctx; r++) {
+        const row_t *w = &rows[r];
+        printf("ctx=%d", w->ctx);
+        if (want[0] && want[1])
+            printf(" prefill_tps quant=%.1f f32=%.1f (x%.2f)", w->prefill_tps[0], w->prefill_tps[1],
+                   w->prefill_tps[0] / w->prefill_tps[1]);
+        else
+            printf(" prefill_tps %s=%.1f", want[0] ? "quant" : "f32",
+                   w->prefill_tps[want[0] ? 0 : 1]);
+        printf(" decode_tps");
+        for (int v = 0; v < N_VARIANTS; v++)
+            if (w->decode_tps[v] > 0) printf(" %s=%.1f", VNAME[v], w->decode_tps[v]);
+        if (want[0] && want[1])
+            printf(" (quant/f32 x%.2f)", w->decode_tps[V_QUANT] / w->decode_tps[V_F32_OLD]);
+        printf("\n");
+        if (have_limits) {
+            printf("  limits:");
+            for (int v = 0; v < N_VARIANTS; v++)
+                if (w->decode_tps[v] > 0)
+                    printf(" %s %.0f MB/token %.2f of read bw;", VNAME[v], w->decode_bytes[v] / 1e6,
+                           w->decode_bytes[v] * w->decode_tps[v] / 1e9 / L.read);
+            for (int e = 0; e < 2; e++)
+                if (want[e])
+                    printf(" prefill %s %.1f GFLOP/s %.2f of FMA peak;", e ? "f32" : "quant",
+                           w->prefill_gflops[e], w->prefill_gflops[e] / L.fma);
+            printf("\n");
+        }
+    }
+    for (int e = 0; e < 2; e++)
+        if (want[e])
+            printf("%s engine: %.0f MB resident after load (weights and buffers)\n", ENAME[e],
+                   eng[e].resident_mb);
+    const ap_hparams *hp = NULL;
+    for (int e = 0; e < 2 && !hp; e++)
+        if (want[e]) hp = &eng[e].hp;
+    printf("KV cache of %d tokens: %.0f MB per engine; process peak RSS: %.0f MB (engines side "
+           "by side)\n",
+           ctxs[n_ctx - 1],
+           2.0 * hp->n_layer * ctxs[n_ctx - 1] * hp->n_head_kv * hp->head_dim * 4 / 1e6, peak_mb);
+
+    if (json_path) {
+        cJSON *root = cJSON_CreateObject();
+        cJSON_AddStringToObject(root, "model", model_path);
+        cJSON_AddNumberToObject(root, "threads", threads);
+        cJSON_AddNumberToObject(root, "gen", gen);
+        cJSON_AddNumberToObject(root, "reps", reps);
+        cJSON_AddNumberToObject(root, "peak_rss_mb", peak_mb);
+        for (int e = 0; e < 2; e++) {
+            if (!want[e]) continue;
+            char key[64];
+            snprintf(key, sizeof key, "resident_mb_%s", ENAME[e]);
+            cJSON_AddItemToObject(root, key, num(eng[e].resident_mb));
+        }
+        if (have_limits) {
+            cJSON *mj = cJSON_AddObjectToObject(root, "machine");
+            cJSON_AddItemToObject(mj, "read_gbs", num(L.read));
+            cJSON_AddItemToObject(mj, "read_gbs_1thread", num(L.read1));
+            cJSON_AddItemToObject(mj, "copy_gbs", num(L.copy));
+            cJSON_AddItemToObject(mj, "triad_gbs", num(L.triad));
+            cJSON_AddItemToObject(mj, "fma_gflops", num(L.fma));
+            cJSON_AddItemToObject(mj, "fma_gflops_1thread", num(L.fma1));
+        }
+        cJSON *arr = cJSON_AddArrayToObject(root, "contexts");
+        for (int r = 0; r < n_ctx; r++) {
+            const row_t *w = &rows[r];
+            cJSON *o = cJSON_CreateObject();
+            cJSON_AddNumberToObject(o, "ctx", w->ctx);
+            for (int e = 0; e < 2; e++) {
+                if (!want[e]) continue;
+                char key[64];
+                snprintf(key, sizeof key, "prefill_tps_%s", e ? "f32" : "quant");
+                cJSON_AddItemToObject(o, key, num(w->prefill_tps[e]));
+                snprintf(key, sizeof key, "prefill_gflops_%s", e ? "f32" : "quant");
+                cJSON_AddItemToObject(o, key, num(w->prefill_gflops[e]));
+            }
+            for (int v = 0; v < N_VARIANTS; v++) {
+                if (!(w->decode_tps[v] > 0)) continue;
+                char key[64];
+                snprintf(key, sizeof key, "decode_tps_%s", VNAME[v]);
+                cJSON_AddItemToObject(o, key, num(w->decode_tps[v]));
+                snprintf(key, sizeof key, "decode_bytes_%s", VNAME[v]);
+                cJSON_AddItemToObject(o, key, num(w->decode_bytes[v]));
+            }
+            cJSON_AddItemToArray(arr, o);
+        }
+        char *txt = cJSON_Print(root);
+        char tmp[1024];
+        ap_tmp_name(tmp, sizeof tmp, json_path);
+        FILE *f = txt ? fopen(tmp, "w") : NULL;
+        int bad = !f;
+        if (f) {
+            bad = fputs(txt, f) < 0;
+            bad |= fclose(f) != 0;
+        }
+        if (bad) {
+            fprintf(stderr, "bench-engine: cannot write %s\n", tmp);
+            rc = 1;
+        } else if (ap_commit_file(tmp, json_path, &err)) {
+            rc = fail(&err);
+        }
+        if (rc) remove(tmp);
+        free(txt);
+        cJSON_Delete(root);
+    }
+    free(stream);
+    ap_gguf_free(g);
+    return rc;
+}
