@@ -17,12 +17,17 @@
 #include "capture/trace.h"
 #include "cli/cli.h"
 #include "common/util.h"
+#include "train/checkpoint.h"
+#include "train/predictor.h"
+#include "train/probe.h"
+#include "train/runtime.h"
 
 #define CMD "inspect"
 
 static void inspect_usage(FILE *out) {
     fprintf(out,
-            "usage: attnpred inspect T.h5 [--json] [--png OUT.png [heatmap options]]\n\n"
+            "usage: attnpred inspect T.h5 [--json] [--png OUT.png [heatmap options]]\n"
+            "       attnpred inspect --predictor P.safetensors [--json]\n\n"
             "Summarise an attnpred trace (also a .partial one: its finished sequences):\n"
             "format version, model, dimensions, and per sequence its lengths, recorded\n"
             "steps, blocks and raw layers; file size and bytes per token.\n\n"
@@ -39,6 +44,13 @@ static void inspect_usage(FILE *out) {
             "  --decades D         decades shown with --log (default 4)\n"
             "  --global            scale by the map's maximum instead of each row's own\n"
             "                      maximum (the default makes faint decode rows visible)\n"
+            "  --predictor P       instead of a trace: the spike probe of a predictor (an\n"
+            "                      export, or a run's best/last.safetensors checkpoint):\n"
+            "                      zero history (H = the model's, W 24) plus 0.5 at block 12\n"
+            "                      in one row r; the output at block 12 for r = 0, 1, H/2,\n"
+            "                      H-3, H-2, H-1, and the newest/interior ratio (the\n"
+            "                      authors' released weights: ~75x and ~500x, mostly\n"
+            "                      copying the last step)\n"
             "  --help              this text\n\n"
             "The PNG is written under a temporary name and renamed; an existing OUT.png is\n"
             "replaced.\n");
@@ -415,18 +427,158 @@ cleanup:
     return st;
 }
 
+/* ---------------------------------------------------------- predictor -- */
+
+/* An export (runtime format) or, failing that, a training checkpoint. */
+static ap_status load_any_predictor(const char *path, ap_runtime **rt, ap_predictor **own,
+                                    ap_predictor **p, ap_err *err) {
+    ap_err e1, e2;
+    ap_err_clear(&e1);
+    ap_err_clear(&e2);
+    *rt = NULL;
+    *own = NULL;
+    if (ap_runtime_load(path, rt, &e1) == AP_OK) {
+        *p = ap_runtime_predictor(*rt);
+        return AP_OK;
+    }
+    ap_ckpt_info info;
+    float *params = NULL;
+    size_t n = 0;
+    if (ap_checkpoint_load(path, &info, &params, NULL, NULL, &n, NULL, &e2) != AP_OK) {
+        if (!strcmp(e1.msg, e2.msg))
+            return ap_errf(err, e1.status ? e1.status : AP_ERR_FORMAT,
+                           "%s (read as a predictor export and as a training checkpoint)",
+                           e1.msg);
+        return ap_errf(err, e1.status ? e1.status : AP_ERR_FORMAT,
+                       "%s (and as a training checkpoint: %s)", e1.msg, e2.msg);
+    }
+    ap_status st = ap_predictor_create(&info.cfg, 0, own, err);
+    if (!st) {
+        size_t np = 0;
+        float *dst = ap_predictor_params(*own, &np);
+        if (np != n)
+            st = ap_errf(err, AP_ERR_FORMAT, "%s: %zu parameters, the config needs %zu", path, n,
+                         np);
+        else
+            memcpy(dst, params, n * sizeof *dst);
+    }
+    free(params);
+    if (st) {
+        ap_predictor_free(*own);
+        *own = NULL;
+        return st;
+    }
+    *p = *own;
+    return AP_OK;
+}
+
+static int inspect_predictor(const char *path, int json) {
+    ap_err err;
+    ap_err_clear(&err);
+    ap_runtime *rt = NULL;
+    ap_predictor *own = NULL, *p = NULL;
+    cJSON *root = NULL;
+    char *text = NULL;
+    int rc = 1;
+    if (load_any_predictor(path, &rt, &own, &p, &err)) {
+        ap_cli_error(CMD, "%s", err.msg);
+        return 1;
+    }
+    const ap_pred_config *c = ap_predictor_config(p);
+    ap_probe_config pc;
+    ap_probe_config_default(&pc, c->history);
+    if (json) {
+        root = cJSON_CreateObject();
+        if (!root) goto oom;
+        cJSON_AddStringToObject(root, "path", path);
+        cJSON_AddNumberToObject(root, "history", c->history);
+        cJSON_AddNumberToObject(root, "c1", c->c1);
+        cJSON_AddNumberToObject(root, "c2", c->c2);
+        cJSON_AddNumberToObject(root, "n_models", c->n_models);
+        cJSON_AddNumberToObject(root, "params_per_model", (double)ap_pred_param_count(c));
+        cJSON *pr = cJSON_AddObjectToObject(root, "probe");
+        if (!pr) goto oom;
+        cJSON_AddNumberToObject(pr, "W", pc.W);
+        cJSON_AddNumberToObject(pr, "column", pc.col);
+        cJSON_AddNumberToObject(pr, "spike", pc.spike);
+        cJSON_AddItemToObject(pr, "rows", cJSON_CreateIntArray(pc.rows, pc.n_rows));
+    } else {
+        printf("%s: %d model%s, history %d, channels %d,%d, %zu parameters per model\n", path,
+               c->n_models, c->n_models > 1 ? "s" : "", c->history, c->c1, c->c2,
+               ap_pred_param_count(c));
+        printf("spike probe (method.md 2.4): zero history %dx%d, %.2g at block %d in row r;\n"
+               "output at block %d\n\n",
+               c->history, pc.W, pc.spike, pc.col, pc.col);
+        printf("%5s %12s", "model", "background");
+        for (int i = 0; i < pc.n_rows; i++) printf("  r=%-8d", pc.rows[i]);
+        printf(" %14s %10s\n", "newest/interior", "(raw)");
+    }
+    cJSON *models = json ? cJSON_AddArrayToObject(root, "models") : NULL;
+    if (json && !models) goto oom;
+    for (int m = 0; m < c->n_models; m++) {
+        ap_probe_result r;
+        if (ap_probe_spike(p, m, &pc, &r, &err)) {
+            ap_cli_error(CMD, "%s: %s", path, err.msg);
+            goto cleanup;
+        }
+        if (json) {
+            cJSON *o = cJSON_CreateObject();
+            if (!o) goto oom;
+            cJSON_AddItemToArray(models, o);
+            cJSON_AddNumberToObject(o, "model", m);
+            cJSON_AddNumberToObject(o, "background", r.background);
+            cJSON *outs = cJSON_AddArrayToObject(o, "out");
+            if (!outs) goto oom;
+            for (int i = 0; i < pc.n_rows; i++) cJSON_AddItemToArray(outs, cJSON_CreateNumber(r.out[i]));
+            /* JSON has no inf/NaN: a zero interior response gives null */
+            if (isfinite(r.ratio))
+                cJSON_AddNumberToObject(o, "newest_over_interior", r.ratio);
+            else
+                cJSON_AddNullToObject(o, "newest_over_interior");
+            if (isfinite(r.raw_ratio))
+                cJSON_AddNumberToObject(o, "raw_ratio", r.raw_ratio);
+            else
+                cJSON_AddNullToObject(o, "raw_ratio");
+        } else {
+            printf("%5d %12.5g", m, r.background);
+            for (int i = 0; i < pc.n_rows; i++) printf("  %-10.5g", r.out[i]);
+            printf(" %14.4g %10.4g\n", r.ratio, r.raw_ratio);
+        }
+    }
+    if (json) {
+        text = cJSON_Print(root);
+        if (!text) goto oom;
+        puts(text);
+    } else {
+        printf("\nnewest/interior = (out(H-1) - background) / (out(H/2) - background); raw =\n"
+               "out(H-1) / out(H/2). The authors' released weights: 0.160 vs 0.0021 (~75x,\n"
+               "Llama-3.1) and 0.201 vs 0.0004 (~500x, LongChat).\n");
+    }
+    rc = 0;
+    goto cleanup;
+oom:
+    ap_cli_error(CMD, "out of memory");
+cleanup:
+    free(text);
+    cJSON_Delete(root);
+    ap_runtime_free(rt);
+    ap_predictor_free(own);
+    return rc;
+}
+
 int ap_cmd_inspect(int argc, char **argv) {
     int json = 0;
-    const char *png_path = NULL;
+    const char *png_path = NULL, *pred_path = NULL;
     heat_opts ho = {0, NULL, 0, 0, 0, 0, 4.0, 0};
-    enum { O_JSON = 256, O_PNG, O_SEQ, O_LAYER, O_HEAD, O_VIEW, O_LOG, O_DEC, O_GLOBAL, O_HELP };
+    enum { O_JSON = 256, O_PNG, O_SEQ, O_LAYER, O_HEAD, O_VIEW, O_LOG, O_DEC, O_GLOBAL, O_HELP,
+           O_PRED };
     static const struct option longopts[] = {
         {"json", no_argument, 0, O_JSON},         {"png", required_argument, 0, O_PNG},
         {"seq", required_argument, 0, O_SEQ},     {"layer", required_argument, 0, O_LAYER},
         {"head", required_argument, 0, O_HEAD},   {"view", required_argument, 0, O_VIEW},
         {"log", no_argument, 0, O_LOG},           {"decades", required_argument, 0, O_DEC},
         {"global", no_argument, 0, O_GLOBAL},     {"help", no_argument, 0, O_HELP},
-        {0, 0, 0, 0}};
+        {"predictor", required_argument, 0, O_PRED}, {0, 0, 0, 0}};
     optind = 1;
     opterr = 0;
     int c, heat_flags = 0;
@@ -461,6 +613,7 @@ int ap_cmd_inspect(int argc, char **argv) {
             break;
         }
         case O_GLOBAL: ho.global = 1, heat_flags = 1; break;
+        case O_PRED: pred_path = optarg; break;
         case O_HELP: inspect_usage(stdout); return 0;
         default:
             ap_cli_error(CMD, "unknown option or missing value '%s' (see --help)",
@@ -472,6 +625,13 @@ int ap_cmd_inspect(int argc, char **argv) {
         ap_cli_error(CMD, "bad value '%s' for --%s (see --help)", optarg,
                      longopts[c - O_JSON].name);
         return 2;
+    }
+    if (pred_path) {
+        if (optind < argc || png_path || heat_flags) {
+            ap_cli_error(CMD, "--predictor takes no trace and no heatmap options (see --help)");
+            return 2;
+        }
+        return inspect_predictor(pred_path, json);
     }
     if (optind >= argc) {
         ap_cli_error(CMD, "no trace given (usage: attnpred inspect T.h5 [--json] [--png OUT.png])");

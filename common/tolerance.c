@@ -6,7 +6,11 @@ double ap_max_abs_err_f32(const float *a, const float *b, long n) {
     double m = 0.0;
     for (long i = 0; i < n; i++) {
         double d = fabs((double)a[i] - (double)b[i]);
-        if (!(d <= m)) m = d; /* NaN propagates as the max */
+        /* A NaN anywhere must fail every tolerance check, so it is returned
+         * at once rather than kept as a running max (it would be lost at
+         * the next comparison). */
+        if (isnan(d)) return d;
+        if (d > m) m = d;
     }
     return m;
 }

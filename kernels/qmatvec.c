@@ -28,6 +28,7 @@
 #include <string.h>
 
 #if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
 #include <immintrin.h>
 #define AP_HAVE_X86 1
 #define AVX2_FN __attribute__((target("avx2,fma,f16c")))
@@ -43,9 +44,12 @@
 
 ap_qisa ap_qisa_best(void) {
 #if AP_HAVE_X86
+    /* f16c is read from CPUID leaf 1 (ECX bit 29) because older clang's
+     * __builtin_cpu_supports does not know the "f16c" feature string. */
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    int f16c = __get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 29));
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-        __builtin_cpu_supports("f16c"))
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c)
         return AP_QISA_AVX2;
 #endif
     return AP_QISA_SCALAR;

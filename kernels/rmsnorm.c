@@ -28,3 +28,10 @@ void ap_rmsnorm_ref(float *y, size_t ldy, const float *x, size_t ldx, const floa
         for (int i = 0; i < n; i++) yr[i] = (float)((double)g[i] * ((double)xr[i] * s));
     }
 }
+
+#ifndef AP_HAVE_CUDA
+ap_status ap_rmsnorm_cuda(float *d_y, size_t ldy, const float *d_x, size_t ldx, const float *d_g,
+                          int rows, int n, float eps, ap_cuda_stream s, ap_err *err) {
+    return ap_errf(err, AP_ERR_UNSUPPORTED, "this build of attnpred has no CUDA support");
+}
+#endif

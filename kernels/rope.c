@@ -54,3 +54,10 @@ void ap_rope_ref(float *x, size_t ldx, int rows, int n_heads, int head_dim, cons
         }
     }
 }
+
+#ifndef AP_HAVE_CUDA
+ap_status ap_rope_cuda(float *d_x, size_t ldx, int rows, int n_heads, int head_dim,
+                       const float *d_cs, ap_cuda_stream s, ap_err *err) {
+    return ap_errf(err, AP_ERR_UNSUPPORTED, "this build of attnpred has no CUDA support");
+}
+#endif

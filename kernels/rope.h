@@ -15,6 +15,9 @@
 
 #include <stddef.h>
 
+#include "common/status.h"
+#include "kernels/cuda_util.h"
+
 /* The float32 angle of pair i at position pos. */
 float ap_rope_angle(int pos, int i, int head_dim, float base);
 
@@ -27,5 +30,12 @@ void ap_rope_table(float *cs, int pos0, int n_pos, int head_dim, float base);
 void ap_rope(float *x, size_t ldx, int rows, int n_heads, int head_dim, const float *cs);
 /* Same rotation in double, from the same table. */
 void ap_rope_ref(float *x, size_t ldx, int rows, int n_heads, int head_dim, const float *cs);
+
+/* CUDA, device pointers (d_cs: an ap_rope_table copied to the device), on
+ * stream s: one thread per pair, the same float32 products and sums as
+ * ap_rope with fused multiply-adds ruled out, so results equal the CPU's
+ * bit for bit. AP_ERR_UNSUPPORTED without CUDA. */
+ap_status ap_rope_cuda(float *d_x, size_t ldx, int rows, int n_heads, int head_dim,
+                       const float *d_cs, ap_cuda_stream s, ap_err *err);
 
 #endif

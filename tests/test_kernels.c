@@ -426,3 +426,17 @@ Test(kernels, attention_is_causal) {
     for (int d = 0; d < HD; d++) cr_expect(fabsf(o1[d] - v[d]) < 1e-6f);
     free(scratch);
 }
+
+/* The tolerance helpers are the gate of every numeric test: a NaN anywhere
+ * must come out as NaN (and so fail `< tol`), not only when it is last. */
+Test(tolerance, nan_anywhere_is_reported) {
+    float a[5] = {1, 2, 3, 4, 5}, b[5] = {1, 2, 3, 4, 5};
+    for (int pos = 0; pos < 5; pos++) {
+        a[pos] = NAN;
+        cr_expect(isnan(ap_max_abs_err_f32(a, b, 5)), "NaN at %d lost", pos);
+        cr_expect(!(ap_rel_err_f32(a, b, 5) < 1.0), "NaN at %d passes rel", pos);
+        a[pos] = (float)(pos + 1);
+    }
+    a[2] = 3.5f;
+    cr_expect_float_eq(ap_max_abs_err_f32(a, b, 5), 0.5, 1e-12);
+}

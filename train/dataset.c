@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "capture/trace.h"
+#include "train/metrics.h"
 
 /* Same bound the trace writer enforces on block_sum rows: loose enough for
  * float32 rounding over long rows, tight enough to catch a broken row. */
@@ -28,6 +29,11 @@ typedef struct {
     int seq, layer;  /* global sequence index; -1 = free slot */
     float *bmax, *bsum;
     unsigned char *bad; /* [S][n_head] ROW_* */
+    /* sparse rows (NULL unless cfg.rows is sparse): window rows as the sparse
+     * replay builds them, and their flags including the rows their selection
+     * read */
+    float *xmax;
+    unsigned char *xbad;
     size_t bytes;
     uint64_t tick;
 } ds_entry;
@@ -76,7 +82,8 @@ static int width_at(const ap_dataset *ds, const ds_seq *s, int t) {
 
 static size_t chunk_bytes(const ap_dataset *ds, const ds_seq *s) {
     size_t rows = (size_t)s->S * (size_t)ds->n_head;
-    return rows * (size_t)s->NB * 2 * sizeof(float) + rows;
+    size_t arrays = ds->cfg.rows == AP_ROWS_SPARSE ? 3 : 2;
+    return rows * (size_t)s->NB * arrays * sizeof(float) + rows * (arrays - 1);
 }
 
 void ap_dataset_config_default(ap_dataset_config *c) {
@@ -91,6 +98,9 @@ void ap_dataset_config_default(ap_dataset_config *c) {
     c->batch_size = 256;
     c->pool_chunks = 8;
     c->cache_mb = 512.0;
+    c->rows = AP_ROWS_DENSE;
+    c->sparse_budget = 1024;
+    c->calib = 5;
 }
 
 static ap_status config_check(const ap_dataset_config *c, ap_err *err) {
@@ -110,6 +120,11 @@ static ap_status config_check(const ap_dataset_config *c, ap_err *err) {
                        c->batch_size, c->pool_chunks);
     if (!(c->cache_mb > 0.0))
         return ap_errf(err, AP_ERR_ARG, "dataset: cache_mb %g must be > 0", c->cache_mb);
+    if (c->rows != AP_ROWS_DENSE && c->rows != AP_ROWS_SPARSE)
+        return ap_errf(err, AP_ERR_ARG, "dataset: unknown row kind %d", (int)c->rows);
+    if (c->sparse_budget < 1 || c->calib < 0)
+        return ap_errf(err, AP_ERR_ARG, "dataset: sparse_budget %d must be >= 1, calib %d >= 0",
+                       c->sparse_budget, c->calib);
     return AP_OK;
 }
 
@@ -317,8 +332,10 @@ static void entry_release(ds_entry *e) {
     free(e->bmax);
     free(e->bsum);
     free(e->bad);
-    e->bmax = e->bsum = NULL;
-    e->bad = NULL;
+    free(e->xmax);
+    free(e->xbad);
+    e->bmax = e->bsum = e->xmax = NULL;
+    e->bad = e->xbad = NULL;
 }
 
 void ap_dataset_free(ap_dataset *ds) {
@@ -391,6 +408,60 @@ static unsigned char row_check(const float *mx, const float *sm, int NB, int n_v
     return bad;
 }
 
+/* The sparse replay's history rows of one head (method.md 4.2 step 5).
+ * Prefill rows are dense. Decode step t appends its dense row when
+ * (t + 1) % calib == 0; otherwise the true row restricted to the blocks kept
+ * at step t, renormalised by their block_sum mass (what softmax over the
+ * kept keys gives, at block granularity: a block touching the local window
+ * counts whole, as in the recovery metric). Kept = sink blocks, blocks
+ * touching the local window, and the top-k candidates of the newest history
+ * row -- itself sparse unless it was a calibration row -- with k from
+ * sparse_budget; fewer than min_candidates candidates = the method's all-ones
+ * scores, i.e. the first k. order: scratch of at least NB ints. */
+static void sparse_head(const ap_dataset *ds, const ds_seq *s, ds_entry *e, int h, int *order) {
+    const int nh = ds->n_head, NB = s->NB, bs = ds->block;
+    const int c0 = ds->cfg.sink_blocks, calib = ds->cfg.calib;
+    const int local_tokens = ds->cfg.local_blocks * bs;
+    for (int r = 0; r < s->S; r++) {
+        size_t off = ((size_t)r * nh + h) * NB, fl = (size_t)r * nh + h;
+        const float *mx = e->bmax + off, *sm = e->bsum + off;
+        float *out = e->xmax + off;
+        int t = r - s->n_pre;
+        if (t < 0 || (calib > 0 && (t + 1) % calib == 0)) {
+            memcpy(out, mx, (size_t)NB * sizeof(float));
+            e->xbad[fl] = e->bad[fl];
+            continue;
+        }
+        const int q = s->n_prompt + t;
+        const int n_valid = q / bs + 1 < NB ? q / bs + 1 : NB;
+        int lb0 = q + 1 - local_tokens;
+        lb0 = lb0 > 0 ? lb0 / bs : 0;
+        if (local_tokens == 0) lb0 = q / bs + 1;
+        /* candidates [c0, c1) from the newest history row, position q - 1 */
+        const int c1 = (q + bs - 1) / bs - ds->cfg.local_blocks;
+        const int W = c1 - c0;
+        memset(out, 0, (size_t)NB * sizeof(float));
+        for (int j = 0; j < n_valid; j++) out[j] = j < c0 || j >= lb0 ? 1.0f : 0.0f;
+        if (W > 0) {
+            int k = ap_metrics_k_blocks(ds->cfg.sparse_budget, c0 * bs, local_tokens, bs, W);
+            if (W < ds->cfg.min_candidates) {
+                for (int j = 0; j < W; j++) order[j] = j;
+            } else {
+                const float *prev = e->xmax + ((size_t)(r - 1) * nh + h) * NB + c0;
+                ap_metrics_rank(prev, W, order);
+            }
+            for (int j = 0; j < k; j++) out[c0 + order[j]] = 1.0f;
+        }
+        double kept = 0.0;
+        for (int j = 0; j < n_valid; j++)
+            if (out[j] != 0.0f) kept += sm[j];
+        for (int j = 0; j < n_valid; j++)
+            out[j] = out[j] != 0.0f && kept > 0.0 ? (float)(mx[j] / kept) : 0.0f;
+        unsigned char prev_bad = e->xbad[(size_t)(r - 1) * nh + h];
+        e->xbad[fl] = e->bad[fl] > prev_bad ? e->bad[fl] : prev_bad;
+    }
+}
+
 static ap_status chunk_load(ap_dataset *ds, int g, int layer, ds_entry *e, ap_err *err) {
     ap_status st = AP_OK;
     const ds_seq *s = &ds->seqs[g];
@@ -416,6 +487,18 @@ static ap_status chunk_load(ap_dataset *ds, int g, int layer, ds_entry *e, ap_er
             e->bad[(size_t)r * ds->n_head + h] =
                 row_check(e->bmax + off, e->bsum + off, s->NB, n_valid);
         }
+    }
+    if (ds->cfg.rows == AP_ROWS_SPARSE) {
+        e->xmax = malloc((n ? n : 1) * sizeof(float));
+        e->xbad = malloc((size_t)s->S * (size_t)ds->n_head + 1);
+        int *order = malloc((size_t)(s->NB > 0 ? s->NB : 1) * sizeof *order);
+        if (!e->xmax || !e->xbad || !order) {
+            free(order);
+            st = ap_errf(err, AP_ERR_NOMEM, "dataset: out of memory building sparse rows");
+            goto cleanup;
+        }
+        for (int h = 0; h < ds->n_head; h++) sparse_head(ds, s, e, h, order);
+        free(order);
     }
     e->bytes = chunk_bytes(ds, s);
 cleanup:
@@ -489,6 +572,9 @@ typedef struct {
 struct ap_dataset_iter {
     ap_dataset *ds;
     int shuffle;
+    ap_rows_kind rows;
+    uint64_t keep_below; /* subset: keep a sample when its hash < this; UINT64_MAX = all */
+    uint64_t keep_salt;
     uint64_t rng;
     ds_chunk *chunks;
     int n_chunks, next_chunk;
@@ -523,6 +609,8 @@ ap_status ap_dataset_iter_create(ap_dataset *ds, ap_split split, int epoch, int 
     if (!it) return ap_errf(err, AP_ERR_NOMEM, "dataset: out of memory");
     it->ds = ds;
     it->shuffle = shuffle;
+    it->rows = ds->cfg.rows;
+    it->keep_below = UINT64_MAX;
     uint64_t s0 = ds->cfg.seed;
     splitmix64(&s0);
     it->rng = s0 ^ ((uint64_t)(unsigned)epoch * 0xD1B54A32D192ED03ull) ^
@@ -563,6 +651,38 @@ cleanup:
     }
     *out = it;
     return AP_OK;
+}
+
+ap_status ap_dataset_iter_set_rows(ap_dataset_iter *it, ap_rows_kind rows, ap_err *err) {
+    if (rows != AP_ROWS_DENSE && rows != AP_ROWS_SPARSE)
+        return ap_errf(err, AP_ERR_ARG, "dataset: unknown row kind %d", (int)rows);
+    if (rows == AP_ROWS_SPARSE && it->ds->cfg.rows != AP_ROWS_SPARSE)
+        return ap_errf(err, AP_ERR_ARG,
+                       "dataset: sparse window rows need a dataset opened with sparse rows");
+    it->rows = rows;
+    return AP_OK;
+}
+
+ap_status ap_dataset_iter_set_subset(ap_dataset_iter *it, double fraction, uint64_t salt,
+                                     ap_err *err) {
+    if (!(fraction > 0.0 && fraction <= 1.0))
+        return ap_errf(err, AP_ERR_ARG, "dataset: subset fraction %g must be in (0, 1]", fraction);
+    /* 2^64 * fraction, saturated: a double cannot hold UINT64_MAX exactly */
+    double lim = fraction * 18446744073709551616.0;
+    it->keep_below = lim >= 18446744073709551615.0 ? UINT64_MAX : (uint64_t)lim;
+    uint64_t z = it->ds->cfg.seed ^ 0xC0FFEE5EEDull;
+    it->keep_salt = splitmix64(&z) ^ salt * 0x9E3779B97F4A7C15ull;
+    return AP_OK;
+}
+
+static uint64_t sample_hash(uint64_t salt, const ds_seq *s, int layer, int head, int t) {
+    uint64_t z = salt;
+    z ^= splitmix64(&z) + (uint64_t)(unsigned)s->file;
+    z ^= splitmix64(&z) + (uint64_t)(unsigned)s->seq;
+    z ^= splitmix64(&z) + (uint64_t)(unsigned)layer;
+    z ^= splitmix64(&z) + (uint64_t)(unsigned)head;
+    z ^= splitmix64(&z) + (uint64_t)(unsigned)t;
+    return splitmix64(&z);
 }
 
 static int item_cmp(const void *pa, const void *pb) {
@@ -607,6 +727,9 @@ static ap_status pool_next(ap_dataset_iter *it, int *got, ap_err *err) {
         for (int t = s->t0; t < s->n_gen; t++) {
             int W = width_at(ds, s, t);
             for (int h = 0; h < ds->n_head; h++) {
+                if (it->keep_below != UINT64_MAX &&
+                    sample_hash(it->keep_salt, s, it->pool[k].layer, h, t) >= it->keep_below)
+                    continue;
                 ds_item *x = &it->items[it->n_items];
                 x->group = group;
                 x->W = W;
@@ -649,16 +772,19 @@ static ap_status pool_next(ap_dataset_iter *it, int *got, ap_err *err) {
 }
 
 /* Fills sample slot i of b from item x; returns ROW_* of the worst row used. */
-static int fill_one(const ap_dataset *ds, const ds_entry *e, const ds_item *x, ap_batch *b,
-                    int i) {
+static int fill_one(const ap_dataset *ds, const ds_entry *e, const ds_item *x, ap_rows_kind rows,
+                    ap_batch *b, int i) {
     const ds_seq *s = &ds->seqs[e->seq];
     const int H = ds->H, W = x->W, nh = ds->n_head, NB = s->NB, bs = ds->block;
     const int c0 = ds->cfg.sink_blocks;
     const int step = s->n_pre + x->t;
+    const int sparse = rows == AP_ROWS_SPARSE;
+    const float *win = sparse ? e->xmax : e->bmax;
+    const unsigned char *wbad = sparse ? e->xbad : e->bad;
     int worst = e->bad[(size_t)step * nh + x->head];
     for (int r = step - H; r < step && worst != ROW_NONFINITE; r++)
-        if (r >= 0 && e->bad[(size_t)r * nh + x->head] > worst)
-            worst = e->bad[(size_t)r * nh + x->head];
+        if (r >= 0 && wbad[(size_t)r * nh + x->head] > worst)
+            worst = wbad[(size_t)r * nh + x->head];
     if (worst != ROW_OK) return worst;
     float *xs = b->x + (size_t)i * H * W;
     for (int r = 0; r < H; r++) {
@@ -667,7 +793,7 @@ static int fill_one(const ap_dataset *ds, const ds_entry *e, const ds_item *x, a
             memset(xs + (size_t)r * W, 0, (size_t)W * sizeof(float));
             continue;
         }
-        const float *row = e->bmax + ((size_t)src * nh + x->head) * NB + c0;
+        const float *row = win + ((size_t)src * nh + x->head) * NB + c0;
         memcpy(xs + (size_t)r * W, row, (size_t)W * sizeof(float));
     }
     size_t toff = ((size_t)step * nh + x->head) * NB;
@@ -725,7 +851,7 @@ ap_status ap_dataset_iter_next(ap_dataset_iter *it, ap_batch *b, ap_err *err) {
                 st = cache_get(ds, c.seq, c.layer, &it->slot_ent[x->slot], err);
                 if (st) return st;
             }
-            int rc = fill_one(ds, it->slot_ent[x->slot], x, b, b->n);
+            int rc = fill_one(ds, it->slot_ent[x->slot], x, it->rows, b, b->n);
             if (rc == ROW_OK)
                 b->n++;
             else if (rc == ROW_NONFINITE)

@@ -15,6 +15,14 @@
  * Samples with fewer than min_candidates (3) columns are not produced: the
  * method bypasses the predictor there.
  *
+ * Window rows come in two kinds (docs/predictor-data.md, "Sparse rows"):
+ * dense = the true rows; sparse = the rows the sparse replay appends to its
+ * history (method.md 4.2 step 5): every calib-th decode row dense, the others
+ * the true row restricted to the blocks a selector kept and renormalised. The
+ * selector is the last-step rule on that same sparse history (top-k of the
+ * newest history row), so the data do not depend on the model being trained.
+ * Targets, ysum and mass_fixed are always the dense (true) row's.
+ *
  * Batches hold samples of one width W (and one layer group), so the CNN sees
  * exactly the input the replay gives it; no padding, no mask.
  *
@@ -36,6 +44,8 @@
 
 #define AP_DS_MAX_LAYERS 256
 
+typedef enum { AP_ROWS_DENSE = 0, AP_ROWS_SPARSE = 1 } ap_rows_kind;
+
 typedef struct {
     int history;        /* H rows per window; 0 = the traces' history attribute */
     int block_size;     /* required block size (the predictor's); 0 = accept the traces' */
@@ -51,6 +61,14 @@ typedef struct {
      * group); a negative group drops the layer. Default all 0 (one group,
      * every layer). Layers >= AP_DS_MAX_LAYERS are refused at open. */
     int layer_group[AP_DS_MAX_LAYERS];
+    /* Window rows iterators serve unless told otherwise (AP_ROWS_DENSE).
+     * AP_ROWS_SPARSE builds the sparse rows when a chunk is loaded (the cache
+     * then holds one more float per block: chunks are 1.5x larger), and
+     * iterators may still ask for dense rows. */
+    ap_rows_kind rows;
+    int sparse_budget;  /* tokens of the simulated selection, sink + local included (1024) */
+    int calib;          /* decode step t (0-based) keeps its dense row when
+                           (t + 1) % calib == 0 (5, method.md 4.2); 0 = never */
 } ap_dataset_config;
 
 void ap_dataset_config_default(ap_dataset_config *c);
@@ -132,9 +150,26 @@ ap_status ap_dataset_iter_create(ap_dataset *ds, ap_split split, int epoch, int 
                                  ap_dataset_iter **out, ap_err *err);
 void ap_dataset_iter_free(ap_dataset_iter *it); /* NULL is a no-op */
 
+/* Window rows of this iterator (default: the dataset's cfg.rows). Sparse
+ * rows need a dataset opened with rows = AP_ROWS_SPARSE (AP_ERR_ARG
+ * otherwise). Call before the first ap_dataset_iter_next. */
+ap_status ap_dataset_iter_set_rows(ap_dataset_iter *it, ap_rows_kind rows, ap_err *err);
+
+/* Serve only a pseudo-random subset: each sample is kept with probability
+ * `fraction` (0 < fraction <= 1), decided by a hash of (seed, salt, file,
+ * sequence, layer, head, t) alone, so the subset is spread over every chunk
+ * and does not depend on order, batching or cache size. The same salt gives
+ * the same subset (a fixed validation subset); a new salt per epoch gives a
+ * fresh training subset. Batches stay full: the subset is drawn before they
+ * are cut. Call before the first ap_dataset_iter_next. */
+ap_status ap_dataset_iter_set_subset(ap_dataset_iter *it, double fraction, uint64_t salt,
+                                     ap_err *err);
+
 /* Fill the next batch (b->n = 0 at the end). Samples whose window or target
  * row holds NaN/Inf, or a malformed row (negative value, non-zero past the
- * causal length, block_sum row not summing to 1), are skipped and counted. */
+ * causal length, block_sum row not summing to 1), are skipped and counted.
+ * With sparse rows a window row also counts as bad when the selection that
+ * built it read a bad row (back to the last dense row). */
 ap_status ap_dataset_iter_next(ap_dataset_iter *it, ap_batch *b, ap_err *err);
 
 typedef struct {

@@ -36,17 +36,108 @@ void ap_train_opts_default(ap_train_opts *o) {
     o->budgets[1] = 512;
     o->budgets[2] = 1024;
     o->threads = 2;
+    o->rows = AP_ROWS_DENSE;
+    o->val_rows = -1;
+    o->sparse_budget = 1024;
+    o->calib = 5;
+    o->input_scale = 1.0f;
+    o->target_scale = 1.0f;
+    o->pool_chunks = 32;
 }
 
-/* Loss over one batch and its gradient w.r.t. the scores (dy). */
-static double batch_loss(ap_loss_kind kind, const float *pred, const float *y, const float *ysum,
-                         int n, int W, float *dy) {
+/* 1 if v is a power of two (2^-30 .. 2^30): scaling by it is exact in float. */
+static int is_pow2(float v) {
+    if (!(v > 0.0f)) return 0;
+    int e = 0;
+    return frexpf(v, &e) == 0.5f && e > -30 && e < 32;
+}
+
+/* Training weights <-> raw-unit weights of every model (see trainer.h):
+ * conv1.weight * in, conv3.weight and conv3.bias / out. dir = +1 folds
+ * (training -> raw), -1 unfolds. Exact for powers of two. */
+static void fold_scales(const ap_pred_config *c, float *params, float in, float out, int dir) {
+    ap_pred_layout L;
+    ap_pred_layout_of(c, &L);
+    float a = dir > 0 ? in : 1.0f / in, b = dir > 0 ? 1.0f / out : out;
+    for (int m = 0; m < c->n_models; m++) {
+        float *w = params + (size_t)m * L.total;
+        for (size_t i = 0; i < (size_t)c->c1 * 9; i++) w[L.w1 + i] *= a;
+        for (int i = 0; i < c->c2; i++) w[L.w3 + i] *= b;
+        w[L.b3] *= b;
+    }
+}
+
+static double batch_loss(const ap_train_opts *o, const float *pred, const float *y,
+                         const float *ysum, int n, int W, double ys, int *scratch, float *dy);
+
+/* Pairwise ranking loss for top-k selection: for each validation budget
+ * (k candidates kept), every pair (i among the k blocks with the most true
+ * mass, j outside them) costs softplus(s_j - s_i), weighted by the mass
+ * the swap would lose, ysum_i - ysum_j, and normalised by the total weight;
+ * the sample's loss is the mean over budgets. So the loss is small exactly
+ * when the scores order the blocks the way recovery at those budgets
+ * rewards, and near-ties in mass cost little. order: scratch of W ints. */
+static double rank_loss_sample(const float *p, const float *t, int W, const ap_train_opts *o,
+                               int *order, float *g) {
+    ap_metrics_rank(t, W, order);
     double loss = 0.0;
+    int used = 0;
+    for (int j = 0; j < W; j++) g[j] = 0.0f;
+    for (int b = 0; b < o->n_budgets; b++) {
+        int k = ap_metrics_k_blocks(o->budgets[b], o->sink_tokens, o->local_tokens, o->block, W);
+        if (k < 1 || k >= W) continue;
+        double wsum = 0.0, l = 0.0;
+        for (int a = 0; a < k; a++)
+            for (int c = k; c < W; c++) wsum += (double)t[order[a]] - t[order[c]];
+        if (!(wsum > 0.0)) continue;
+        for (int a = 0; a < k; a++) {
+            int i = order[a];
+            for (int c = k; c < W; c++) {
+                int j = order[c];
+                double w = ((double)t[i] - t[j]) / wsum;
+                if (w <= 0.0) continue;
+                double d = (double)p[i] - p[j];
+                /* softplus(-d) and its derivative sigmoid(-d), overflow-free */
+                double e = exp(-fabs(d));
+                l += w * (d > 0 ? log1p(e) : -d + log1p(e));
+                double sg = d > 0 ? e / (1.0 + e) : 1.0 / (1.0 + e);
+                g[i] -= (float)(w * sg);
+                g[j] += (float)(w * sg);
+            }
+        }
+        loss += l;
+        used++;
+    }
+    if (used > 1)
+        for (int j = 0; j < W; j++) g[j] /= (float)used;
+    return used ? loss / used : 0.0;
+}
+
+/* Loss over one batch and its gradient w.r.t. the scores (dy). ys = the
+ * target scale: MSE compares the scores with ys * y (training units; the
+ * caller reports it in raw units, divided by ys^2). */
+double ap_train_batch_loss(const ap_train_opts *o, const float *pred, const float *y,
+                           const float *ysum, int n, int W, int *scratch, float *dy) {
+    return batch_loss(o, pred, y, ysum, n, W, o->target_scale, scratch, dy);
+}
+
+static double batch_loss(const ap_train_opts *o, const float *pred, const float *y,
+                         const float *ysum, int n, int W, double ys, int *scratch, float *dy) {
+    const ap_loss_kind kind = o->loss;
+    double loss = 0.0;
+    if (kind == AP_LOSS_RANK) {
+        for (int s = 0; s < n; s++) {
+            float *g = dy + (long)s * W;
+            loss += rank_loss_sample(pred + (long)s * W, ysum + (long)s * W, W, o, scratch, g);
+            for (int j = 0; j < W; j++) g[j] /= (float)n;
+        }
+        return loss / n;
+    }
     if (kind == AP_LOSS_MSE) {
         /* The paper's objective: MSE against the raw max-pooled next row. */
         const double scale = 2.0 / ((double)n * W);
         for (long i = 0; i < (long)n * W; i++) {
-            double d = (double)pred[i] - y[i];
+            double d = (double)pred[i] - ys * y[i];
             loss += d * d;
             dy[i] = (float)(scale * d);
         }
@@ -117,7 +208,30 @@ typedef struct {
     float *yhat, *dy;
     ap_batch batch;
     ap_progress *prog;
+    long long n_avail_train, n_avail_val;
+    int *crop_off; /* [batch] column offset of each sample's crop */
+    int *scratch;  /* [max width] ranking scratch of the rank loss */
 } pass_ctx;
+
+/* Random column crops of width Wc, in place (the packed layout shrinks, so
+ * every write lands at or before what it still has to read). Offsets are a
+ * function of (seed, optimizer step, sample): --resume reproduces them. */
+static void crop_batch(ap_batch *b, int N, int Wc, uint64_t seed, long step, int *off) {
+    const int H = b->H, W = b->W;
+    for (int i = 0; i < N; i++) {
+        uint64_t z = seed ^ ((uint64_t)step * 0x9E3779B97F4A7C15ull) ^ ((uint64_t)i << 40);
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+        z ^= z >> 31;
+        off[i] = (int)(z % (uint64_t)(W - Wc + 1));
+        for (int r = 0; r < H; r++)
+            memmove(b->x + ((size_t)i * H + r) * Wc, b->x + ((size_t)i * H + r) * W + off[i],
+                    (size_t)Wc * sizeof(float));
+        memmove(b->y + (size_t)i * Wc, b->y + (size_t)i * W + off[i], (size_t)Wc * sizeof(float));
+        memmove(b->ysum + (size_t)i * Wc, b->ysum + (size_t)i * W + off[i],
+                (size_t)Wc * sizeof(float));
+    }
+}
 
 static ap_status run_pass(pass_ctx *pc, ap_split split, int epoch, int train, double *mean_loss,
                           val_result *vr, long long *n_done, ap_err *err) {
@@ -127,8 +241,24 @@ static ap_status run_pass(pass_ctx *pc, ap_split split, int epoch, int train, do
     long limit = train ? o->max_train_samples : o->max_val_samples;
     double loss_sum = 0.0;
     long long n = 0;
-    st = ap_dataset_iter_create(pc->ds, split, epoch, train, &it, err);
+    /* validation: the same windows every epoch (epoch 0's order, fixed subset) */
+    st = ap_dataset_iter_create(pc->ds, split, train ? epoch : 0, train, &it, err);
     if (st) goto cleanup;
+    ap_rows_kind rows = train || o->val_rows < 0 ? o->rows : (ap_rows_kind)o->val_rows;
+    st = ap_dataset_iter_set_rows(it, rows, err);
+    if (st) goto cleanup;
+    long long avail = train ? pc->n_avail_train : pc->n_avail_val;
+    if (limit > 0 && limit < avail) {
+        /* A subset spread over every chunk (the first `limit` windows of the
+         * pass would come from the first few chunks: a handful of layers of
+         * one or two sequences). The subset is the cap: its size is limit
+         * +- a few sqrt(limit), and cutting its tail would make the kept
+         * windows depend on the order (e.g. on the layer grouping). */
+        st = ap_dataset_iter_set_subset(it, (double)limit / (double)avail,
+                                        train ? (uint64_t)epoch + 1 : 0, err);
+        if (st) goto cleanup;
+        limit = 0;
+    }
     for (;;) {
         st = ap_dataset_iter_next(it, &pc->batch, err);
         if (st) goto cleanup;
@@ -137,6 +267,13 @@ static ap_status run_pass(pass_ctx *pc, ap_split split, int epoch, int train, do
         int N = b->n, H = b->H, W = b->W, m = b->group;
         if (limit > 0 && n + N > limit) N = (int)(limit - n);
         if (N <= 0) break;
+        if (o->input_scale != 1.0f)
+            for (size_t i = 0; i < (size_t)N * H * W; i++) b->x[i] *= o->input_scale;
+        int W_full = W;
+        if (train && o->crop > 0 && W > o->crop) {
+            crop_batch(b, N, o->crop, o->seed, *pc->step, pc->crop_off);
+            W = o->crop;
+        }
         size_t need = ap_pred_workspace_bytes(ap_predictor_config(pc->pred), N, H, W);
         if (need > pc->ws_bytes) {
             void *nw = realloc(pc->ws, need);
@@ -155,7 +292,21 @@ static ap_status run_pass(pass_ctx *pc, ap_split split, int epoch, int train, do
         else
             st = ap_predictor_forward(pc->pred, m, b->x, N, H, W, pc->yhat, err);
         if (st) goto cleanup;
-        double l = batch_loss(o->loss, pc->yhat, b->y, b->ysum, N, W, pc->dy);
+        double l = batch_loss(o, pc->yhat, b->y, b->ysum, N, W, o->target_scale, pc->scratch,
+                              pc->dy);
+        if (o->loss == AP_LOSS_MSE) l /= (double)o->target_scale * o->target_scale;
+        if (W < W_full) {
+            /* a crop's edge columns see zero padding where the real window has
+             * neighbours: no gradient from them (real window edges keep it) */
+            const int e = W > 4 ? 2 : 0;
+            for (int i = 0; i < N; i++) {
+                float *g = pc->dy + (size_t)i * W;
+                if (pc->crop_off[i] > 0)
+                    for (int j = 0; j < e; j++) g[j] = 0.0f;
+                if (pc->crop_off[i] < W_full - W)
+                    for (int j = W - e; j < W; j++) g[j] = 0.0f;
+            }
+        }
         if (!isfinite(l)) {
             st = ap_errf(err, AP_ERR_NUMERIC,
                          "training diverged: loss is %g at epoch %d (lower --lr?)", l, epoch + 1);
@@ -277,7 +428,8 @@ static char *opts_json(const ap_train_opts *o) {
     cJSON_AddNumberToObject(j, "lr", o->lr);
     cJSON_AddNumberToObject(j, "weight_decay", o->weight_decay);
     cJSON_AddNumberToObject(j, "warmup_steps", o->warmup_steps);
-    cJSON_AddStringToObject(j, "loss", o->loss == AP_LOSS_MSE ? "mse" : "ce");
+    cJSON_AddStringToObject(j, "loss", o->loss == AP_LOSS_MSE ? "mse"
+                                       : o->loss == AP_LOSS_CE ? "ce" : "rank");
     cJSON_AddNumberToObject(j, "per_layer", o->per_layer);
     cJSON_AddNumberToObject(j, "layer_groups", o->layer_groups);
     cJSON_AddNumberToObject(j, "history", o->history);
@@ -290,11 +442,176 @@ static char *opts_json(const ap_train_opts *o) {
     cJSON_AddNumberToObject(j, "seed", (double)o->seed);
     cJSON_AddNumberToObject(j, "max_train_samples", (double)o->max_train_samples);
     cJSON_AddNumberToObject(j, "max_val_samples", (double)o->max_val_samples);
+    cJSON_AddStringToObject(j, "rows", o->rows == AP_ROWS_SPARSE ? "sparse" : "dense");
+    int vrows = o->val_rows < 0 ? (int)o->rows : o->val_rows;
+    cJSON_AddStringToObject(j, "val_rows", vrows == AP_ROWS_SPARSE ? "sparse" : "dense");
+    cJSON_AddNumberToObject(j, "sparse_budget", o->sparse_budget);
+    cJSON_AddNumberToObject(j, "calib", o->calib);
+    cJSON_AddNumberToObject(j, "input_scale", o->input_scale);
+    cJSON_AddNumberToObject(j, "target_scale", o->target_scale);
+    cJSON_AddNumberToObject(j, "pool_chunks", o->pool_chunks);
+    cJSON_AddNumberToObject(j, "crop", o->crop);
+    cJSON_AddStringToObject(j, "init", o->init_last_step ? "last-step" : "default");
     cJSON *b = cJSON_AddArrayToObject(j, "budgets");
     for (int i = 0; i < o->n_budgets; i++) cJSON_AddItemToArray(b, cJSON_CreateNumber(o->budgets[i]));
     char *s = cJSON_Print(j);
     cJSON_Delete(j);
     return s;
+}
+
+/* --init last-step: start every model as the last-step predictor, exactly
+ * representable in the published architecture. conv1 channel 0 copies the
+ * row (centre tap), channel 1 the row before it (tap kh 0); the histories
+ * are >= 0, so the ReLUs pass both. conv2 channels 0 and 1 take their
+ * difference and its negative, so the time mean telescopes:
+ * mean_h ReLU(d_h) - ReLU(-d_h) = mean_h (x[h] - x[h-1]) = x[H-1] / H, and
+ * conv3 weights +-H (times target/input scale) give the newest row back.
+ * Every other channel keeps its random init but starts with conv3 weight 0,
+ * so training departs from last-step only where the loss asks for it. */
+static void init_last_step(const ap_pred_config *c, float *params, float in, float out) {
+    ap_pred_layout L;
+    ap_pred_layout_of(c, &L);
+    const int c1 = c->c1, c2 = c->c2;
+    for (int m = 0; m < c->n_models; m++) {
+        float *w = params + (size_t)m * L.total;
+        for (int k = 0; k < 9; k++) w[L.w1 + 0 * 9 + k] = w[L.w1 + 1 * 9 + k] = 0.0f;
+        w[L.w1 + 0 * 9 + 4] = 1.0f; /* kh 1, kw 1 */
+        w[L.w1 + 1 * 9 + 1] = 1.0f; /* kh 0, kw 1: reads row h - 1 */
+        w[L.b1 + 0] = w[L.b1 + 1] = 0.0f;
+        for (int co = 0; co < 2; co++) {
+            float *wc = w + L.w2 + (size_t)co * c1 * 9;
+            memset(wc, 0, (size_t)c1 * 9 * sizeof(float));
+            wc[0 * 9 + 4] = co == 0 ? 1.0f : -1.0f;
+            wc[1 * 9 + 4] = co == 0 ? -1.0f : 1.0f;
+            w[L.b2 + co] = 0.0f;
+        }
+        for (int co = 0; co < c2; co++) w[L.w3 + co] = 0.0f;
+        w[L.w3 + 0] = (float)c->history * out / in;
+        w[L.w3 + 1] = -(float)c->history * out / in;
+        w[L.b3] = 0.0f;
+    }
+}
+
+static void dataset_config_of(const ap_train_opts *o, ap_dataset_config *dc) {
+    ap_dataset_config_default(dc);
+    dc->history = o->history;
+    dc->block_size = o->block;
+    dc->sink_blocks = o->sink_tokens / o->block;
+    dc->local_blocks = o->local_tokens / o->block;
+    dc->val_fraction = o->val_fraction;
+    dc->seed = o->seed;
+    dc->batch_size = o->batch_size;
+    dc->pool_chunks = o->pool_chunks;
+    dc->rows = o->rows == AP_ROWS_SPARSE || o->val_rows == AP_ROWS_SPARSE ? AP_ROWS_SPARSE
+                                                                        : AP_ROWS_DENSE;
+    dc->sparse_budget = o->sparse_budget;
+    dc->calib = o->calib;
+}
+
+static void result_from(ap_train_result *res, const val_result *vr, const ap_train_opts *o) {
+    res->n_budgets = o->n_budgets;
+    for (int i = 0; i < o->n_budgets; i++) {
+        res->budget_recovery[i] = vr->model.recovery[i].mean;
+        res->budget_last_step[i] = vr->last.recovery[i].mean;
+        res->budget_oracle[i] = vr->model.oracle[i].mean;
+    }
+    res->best_recovery = mean_over(vr->model.recovery, o->n_budgets);
+    res->last_step_recovery = mean_over(vr->last.recovery, o->n_budgets);
+    res->oracle_recovery = mean_over(vr->model.oracle, o->n_budgets);
+}
+
+/* --eval-only: one validation pass of RUN_DIR/best.safetensors (raw units,
+ * the checkpoint's own model layout) on the windows the options describe;
+ * nothing is written. */
+static ap_status eval_run(const ap_train_opts *o, ap_train_result *res, ap_err *err) {
+    ap_status st = AP_OK;
+    ap_dataset *ds = NULL;
+    ap_predictor *pred = NULL;
+    float *params = NULL;
+    pass_ctx pc;
+    memset(&pc, 0, sizeof pc);
+    char path[4200];
+    snprintf(path, sizeof path, "%s/%s", o->run_dir, AP_CKPT_NAME_BEST);
+    ap_ckpt_info info;
+    size_t n = 0, np = 0;
+    st = ap_checkpoint_load(path, &info, &params, NULL, NULL, &n, NULL, err);
+    if (st) goto cleanup;
+    if (info.cfg.history != o->history) {
+        st = ap_errf(err, AP_ERR_ARG, "%s: trained with history %d, evaluation asks for %d",
+                     path, info.cfg.history, o->history);
+        goto cleanup;
+    }
+    st = ap_predictor_create(&info.cfg, 0, &pred, err);
+    if (st) goto cleanup;
+    ap_predictor_set_threads(pred, o->threads);
+    memcpy(ap_predictor_params(pred, &np), params, n * sizeof(float));
+    ap_dataset_config dc;
+    dataset_config_of(o, &dc);
+    st = ap_dataset_open(o->traces, o->n_traces, &dc, &ds, err);
+    if (st) goto cleanup;
+    if (info.cfg.n_layers > 0) {
+        st = ap_dataset_set_layer_groups(ds, info.cfg.layer_map, info.cfg.n_layers, err);
+        if (st) goto cleanup;
+    }
+    ap_dataset_stats dst;
+    ap_dataset_get_stats(ds, &dst);
+    if (dst.n_samples_val == 0) {
+        st = ap_errf(err, AP_ERR_ARG, "%s: no validation windows", o->traces[0]);
+        goto cleanup;
+    }
+    st = ap_batch_alloc(ds, &pc.batch, err);
+    if (st) goto cleanup;
+    size_t cap = (size_t)pc.batch.cap_n * pc.batch.cap_w;
+    pc.yhat = malloc(cap * sizeof(float));
+    pc.dy = malloc(cap * sizeof(float));
+    pc.scratch = malloc((size_t)pc.batch.cap_w * sizeof *pc.scratch);
+    if (!pc.yhat || !pc.dy || !pc.scratch) {
+        st = ap_errf(err, AP_ERR_NOMEM, "out of memory");
+        goto cleanup;
+    }
+    /* validation runs on raw units: no input or target scale */
+    ap_train_opts raw = *o;
+    raw.input_scale = raw.target_scale = 1.0f;
+    pc.o = &raw;
+    pc.ds = ds;
+    pc.pred = pred;
+    pc.n_avail_train = dst.n_samples_train;
+    pc.n_avail_val = dst.n_samples_val;
+    val_result vr;
+    memset(&vr, 0, sizeof vr);
+    st = ap_metrics_acc_init(&vr.model, o->budgets, o->n_budgets, o->sink_tokens,
+                             o->local_tokens, o->block, err);
+    if (!st)
+        st = ap_metrics_acc_init(&vr.last, o->budgets, o->n_budgets, o->sink_tokens,
+                                 o->local_tokens, o->block, err);
+    if (st) goto cleanup;
+    double loss = 0.0;
+    long long n_val = 0;
+    st = run_pass(&pc, AP_SPLIT_VAL, 0, 0, &loss, &vr, &n_val, err);
+    if (st) goto cleanup;
+    result_from(res, &vr, o);
+    res->n_params = (long long)n;
+    res->epochs_done = 0;
+    res->best_epoch = info.epoch;
+    if (o->log)
+        fprintf(o->log,
+                "train: eval %s on %lld %s validation windows: recovery %.4f (last-step %.4f, "
+                "oracle %.4f, %+.4f vs last-step)\n",
+                path, n_val,
+                (o->val_rows < 0 ? (int)o->rows : o->val_rows) == AP_ROWS_SPARSE ? "sparse"
+                                                                               : "dense",
+                res->best_recovery, res->last_step_recovery, res->oracle_recovery,
+                res->best_recovery - res->last_step_recovery);
+cleanup:
+    ap_batch_release(&pc.batch);
+    free(pc.yhat);
+    free(pc.dy);
+    free(pc.scratch);
+    free(pc.ws);
+    free(params);
+    ap_predictor_free(pred);
+    ap_dataset_free(ds);
+    return st;
 }
 
 ap_status ap_train_run(const ap_train_opts *o, ap_train_result *res, ap_err *err) {
@@ -304,7 +621,7 @@ ap_status ap_train_run(const ap_train_opts *o, ap_train_result *res, ap_err *err
     ap_pred_cuda *gpu = NULL;
     ap_adam adam;
     memset(&adam, 0, sizeof adam);
-    float *grad = NULL, *ck_params = NULL, *ck_m = NULL, *ck_v = NULL;
+    float *grad = NULL, *folded = NULL, *ck_params = NULL, *ck_m = NULL, *ck_v = NULL;
     char *ck_json = NULL, *cfg_json = NULL, *log_text = NULL;
     cJSON *log_root = NULL;
     pass_ctx pc;
@@ -315,11 +632,25 @@ ap_status ap_train_run(const ap_train_opts *o, ap_train_result *res, ap_err *err
     char path[4200];
 
     if (o->n_traces < 1) return ap_errf(err, AP_ERR_ARG, "--traces: no trace file given");
+    if (o->eval_only) return eval_run(o, res, err);
     if (o->epochs < 1 || o->batch_size < 1 || !(o->lr > 0) || o->history < 1 || o->block < 1 ||
         o->sink_tokens % o->block || o->local_tokens % o->block || o->n_budgets < 1)
         return ap_errf(err, AP_ERR_ARG,
                        "bad training options (epochs, batch, lr, history, block >= 1; sink and "
                        "local multiples of the block; at least one budget)");
+    if (o->init_last_step && (o->c1 < 2 || o->c2 < 2))
+        return ap_errf(err, AP_ERR_ARG, "--init last-step needs at least 2 channels per conv");
+    if (!is_pow2(o->input_scale) || !is_pow2(o->target_scale))
+        return ap_errf(err, AP_ERR_ARG,
+                       "input scale %g and target scale %g must be powers of two (exact to fold "
+                       "into the exported weights)",
+                       o->input_scale, o->target_scale);
+    if ((o->rows != AP_ROWS_DENSE && o->rows != AP_ROWS_SPARSE) || o->val_rows < -1 ||
+        o->val_rows > AP_ROWS_SPARSE || o->calib < 0 || o->sparse_budget < 1 ||
+        o->pool_chunks < 1 || o->crop < 0 || (o->crop > 0 && o->crop < 8))
+        return ap_errf(err, AP_ERR_ARG,
+                       "bad data options (rows dense|sparse, calib >= 0, sparse budget >= 1, "
+                       "pool chunks >= 1, crop 0 or >= 8)");
     st = ap_mkdir_p(o->run_dir, err);
     if (st) return st;
     snprintf(path, sizeof path, "%s/%s", o->run_dir, AP_CKPT_NAME_LAST);
@@ -334,14 +665,7 @@ ap_status ap_train_run(const ap_train_opts *o, ap_train_result *res, ap_err *err
                        AP_CKPT_NAME_LAST);
 
     ap_dataset_config dc;
-    ap_dataset_config_default(&dc);
-    dc.history = o->history;
-    dc.block_size = o->block;
-    dc.sink_blocks = o->sink_tokens / o->block;
-    dc.local_blocks = o->local_tokens / o->block;
-    dc.val_fraction = o->val_fraction;
-    dc.seed = o->seed;
-    dc.batch_size = o->batch_size;
+    dataset_config_of(o, &dc);
     st = ap_dataset_open(o->traces, o->n_traces, &dc, &ds, err);
     if (st) goto cleanup;
     ap_dataset_stats dst;
@@ -378,6 +702,7 @@ ap_status ap_train_run(const ap_train_opts *o, ap_train_result *res, ap_err *err
     ap_predictor_set_threads(pred, o->threads);
     size_t np = 0;
     float *params = ap_predictor_params(pred, &np);
+    if (o->init_last_step) init_last_step(&pcfg, params, o->input_scale, o->target_scale);
     res->n_params = (long long)np; /* all models */
 
     ap_adam_config ac;
@@ -388,7 +713,8 @@ ap_status ap_train_run(const ap_train_opts *o, ap_train_result *res, ap_err *err
     st = ap_adam_init(&adam, &ac, np, err);
     if (st) goto cleanup;
     grad = calloc(np, sizeof(float));
-    if (!grad) {
+    folded = malloc(np * sizeof(float));
+    if (!grad || !folded) {
         st = ap_errf(err, AP_ERR_NOMEM, "out of memory");
         goto cleanup;
     }
@@ -414,6 +740,7 @@ ap_status ap_train_run(const ap_train_opts *o, ap_train_result *res, ap_err *err
             goto cleanup;
         }
         memcpy(params, ck_params, np * sizeof(float));
+        fold_scales(&pcfg, params, o->input_scale, o->target_scale, -1);
         memcpy(adam.m, ck_m, np * sizeof(float));
         memcpy(adam.v, ck_v, np * sizeof(float));
         adam.step = ck.step;
@@ -469,6 +796,10 @@ ap_status ap_train_run(const ap_train_opts *o, ap_train_result *res, ap_err *err
     pc.grad = grad;
     pc.n_params = np;
     pc.step = &adam.step;
+    pc.n_avail_train = dst.n_samples_train;
+    pc.n_avail_val = dst.n_samples_val;
+    pc.crop_off = malloc((size_t)pc.batch.cap_n * sizeof *pc.crop_off);
+    pc.scratch = malloc((size_t)pc.batch.cap_w * sizeof *pc.scratch);
     long per_epoch = o->max_train_samples > 0 && o->max_train_samples < dst.n_samples_train
                          ? o->max_train_samples
                          : (long)dst.n_samples_train;
@@ -476,7 +807,7 @@ ap_status ap_train_run(const ap_train_opts *o, ap_train_result *res, ap_err *err
     size_t cap = (size_t)pc.batch.cap_n * pc.batch.cap_w;
     pc.yhat = malloc(cap * sizeof(float));
     pc.dy = malloc(cap * sizeof(float));
-    if (!pc.yhat || !pc.dy) {
+    if (!pc.yhat || !pc.dy || !pc.crop_off || !pc.scratch) {
         st = ap_errf(err, AP_ERR_NOMEM, "out of memory");
         goto cleanup;
     }
@@ -524,6 +855,8 @@ ap_status ap_train_run(const ap_train_opts *o, ap_train_result *res, ap_err *err
         info.epoch = epoch + 1;
         info.step = adam.step;
         int improved = rec > info.best_metric;
+        memcpy(folded, params, np * sizeof(float));
+        fold_scales(&pcfg, folded, o->input_scale, o->target_scale, +1);
         if (improved) {
             info.best_metric = rec;
             res->best_epoch = epoch + 1;
@@ -531,13 +864,14 @@ ap_status ap_train_run(const ap_train_opts *o, ap_train_result *res, ap_err *err
             res->oracle_recovery = orc;
             since_best = 0;
             snprintf(path, sizeof path, "%s/%s", o->run_dir, AP_CKPT_NAME_BEST);
-            st = ap_checkpoint_save(path, &info, params, adam.m, adam.v, np, log_text, err);
+            st = ap_checkpoint_save(path, &info, folded, adam.m, adam.v, np, log_text, err);
             if (st) goto cleanup;
+            result_from(res, &vr, o);
         } else {
             since_best++;
         }
         snprintf(path, sizeof path, "%s/%s", o->run_dir, AP_CKPT_NAME_LAST);
-        st = ap_checkpoint_save(path, &info, params, adam.m, adam.v, np, log_text, err);
+        st = ap_checkpoint_save(path, &info, folded, adam.m, adam.v, np, log_text, err);
         if (st) goto cleanup;
         snprintf(path, sizeof path, "%s/log.json", o->run_dir);
         st = write_text_atomic(path, log_text, err);
@@ -559,8 +893,11 @@ cleanup:
     ap_batch_release(&pc.batch);
     free(pc.yhat);
     free(pc.dy);
+    free(pc.crop_off);
+    free(pc.scratch);
     free(pc.ws);
     free(grad);
+    free(folded);
     free(ck_params);
     free(ck_m);
     free(ck_v);

@@ -9,7 +9,13 @@
  *   log.json           per-epoch curves (loss, recovery, hit rate, baseline)
  *   curves.png         the same as a plot
  * --resume continues from last.safetensors; the data order of epoch e depends
- * only on (seed, e), so a resumed CPU run equals an uninterrupted one. */
+ * only on (seed, e), so a resumed CPU run equals an uninterrupted one.
+ *
+ * Scaling (input_scale, target_scale, powers of two): the CNN is trained on
+ * input_scale * x against target_scale * y, and every checkpoint holds the
+ * weights folded back to raw units (conv1.weight * input_scale, conv3 /
+ * target_scale), so exports and the runtime need no extra step. Powers of
+ * two make the fold exact, which keeps --resume bit-exact. */
 #ifndef AP_TRAINER_H
 #define AP_TRAINER_H
 
@@ -17,9 +23,14 @@
 #include <stdio.h>
 
 #include "common/status.h"
+#include "train/dataset.h"
 #include "train/metrics.h"
 
-typedef enum { AP_LOSS_MSE = 0, AP_LOSS_CE = 1 } ap_loss_kind;
+/* MSE: the paper's, against the raw next-step block_max. CE: softmax of the
+ * scores against the true mass distribution over the candidates. RANK:
+ * mass-weighted pairwise logistic loss between the top-k blocks (by true
+ * mass, k of each validation budget) and the rest (trainer.c). */
+typedef enum { AP_LOSS_MSE = 0, AP_LOSS_CE = 1, AP_LOSS_RANK = 2 } ap_loss_kind;
 typedef enum { AP_DEV_CPU = 0, AP_DEV_CUDA = 1, AP_DEV_AUTO = 2 } ap_device_kind;
 
 typedef struct {
@@ -31,7 +42,7 @@ typedef struct {
     float lr;                /* 1e-3 */
     float weight_decay;      /* 0 */
     int warmup_steps;        /* 100 */
-    ap_loss_kind loss;       /* MSE (the paper's) or CE (softmax distribution loss) */
+    ap_loss_kind loss;       /* MSE (the paper's), CE or RANK (see ap_loss_kind) */
     ap_device_kind device;
     int per_layer;           /* one model per layer */
     int layer_groups;        /* >1: one model per group of consecutive layers */
@@ -42,8 +53,20 @@ typedef struct {
     int c1, c2;              /* 16, 32 */
     double val_fraction;     /* 0.1 */
     uint64_t seed;
-    long max_train_samples;  /* per epoch; 0 = all */
-    long max_val_samples;    /* 0 = all */
+    long max_train_samples;  /* per epoch, a fresh random subset spread over every
+                                chunk (ap_dataset_iter_set_subset); 0 = all */
+    long max_val_samples;    /* a fixed random subset, the same every epoch; 0 = all */
+    ap_rows_kind rows;       /* training window rows: dense (default) or sparse */
+    int val_rows;            /* validation window rows (ap_rows_kind); -1 = as rows */
+    int sparse_budget;       /* tokens of the selection that builds sparse rows (1024) */
+    int calib;               /* dense row every calib decode steps in sparse rows (5) */
+    float input_scale;       /* x is multiplied by this while training (1; power of 2) */
+    float target_scale;      /* MSE targets multiplied by this (1; power of 2); with
+                                the CE loss the softmax sees target_scale * scores */
+    int pool_chunks;         /* (sequence, layer) chunks mixed per shuffle pool (32) */
+    int crop;                /* > 0: train on random crops of this many columns of
+                                wider windows (cost ~ W; crop edges get no gradient);
+                                validation always sees whole windows. 0 = off */
     int patience;            /* early stop after this many epochs without gain; 0 = off */
     int stop_after;          /* end this invocation after N epochs (time-sliced jobs:
                                 continue with --resume); the schedule still spans
@@ -52,6 +75,9 @@ typedef struct {
     int budgets[AP_METRICS_MAX_BUDGETS]; /* tokens; validation metrics */
     int threads;
     int resume;
+    int init_last_step;      /* start as the last-step predictor (trainer.c:
+                                init_last_step); 0 = PyTorch's default init */
+    int eval_only;           /* validate RUN_DIR/best.safetensors once, write nothing */
     int force;               /* reuse a non-empty run dir */
     FILE *log;
     int progress;
@@ -67,8 +93,20 @@ typedef struct {
     double oracle_recovery;
     double samples_per_s;
     long long n_params;
+    /* per budget at the best epoch (validation) */
+    int n_budgets;
+    double budget_recovery[AP_METRICS_MAX_BUDGETS];
+    double budget_last_step[AP_METRICS_MAX_BUDGETS];
+    double budget_oracle[AP_METRICS_MAX_BUDGETS];
 } ap_train_result;
 
 ap_status ap_train_run(const ap_train_opts *o, ap_train_result *res, ap_err *err);
+
+/* The training objective o->loss on one batch of n samples of W candidates
+ * (pred = the model's scores, y = targets, ysum = true mass, as in ap_batch):
+ * returns the loss and writes dL/dpred into dy [n][W]. MSE compares with
+ * o->target_scale * y. scratch: at least W ints. */
+double ap_train_batch_loss(const ap_train_opts *o, const float *pred, const float *y,
+                           const float *ysum, int n, int W, int *scratch, float *dy);
 
 #endif
