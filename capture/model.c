@@ -45,6 +45,7 @@
 #include "kernels/rmsnorm.h"
 #include "kernels/rope.h"
 #include "kernels/softmax.h"
+#include "kernels/sparse_attn.h"
 #include "kernels/swiglu.h"
 
 /* Tokens per micro-batch: large enough that sgemm runs near peak, small
@@ -585,6 +586,15 @@ struct ap_ctx {
     float *colsum_f;        /* [n_ctx] */
     pool_t *pool;
     worker_arg *wargs;
+    /* Compressed decoding (ap_ctx_set_kv_policy); all NULL when dense. */
+    const ap_kv_policy *kvp;
+    void *kv_scratch;        /* [n_threads][kv_scratch_per_thread] */
+    size_t kv_scratch_per_thread;
+    size_t kv_ldb;           /* blocks of an n_ctx row */
+    int *kv_nkept;           /* [n_head] */
+    float *kv_bmax, *kv_bsum, *kv_dmax, *kv_dsum, *kv_pre_max, *kv_pre_sum; /* [n_head][kv_ldb] */
+    float *kv_mass;          /* [n_head] */
+    int *kv_empty;           /* set_off of empty lists: [n_head + 1] zeros */
 };
 
 static ap_status pool_create(ap_ctx *c, int n_workers, ap_err *err) {
@@ -643,6 +653,16 @@ void ap_ctx_free(ap_ctx *c) {
     free(c->dout);
     free(c->colsum);
     free(c->colsum_f);
+    free(c->kv_scratch);
+    free(c->kv_nkept);
+    free(c->kv_bmax);
+    free(c->kv_bsum);
+    free(c->kv_dmax);
+    free(c->kv_dsum);
+    free(c->kv_pre_max);
+    free(c->kv_pre_sum);
+    free(c->kv_mass);
+    free(c->kv_empty);
     free(c);
 }
 
@@ -748,6 +768,71 @@ ap_status ap_ctx_set_exec(ap_ctx *c, int q8_activations, int decode_attn_blas, a
 }
 
 void ap_ctx_reset(ap_ctx *c) { c->n_past = 0; }
+
+ap_status ap_ctx_truncate(ap_ctx *c, int n_past, ap_err *err) {
+    if (n_past < 0 || n_past > c->n_past)
+        return ap_errf(err, AP_ERR_RANGE, "cannot truncate a %d-token cache to %d tokens",
+                       c->n_past, n_past);
+    c->n_past = n_past;
+    return AP_OK;
+}
+
+ap_status ap_ctx_set_kv_policy(ap_ctx *c, const ap_kv_policy *p, ap_err *err) {
+    const ap_hparams *hp = &c->m->hp;
+    if (!p) {
+        c->kvp = NULL;
+        return AP_OK;
+    }
+    if (p->block < 1 || p->sink < 0 || p->local < 0 || p->sink % p->block != 0 || !p->select)
+        return ap_errf(err, AP_ERR_ARG,
+                       "KV policy: block %d, sink %d, local %d (sink a multiple of block) and a "
+                       "select callback are required",
+                       p->block, p->sink, p->local);
+    const size_t H = (size_t)hp->n_head;
+    const size_t ldb = ((size_t)c->n_ctx + (size_t)p->block - 1) / (size_t)p->block;
+    /* The largest call: one KV group, every key, measuring (any non-NULL
+     * kept_mass marks it). */
+    float mark = 0.0f;
+    ap_sparse_attn_args a = {.n_groups = 1, .n_heads = hp->n_head / hp->n_head_kv,
+                             .head_dim = hp->head_dim, .n_keys = c->n_ctx, .block = p->block,
+                             .sink = p->sink, .local = p->local, .per_q_head = p->per_q_head,
+                             .kept_mass = &mark, .ldb = ldb};
+    size_t per = (ap_sparse_attn_scratch_bytes(&a) + 63) / 64 * 64;
+    if (!c->kv_scratch || c->kv_ldb != ldb || c->kv_scratch_per_thread < per) {
+        free(c->kv_scratch);
+        free(c->kv_nkept);
+        free(c->kv_bmax);
+        free(c->kv_bsum);
+        free(c->kv_dmax);
+        free(c->kv_dsum);
+        free(c->kv_pre_max);
+        free(c->kv_pre_sum);
+        free(c->kv_mass);
+        free(c->kv_empty);
+        c->kv_scratch = malloc(per * (size_t)c->n_threads);
+        c->kv_nkept = calloc(H, sizeof(int));
+        c->kv_bmax = alloc_floats(H * ldb);
+        c->kv_bsum = alloc_floats(H * ldb);
+        c->kv_dmax = alloc_floats(H * ldb);
+        c->kv_dsum = alloc_floats(H * ldb);
+        c->kv_pre_max = alloc_floats(H * ldb);
+        c->kv_pre_sum = alloc_floats(H * ldb);
+        c->kv_mass = alloc_floats(H);
+        c->kv_empty = calloc(H + 1, sizeof(int));
+        c->kv_scratch_per_thread = per;
+        c->kv_ldb = ldb;
+        if (!c->kv_scratch || !c->kv_nkept || !c->kv_bmax || !c->kv_bsum || !c->kv_dmax ||
+            !c->kv_dsum || !c->kv_pre_max || !c->kv_pre_sum || !c->kv_mass || !c->kv_empty) {
+            c->kvp = NULL;
+            c->kv_scratch_per_thread = 0;
+            free(c->kv_scratch);
+            c->kv_scratch = NULL;
+            return ap_errf(err, AP_ERR_NOMEM, "out of memory for compressed decoding buffers");
+        }
+    }
+    c->kvp = p;
+    return AP_OK;
+}
 int ap_ctx_n_past(const ap_ctx *c) { return c->n_past; }
 int ap_ctx_n_ctx(const ap_ctx *c) { return c->n_ctx; }
 
@@ -1058,12 +1143,117 @@ static void decode_attention(ap_ctx *c, int layer, int pos, const ap_attn_observ
     }
 }
 
+/* ---------------------------------------------------- compressed decoding */
+
+typedef struct {
+    ap_ctx *c;
+    int layer, pos, measure;
+    const int *blocks, *set_off;
+    float *dense_bmax, *dense_bsum; /* where measure mode writes the dense views */
+    atomic_int next;
+    atomic_int failed;
+    ap_err err; /* the first failure */
+    pthread_mutex_t mu;
+} sattn_job;
+
+/* One KV group per work unit: ap_sparse_attn on pointers offset to it. */
+static void sattn_run(void *arg, int ith) {
+    sattn_job *j = arg;
+    ap_ctx *c = j->c;
+    const ap_hparams *hp = &c->m->hp;
+    const ap_kv_policy *p = c->kvp;
+    const int hd = hp->head_dim, G = hp->n_head / hp->n_head_kv;
+    const size_t ldb = c->kv_ldb;
+    const size_t layer_off = (size_t)j->layer * (size_t)c->n_ctx * c->kv_dim;
+    void *scratch = (char *)c->kv_scratch + (size_t)ith * c->kv_scratch_per_thread;
+    for (;;) {
+        int g = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
+        if (g >= hp->n_head_kv) break;
+        const size_t u0 = (size_t)g * G;
+        ap_sparse_attn_args a = {
+            .n_groups = 1, .n_heads = G, .head_dim = hd, .n_keys = j->pos + 1,
+            .scale = 1.0f / sqrtf((float)hd), .q = c->qkv + u0 * hd,
+            .k = c->kcache + layer_off + (size_t)g * hd, .v = c->vcache + layer_off + (size_t)g * hd,
+            .ldkv = c->kv_dim, .group_stride = (size_t)hd, .out = c->att + u0 * hd,
+            .block = p->block, .sink = p->sink, .local = p->local, .per_q_head = p->per_q_head,
+            .blocks = j->blocks, .set_off = j->set_off + (p->per_q_head ? u0 : (size_t)g),
+            .n_kept = c->kv_nkept + u0, .bmax = c->kv_bmax + u0 * ldb,
+            .bsum = c->kv_bsum + u0 * ldb, .ldb = ldb};
+        if (j->measure) {
+            a.kept_mass = c->kv_mass + u0;
+            a.dense_bmax = j->dense_bmax + u0 * ldb;
+            a.dense_bsum = j->dense_bsum + u0 * ldb;
+        }
+        ap_err e = {0};
+        if (ap_sparse_attn(&a, scratch, &e) != AP_OK) {
+            pthread_mutex_lock(&j->mu);
+            if (!atomic_load(&j->failed)) j->err = e;
+            atomic_store(&j->failed, 1);
+            pthread_mutex_unlock(&j->mu);
+        }
+    }
+}
+
+static ap_status sparse_pass(ap_ctx *c, int layer, int pos, const int *blocks, const int *set_off,
+                             int measure, float *dmax, float *dsum, ap_err *err) {
+    sattn_job j = {.c = c, .layer = layer, .pos = pos, .measure = measure, .blocks = blocks,
+                   .set_off = set_off, .dense_bmax = dmax, .dense_bsum = dsum};
+    atomic_init(&j.next, 0);
+    atomic_init(&j.failed, 0);
+    pthread_mutex_init(&j.mu, NULL);
+    pool_run(c->pool, sattn_run, &j);
+    pthread_mutex_destroy(&j.mu);
+    if (atomic_load(&j.failed)) {
+        if (err) *err = j.err;
+        return j.err.status ? j.err.status : AP_ERR_INTERNAL;
+    }
+    return AP_OK;
+}
+
+/* Decode attention of one layer under the ctx's KV policy. */
+static ap_status policy_attention(ap_ctx *c, int layer, int pos, ap_err *err) {
+    const ap_kv_policy *p = c->kvp;
+    const ap_hparams *hp = &c->m->hp;
+    ap_status st = AP_OK;
+    const unsigned want = p->want ? p->want(p->user, layer, pos) : 0;
+    ap_kv_step s = {.layer = layer, .pos = pos, .n_head = hp->n_head, .n_head_kv = hp->n_head_kv,
+                    .head_dim = hp->head_dim, .n_blocks = (pos + p->block) / p->block,
+                    .ldb = c->kv_ldb, .q = c->qkv,
+                    .k = c->kcache + (size_t)layer * (size_t)c->n_ctx * c->kv_dim,
+                    .kv_stride = c->kv_dim};
+    if (want & AP_KV_DENSE_BEFORE) {
+        /* The dense views come from a measuring pass over the smallest kept
+         * set (sink + local); its output is overwritten below. */
+        if ((st = sparse_pass(c, layer, pos, NULL, c->kv_empty, 1, c->kv_pre_max, c->kv_pre_sum,
+                              err)))
+            return st;
+        s.dense_bmax = c->kv_pre_max;
+        s.dense_bsum = c->kv_pre_sum;
+    }
+    const int *blocks = NULL, *set_off = NULL;
+    if ((st = p->select(p->user, &s, &blocks, &set_off, err))) return st;
+    if (!set_off) return ap_errf(err, AP_ERR_ARG, "KV policy: select gave no set offsets");
+    const int measure = (want & AP_KV_MEASURE) != 0;
+    if ((st = sparse_pass(c, layer, pos, blocks, set_off, measure, c->kv_dmax, c->kv_dsum, err)))
+        return st;
+    if (p->attended) {
+        ap_kv_attended r = {.n_kept = c->kv_nkept, .bmax = c->kv_bmax, .bsum = c->kv_bsum};
+        if (measure) {
+            r.kept_mass = c->kv_mass;
+            r.dense_bmax = c->kv_dmax;
+            r.dense_bsum = c->kv_dsum;
+        }
+        st = p->attended(p->user, &s, &r, err);
+    }
+    return st;
+}
+
 /* ---------------------------------------------------------------- forward */
 
 /* T tokens at positions pos0..pos0+T-1 through every layer; leaves the
  * final hidden states (before output_norm) in c->x. */
-static void forward_ubatch(ap_ctx *c, const int32_t *tokens, int T, int pos0,
-                           const ap_attn_observer *obs) {
+static ap_status forward_ubatch(ap_ctx *c, const int32_t *tokens, int T, int pos0,
+                                const ap_attn_observer *obs, ap_err *err) {
     const ap_model *m = c->m;
     const ap_hparams *hp = &m->hp;
     const size_t E = (size_t)hp->n_embd, hd = (size_t)hp->head_dim;
@@ -1099,7 +1289,10 @@ static void forward_ubatch(ap_ctx *c, const int32_t *tokens, int T, int pos0,
         double *colsum = (obs && obs->on_colsum)
                              ? c->colsum + (size_t)l * (size_t)hp->n_head * (size_t)c->n_ctx
                              : NULL;
-        if (T == 1 && !c->decode_attn_blas) {
+        if (T == 1 && c->kvp) {
+            ap_status st = policy_attention(c, l, pos0, err);
+            if (st) return st;
+        } else if (T == 1 && !c->decode_attn_blas) {
             decode_attention(c, l, pos0, obs, colsum);
         } else {
             attn_job aj = {.c = c, .layer = l, .pos0 = pos0, .T = T, .obs = obs, .colsum = colsum};
@@ -1120,6 +1313,7 @@ static void forward_ubatch(ap_ctx *c, const int32_t *tokens, int T, int pos0,
         const ap_qmat *wd[1] = {&w->wd.q};
         par_matmul(c, c->x, E, c->gu, 2 * (size_t)hp->n_ff, wd, 1, T, 1);
     }
+    return AP_OK;
 }
 
 ap_status ap_ctx_eval(ap_ctx *c, const int32_t *tokens, int n, float *logits, int all_logits,
@@ -1164,7 +1358,10 @@ ap_status ap_ctx_eval(ap_ctx *c, const int32_t *tokens, int n, float *logits, in
 
     for (int b0 = 0; b0 < n; b0 += c->ubatch) {
         int T = n - b0 < c->ubatch ? n - b0 : c->ubatch;
-        forward_ubatch(c, tokens + b0, T, c->n_past, obs);
+        if ((st = forward_ubatch(c, tokens + b0, T, c->n_past, obs, err))) {
+            c->n_past = n_past0;
+            goto cleanup;
+        }
         c->n_past += T;
         if (!logits) continue;
         if (all_logits) {

@@ -130,6 +130,72 @@ int ap_ctx_n_ctx(const ap_ctx *c);
 ap_status ap_ctx_eval(ap_ctx *c, const int32_t *tokens, int n, float *logits, int all_logits,
                       const ap_attn_observer *obs, ap_err *err);
 
+/* Drop the cached keys/values at positions >= n_past (0 <= n_past <=
+ * ap_ctx_n_past): decoding then continues from n_past. Used to run several
+ * decodes from one shared prefill. AP_ERR_RANGE when n_past is out of
+ * range (the cache is then unchanged). */
+ap_status ap_ctx_truncate(ap_ctx *c, int n_past, ap_err *err);
+
+/* ------------------------------------------------ compressed decoding
+ *
+ * A KV policy makes every single-token eval (decode) attend, per layer and
+ * query head, only to a kept set of keys: the sink tokens, the local window
+ * and the key blocks the policy lists (exact semantics in
+ * kernels/sparse_attn.h), with the softmax renormalised over the kept keys.
+ * Multi-token evals (prefill) stay dense, as the method prescribes. The
+ * cache itself keeps every key: this is selection ("masked" in the sense of
+ * the paper's evaluation, but computed sparsely: attention reads only the
+ * kept keys). Callbacks run on the thread that called ap_ctx_eval, layer by
+ * layer in order; a non-OK status aborts the eval (n_past rolled back).
+ * Under a policy a decode eval's observer gets on_key only (no rows,
+ * queries or column sums: the dense row is not computed). */
+enum {
+    AP_KV_DENSE_BEFORE = 1, /* dense block views of this step's row before select (oracle) */
+    AP_KV_MEASURE = 2       /* dense views and kept mass after attention (calibration, metrics) */
+};
+
+typedef struct {
+    int layer, pos;          /* query position; keys 0..pos */
+    int n_head, n_head_kv, head_dim;
+    int n_blocks;            /* ceil((pos + 1) / block) */
+    size_t ldb;              /* row stride of every block view below */
+    const float *q;          /* [n_head][head_dim] post-RoPE queries */
+    const float *k;          /* this layer's keys: key j of KV head g at k + j*kv_stride + g*head_dim */
+    size_t kv_stride;
+    /* With AP_KV_DENSE_BEFORE: the dense (true) row's block views
+     * [n_head][ldb], before select; otherwise NULL. */
+    const float *dense_bmax, *dense_bsum;
+} ap_kv_step;
+
+typedef struct {
+    const int *n_kept;         /* [n_head] keys attended */
+    const float *bmax, *bsum;  /* [n_head][ldb] views of the renormalised sparse row */
+    /* With AP_KV_MEASURE: [n_head] dense mass on the kept keys and the dense
+     * row's views; otherwise NULL. */
+    const float *kept_mass;
+    const float *dense_bmax, *dense_bsum;
+} ap_kv_attended;
+
+typedef struct {
+    void *user;
+    int block, sink, local;  /* kept-set geometry: tokens (sink a multiple of block) */
+    int per_q_head;          /* 1: one list per query head; 0: one per KV head */
+    /* AP_KV_* flags wanted for (layer, pos); NULL = none. */
+    unsigned (*want)(void *user, int layer, int pos);
+    /* Fill *blocks / *set_off (policy-owned, valid until attended returns;
+     * layout of ap_sparse_attn_args: set s lists blocks[set_off[s] ..
+     * set_off[s+1]), strictly increasing absolute block indices). */
+    ap_status (*select)(void *user, const ap_kv_step *s, const int **blocks, const int **set_off,
+                        ap_err *err);
+    /* After attention; may be NULL. */
+    ap_status (*attended)(void *user, const ap_kv_step *s, const ap_kv_attended *r, ap_err *err);
+} ap_kv_policy;
+
+/* Install a policy (borrowed: it must outlive its use; NULL = dense decode,
+ * the default). AP_ERR_ARG for a bad geometry; AP_ERR_NOMEM leaves the ctx
+ * dense. */
+ap_status ap_ctx_set_kv_policy(ap_ctx *c, const ap_kv_policy *p, ap_err *err);
+
 /* Greedy (temperature <= 0, or rng NULL): the arg max, lowest index on ties.
  * Otherwise softmax(logits / temperature) over the top_k largest logits
  * (top_k <= 0 or >= n_vocab: all; ties at the cut keep the lowest indices),

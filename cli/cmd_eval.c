@@ -1,6 +1,8 @@
-/* attnpred eval: evaluations over traces. `eval replay` replays every decode
- * step of the traces under each token-selection method and budget
- * (eval/replay.h, docs/eval.md). */
+/* attnpred eval: evaluations of KV selection. `eval replay` replays every
+ * decode step of traces under each token-selection method and budget
+ * (eval/replay.h, docs/eval.md); `eval tasks` decodes the task suite live
+ * with the compressed cache and scores the answers (eval/tasks.h,
+ * docs/eval-tasks.md). */
 #include <getopt.h>
 #include <math.h>
 #include <stdio.h>
@@ -11,6 +13,12 @@
 #include "cli/cli.h"
 #include "common/util.h"
 #include "eval/replay.h"
+#include "eval/task_report.h"
+#include "eval/tasks.h"
+
+#ifndef AP_DATA_DIR
+#define AP_DATA_DIR "data"
+#endif
 
 static void eval_usage(FILE *out) {
     fprintf(out,
@@ -18,7 +26,9 @@ static void eval_usage(FILE *out) {
             "subcommands:\n"
             "  replay    replay decoding from traces: attention recovery and hit rate of the\n"
             "            predictor against oracle, StreamingLLM, H2O, SnapKV, Quest, last-step\n"
-            "            at several KV budgets\n");
+            "            at several KV budgets\n"
+            "  tasks     decode the LongBench-style task suite with each method's compressed\n"
+            "            KV cache: task score, agreement and KL against full KV, KV memory\n");
 }
 
 static void replay_usage(FILE *out) {
@@ -149,11 +159,11 @@ static void print_table(const ap_replay_result *r) {
         printf("%lld (step, head) rows skipped for NaN/Inf\n", r->n_skipped_nonfinite);
 }
 
-static int check_out_dir(const char *path, const char *opt) {
+static int check_out_dir(const char *cmd, const char *path, const char *opt) {
     ap_err e;
     ap_err_clear(&e);
     if (ap_check_writable_dir(path, &e)) {
-        ap_cli_error("eval replay", "%s: %s", opt, e.msg);
+        ap_cli_error(cmd, "%s: %s", opt, e.msg);
         return 0;
     }
     return 1;
@@ -277,10 +287,12 @@ static int cmd_replay(int argc, char **argv) {
         }
     /* Check the outputs before a long replay, not after it. */
     rc = 1;
-    if (!check_out_dir(json, "--json") || (md && !check_out_dir(md, "--md"))) goto done;
+    if (!check_out_dir("eval replay", json, "--json") ||
+        (md && !check_out_dir("eval replay", md, "--md")))
+        goto done;
     if (png) {
         struct stat sb;
-        if (stat(png, &sb) == 0 ? !S_ISDIR(sb.st_mode) : !check_out_dir(png, "--png")) {
+        if (stat(png, &sb) == 0 ? !S_ISDIR(sb.st_mode) : !check_out_dir("eval replay", png, "--png")) {
             if (stat(png, &sb) == 0) ap_cli_error("eval replay", "--png: %s is not a directory", png);
             goto done;
         }
@@ -316,6 +328,309 @@ done:
     return rc;
 }
 
+/* ---- eval tasks ---------------------------------------------------------- */
+
+/* What --methods accepts; eval/tasks.c checks again when it plans the run,
+ * this early copy only spares a model load for a typo. */
+static const char *const k_task_methods[] = {"full",      "oracle",          "streaming",
+                                             "h2o",       "snapkv",          "quest",
+                                             "last_step", "last_step_dense", "attnpred",
+                                             "attnpred_nocal"};
+
+static void tasks_usage(FILE *out) {
+    fprintf(out,
+        "usage: attnpred eval tasks --model M.gguf --json OUT.json [options]\n\n"
+        "Decode the LongBench-style task suite (docs/tasks.md) live with a compressed KV\n"
+        "cache: each sample is prefilled once with full attention, then full KV and every\n"
+        "(method, budget) decode greedily from that prefill with the method's kept set\n"
+        "applied inside attention; each output is scored with the task's LongBench metric\n"
+        "and compared with the full-KV output. Semantics: docs/eval-tasks.md.\n\n"
+        "methods (full KV always runs as the reference; default: all, attnpred only\n"
+        "with --predictor):\n"
+        "  oracle            top-k of the true attention row (upper bound)\n"
+        "  streaming         StreamingLLM: sink + the most recent blocks (eviction)\n"
+        "  h2o               H2O accumulated attention (eviction)\n"
+        "  snapkv            SnapKV prefill vote, fixed after prefill (eviction)\n"
+        "  quest             Quest page key bounds x query (retrieval)\n"
+        "  last_step         newest row of the sparse/calibrated history (retrieval)\n"
+        "  last_step_dense   previous dense row (a reference: dense attention every step)\n"
+        "  attnpred          the --predictor CNN on the sparse/calibrated history (retrieval)\n"
+        "  attnpred_nocal    the same without calibration rows\n\n"
+        "metrics (per sample and run; means in the summaries):\n"
+        "  score             the task's LongBench metric, 0..1 (x100 in the tables)\n"
+        "  score_rel_full    mean score / mean full-KV score over the same samples\n"
+        "  agreement         share of the full-KV output tokens a teacher-forced compressed\n"
+        "                    decode predicts as its greedy choice\n"
+        "  kl                mean KL(full || method) of the next-token distributions along\n"
+        "                    that trajectory, nats per token\n"
+        "  same              the free-running output equals the full-KV output\n"
+        "  resident KV       accounted from the kept sets (the engine keeps the whole\n"
+        "                    cache); compression = full KV / resident KV\n\n"
+        "options:\n"
+        "  --model PATH         GGUF model (required)\n"
+        "  --predictor PATH     exported predictor (P.safetensors) for attnpred\n"
+        "  --quick              the quick preset, tasks/quick.jsonl in the data folder\n"
+        "                       (default): $ATTNPRED_DATA, else ./data when it has the\n"
+        "                       file, else %s\n"
+        "  --full               the full preset, tasks/full.jsonl in the same folder\n"
+        "  --tasks-file PATH    another task file (JSON Lines, docs/tasks.md)\n"
+        "  --tasks LIST         only these task names or sample ids, comma-separated\n"
+        "  --budget LIST        KV budgets in tokens, each >= sink + local = 128\n"
+        "                       (default 256,512,1024,2048)\n"
+        "  --methods LIST       methods to run, comma-separated (default: all available)\n"
+        "  --max-samples N      the first N samples after --tasks (default all)\n"
+        "  --max-new N          decode at most N tokens per sample (default: each task's)\n"
+        "  --calib N            dense history row every N decode steps for last_step and\n"
+        "                       attnpred (default 5; 0 = never)\n"
+        "  --kv-mode M          qhead: each query head selects (the method; default);\n"
+        "                       sum: scores summed over a KV head's group, one set per\n"
+        "                       KV head; union: round-robin union of the group's rankings\n"
+        "  --no-prefetch        score attnpred's next step on the decoding thread instead\n"
+        "                       of a prefetch worker (to measure what prefetch hides)\n"
+        "  --no-teacher-forced  skip the teacher-forced pass: agreement and KL then cover\n"
+        "                       only the prefix shared with the full-KV output (faster)\n"
+        "  --threads N          engine threads (default 2)\n"
+        "  --json PATH          write every run and the summaries as JSON (required)\n"
+        "  --md PATH            write Markdown tables\n"
+        "  --png DIR            write score_vs_compression.png and agreement_vs_budget.png\n"
+        "                       into DIR (created if missing)\n"
+        "  --quiet              no progress, notes or summary table\n"
+        "  --help               this text\n",
+        AP_DATA_DIR);
+}
+
+typedef struct {
+    ap_progress bar;
+    char label[80];
+} tasks_progress;
+
+/* The label names the run in progress; it is padded to a fixed width so the
+ * line, rewritten in place, leaves no tail of a longer predecessor. */
+static void on_tasks_progress(void *user, double done, double total, const char *what) {
+    tasks_progress *p = user;
+    snprintf(p->label, sizeof p->label, "tasks %-40.40s", what ? what : "");
+    p->bar.label = p->label;
+    p->bar.total = total;
+    ap_progress_update(&p->bar, done);
+}
+
+static void print_cell_pct(double v) {
+    if (isfinite(v))
+        printf("  %7.1f", 100.0 * v);
+    else
+        printf("  %7s", "n/a");
+}
+
+static void print_tasks_table(const ap_tasks_result *r) {
+    printf("\n%-16s %-9s %6s  %7s  %7s  %7s  %7s\n", "method", "kind", "budget", "score", "rel%",
+           "agree%", "KL");
+    for (int m = 0; m < r->n_methods; m++)
+        for (int b = 0; b < (m == 0 ? 1 : r->n_budgets); b++) {
+            ap_tasks_cell c;
+            ap_tasks_cell_of(r, NULL, NULL, m, b, &c);
+            char bud[16];
+            if (m == 0)
+                snprintf(bud, sizeof bud, "-");
+            else
+                snprintf(bud, sizeof bud, "%d", r->budgets[b]);
+            printf("%-16s %-9s %6s", r->methods[m].name, ap_tasks_kind_name(&r->methods[m]), bud);
+            print_cell_pct(c.score);
+            print_cell_pct(c.score_rel_full);
+            print_cell_pct(c.agreement);
+            if (isfinite(c.kl))
+                printf("  %7.3f\n", c.kl);
+            else
+                printf("  %7s\n", "n/a");
+        }
+    printf("\n%d samples, %.1f s; score x100; KV memory is accounted from the kept sets "
+           "(docs/eval-tasks.md)\n",
+           r->n_samples, r->seconds);
+}
+
+static int known_task_method(const char *name) {
+    for (size_t i = 0; i < sizeof k_task_methods / sizeof *k_task_methods; i++)
+        if (!strcmp(name, k_task_methods[i])) return 1;
+    return 0;
+}
+
+/* --png: an existing directory, or one that can be created next to a
+ * writable parent. */
+static int check_png_dir(const char *cmd, const char *png) {
+    struct stat sb;
+    if (stat(png, &sb) == 0) {
+        if (S_ISDIR(sb.st_mode)) return 1;
+        ap_cli_error(cmd, "--png: %s is not a directory", png);
+        return 0;
+    }
+    return check_out_dir(cmd, png, "--png");
+}
+
+static int cmd_tasks(int argc, char **argv) {
+    static const char *cmd = "eval tasks";
+    ap_tasks_config c;
+    ap_tasks_config_default(&c);
+    const char *json = NULL, *md = NULL, *png = NULL, *preset = NULL, *file = NULL;
+    char *methods_copy = NULL, *tasks_copy = NULL;
+    char preset_path[4096];
+    int quiet = 0, rc = 2;
+    ap_tasks_result *r = NULL;
+    enum { O_MODEL = 256, O_PRED, O_QUICK, O_FULL, O_TFILE, O_TASKS, O_BUDGET, O_METHODS, O_MAXS,
+           O_MAXNEW, O_CALIB, O_KV, O_NOTF, O_NOPF, O_THREADS, O_JSON, O_MD, O_PNG, O_QUIET, O_HELP };
+    static const struct option lo[] = {
+        {"model", 1, 0, O_MODEL},          {"predictor", 1, 0, O_PRED},
+        {"quick", 0, 0, O_QUICK},          {"full", 0, 0, O_FULL},
+        {"tasks-file", 1, 0, O_TFILE},     {"tasks", 1, 0, O_TASKS},
+        {"budget", 1, 0, O_BUDGET},        {"budgets", 1, 0, O_BUDGET},
+        {"methods", 1, 0, O_METHODS},      {"max-samples", 1, 0, O_MAXS},
+        {"max-new", 1, 0, O_MAXNEW},       {"calib", 1, 0, O_CALIB},
+        {"kv-mode", 1, 0, O_KV},           {"no-teacher-forced", 0, 0, O_NOTF},
+        {"no-prefetch", 0, 0, O_NOPF},
+        {"threads", 1, 0, O_THREADS},      {"json", 1, 0, O_JSON},
+        {"md", 1, 0, O_MD},                {"png", 1, 0, O_PNG},
+        {"quiet", 0, 0, O_QUIET},          {"help", 0, 0, O_HELP},
+        {0, 0, 0, 0}};
+    optind = 1;
+    opterr = 0;
+    int o, li = -1;
+    while ((o = getopt_long(argc, argv, "", lo, &li)) != -1) {
+        switch (o) {
+        case O_MODEL: c.model = optarg; break;
+        case O_PRED: c.predictor = optarg; break;
+        case O_QUICK:
+        case O_FULL: {
+            const char *p = o == O_QUICK ? "quick" : "full";
+            if (preset && strcmp(preset, p)) {
+                ap_cli_error(cmd, "--quick and --full exclude each other");
+                goto done;
+            }
+            preset = p;
+            break;
+        }
+        case O_TFILE: file = optarg; break;
+        case O_TASKS:
+            free(tasks_copy);
+            tasks_copy = strdup(optarg);
+            if (!tasks_copy ||
+                !split_list(tasks_copy, c.only_tasks, AP_TASKS_MAX_FILTER, &c.n_only_tasks))
+                goto bad;
+            break;
+        case O_BUDGET:
+            if (!parse_ints(optarg, c.budgets, AP_REPLAY_MAX_BUDGETS, &c.n_budgets, 1)) goto bad;
+            break;
+        case O_METHODS:
+            free(methods_copy);
+            methods_copy = strdup(optarg);
+            if (!methods_copy ||
+                !split_list(methods_copy, c.methods, AP_TASKS_MAX_METHODS, &c.n_methods))
+                goto bad;
+            for (int i = 0; i < c.n_methods; i++)
+                if (!known_task_method(c.methods[i])) {
+                    ap_cli_error(cmd, "--methods: unknown method '%s' (see --help)", c.methods[i]);
+                    goto done;
+                }
+            break;
+        case O_MAXS: if (!parse_int(optarg, 1, 1 << 30, &c.max_samples)) goto bad; break;
+        case O_MAXNEW: if (!parse_int(optarg, 1, 4096, &c.max_new_tokens)) goto bad; break;
+        case O_CALIB: if (!parse_int(optarg, 0, 1 << 24, &c.calib)) goto bad; break;
+        case O_KV:
+            if (!strcmp(optarg, "qhead")) c.kv_mode = AP_KV_PER_QHEAD;
+            else if (!strcmp(optarg, "sum")) c.kv_mode = AP_KV_SUM;
+            else if (!strcmp(optarg, "union")) c.kv_mode = AP_KV_UNION;
+            else goto bad;
+            break;
+        case O_NOTF: c.teacher_forced = 0; break;
+        case O_NOPF: c.prefetch = 0; break;
+        case O_THREADS: if (!parse_int(optarg, 1, 256, &c.threads)) goto bad; break;
+        case O_JSON: json = optarg; break;
+        case O_MD: md = optarg; break;
+        case O_PNG: png = optarg; break;
+        case O_QUIET: quiet = 1; break;
+        case O_HELP: tasks_usage(stdout); rc = 0; goto done;
+        default:
+            ap_cli_error(cmd, "unknown or incomplete option '%s' (see --help)", argv[optind - 1]);
+            goto done;
+        }
+        li = -1;
+        continue;
+    bad:
+        ap_cli_error(cmd, "bad value '%s' for --%s (see --help)", optarg,
+                     li >= 0 ? lo[li].name : "an option");
+        goto done;
+    }
+    if (optind < argc) {
+        ap_cli_error(cmd, "unexpected argument '%s' (see --help)", argv[optind]);
+        goto done;
+    }
+    if (!c.model || !json) {
+        ap_cli_error(cmd, "--model and --json are required (see --help)");
+        goto done;
+    }
+    if (file && preset) {
+        ap_cli_error(cmd, "--tasks-file and --%s both choose the task file; give one", preset);
+        goto done;
+    }
+    for (int b = 0; b < c.n_budgets; b++)
+        if (c.budgets[b] < c.sink_tokens + c.local_tokens) {
+            ap_cli_error(cmd, "--budget %d is below sink + local = %d tokens", c.budgets[b],
+                         c.sink_tokens + c.local_tokens);
+            goto done;
+        }
+    if (!file) {
+        /* $ATTNPRED_DATA, else ./data when run from a checkout (the report
+         * then records a relative path), else the source tree's data. */
+        const char *dd = getenv("ATTNPRED_DATA"), *name = preset ? preset : "quick";
+        if (!dd || !*dd) {
+            snprintf(preset_path, sizeof preset_path, "data/tasks/%s.jsonl", name);
+            dd = ap_file_exists(preset_path) ? "data" : AP_DATA_DIR;
+        }
+        snprintf(preset_path, sizeof preset_path, "%s/tasks/%s.jsonl", dd, name);
+        file = preset_path;
+    }
+    c.tasks_file = file;
+    /* Inputs and outputs are checked before the model is loaded, not after
+     * a long run. */
+    rc = 1;
+    const char *inputs[3][2] = {{"--model", c.model}, {"--predictor", c.predictor},
+                                {"task file", c.tasks_file}};
+    for (int i = 0; i < 3; i++)
+        if (inputs[i][1] && !ap_file_exists(inputs[i][1])) {
+            ap_cli_error(cmd, "%s: %s: no such file", inputs[i][0], inputs[i][1]);
+            goto done;
+        }
+    if (!check_out_dir(cmd, json, "--json") || (md && !check_out_dir(cmd, md, "--md")) ||
+        (png && !check_png_dir(cmd, png)))
+        goto done;
+    tasks_progress ps;
+    ap_progress_init(&ps.bar, stderr, "tasks", "runs", 0.0, !quiet);
+    ps.label[0] = '\0';
+    c.progress = on_tasks_progress;
+    c.progress_user = &ps;
+    ap_err err;
+    ap_err_clear(&err);
+    if (ap_tasks_run(&c, &r, &err)) {
+        if (!quiet) fputc('\n', stderr);
+        ap_cli_error(cmd, "%s", err.msg);
+        goto done;
+    }
+    ap_progress_finish(&ps.bar);
+    if (!quiet)
+        for (int i = 0; i < r->n_dropped; i++)
+            fprintf(stderr, "eval tasks: note: %s not run: %s\n", r->dropped[i],
+                    r->dropped_reason[i]);
+    if (ap_tasks_write_json(r, json, &err) || (md && ap_tasks_write_md(r, md, &err)) ||
+        (png && ap_tasks_write_png(r, png, &err))) {
+        ap_cli_error(cmd, "%s", err.msg);
+        goto done;
+    }
+    if (!quiet) print_tasks_table(r);
+    rc = 0;
+done:
+    ap_tasks_result_free(r);
+    free(methods_copy);
+    free(tasks_copy);
+    return rc;
+}
+
 int ap_cmd_eval(int argc, char **argv) {
     if (argc < 2) {
         eval_usage(stderr);
@@ -326,6 +641,7 @@ int ap_cmd_eval(int argc, char **argv) {
         return 0;
     }
     if (!strcmp(argv[1], "replay")) return cmd_replay(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "tasks")) return cmd_tasks(argc - 1, argv + 1);
     ap_cli_error("eval", "unknown subcommand '%s' (see attnpred eval --help)", argv[1]);
     return 2;
 }

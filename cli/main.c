@@ -17,7 +17,7 @@ static const ap_command commands[] = {
     {"merge", ap_cmd_merge, "join trace shards written with capture --shard into one file"},
     {"train", ap_cmd_train, "fit the spatiotemporal CNN predictor on traces"},
     {"export", ap_cmd_export, "write a run's best predictor as PyTorch-named safetensors"},
-    {"eval", ap_cmd_eval, "replay traces: recovery and hit rate of every KV selection method"},
+    {"eval", ap_cmd_eval, "score KV selection: replay traces, or decode the task suite live"},
 };
 
 void ap_cli_error(const char *cmd, const char *fmt, ...) {

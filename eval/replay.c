@@ -542,43 +542,8 @@ static ap_status read_layer(run_ctx *x, const plan_seq *ps, int layer, const cha
 
 /* The k candidates (candidate-relative) each head keeps, per kv_mode. */
 static void choose(const run_ctx *x, task_mem *tm, int W, int k) {
-    const int nh = x->meta.n_head, group = nh / x->meta.n_head_kv;
-    const ap_kv_mode mode = x->cfg->kv_mode;
-    if (mode == AP_KV_PER_QHEAD) {
-        for (int h = 0; h < nh; h++) {
-            ap_metrics_rank(tm->work + (size_t)h * W, W, tm->order + (size_t)h * W);
-            memcpy(tm->chosen + (size_t)h * W, tm->order + (size_t)h * W, (size_t)k * sizeof(int));
-        }
-        return;
-    }
-    for (int g = 0; g < x->meta.n_head_kv; g++) {
-        int *out = tm->chosen + (size_t)g * group * W;
-        if (mode == AP_KV_SUM) {
-            /* -INFINITY (not available) anywhere stays -INFINITY. */
-            for (int j = 0; j < W; j++) {
-                float sum = 0.0f;
-                for (int h = g * group; h < (g + 1) * group; h++) sum += tm->work[(size_t)h * W + j];
-                tm->gsum[j] = sum;
-            }
-            ap_metrics_rank(tm->gsum, W, tm->order);
-            memcpy(out, tm->order, (size_t)k * sizeof(int));
-        } else {
-            for (int h = g * group; h < (g + 1) * group; h++)
-                ap_metrics_rank(tm->work + (size_t)h * W, W, tm->order + (size_t)h * W);
-            memset(tm->mark, 0, (size_t)W * sizeof(int));
-            int n = 0;
-            for (int rk = 0; rk < W && n < k; rk++)
-                for (int h = g * group; h < (g + 1) * group && n < k; h++) {
-                    int j = tm->order[(size_t)h * W + rk];
-                    float v = tm->work[(size_t)h * W + j];
-                    if (tm->mark[j] || isnan(v) || v == -INFINITY) continue;
-                    tm->mark[j] = 1;
-                    out[n++] = j;
-                }
-        }
-        for (int h = g * group + 1; h < (g + 1) * group; h++)
-            memcpy(tm->chosen + (size_t)h * W, out, (size_t)k * sizeof(int));
-    }
+    ap_sel_choose(x->cfg->kv_mode, x->meta.n_head, x->meta.n_head_kv, tm->work, W, k, tm->order,
+                  tm->gsum, tm->mark, tm->chosen);
 }
 
 static ap_status run_task(run_ctx *x, int ti, ap_err *err) {

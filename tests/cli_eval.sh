@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # attnpred eval: help texts, usage errors and input errors of `eval replay`
-# (exit codes, one message naming the option or file, no output written).
+# and `eval tasks` (exit codes, one message naming the option or file, no
+# output written). `eval tasks` never gets as far as loading a model here.
 # The end-to-end runs on synthetic and real traces are in tests/test_replay.c
 # (they need a trace, which only the C helpers can write).
 # usage: cli_eval.sh ATTNPRED_BINARY SOURCE_DIR
@@ -62,6 +63,49 @@ expect 1 "--json" -- "$ap" eval replay --traces "$tmp/bad.h5" --json "$tmp/no/di
 expect 1 "--md" -- "$ap" eval replay --traces "$tmp/bad.h5" --json "$j" --md "$tmp/no/out.md"
 touch "$tmp/afile"
 expect 1 "not a directory" -- "$ap" eval replay --traces "$tmp/bad.h5" --json "$j" --png "$tmp/afile"
+
+# ---- eval tasks ----
+expect 0 "tasks" -- "$ap" eval --help
+# Every option, method and metric of eval tasks is documented in its --help.
+for opt in model predictor quick full tasks-file tasks budget methods max-samples max-new calib \
+           kv-mode no-teacher-forced threads json md png quiet help; do
+    expect 0 "--$opt" -- "$ap" eval tasks --help
+done
+for m in oracle streaming h2o snapkv quest last_step last_step_dense attnpred attnpred_nocal \
+         score score_rel_full agreement kl same "kept sets"; do
+    expect 0 "$m" -- "$ap" eval tasks --help
+done
+expect 2 "--model and --json are required" -- "$ap" eval tasks --model m.gguf
+expect 2 "--model and --json are required" -- "$ap" eval tasks --json "$j"
+expect 2 "bad value 'abc' for --budget" -- "$ap" eval tasks --model m.gguf --json "$j" --budget abc
+expect 2 "bad value '256,0' for --budget" -- "$ap" eval tasks --model m.gguf --json "$j" --budget 256,0
+expect 2 "--budget 64 is below sink + local = 128" -- \
+    "$ap" eval tasks --model m.gguf --json "$j" --budget 64,256
+expect 2 "unknown method 'bogus'" -- "$ap" eval tasks --model m.gguf --json "$j" --methods quest,bogus
+expect 2 "for --kv-mode" -- "$ap" eval tasks --model m.gguf --json "$j" --kv-mode pairs
+expect 2 "for --threads" -- "$ap" eval tasks --model m.gguf --json "$j" --threads 0
+expect 2 "for --max-new" -- "$ap" eval tasks --model m.gguf --json "$j" --max-new 0
+expect 2 "for --max-samples" -- "$ap" eval tasks --model m.gguf --json "$j" --max-samples x
+expect 2 "--quick and --full exclude each other" -- \
+    "$ap" eval tasks --model m.gguf --json "$j" --quick --full
+expect 2 "--tasks-file and --full both choose" -- \
+    "$ap" eval tasks --model m.gguf --json "$j" --full --tasks-file t.jsonl
+expect 2 "unknown or incomplete option '--frobnicate'" -- "$ap" eval tasks --frobnicate
+expect 2 "unexpected argument 'extra'" -- "$ap" eval tasks --model m.gguf --json "$j" extra
+expect 1 "--model: $tmp/none.gguf: no such file" -- \
+    "$ap" eval tasks --model "$tmp/none.gguf" --json "$j"
+touch "$tmp/m.gguf"
+expect 1 "--predictor: $tmp/p.safetensors: no such file" -- \
+    "$ap" eval tasks --model "$tmp/m.gguf" --predictor "$tmp/p.safetensors" --json "$j"
+expect 1 "task file: $tmp/t.jsonl: no such file" -- \
+    "$ap" eval tasks --model "$tmp/m.gguf" --tasks-file "$tmp/t.jsonl" --json "$j"
+expect 1 "--json" -- "$ap" eval tasks --model "$tmp/m.gguf" --json "$tmp/no/dir/out.json"
+expect 1 "--md" -- "$ap" eval tasks --model "$tmp/m.gguf" --json "$j" --md "$tmp/no/out.md"
+expect 1 "not a directory" -- "$ap" eval tasks --model "$tmp/m.gguf" --json "$j" --png "$tmp/afile"
+# The presets live in the data folder; $ATTNPRED_DATA moves it.
+expect 1 "task file: $tmp/nodata/tasks/full.jsonl: no such file" -- \
+    env ATTNPRED_DATA="$tmp/nodata" "$ap" eval tasks --model "$tmp/m.gguf" --full --json "$j"
+rm -f "$tmp/m.gguf"
 
 if [ -e "$j" ] || ls "$tmp"/*.tmp.* >/dev/null 2>&1; then
     echo "FAIL: a failed run left output behind"; fails=$((fails + 1))

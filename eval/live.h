@@ -1,0 +1,91 @@
+/* Live selection: the replay's selectors (eval/selectors.h) driving a real
+ * decode through the engine's KV policy hook (capture/model.h), so a method
+ * chooses its kept set from what the running model produces and attention
+ * reads only that set.
+ *
+ * The selectors see exactly the data layout the replay gives them
+ * (ap_sel_data): prefill rows (block views of the last n_pre prefill
+ * queries), per-block key bounds, prefill column sums, and after each decode
+ * step the row that step produced. Where the dense row is computed
+ * (calibration steps of history methods, the oracle, measuring) that row is
+ * the dense one and the kept mass is the true one; otherwise it is the
+ * sparse (renormalised) row with kept mass 1, which is the same thing the
+ * selectors would derive from the dense row (history_row in selectors.c).
+ * So a live run with a given trajectory makes the same choices a replay of
+ * a trace of that trajectory would.
+ *
+ * Kept set of a query head at decode position q (keys 0..q): the sink
+ * tokens, every block from the one holding key q + 1 - local to the last
+ * (the replay's block-granular local window), and the k chosen candidate
+ * blocks, k from the budget exactly as the replay computes it.
+ *
+ * Ownership: ap_live_prefill is filled by the prefill eval through its
+ * observer and then read (borrowed) by every ap_live created from it; it
+ * must outlive them. An ap_live borrows its selector, params (and the
+ * predictor runtime in them) and prefill. Single-threaded. */
+#ifndef AP_LIVE_H
+#define AP_LIVE_H
+
+#include <stdint.h>
+
+#include "capture/model.h"
+#include "eval/selectors.h"
+
+typedef struct ap_live_prefill ap_live_prefill;
+typedef struct ap_live ap_live;
+
+/* For a prompt of n_prompt tokens followed by up to max_steps decode steps,
+ * block views of the last min(n_pre, n_prompt) prefill rows. */
+ap_status ap_live_prefill_create(const ap_hparams *hp, int block, int n_pre, int n_prompt,
+                                 int max_steps, ap_live_prefill **out, ap_err *err);
+void ap_live_prefill_free(ap_live_prefill *p);
+/* Pass to ap_ctx_eval of the prompt (the ctx must start empty). */
+const ap_attn_observer *ap_live_prefill_observer(ap_live_prefill *p);
+
+typedef struct {
+    int budget;          /* tokens */
+    int sink, local;     /* tokens; sink a multiple of the block */
+    int min_candidates;  /* 3 */
+    int measure;         /* 1: dense row and kept mass at every step (recovery) */
+    /* 1: cross-token prefetch for stateful scorers (the predictor): as soon
+     * as a layer's step is observed, a worker thread scores that layer's
+     * next step while the model computes the remaining layers, and the next
+     * select only waits for what is left. Choices are unchanged. */
+    int prefetch;
+} ap_live_opts;
+
+/* params: kv_mode, calib, snapkv_*, rt, incremental as for the replay; its
+ * sink/local block fields are derived from opts. */
+ap_status ap_live_create(const ap_live_prefill *pf, const ap_selector *sel,
+                         const ap_sel_params *params, const ap_live_opts *opts, ap_live **out,
+                         ap_err *err);
+void ap_live_free(ap_live *lv);
+/* Install with ap_ctx_set_kv_policy; pass the observer to every decode
+ * ap_ctx_eval (it keeps the key bounds current). Decode steps must follow
+ * the prompt in order, one token per eval. */
+const ap_kv_policy *ap_live_policy(ap_live *lv);
+const ap_attn_observer *ap_live_observer(ap_live *lv);
+
+typedef struct {
+    int steps;                 /* decode steps done */
+    double select_seconds;     /* in score/choose/observe, all layers */
+    double resident_tokens;    /* summed over steps: kept tokens per (layer, KV head), union
+                                  over its query heads, summed over layers and KV heads */
+    double full_tokens;        /* summed over steps: (q + 1) x layers x KV heads */
+    /* Summed over steps: kept tokens of each (layer, KV head) union that the
+     * previous step did not keep, i.e. what a hot cache backed by a cold
+     * store would fetch (the newest token excepted: it is written, not
+     * fetched), from the second step on (the first selects from the
+     * prefill, which left everything in place). */
+    double fetched_tokens;
+    double recovery_sum;       /* summed dense kept mass over measured (step, layer, head) */
+    long long recovery_n;
+    long long bypass;          /* (step, layer) with fewer than min_candidates candidates */
+    double score_seconds;      /* scoring work (prefetched or not), wall time of whoever ran it */
+    double prefetch_wait_seconds; /* select blocked on a prefetched score */
+    long long prefetched;      /* (step, layer) scored ahead */
+} ap_live_stats;
+
+void ap_live_get_stats(const ap_live *lv, ap_live_stats *st);
+
+#endif

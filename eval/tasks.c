@@ -1,0 +1,702 @@
+/* Live compressed-KV decoding on the task suite (see eval/tasks.h). */
+#include "eval/tasks.h"
+
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "capture/gguf.h"
+#include "capture/model.h"
+#include "capture/tokenizer.h"
+#include "common/util.h"
+#include "eval/live.h"
+#include "eval/selectors.h"
+#include "eval/textmetrics.h"
+#include "train/runtime.h"
+
+/* Prefill rows kept for the selectors: the predictor's history (64). */
+#define N_PRE 64
+
+void ap_tasks_config_default(ap_tasks_config *c) {
+    memset(c, 0, sizeof *c);
+    const int b[4] = {256, 512, 1024, 2048};
+    memcpy(c->budgets, b, sizeof b);
+    c->n_budgets = 4;
+    c->sink_tokens = 64;
+    c->local_tokens = 64;
+    c->block = 16;
+    c->calib = 5;
+    c->min_candidates = 3;
+    c->kv_mode = AP_KV_PER_QHEAD;
+    c->snapkv_window = 32;
+    c->snapkv_pool = 1;
+    c->teacher_forced = 1;
+    c->threads = 2;
+    c->prefetch = 1;
+}
+
+void ap_tasks_result_free(ap_tasks_result *r) {
+    if (!r) return;
+    if (r->runs)
+        for (long i = 0; i < (long)r->n_samples * r->n_methods * r->n_budgets; i++)
+            free(r->runs[i].output);
+    free(r->runs);
+    free(r->samples);
+    free(r);
+}
+
+
+/* ----------------------------------------------------------- task file */
+
+typedef struct {
+    ap_task_sample info;
+    ap_tm_metric metric;
+    int first_line;
+    char **answers;
+    int n_answers;
+    char **classes;
+    int n_classes;
+    int32_t *ids;
+    int n_ids;
+} sample_t;
+
+static void sample_free(sample_t *s) {
+    for (int i = 0; i < s->n_answers; i++) free(s->answers[i]);
+    for (int i = 0; i < s->n_classes; i++) free(s->classes[i]);
+    free(s->answers);
+    free(s->classes);
+    free(s->ids);
+}
+
+static int wanted(const ap_tasks_config *c, const char *task, const char *id) {
+    if (c->n_only_tasks == 0) return 1;
+    for (int i = 0; i < c->n_only_tasks; i++)
+        if (!strcmp(c->only_tasks[i], task) || !strcmp(c->only_tasks[i], id)) return 1;
+    return 0;
+}
+
+static ap_status str_list(const cJSON *a, char ***out, int *n, const char *what, ap_err *err) {
+    *out = NULL;
+    *n = 0;
+    if (!a || cJSON_IsNull(a)) return AP_OK;
+    if (!cJSON_IsArray(a)) return ap_errf(err, AP_ERR_FORMAT, "'%s' is not a list", what);
+    int len = cJSON_GetArraySize(a);
+    *out = calloc((size_t)(len > 0 ? len : 1), sizeof(char *));
+    if (!*out) return ap_errf(err, AP_ERR_NOMEM, "out of memory");
+    for (int i = 0; i < len; i++) {
+        const cJSON *e = cJSON_GetArrayItem(a, i);
+        if (!cJSON_IsString(e)) return ap_errf(err, AP_ERR_FORMAT, "'%s' holds a non-string", what);
+        if (!((*out)[i] = strdup(e->valuestring))) return ap_errf(err, AP_ERR_NOMEM, "out of memory");
+        (*n)++;
+    }
+    return AP_OK;
+}
+
+/* One JSON line -> a sample with its model input tokenized. */
+static ap_status parse_sample(const ap_tasks_config *c, const cJSON *o, const ap_tokenizer *tok,
+                              sample_t *s, int *skip, ap_err *err) {
+    ap_status st = AP_OK;
+    char *wrapped = NULL, *input = NULL;
+    const char *keys[] = {"id", "task", "category", "bucket", "metric", "prompt"};
+    const cJSON *v[6];
+    for (int i = 0; i < 6; i++) {
+        v[i] = cJSON_GetObjectItemCaseSensitive(o, keys[i]);
+        if (!cJSON_IsString(v[i]))
+            return ap_errf(err, AP_ERR_FORMAT, "missing or non-string \"%s\"", keys[i]);
+    }
+    *skip = !wanted(c, v[1]->valuestring, v[0]->valuestring);
+    if (*skip) return AP_OK;
+    snprintf(s->info.id, sizeof s->info.id, "%s", v[0]->valuestring);
+    snprintf(s->info.task, sizeof s->info.task, "%s", v[1]->valuestring);
+    snprintf(s->info.category, sizeof s->info.category, "%s", v[2]->valuestring);
+    snprintf(s->info.bucket, sizeof s->info.bucket, "%s", v[3]->valuestring);
+    snprintf(s->info.metric, sizeof s->info.metric, "%s", v[4]->valuestring);
+    if ((st = ap_tm_metric_parse(v[4]->valuestring, &s->metric, err))) return st;
+    const cJSON *mn = cJSON_GetObjectItemCaseSensitive(o, "max_new_tokens");
+    if (!cJSON_IsNumber(mn) || mn->valueint < 1 || mn->valueint > 4096)
+        return ap_errf(err, AP_ERR_FORMAT, "\"max_new_tokens\" must be a number in [1, 4096]");
+    s->info.max_new_tokens = c->max_new_tokens > 0 ? c->max_new_tokens : mn->valueint;
+    s->first_line = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "first_line"));
+    const int chat = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(o, "chat"));
+    if ((st = str_list(cJSON_GetObjectItemCaseSensitive(o, "answers"), &s->answers, &s->n_answers,
+                       "answers", err)))
+        return st;
+    if ((st = str_list(cJSON_GetObjectItemCaseSensitive(o, "all_classes"), &s->classes,
+                       &s->n_classes, "all_classes", err)))
+        return st;
+    if (s->n_answers == 0) return ap_errf(err, AP_ERR_FORMAT, "no \"answers\"");
+    const cJSON *pre = cJSON_GetObjectItemCaseSensitive(o, "answer_prefix");
+    const char *prefix = cJSON_IsString(pre) ? pre->valuestring : "";
+    const char *body = v[5]->valuestring;
+    if (chat) {
+        if ((st = ap_tokenizer_chat(tok, body, &wrapped, err))) goto cleanup;
+        body = wrapped;
+    }
+    size_t lb = strlen(body), lp = strlen(prefix);
+    input = malloc(lb + lp + 1);
+    if (!input) {
+        st = ap_errf(err, AP_ERR_NOMEM, "out of memory");
+        goto cleanup;
+    }
+    memcpy(input, body, lb);
+    memcpy(input + lb, prefix, lp + 1);
+    /* docs/tasks.md: one string, control tokens of the chat wrapper parsed. */
+    size_t n = 0;
+    if ((st = ap_tokenizer_encode(tok, input, lb + lp, chat, &s->ids, &n, err))) goto cleanup;
+    s->n_ids = (int)n;
+    s->info.n_prompt = (int)n;
+    if (n < 1) st = ap_errf(err, AP_ERR_FORMAT, "empty model input");
+cleanup:
+    free(wrapped);
+    free(input);
+    return st;
+}
+
+static ap_status load_samples(const ap_tasks_config *c, const ap_tokenizer *tok, sample_t **out,
+                              int *n_out, ap_err *err) {
+    ap_status st = AP_OK;
+    char *data = NULL;
+    size_t len = 0;
+    sample_t *v = NULL;
+    int n = 0, cap = 0, line = 0;
+    *out = NULL;
+    *n_out = 0;
+    if ((st = ap_read_file(c->tasks_file, &data, &len, err))) return st;
+    for (char *p = data; p && *p;) {
+        char *nl = strchr(p, '\n');
+        if (nl) *nl = 0;
+        line++;
+        char *q = p;
+        while (*q == ' ' || *q == '\t' || *q == '\r') q++;
+        if (*q) {
+            if (c->max_samples > 0 && n >= c->max_samples) break;
+            cJSON *o = cJSON_Parse(q);
+            if (!o || !cJSON_IsObject(o)) {
+                cJSON_Delete(o);
+                st = ap_errf(err, AP_ERR_FORMAT, "%s: line %d is not a JSON object", c->tasks_file,
+                             line);
+                goto cleanup;
+            }
+            if (n == cap) {
+                cap = cap ? 2 * cap : 16;
+                sample_t *nv = realloc(v, (size_t)cap * sizeof *v);
+                if (!nv) {
+                    cJSON_Delete(o);
+                    st = ap_errf(err, AP_ERR_NOMEM, "out of memory");
+                    goto cleanup;
+                }
+                v = nv;
+            }
+            memset(&v[n], 0, sizeof v[n]);
+            int skip = 0;
+            st = parse_sample(c, o, tok, &v[n], &skip, err);
+            cJSON_Delete(o);
+            if (st) {
+                char where[600];
+                snprintf(where, sizeof where, "%s: line %d", c->tasks_file, line);
+                sample_free(&v[n]);
+                ap_err_prefix(err, where);
+                goto cleanup;
+            }
+            if (skip)
+                sample_free(&v[n]);
+            else
+                n++;
+        }
+        p = nl ? nl + 1 : NULL;
+    }
+    if (n == 0) {
+        st = ap_errf(err, AP_ERR_ARG, "%s: no sample matches the task filter", c->tasks_file);
+        goto cleanup;
+    }
+    *out = v;
+    *n_out = n;
+    v = NULL;
+cleanup:
+    if (v)
+        for (int i = 0; i < n; i++) sample_free(&v[i]);
+    free(v);
+    free(data);
+    return st;
+}
+
+/* -------------------------------------------------------------- decoding */
+
+typedef struct {
+    ap_ctx *ctx;
+    const ap_tokenizer *tok;
+    const ap_hparams *hp;
+    int32_t stop[3];
+    int n_stop;
+    float *logits;      /* [V] */
+    float *first;       /* [V] logits after the prompt (shared prefill) */
+    float *full_lp;     /* [max_new][V] full-KV log-probabilities along its output */
+    int32_t *full_out;  /* full-KV tokens (including a final stop token) */
+    int n_full;
+    int32_t *out;       /* a run's tokens */
+    double *lp_tmp;     /* [V] */
+} dec_t;
+
+static int is_stop(const dec_t *d, int32_t t) {
+    for (int i = 0; i < d->n_stop; i++)
+        if (d->stop[i] == t) return 1;
+    return 0;
+}
+
+static int32_t argmax(const float *x, int n) {
+    int32_t b = 0;
+    for (int i = 1; i < n; i++)
+        if (x[i] > x[b]) b = i;
+    return b;
+}
+
+static void log_softmax(const float *x, int n, float *out) {
+    double m = x[0], s = 0.0;
+    for (int i = 1; i < n; i++) m = x[i] > m ? x[i] : m;
+    for (int i = 0; i < n; i++) s += exp((double)x[i] - m);
+    double lz = m + log(s);
+    for (int i = 0; i < n; i++) out[i] = (float)((double)x[i] - lz);
+}
+
+/* KL(p || q) with p from log-probs lp and q from logits x. */
+static double kl_div(const float *lp, const float *x, int n, double *tmp) {
+    double m = x[0], s = 0.0;
+    for (int i = 1; i < n; i++) m = x[i] > m ? x[i] : m;
+    for (int i = 0; i < n; i++) s += exp((double)x[i] - m);
+    double lz = m + log(s), kl = 0.0;
+    (void)tmp;
+    for (int i = 0; i < n; i++) {
+        double lpi = lp[i];
+        if (lpi < -60.0) continue;
+        kl += exp(lpi) * (lpi - ((double)x[i] - lz));
+    }
+    return kl > 0 ? kl : 0.0;
+}
+
+/* Greedy decode from the prefill state: up to max_new tokens, the first
+ * from the prefill logits. forced != NULL: feed forced[i] instead of the
+ * greedy choice (teacher forcing over n_forced tokens). Per position i,
+ * cb-less bookkeeping: the greedy choice matches full_out[i] -> agree++,
+ * and the KL against full_lp[i] while the trajectory equals the full one
+ * (always, when forced). */
+typedef struct {
+    int n_gen;           /* tokens in out, stop token excluded */
+    int diverged;        /* first position whose greedy choice differs from full-KV (-1: none) */
+    double kl_sum;       /* over positions along the full trajectory */
+    int kl_n, agree;
+    double seconds;
+} dec_res;
+
+static ap_status decode(dec_t *d, int n_prompt, int max_new, const ap_attn_observer *obs,
+                        int compare, const int32_t *forced, int n_forced, dec_res *r,
+                        ap_err *err) {
+    ap_status st = AP_OK;
+    const int V = d->hp->n_vocab;
+    memset(r, 0, sizeof *r);
+    r->diverged = -1;
+    if ((st = ap_ctx_truncate(d->ctx, n_prompt, err))) return st;
+    const double t0 = ap_now_seconds();
+    const float *lg = d->first;
+    const int n_pos = forced ? n_forced : max_new;
+    int on_full = 1;
+    for (int i = 0; i < n_pos; i++) {
+        int32_t g = argmax(lg, V);
+        if (compare && i < d->n_full) {
+            if (on_full) {
+                r->kl_sum += kl_div(d->full_lp + (size_t)i * V, lg, V, d->lp_tmp);
+                r->kl_n++;
+                r->agree += g == d->full_out[i];
+            }
+            if (g != d->full_out[i] && r->diverged < 0) r->diverged = i;
+        }
+        int32_t next = forced ? forced[i] : g;
+        if (!forced && compare && (i >= d->n_full || next != d->full_out[i])) on_full = 0;
+        d->out[i] = next;
+        if (is_stop(d, next)) break;
+        r->n_gen = i + 1;
+        if (i + 1 == n_pos) break;
+        if ((st = ap_ctx_eval(d->ctx, &next, 1, d->logits, 0, obs, err))) return st;
+        lg = d->logits;
+    }
+    r->seconds = ap_now_seconds() - t0;
+    return AP_OK;
+}
+
+/* Full-KV reference: greedy output and its log-probabilities per position. */
+static ap_status full_decode(dec_t *d, int n_prompt, int max_new, dec_res *r, ap_err *err) {
+    ap_status st = AP_OK;
+    const int V = d->hp->n_vocab;
+    memset(r, 0, sizeof *r);
+    r->diverged = -1;
+    if ((st = ap_ctx_truncate(d->ctx, n_prompt, err))) return st;
+    const double t0 = ap_now_seconds();
+    const float *lg = d->first;
+    d->n_full = 0;
+    for (int i = 0; i < max_new; i++) {
+        int32_t g = argmax(lg, V);
+        log_softmax(lg, V, d->full_lp + (size_t)i * V);
+        d->full_out[i] = g;
+        d->n_full = i + 1;
+        if (is_stop(d, g)) break;
+        r->n_gen = i + 1;
+        if (i + 1 == max_new) break;
+        if ((st = ap_ctx_eval(d->ctx, &g, 1, d->logits, 0, NULL, err))) return st;
+        lg = d->logits;
+    }
+    r->seconds = ap_now_seconds() - t0;
+    r->agree = r->kl_n = d->n_full;
+    return AP_OK;
+}
+
+static ap_status score_output(const sample_t *s, const char *text, double *score, ap_err *err) {
+    return ap_tm_score(s->metric, text, (const char *const *)s->answers, (size_t)s->n_answers,
+                       (const char *const *)s->classes, (size_t)s->n_classes, s->first_line, score,
+                       err);
+}
+
+static ap_status detok(const dec_t *d, int n, char **text, ap_err *err) {
+    size_t len = 0;
+    if (n == 0) {
+        *text = strdup("");
+        return *text ? AP_OK : ap_errf(err, AP_ERR_NOMEM, "out of memory");
+    }
+    return ap_tokenizer_decode(d->tok, d->out, (size_t)n, text, &len, err);
+}
+
+/* Which selectors run, in report order. */
+static const char *const k_default_methods[] = {"attnpred", "quest", "last_step", "snapkv",
+                                                "h2o", "streaming", "oracle"};
+
+typedef struct {
+    const ap_selector *sel;
+    ap_sel_params params;
+} run_method;
+
+static ap_status plan_methods(const ap_tasks_config *c, ap_runtime *rt, ap_tasks_result *r,
+                              run_method *rm, ap_err *err) {
+    const char *const *names = c->n_methods ? c->methods : k_default_methods;
+    int n = c->n_methods ? c->n_methods : (int)(sizeof k_default_methods / sizeof *names);
+    r->n_methods = 1;
+    ap_task_method *full = &r->methods[0];
+    memset(full, 0, sizeof *full);
+    snprintf(full->name, sizeof full->name, "full");
+    snprintf(full->label, sizeof full->label, "Full KV cache");
+    full->is_full = 1;
+    for (int i = 0; i < n; i++) {
+        const char *name = names[i];
+        const ap_selector *sel = NULL;
+        int pred = !strcmp(name, "attnpred") || !strcmp(name, "attnpred_nocal");
+        if (!strcmp(name, "full")) continue;
+        if (pred) {
+            if (!rt) {
+                if (c->n_methods)
+                    return ap_errf(err, AP_ERR_ARG, "method %s needs --predictor", name);
+                int k = r->n_dropped++;
+                snprintf(r->dropped[k], sizeof r->dropped[k], "%s", name);
+                snprintf(r->dropped_reason[k], sizeof r->dropped_reason[k],
+                         "no predictor given (--predictor P.safetensors)");
+                continue;
+            }
+            sel = ap_selector_predictor();
+        } else if (!(sel = ap_selector_find(name))) {
+            return ap_errf(err, AP_ERR_ARG,
+                           "unknown method '%s' (oracle, streaming, h2o, snapkv, quest, last_step, "
+                           "last_step_dense, attnpred, attnpred_nocal)",
+                           name);
+        }
+        for (int m = 1; m < r->n_methods; m++)
+            if (!strcmp(r->methods[m].name, name)) return ap_errf(err, AP_ERR_ARG, "method '%s' given twice", name);
+        if (r->n_methods > AP_TASKS_MAX_METHODS)
+            return ap_errf(err, AP_ERR_ARG, "more than %d methods", AP_TASKS_MAX_METHODS);
+        int m = r->n_methods++;
+        ap_task_method *tm = &r->methods[m];
+        memset(tm, 0, sizeof *tm);
+        snprintf(tm->name, sizeof tm->name, "%s", name);
+        tm->kind = sel->kind;
+        int calib = !strcmp(name, "attnpred_nocal") ? 0 : c->calib;
+        if (pred)
+            snprintf(tm->label, sizeof tm->label, "AttentionPredictor (calib %d)", calib);
+        else if (!strcmp(name, "last_step"))
+            snprintf(tm->label, sizeof tm->label, "Last step (calib %d)", calib);
+        else
+            snprintf(tm->label, sizeof tm->label, "%s", sel->label);
+        run_method *x = &rm[m];
+        x->sel = sel;
+        memset(&x->params, 0, sizeof x->params);
+        x->params.calib = calib;
+        x->params.kv_mode = c->kv_mode;
+        x->params.snapkv_window = c->snapkv_window;
+        x->params.snapkv_pool = c->snapkv_pool;
+        x->params.rt = pred ? rt : NULL;
+        x->params.incremental = 1;
+    }
+    return AP_OK;
+}
+
+static ap_status check_config(const ap_tasks_config *c, ap_err *err) {
+    if (!c->model || !c->tasks_file) return ap_errf(err, AP_ERR_ARG, "eval tasks needs a model and a task file");
+    if (c->n_budgets < 1 || c->n_budgets > AP_REPLAY_MAX_BUDGETS)
+        return ap_errf(err, AP_ERR_ARG, "between 1 and %d budgets", AP_REPLAY_MAX_BUDGETS);
+    if (c->block < 1 || c->sink_tokens < 0 || c->local_tokens < 0 || c->sink_tokens % c->block)
+        return ap_errf(err, AP_ERR_ARG, "sink %d must be a multiple of the block size %d",
+                       c->sink_tokens, c->block);
+    for (int b = 0; b < c->n_budgets; b++)
+        if (c->budgets[b] < c->sink_tokens + c->local_tokens)
+            return ap_errf(err, AP_ERR_ARG, "budget %d is below sink + local = %d tokens",
+                           c->budgets[b], c->sink_tokens + c->local_tokens);
+    if (c->calib < 0 || c->min_candidates < 1 || c->threads < 1 || c->threads > 256)
+        return ap_errf(err, AP_ERR_ARG, "calib %d, min candidates %d, threads %d out of range",
+                       c->calib, c->min_candidates, c->threads);
+    return AP_OK;
+}
+
+ap_status ap_tasks_run(const ap_tasks_config *c, ap_tasks_result **out, ap_err *err) {
+    ap_status st = AP_OK;
+    ap_gguf *g = NULL;
+    ap_model *model = NULL;
+    ap_tokenizer *tok = NULL;
+    ap_runtime *rt = NULL;
+    ap_tasks_result *r = NULL;
+    sample_t *smp = NULL;
+    int n_smp = 0;
+    ap_live_prefill *pf = NULL;
+    ap_live *lv = NULL;
+    char *text = NULL;
+    dec_t d;
+    memset(&d, 0, sizeof d);
+    run_method rm[AP_TASKS_MAX_METHODS + 1];
+    memset(rm, 0, sizeof rm);
+    const double t_start = ap_now_seconds();
+    *out = NULL;
+    if ((st = check_config(c, err))) return st;
+    r = calloc(1, sizeof *r);
+    if (!r) return ap_errf(err, AP_ERR_NOMEM, "out of memory");
+    r->config = *c;
+    r->n_budgets = c->n_budgets;
+    memcpy(r->budgets, c->budgets, sizeof r->budgets);
+
+    if ((st = ap_gguf_open(c->model, &g, err))) goto cleanup;
+    if ((st = ap_model_load(g, &model, err))) goto cleanup;
+    if ((st = ap_tokenizer_from_gguf(g, &tok, err))) goto cleanup;
+    const ap_hparams *hp = ap_model_hparams(model);
+    snprintf(r->model_name, sizeof r->model_name, "%s", hp->name[0] ? hp->name : c->model);
+    r->n_layer = hp->n_layer;
+    r->n_head = hp->n_head;
+    r->n_head_kv = hp->n_head_kv;
+    r->head_dim = hp->head_dim;
+    if (c->predictor) {
+        if ((st = ap_runtime_load(c->predictor, &rt, err))) goto cleanup;
+        const ap_pred_config *pc = ap_runtime_config(rt);
+        if (pc->block != c->block) {
+            st = ap_errf(err, AP_ERR_ARG, "%s: predictor block size %d, but eval uses %d",
+                         c->predictor, pc->block, c->block);
+            goto cleanup;
+        }
+        for (int l = 0; l < hp->n_layer; l++)
+            if (ap_predictor_model_of_layer(ap_runtime_predictor(rt), l) < 0) {
+                st = ap_errf(err, AP_ERR_ARG, "%s: predictor has no model for layer %d",
+                             c->predictor, l);
+                goto cleanup;
+            }
+        ap_predictor_set_threads(ap_runtime_predictor(rt), 1);
+    }
+    if ((st = plan_methods(c, rt, r, rm, err))) goto cleanup;
+    if ((st = load_samples(c, tok, &smp, &n_smp, err))) goto cleanup;
+    int max_len = 0, max_new = 0;
+    for (int i = 0; i < n_smp; i++) {
+        int need = smp[i].n_ids + smp[i].info.max_new_tokens;
+        if (need > hp->n_ctx_train) {
+            st = ap_errf(err, AP_ERR_RANGE, "%s: sample %s needs %d tokens > the model's %d",
+                         c->tasks_file, smp[i].info.id, need, hp->n_ctx_train);
+            goto cleanup;
+        }
+        if (need > max_len) max_len = need;
+        if (smp[i].info.max_new_tokens > max_new) max_new = smp[i].info.max_new_tokens;
+    }
+    r->n_samples = n_smp;
+    r->samples = calloc((size_t)n_smp, sizeof *r->samples);
+    r->runs = calloc((size_t)n_smp * r->n_methods * r->n_budgets, sizeof *r->runs);
+    const int V = hp->n_vocab;
+    d.hp = hp;
+    d.tok = tok;
+    d.logits = malloc((size_t)V * sizeof(float));
+    d.first = malloc((size_t)V * sizeof(float));
+    d.full_lp = malloc((size_t)max_new * V * sizeof(float));
+    d.full_out = calloc((size_t)max_new, sizeof(int32_t));
+    d.out = calloc((size_t)max_new, sizeof(int32_t));
+    d.lp_tmp = malloc((size_t)V * sizeof(double));
+    if (!r->samples || !r->runs || !d.logits || !d.first || !d.full_lp || !d.full_out || !d.out ||
+        !d.lp_tmp) {
+        st = ap_errf(err, AP_ERR_NOMEM, "out of memory");
+        goto cleanup;
+    }
+    for (long i = 0; i < (long)n_smp * r->n_methods * r->n_budgets; i++) r->runs[i].recovery = NAN;
+    {
+        const char *stops[2] = {"<|im_end|>", "<|endoftext|>"};
+        int32_t e = ap_tokenizer_eos(tok);
+        if (e >= 0) d.stop[d.n_stop++] = e;
+        for (int i = 0; i < 2; i++) {
+            int32_t id = ap_tokenizer_find(tok, stops[i], strlen(stops[i]));
+            if (id >= 0 && id != e) d.stop[d.n_stop++] = id;
+        }
+    }
+    if ((st = ap_ctx_create(model, max_len, c->threads, &d.ctx, err))) goto cleanup;
+
+    const double total = (double)n_smp * (1 + (r->n_methods - 1) * r->n_budgets);
+    double done = 0;
+    const double kv_tok_bytes = (double)hp->head_dim * 2 * sizeof(float);
+    for (int si = 0; si < n_smp; si++) {
+        sample_t *s = &smp[si];
+        r->samples[si] = s->info;
+        const int np = s->n_ids, mx = s->info.max_new_tokens;
+        char what[200];
+        snprintf(what, sizeof what, "%s full KV", s->info.id);
+        if (c->progress) c->progress(c->progress_user, done, total, what);
+        /* Shared prefill. */
+        ap_live_prefill_free(pf);
+        pf = NULL;
+        if ((st = ap_live_prefill_create(hp, c->block, N_PRE, np, mx, &pf, err))) goto sample_fail;
+        ap_ctx_reset(d.ctx);
+        if ((st = ap_ctx_set_kv_policy(d.ctx, NULL, err))) goto sample_fail;
+        double t0 = ap_now_seconds();
+        if ((st = ap_ctx_eval(d.ctx, s->ids, np, d.first, 0, ap_live_prefill_observer(pf), err)))
+            goto sample_fail;
+        r->samples[si].prefill_seconds = ap_now_seconds() - t0;
+        /* Full KV. */
+        dec_res fr;
+        if ((st = full_decode(&d, np, mx, &fr, err))) goto sample_fail;
+        memcpy(d.out, d.full_out, (size_t)d.n_full * sizeof(int32_t));
+        if ((st = detok(&d, fr.n_gen, &text, err))) goto sample_fail;
+        double full_score = 0;
+        if ((st = score_output(s, text, &full_score, err))) goto sample_fail;
+        for (int b = 0; b < r->n_budgets; b++) {
+            ap_task_run *run = ap_tasks_run_at(r, si, 0, b);
+            run->score = full_score;
+            run->agreement = 1.0;
+            run->kl = 0.0;
+            run->same = 1;
+            run->n_gen = fr.n_gen;
+            run->decode_seconds = fr.seconds;
+            /* Mean context over the decode steps run (positions np .. np + steps - 1). */
+            int steps = d.n_full > 1 ? d.n_full - 1 : 0;
+            double mean_keys = steps ? np + (steps - 1) / 2.0 + 1 : np;
+            run->full_kv_bytes = mean_keys * hp->n_layer * hp->n_head_kv * kv_tok_bytes;
+            run->resident_kv_bytes = run->full_kv_bytes;
+            run->output = strdup(text);
+            if (!run->output) {
+                st = ap_errf(err, AP_ERR_NOMEM, "out of memory");
+                goto sample_fail;
+            }
+        }
+        free(text);
+        text = NULL;
+        done += 1;
+        for (int m = 1; m < r->n_methods; m++) {
+            for (int b = 0; b < r->n_budgets; b++) {
+                ap_task_run *run = ap_tasks_run_at(r, si, m, b);
+                snprintf(what, sizeof what, "%s %s@%d", s->info.id, r->methods[m].name,
+                         r->budgets[b]);
+                if (c->progress) c->progress(c->progress_user, done, total, what);
+                ap_live_opts lo = {.budget = r->budgets[b], .sink = c->sink_tokens,
+                                   .local = c->local_tokens, .min_candidates = c->min_candidates,
+                                   .prefetch = c->prefetch};
+                ap_live_free(lv);
+                lv = NULL;
+                if ((st = ap_live_create(pf, rm[m].sel, &rm[m].params, &lo, &lv, err)))
+                    goto sample_fail;
+                if ((st = ap_ctx_set_kv_policy(d.ctx, ap_live_policy(lv), err))) goto sample_fail;
+                dec_res rr;
+                if ((st = decode(&d, np, mx, ap_live_observer(lv), 1, NULL, 0, &rr, err)))
+                    goto sample_fail;
+                ap_live_stats ls;
+                ap_live_get_stats(lv, &ls);
+                run->n_gen = rr.n_gen;
+                run->decode_seconds = rr.seconds;
+                run->select_seconds = ls.select_seconds;
+                run->score_seconds = ls.score_seconds;
+                run->prefetch_wait_seconds = ls.prefetch_wait_seconds;
+                run->prefetched = ls.prefetched;
+                if (ls.steps > 0) {
+                    run->resident_kv_bytes = ls.resident_tokens / ls.steps * kv_tok_bytes;
+                    run->full_kv_bytes = ls.full_tokens / ls.steps * kv_tok_bytes;
+                    run->fetch_kv_bytes =
+                        ls.steps > 1 ? ls.fetched_tokens / (ls.steps - 1) * kv_tok_bytes : 0.0;
+                } else {
+                    run->resident_kv_bytes = run->full_kv_bytes =
+                        (double)np * hp->n_layer * hp->n_head_kv * kv_tok_bytes;
+                }
+                run->cold_kv_bytes = r->methods[m].kind == AP_SEL_EVICTION ? 0 : run->full_kv_bytes;
+                if ((st = detok(&d, rr.n_gen, &text, err))) goto sample_fail;
+                if ((st = score_output(s, text, &run->score, err))) goto sample_fail;
+                run->output = text;
+                text = NULL;
+                int same = rr.n_gen == fr.n_gen && rr.diverged < 0;
+                if (same) {
+                    for (int i = 0; i < rr.n_gen && same; i++) same = d.out[i] == d.full_out[i];
+                }
+                run->same = same;
+                if (same || !c->teacher_forced) {
+                    run->agreement = rr.kl_n ? (double)rr.agree / rr.kl_n : 1.0;
+                    run->kl = rr.kl_n ? rr.kl_sum / rr.kl_n : 0.0;
+                    if (!same) {
+                        /* Free-running only: along the shared prefix. */
+                        run->agreement = d.n_full ? (double)rr.agree / d.n_full : 1.0;
+                    }
+                } else {
+                    /* Teacher forcing along the full-KV output, measuring recovery. */
+                    ap_live_free(lv);
+                    lv = NULL;
+                    lo.measure = 1;
+                    lo.prefetch = 0;
+                    if ((st = ap_live_create(pf, rm[m].sel, &rm[m].params, &lo, &lv, err)))
+                        goto sample_fail;
+                    if ((st = ap_ctx_set_kv_policy(d.ctx, ap_live_policy(lv), err)))
+                        goto sample_fail;
+                    dec_res tr;
+                    if ((st = decode(&d, np, mx, ap_live_observer(lv), 1, d.full_out, d.n_full,
+                                     &tr, err)))
+                        goto sample_fail;
+                    ap_live_get_stats(lv, &ls);
+                    run->agreement = tr.kl_n ? (double)tr.agree / tr.kl_n : 1.0;
+                    run->kl = tr.kl_n ? tr.kl_sum / tr.kl_n : 0.0;
+                    if (ls.recovery_n) run->recovery = ls.recovery_sum / ls.recovery_n;
+                }
+                done += 1;
+            }
+        }
+        ap_ctx_set_kv_policy(d.ctx, NULL, NULL);
+        continue;
+    sample_fail : {
+        char where[160];
+        snprintf(where, sizeof where, "%s: sample %s", c->tasks_file, s->info.id);
+        ap_err_prefix(err, where);
+        goto cleanup;
+    }
+    }
+    if (c->progress) c->progress(c->progress_user, total, total, "done");
+    r->seconds = ap_now_seconds() - t_start;
+    *out = r;
+    r = NULL;
+cleanup:
+    free(text);
+    ap_live_free(lv);
+    ap_live_prefill_free(pf);
+    if (d.ctx) ap_ctx_free(d.ctx);
+    free(d.logits);
+    free(d.first);
+    free(d.full_lp);
+    free(d.full_out);
+    free(d.out);
+    free(d.lp_tmp);
+    if (smp)
+        for (int i = 0; i < n_smp; i++) sample_free(&smp[i]);
+    free(smp);
+    ap_runtime_free(rt);
+    ap_tokenizer_free(tok);
+    ap_model_free(model);
+    ap_gguf_free(g);
+    ap_tasks_result_free(r);
+    return st;
+}

@@ -1,0 +1,147 @@
+/* Live compressed-KV decoding on the task suite (issue 5; docs/eval-tasks.md).
+ *
+ * For each sample of a task file (data/tasks/{quick,full}.jsonl, docs/tasks.md): the
+ * model input (chat template + answer prefix) is prefilled once with full
+ * attention; then, from that shared prefill, every (method, budget) decodes
+ * greedily with the method's kept set applied inside attention (eval/live.h:
+ * the replay's selectors driven by the live model), and full KV decodes as
+ * the reference. Each run is scored with the task's LongBench metric and
+ * compared with the full-KV run:
+ *   agreement  fraction of the full-KV output tokens that a teacher-forced
+ *              compressed decode (fed the full-KV tokens) predicts as its
+ *              greedy choice;
+ *   kl         mean KL(full || method) of the next-token distributions along
+ *              that teacher-forced trajectory, nats per token;
+ *   same       1 when the free-running output equals the full-KV output.
+ * The teacher-forced pass is skipped when the free-running output equals the
+ * full-KV one (the trajectories then coincide and its numbers come from the
+ * free run).
+ *
+ * KV memory is accounted from the kept sets, not measured from the
+ * allocator: the engine keeps the whole cache in one array (selection is
+ * applied inside attention). resident_kv_bytes = mean over decode steps of
+ * the keys+values a paged cache must hold in fast memory: for each layer and
+ * KV head, the union of its query heads' kept tokens, times head_dim x 2
+ * (K and V) x 4 bytes (the engine's float32 cache). Eviction methods never
+ * need the rest again; retrieval methods (attnpred, Quest, oracle) keep it in
+ * a cold store (cold_kv_bytes) and fetch the selected blocks each step.
+ *
+ * Ownership: the config borrows its strings; the result is freed with
+ * ap_tasks_result_free (NULL is a no-op). */
+#ifndef AP_TASKS_H
+#define AP_TASKS_H
+
+#include "common/status.h"
+#include "eval/replay.h"
+
+#define AP_TASKS_MAX_METHODS 12
+#define AP_TASKS_MAX_FILTER 32
+
+typedef void (*ap_tasks_progress_fn)(void *user, double done, double total, const char *what);
+
+typedef struct {
+    const char *model;       /* GGUF path */
+    const char *tasks_file;  /* JSONL task file (data/tasks/quick.jsonl) */
+    const char *predictor;   /* exported predictor (optional; method "attnpred") */
+    /* Methods besides full KV (always run): oracle, streaming, h2o, snapkv,
+     * quest, last_step, attnpred. n_methods = 0: all (attnpred only with a
+     * predictor). */
+    const char *methods[AP_TASKS_MAX_METHODS];
+    int n_methods;
+    int budgets[AP_REPLAY_MAX_BUDGETS]; /* tokens; default 256,512,1024,2048 */
+    int n_budgets;
+    /* Only these task names / sample ids (n = 0: all). */
+    const char *only_tasks[AP_TASKS_MAX_FILTER];
+    int n_only_tasks;
+    int max_samples;         /* 0 = all; else the first N after filtering */
+    int sink_tokens, local_tokens, block; /* 64, 64, 16 */
+    int calib;               /* dense row every M decode steps for history methods (5) */
+    int min_candidates;      /* 3 */
+    ap_kv_mode kv_mode;      /* AP_KV_PER_QHEAD (the method) */
+    int snapkv_window, snapkv_pool; /* 32, 1 */
+    int teacher_forced;      /* 1: agreement and KL (default); 0: free-running only */
+    int threads;             /* engine threads (default 2) */
+    int max_new_tokens;      /* 0 = each sample's own */
+    int prefetch;            /* 1 (default): cross-token prefetch of predictor scores (eval/live.h) */
+    ap_tasks_progress_fn progress; /* may be NULL; called from the calling thread */
+    void *progress_user;
+} ap_tasks_config;
+
+void ap_tasks_config_default(ap_tasks_config *c);
+
+/* One (sample, method, budget) run. */
+typedef struct {
+    double score;            /* task metric, 0..1 */
+    double agreement;        /* see above, 0..1 */
+    double kl;               /* nats per token */
+    int same;                /* free-running output == full-KV output */
+    int n_gen;               /* tokens generated (free-running) */
+    double decode_seconds;   /* wall time of the free-running decode */
+    double select_seconds;   /* of which: selection (predictor, scoring, ranking) */
+    double resident_kv_bytes;/* mean over decode steps, see above */
+    double full_kv_bytes;    /* the full cache at the same steps (mean) */
+    double cold_kv_bytes;    /* retrieval methods: the cold store (= full); else 0 */
+    double recovery;         /* mean dense mass on the kept set over the teacher-forced
+                                steps and heads (measured there); NaN when not measured */
+    char *output;            /* generated text (owned) */
+    /* Added with cross-token prefetch (config.prefetch, predictor methods). */
+    double score_seconds;    /* scoring work of the free run (predictor CNN etc.), whoever ran it */
+    double prefetch_wait_seconds; /* time the decode blocked on prefetched scores */
+    long long prefetched;    /* (step, layer) scored ahead; 0 without prefetch */
+    /* Mean per decode step: KV bytes a hot cache backed by a cold store would
+     * fetch (blocks kept now but not at the previous step; eval/live.h). */
+    double fetch_kv_bytes;
+} ap_task_run;
+
+typedef struct {
+    char id[96], task[48], category[48], bucket[16], metric[24];
+    int n_prompt;            /* tokens of the model input */
+    int max_new_tokens;
+    double prefill_seconds;
+} ap_task_sample;
+
+typedef struct {
+    char name[48];           /* "full", "attnpred", "quest", ... */
+    char label[96];
+    ap_sel_kind kind;        /* full KV: AP_SEL_BOUND is never used; see is_full */
+    int is_full;
+} ap_task_method;
+
+typedef struct {
+    ap_tasks_config config;  /* copy (strings still borrowed) */
+    char model_name[128];
+    int n_layer, n_head, n_head_kv, head_dim;
+    int n_samples;
+    ap_task_sample *samples; /* [n_samples], owned */
+    int n_methods;           /* methods[0] is full KV */
+    ap_task_method methods[AP_TASKS_MAX_METHODS + 1];
+    int n_budgets;
+    int budgets[AP_REPLAY_MAX_BUDGETS];
+    /* runs[(s * n_methods + m) * n_budgets + b]; full KV fills every b with
+     * the same run. Owned. */
+    ap_task_run *runs;
+    int n_dropped;           /* methods not run and why (e.g. attnpred without --predictor) */
+    char dropped[AP_TASKS_MAX_METHODS][48];
+    char dropped_reason[AP_TASKS_MAX_METHODS][160];
+    double seconds;
+} ap_tasks_result;
+
+static inline ap_task_run *ap_tasks_run_at(const ap_tasks_result *r, int s, int m, int b) {
+    return &r->runs[((long)s * r->n_methods + m) * r->n_budgets + b];
+}
+
+ap_status ap_tasks_run(const ap_tasks_config *c, ap_tasks_result **out, ap_err *err);
+void ap_tasks_result_free(ap_tasks_result *r);
+
+/* Reports (eval/task_report.c), written under a temporary name and renamed.
+ * JSON: config, model, samples (with every run), and `summary`: per (task,
+ * bucket, method, budget) and per (method, budget) over all samples the mean
+ * score, score relative to full KV, agreement, KL, tokens/s, selection ms per
+ * token, resident KV bytes and compression. Markdown: the summary table
+ * (rows method, columns budget) per task and overall. PNGs in dir:
+ * score_vs_compression.png (one line per method), agreement_vs_budget.png. */
+ap_status ap_tasks_write_json(const ap_tasks_result *r, const char *path, ap_err *err);
+ap_status ap_tasks_write_md(const ap_tasks_result *r, const char *path, ap_err *err);
+ap_status ap_tasks_write_png(const ap_tasks_result *r, const char *dir, ap_err *err);
+
+#endif

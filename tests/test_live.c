@@ -1,0 +1,424 @@
+/* Compressed decoding: the engine's KV policy hook, live selection
+ * (eval/live.c) and the task runner (eval/tasks.c) on a tiny random model. */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "capture/gguf.h"
+#include "capture/model.h"
+#include "common/tolerance.h"
+#include "eval/live.h"
+#include "eval/tasks.h"
+#include "helpers/synth_model.h"
+#include "kernels/block_pool.h"
+#include "train/metrics.h"
+#include "train/predictor.h"
+#include "train/runtime.h"
+
+typedef struct {
+    char path[256];
+    ap_gguf *g;
+    ap_model *m;
+    ap_ctx *c;
+} fx;
+
+static void fx_open(fx *f, int n_threads) {
+    ap_err err = {0};
+    ap_synth_opts o;
+    ap_synth_opts_default(&o);
+    ap_synth_tmp_path(f->path, sizeof f->path, "live", ".gguf");
+    cr_assert_eq(ap_synth_model_write(f->path, &o, &err), AP_OK, "%s", err.msg);
+    cr_assert_eq(ap_gguf_open(f->path, &f->g, &err), AP_OK, "%s", err.msg);
+    cr_assert_eq(ap_model_load(f->g, &f->m, &err), AP_OK, "%s", err.msg);
+    cr_assert_eq(ap_ctx_create(f->m, 512, n_threads, &f->c, &err), AP_OK, "%s", err.msg);
+}
+
+static void fx_close(fx *f) {
+    ap_ctx_free(f->c);
+    ap_model_free(f->m);
+    ap_gguf_free(f->g);
+    unlink(f->path);
+}
+
+static void prompt(int32_t *ids, int n, unsigned seed) {
+    for (int i = 0; i < n; i++) {
+        seed = seed * 1103515245u + 12345u;
+        ids[i] = 3 + (int32_t)((seed >> 16) % 250);
+    }
+}
+
+static int32_t argmax(const float *x, int n) {
+    int32_t b = 0;
+    for (int i = 1; i < n; i++)
+        if (x[i] > x[b]) b = i;
+    return b;
+}
+
+/* A policy that keeps every block: must give the dense decode's tokens, and
+ * logits within the attention tolerance (only the summation order differs). */
+typedef struct {
+    int blocks[4096], set_off[64];
+    int calls;
+} keep_all;
+
+static ap_status keep_all_select(void *user, const ap_kv_step *s, const int **blocks,
+                                 const int **set_off, ap_err *err) {
+    keep_all *k = user;
+    (void)err;
+    int n = 0, sets = s->n_head;
+    for (int u = 0; u < sets; u++) {
+        k->set_off[u] = n;
+        for (int j = 0; j < s->n_blocks; j++) k->blocks[n++] = j;
+    }
+    k->set_off[sets] = n;
+    *blocks = k->blocks;
+    *set_off = k->set_off;
+    k->calls++;
+    return AP_OK;
+}
+
+Test(live, keep_all_policy_matches_dense_decode) {
+    fx f;
+    fx_open(&f, 2);
+    ap_err err = {0};
+    const int np = 150, steps = 24, V = ap_model_hparams(f.m)->n_vocab;
+    int32_t ids[150];
+    prompt(ids, np, 7);
+    float *l0 = malloc(sizeof(float) * V), *la = malloc(sizeof(float) * V),
+          *lb = malloc(sizeof(float) * V);
+    int32_t dense[64], sparse[64];
+    cr_assert_eq(ap_ctx_eval(f.c, ids, np, l0, 0, NULL, &err), AP_OK, "%s", err.msg);
+    int32_t t = argmax(l0, V);
+    for (int i = 0; i < steps; i++) {
+        dense[i] = t;
+        cr_assert_eq(ap_ctx_eval(f.c, &t, 1, la, 0, NULL, &err), AP_OK, "%s", err.msg);
+        t = argmax(la, V);
+    }
+    keep_all k = {0};
+    ap_kv_policy p = {.user = &k, .block = 16, .sink = 0, .local = 0, .per_q_head = 1,
+                      .select = keep_all_select};
+    cr_assert_eq(ap_ctx_truncate(f.c, np, &err), AP_OK, "%s", err.msg);
+    cr_assert_eq(ap_ctx_set_kv_policy(f.c, &p, &err), AP_OK, "%s", err.msg);
+    t = argmax(l0, V);
+    double worst = 0;
+    for (int i = 0; i < steps; i++) {
+        sparse[i] = t;
+        cr_assert_eq(ap_ctx_eval(f.c, &t, 1, lb, 0, NULL, &err), AP_OK, "%s", err.msg);
+        t = argmax(lb, V);
+    }
+    /* Same trajectory, so the last logits compare too: rerun dense. */
+    cr_assert_eq(ap_ctx_set_kv_policy(f.c, NULL, &err), AP_OK);
+    cr_assert_eq(ap_ctx_truncate(f.c, np + steps - 1, &err), AP_OK);
+    int32_t last = sparse[steps - 1];
+    cr_assert_eq(ap_ctx_eval(f.c, &last, 1, la, 0, NULL, &err), AP_OK, "%s", err.msg);
+    worst = ap_rel_l2_f32(lb, la, V);
+    for (int i = 0; i < steps; i++) cr_expect_eq(sparse[i], dense[i], "token %d differs", i);
+    cr_expect_lt(worst, AP_TOL_LOGITS_REL_L2, "logits rel L2 %g", worst);
+    cr_expect_eq(k.calls, steps * ap_model_hparams(f.m)->n_layer);
+    free(l0);
+    free(la);
+    free(lb);
+    fx_close(&f);
+}
+
+Test(live, truncate_checks_range) {
+    fx f;
+    fx_open(&f, 1);
+    ap_err err = {0};
+    int32_t ids[8];
+    prompt(ids, 8, 3);
+    cr_assert_eq(ap_ctx_eval(f.c, ids, 8, NULL, 0, NULL, &err), AP_OK);
+    cr_expect_eq(ap_ctx_truncate(f.c, 9, &err), AP_ERR_RANGE);
+    cr_expect_eq(ap_ctx_n_past(f.c), 8);
+    cr_expect_eq(ap_ctx_truncate(f.c, 3, &err), AP_OK);
+    cr_expect_eq(ap_ctx_n_past(f.c), 3);
+    fx_close(&f);
+}
+
+/* Wraps a live policy and records the lists of layer 1 at each step. */
+typedef struct {
+    const ap_kv_policy *inner;
+    ap_kv_policy outer;
+    int steps;
+    int n_sets;
+    int lists[32][8][64]; /* [step][set][i], -1 terminated */
+    float dense_bsum[32][4][64];
+    int n_valid[32];
+} spy;
+
+static unsigned spy_want(void *user, int layer, int pos) {
+    spy *s = user;
+    unsigned f = s->inner->want ? s->inner->want(s->inner->user, layer, pos) : 0;
+    return f | AP_KV_DENSE_BEFORE; /* to check choices against the true row */
+}
+
+static ap_status spy_select(void *user, const ap_kv_step *ks, const int **blocks,
+                            const int **set_off, ap_err *err) {
+    spy *s = user;
+    ap_status st = s->inner->select(s->inner->user, ks, blocks, set_off, err);
+    if (st || ks->layer != 1 || s->steps >= 32) return st;
+    int n_sets = s->inner->per_q_head ? ks->n_head : ks->n_head_kv;
+    s->n_sets = n_sets;
+    for (int u = 0; u < n_sets; u++) {
+        int n = 0;
+        for (int i = (*set_off)[u]; i < (*set_off)[u + 1] && n < 63; i++)
+            s->lists[s->steps][u][n++] = (*blocks)[i];
+        s->lists[s->steps][u][n] = -1;
+    }
+    for (int h = 0; h < ks->n_head; h++)
+        for (int j = 0; j < ks->n_blocks && j < 64; j++)
+            s->dense_bsum[s->steps][h][j] = ks->dense_bsum[(size_t)h * ks->ldb + j];
+    s->n_valid[s->steps] = ks->n_blocks;
+    return AP_OK;
+}
+
+static ap_status spy_attended(void *user, const ap_kv_step *ks, const ap_kv_attended *r,
+                              ap_err *err) {
+    spy *s = user;
+    ap_status st = s->inner->attended ? s->inner->attended(s->inner->user, ks, r, err) : AP_OK;
+    if (ks->layer == 1) s->steps++;
+    return st;
+}
+
+/* Prefill + `steps` greedy decode steps of selector `name` at `budget`. */
+static void run_live_rt(fx *f, const char *name, ap_runtime *rt, int prefetch, int budget,
+                        int steps, spy *sp, ap_live_stats *stats) {
+    ap_err err = {0};
+    const ap_hparams *hp = ap_model_hparams(f->m);
+    const int np = 300, V = hp->n_vocab;
+    int32_t ids[300];
+    prompt(ids, np, 11);
+    ap_live_prefill *pf = NULL;
+    cr_assert_eq(ap_live_prefill_create(hp, 16, 64, np, steps, &pf, &err), AP_OK, "%s", err.msg);
+    float *lg = malloc(sizeof(float) * V);
+    ap_ctx_reset(f->c);
+    cr_assert_eq(ap_ctx_set_kv_policy(f->c, NULL, &err), AP_OK);
+    cr_assert_eq(ap_ctx_eval(f->c, ids, np, lg, 0, ap_live_prefill_observer(pf), &err), AP_OK,
+                 "%s", err.msg);
+    const ap_selector *sel = rt ? ap_selector_predictor() : ap_selector_find(name);
+    cr_assert(sel, "%s", name);
+    ap_sel_params prm = {.calib = 5, .kv_mode = AP_KV_PER_QHEAD, .snapkv_window = 32,
+                         .snapkv_pool = 1, .incremental = 1, .rt = rt};
+    ap_live_opts lo = {.budget = budget, .sink = 64, .local = 64, .min_candidates = 3,
+                       .prefetch = prefetch};
+    ap_live *lv = NULL;
+    cr_assert_eq(ap_live_create(pf, sel, &prm, &lo, &lv, &err), AP_OK, "%s", err.msg);
+    memset(sp, 0, sizeof *sp);
+    sp->inner = ap_live_policy(lv);
+    sp->outer = *sp->inner;
+    sp->outer.user = sp;
+    sp->outer.want = spy_want;
+    sp->outer.select = spy_select;
+    sp->outer.attended = spy_attended;
+    cr_assert_eq(ap_ctx_set_kv_policy(f->c, &sp->outer, &err), AP_OK, "%s", err.msg);
+    int32_t t = argmax(lg, V);
+    for (int i = 0; i < steps; i++) {
+        cr_assert_eq(ap_ctx_eval(f->c, &t, 1, lg, 0, ap_live_observer(lv), &err), AP_OK, "%s",
+                     err.msg);
+        t = argmax(lg, V);
+    }
+    ap_live_get_stats(lv, stats);
+    ap_ctx_set_kv_policy(f->c, NULL, &err);
+    ap_live_free(lv);
+    ap_live_prefill_free(pf);
+    free(lg);
+}
+
+static void run_live(fx *f, const char *name, int budget, int steps, spy *sp,
+                     ap_live_stats *stats) {
+    run_live_rt(f, name, NULL, 0, budget, steps, sp, stats);
+}
+
+static int in_list(const int *l, int b) {
+    for (; *l >= 0; l++)
+        if (*l == b) return 1;
+    return 0;
+}
+
+/* Budget 160 = sink 64 + local 64 + 2 blocks. Position q = 300 + t. */
+Test(live, streaming_keeps_sink_local_and_most_recent) {
+    fx f;
+    fx_open(&f, 2);
+    spy *sp = calloc(1, sizeof *sp);
+    ap_live_stats stats;
+    run_live(&f, "streaming", 160, 10, sp, &stats);
+    cr_assert_eq(sp->steps, 10);
+    for (int t = 0; t < 10; t++) {
+        int q = 300 + t, c1 = (q + 15) / 16 - 4, lb0 = (q + 1 - 64) / 16, nv = q / 16 + 1;
+        int k = ap_metrics_k_blocks(160, 64, 64, 16, c1 - 4);
+        cr_assert_eq(k, 2);
+        for (int u = 0; u < sp->n_sets; u++) {
+            const int *l = sp->lists[t][u];
+            /* Every listed block is either in the block-granular local
+             * window or among the k most recent candidates outside it. */
+            for (int j = 4; j < nv; j++) {
+                int expect = j >= lb0 || (j >= lb0 - k && j < lb0);
+                cr_expect_eq(in_list(l, j), expect, "t %d set %d block %d", t, u, j);
+            }
+        }
+    }
+    cr_expect_eq(stats.steps, 10);
+    cr_expect_gt(stats.full_tokens, stats.resident_tokens);
+    /* A sliding window never needs a block it dropped: nothing to fetch. */
+    cr_expect_eq(stats.fetched_tokens, 0.0);
+    free(sp);
+    fx_close(&f);
+}
+
+/* The oracle keeps the k candidates with the most true attention. */
+Test(live, oracle_keeps_top_k_of_the_true_row) {
+    fx f;
+    fx_open(&f, 2);
+    spy *sp = calloc(1, sizeof *sp);
+    ap_live_stats stats;
+    run_live(&f, "oracle", 192, 8, sp, &stats);
+    for (int t = 0; t < 8; t++) {
+        int q = 300 + t, c0 = 4, c1 = (q + 15) / 16 - 4, lb0 = (q + 1 - 64) / 16;
+        int k = ap_metrics_k_blocks(192, 64, 64, 16, c1 - c0);
+        for (int h = 0; h < 4; h++) {
+            const int *l = sp->lists[t][h];
+            const float *bs = sp->dense_bsum[t][h];
+            /* min over kept candidates >= max over dropped ones (outside the local window). */
+            float kept_min = INFINITY, drop_max = -INFINITY;
+            int n_kept = 0;
+            for (int j = c0; j < lb0; j++) {
+                if (in_list(l, j)) {
+                    kept_min = fminf(kept_min, bs[j]);
+                    n_kept++;
+                } else {
+                    drop_max = fmaxf(drop_max, bs[j]);
+                }
+            }
+            cr_expect_eq(n_kept, k, "t %d head %d", t, h);
+            cr_expect_geq(kept_min, drop_max, "t %d head %d", t, h);
+        }
+    }
+    /* Measured every step: recovery in (0, 1]. */
+    cr_expect_gt(stats.recovery_n, 0);
+    double rec = stats.recovery_sum / stats.recovery_n;
+    cr_expect(rec > 0.0 && rec <= 1.0 + 1e-6, "recovery %g", rec);
+    free(sp);
+    fx_close(&f);
+}
+
+/* An eviction method (H2O) never lists a candidate it dropped earlier. */
+Test(live, eviction_never_brings_a_block_back) {
+    fx f;
+    fx_open(&f, 2);
+    spy *sp = calloc(1, sizeof *sp);
+    ap_live_stats stats;
+    run_live(&f, "h2o", 176, 20, sp, &stats);
+    for (int u = 0; u < sp->n_sets; u++)
+        for (int t = 1; t < 20; t++) {
+            int lb0 = (300 + t + 1 - 64) / 16;
+            for (int j = 4; j < lb0; j++)
+                if (in_list(sp->lists[t][u], j))
+                    cr_expect(in_list(sp->lists[t - 1][u], j), "set %d block %d back at step %d",
+                              u, j, t);
+        }
+    free(sp);
+    fx_close(&f);
+}
+
+/* Cross-token prefetch changes when the predictor runs, never what it
+ * chooses: same lists at every step, and the steps were scored ahead. */
+Test(live, prefetch_gives_the_same_choices) {
+    fx f;
+    fx_open(&f, 2);
+    ap_err e = {0};
+    ap_pred_config c;
+    ap_pred_config_default(&c);
+    ap_predictor *p = NULL;
+    cr_assert_eq(ap_predictor_create(&c, 5, &p, &e), AP_OK, "%s", e.msg);
+    char path[256];
+    ap_synth_tmp_path(path, sizeof path, "pred", ".safetensors");
+    cr_assert_eq(ap_pred_export(path, NULL, &c, ap_predictor_params(p, NULL), &e), AP_OK, "%s",
+                 e.msg);
+    ap_runtime *rt = NULL;
+    cr_assert_eq(ap_runtime_load(path, &rt, &e), AP_OK, "%s", e.msg);
+    ap_predictor_set_threads(ap_runtime_predictor(rt), 1);
+    spy *a = calloc(1, sizeof *a), *b = calloc(1, sizeof *b);
+    ap_live_stats sa, sb;
+    run_live_rt(&f, "attnpred", rt, 0, 176, 16, a, &sa);
+    run_live_rt(&f, "attnpred", rt, 1, 176, 16, b, &sb);
+    cr_assert_eq(a->steps, 16);
+    cr_assert_eq(b->steps, 16);
+    cr_expect_eq(memcmp(a->lists, b->lists, sizeof a->lists), 0, "prefetch changed the choices");
+    cr_expect_eq(sa.prefetched, 0);
+    /* Every (step, layer) after the first step is scored ahead. */
+    cr_expect_eq(sb.prefetched, 15LL * ap_model_hparams(f.m)->n_layer);
+    cr_expect_gt(sb.score_seconds, 0.0);
+    free(a);
+    free(b);
+    ap_runtime_free(rt);
+    ap_predictor_free(p);
+    unlink(path);
+    fx_close(&f);
+}
+
+/* End to end on a two-sample task file: full KV scores itself, a budget
+ * above the context reproduces full KV exactly. */
+Test(live, tasks_run_end_to_end) {
+    char model[256], tasks[256];
+    ap_err err = {0};
+    ap_synth_opts o;
+    ap_synth_opts_default(&o);
+    ap_synth_tmp_path(model, sizeof model, "tasks", ".gguf");
+    ap_synth_tmp_path(tasks, sizeof tasks, "tasks", ".jsonl");
+    cr_assert_eq(ap_synth_model_write(model, &o, &err), AP_OK, "%s", err.msg);
+    FILE *fp = fopen(tasks, "w");
+    cr_assert(fp);
+    char body[2000];
+    for (int i = 0; i < 700; i++) body[i] = "the cat sat on a mat. "[i % 22];
+    body[700] = 0;
+    for (int s = 0; s < 2; s++)
+        fprintf(fp,
+                "{\"id\": \"t-%d\", \"task\": \"synthetic\", \"category\": \"test\", \"bucket\": "
+                "\"0-2k\", \"metric\": \"substring\", \"max_new_tokens\": 6, \"chat\": %s, "
+                "\"first_line\": false, \"prompt\": \"%s\", \"answer_prefix\": \" The answer "
+                "is\", \"answers\": [\"cat\"], \"all_classes\": null}\n",
+                s, s ? "true" : "false", body + s * 100);
+    fclose(fp);
+    ap_tasks_config c;
+    ap_tasks_config_default(&c);
+    c.model = model;
+    c.tasks_file = tasks;
+    c.methods[0] = "streaming";
+    c.methods[1] = "quest";
+    c.methods[2] = "oracle";
+    c.n_methods = 3;
+    c.budgets[0] = 160;
+    c.budgets[1] = 2048;
+    c.n_budgets = 2;
+    ap_tasks_result *r = NULL;
+    cr_assert_eq(ap_tasks_run(&c, &r, &err), AP_OK, "%s", err.msg);
+    cr_assert_eq(r->n_samples, 2);
+    cr_assert_eq(r->n_methods, 4);
+    for (int s = 0; s < 2; s++) {
+        ap_task_run *full = ap_tasks_run_at(r, s, 0, 0);
+        cr_expect_eq(full->agreement, 1.0);
+        cr_expect(full->output != NULL);
+        for (int m = 1; m < 4; m++) {
+            ap_task_run *big = ap_tasks_run_at(r, s, m, 1);
+            cr_expect_eq(big->same, 1, "sample %d %s at 2048", s, r->methods[m].name);
+            cr_expect_str_eq(big->output, full->output);
+            cr_expect_eq(big->agreement, 1.0);
+            cr_expect_lt(big->kl, 1e-6);
+            cr_expect_eq(big->score, full->score);
+            ap_task_run *small = ap_tasks_run_at(r, s, m, 0);
+            cr_expect_lt(small->resident_kv_bytes, small->full_kv_bytes);
+            cr_expect(small->agreement >= 0 && small->agreement <= 1);
+            cr_expect(small->kl >= 0);
+        }
+    }
+    ap_tasks_result_free(r);
+    /* A bad method is refused with a message. */
+    c.methods[0] = "nonsense";
+    cr_expect_eq(ap_tasks_run(&c, &r, &err), AP_ERR_ARG);
+    cr_expect(strstr(err.msg, "nonsense"));
+    unlink(model);
+    unlink(tasks);
+}
