@@ -143,7 +143,11 @@ struct ap_live {
     pthread_cond_t cv;
     int *queue, q_head, q_len;   /* ring of L layer indices */
     int *pending;                /* [L] 0 none, 1 queued or running, 2 done */
-    ap_sel_step *pf_sp;          /* [L] the step being scored ahead */
+    ap_sel_step *pf_obs;         /* [L] the step the job observes */
+    ap_sel_step *pf_sp;          /* [L] the next step it scores, when has_scores */
+    int *has_scores;             /* [L] */
+    uint8_t *pf_kept;            /* [L][H][NB] kept blocks of the observed step */
+    double *pf_mass;             /* [L][H] */
     float *pf_scores;            /* [L][H][NB] */
     ap_status *pf_st;            /* [L] */
     ap_err *pf_err;              /* [L] */
@@ -166,6 +170,10 @@ void ap_live_free(ap_live *lv) {
     free(lv->queue);
     free(lv->pending);
     free(lv->pf_sp);
+    free(lv->pf_obs);
+    free(lv->has_scores);
+    free(lv->pf_kept);
+    free(lv->pf_mass);
     free(lv->pf_scores);
     free(lv->pf_st);
     free(lv->pf_err);
@@ -237,8 +245,13 @@ static void geometry(const ap_live *lv, int q, ap_sel_step *sp) {
     sp->k = 0;
 }
 
+/* The worker: for each queued layer, observe() the step just attended and
+ * score() the next one, i.e. the predictor's whole per-step work (its
+ * history update is the larger part), while the decoding thread computes
+ * the remaining layers. */
 static void *prefetch_main(void *arg) {
     ap_live *lv = arg;
+    const size_t HN = (size_t)lv->H * lv->NB;
     pthread_mutex_lock(&lv->mu);
     for (;;) {
         while (!lv->quit && lv->q_len == 0) pthread_cond_wait(&lv->cv, &lv->mu);
@@ -246,13 +259,16 @@ static void *prefetch_main(void *arg) {
         int l = lv->queue[lv->q_head];
         lv->q_head = (lv->q_head + 1) % lv->L;
         lv->q_len--;
-        ap_sel_step sp = lv->pf_sp[l];
+        const ap_sel_step ob = lv->pf_obs[l], sp = lv->pf_sp[l];
+        const int scores = lv->has_scores[l];
         pthread_mutex_unlock(&lv->mu);
         /* Only this thread touches layer l's state until pending[l] is 2. */
         ap_err e = {0};
         double t0 = ap_now_seconds();
-        ap_status st = lv->sel->score(lv->layers[l].state, &sp,
-                                      lv->pf_scores + (size_t)l * lv->H * lv->NB, &e);
+        ap_status st = lv->sel->observe(lv->layers[l].state, &ob, lv->pf_kept + (size_t)l * HN,
+                                        lv->pf_mass + (size_t)l * lv->H, &e);
+        if (st == AP_OK && scores)
+            st = lv->sel->score(lv->layers[l].state, &sp, lv->pf_scores + (size_t)l * HN, &e);
         double dt = ap_now_seconds() - t0;
         pthread_mutex_lock(&lv->mu);
         lv->worker_seconds += dt;
@@ -265,24 +281,28 @@ static void *prefetch_main(void *arg) {
     return NULL;
 }
 
-/* Scores of the current step: the prefetched ones when a job was queued for
- * this layer, else computed here. */
+/* Wait until layer l's job (if any) is done; its failure becomes ours. */
+static ap_status sync_layer(ap_live *lv, int l, ap_err *err) {
+    if (!lv->pf_on) return AP_OK;
+    double t0 = ap_now_seconds();
+    pthread_mutex_lock(&lv->mu);
+    while (lv->pending[l] == 1) pthread_cond_wait(&lv->cv, &lv->mu);
+    ap_status st = lv->pending[l] == 2 ? lv->pf_st[l] : AP_OK;
+    if (st && err) *err = lv->pf_err[l];
+    pthread_mutex_unlock(&lv->mu);
+    lv->stats.prefetch_wait_seconds += ap_now_seconds() - t0;
+    return st;
+}
+
+/* Scores of the current step: the prefetched ones when the job scored this
+ * step, else computed here (after sync_layer). */
 static ap_status step_scores(ap_live *lv, int l, ap_err *err) {
     live_layer *y = &lv->layers[l];
-    if (lv->pf_on && lv->pending[l]) {
-        double t0 = ap_now_seconds();
-        pthread_mutex_lock(&lv->mu);
-        while (lv->pending[l] == 1) pthread_cond_wait(&lv->cv, &lv->mu);
-        lv->pending[l] = 0;
-        ap_status st = lv->pf_st[l];
-        const ap_sel_step got = lv->pf_sp[l];
-        if (st && err) *err = lv->pf_err[l];
-        pthread_mutex_unlock(&lv->mu);
-        lv->stats.prefetch_wait_seconds += ap_now_seconds() - t0;
-        if (st) return st;
-        if (got.t != lv->sp.t || got.c0 != lv->sp.c0 || got.c1 != lv->sp.c1)
+    if (lv->pf_on && lv->pending[l] == 2 && lv->has_scores[l]) {
+        const ap_sel_step *got = &lv->pf_sp[l];
+        if (got->t != lv->sp.t || got->c0 != lv->sp.c0 || got->c1 != lv->sp.c1)
             return ap_errf(err, AP_ERR_INTERNAL, "prefetched step %d does not match step %d",
-                           got.t, lv->sp.t);
+                           got->t, lv->sp.t);
         lv->stats.prefetched++;
         memcpy(lv->scores, lv->pf_scores + (size_t)l * lv->H * lv->NB,
                (size_t)lv->H * lv->sp.W * sizeof(float));
@@ -304,6 +324,7 @@ static ap_status live_select(void *user, const ap_kv_step *ks, const int **block
         return ap_errf(err, AP_ERR_RANGE, "live decode: position %d is outside the %d decode steps "
                        "after a %d-token prompt", ks->pos, lv->pf->max_steps, lv->pf->n_prompt);
     live_layer *y = &lv->layers[ks->layer];
+    if ((st = sync_layer(lv, ks->layer, err))) goto cleanup;
     ap_sel_step *sp = &lv->sp;
     geometry(lv, ks->pos, sp);
     memcpy(y->query + (size_t)sp->s * H * lv->hd, ks->q, (size_t)H * lv->hd * sizeof(float));
@@ -372,6 +393,7 @@ static ap_status live_select(void *user, const ap_kv_step *ks, const int **block
     lv->stats.full_tokens += (double)n_keys * lv->KV;
     *blocks = lv->blocks;
     *set_off = lv->set_off;
+    if (lv->pf_on) lv->pending[ks->layer] = 0;
 cleanup:
     lv->stats.select_seconds += ap_now_seconds() - t0;
     return st;
@@ -397,20 +419,28 @@ static ap_status live_attended(void *user, const ap_kv_step *ks, const ap_kv_att
         put_rows(lv, y, sp->s, r->bmax, r->bsum, ks->ldb, ks->n_blocks);
         for (int h = 0; h < lv->H; h++) lv->kept_mass[h] = 1.0;
     }
-    if (lv->sel->stateful) st = lv->sel->observe(y->state, sp, lv->kept, lv->kept_mass, err);
     if (ks->layer == lv->L - 1) lv->stats.steps++;
-    if (st == AP_OK && lv->pf_on && sp->t + 1 < lv->pf->max_steps) {
+    if (lv->pf_on) {
+        /* observe() and the next step's score() go to the worker. */
+        const int l = ks->layer;
+        const size_t HN = (size_t)lv->H * lv->NB;
         ap_sel_step nx;
         geometry(lv, ks->pos + 1, &nx);
-        if (nx.W >= lv->o.min_candidates) {
-            pthread_mutex_lock(&lv->mu);
-            lv->pf_sp[ks->layer] = nx;
-            lv->pending[ks->layer] = 1;
-            lv->queue[(lv->q_head + lv->q_len) % lv->L] = ks->layer;
-            lv->q_len++;
-            pthread_cond_signal(&lv->cv);
-            pthread_mutex_unlock(&lv->mu);
-        }
+        pthread_mutex_lock(&lv->mu);
+        memcpy(lv->pf_kept + (size_t)l * HN, lv->kept, HN);
+        memcpy(lv->pf_mass + (size_t)l * lv->H, lv->kept_mass, (size_t)lv->H * sizeof(double));
+        lv->pf_obs[l] = *sp;
+        lv->pf_sp[l] = nx;
+        lv->has_scores[l] = sp->t + 1 < lv->pf->max_steps && nx.W >= lv->o.min_candidates;
+        lv->pending[l] = 1;
+        lv->queue[(lv->q_head + lv->q_len) % lv->L] = l;
+        lv->q_len++;
+        pthread_cond_signal(&lv->cv);
+        pthread_mutex_unlock(&lv->mu);
+    } else if (lv->sel->stateful) {
+        double t1 = ap_now_seconds();
+        st = lv->sel->observe(y->state, sp, lv->kept, lv->kept_mass, err);
+        lv->stats.score_seconds += ap_now_seconds() - t1;
     }
     lv->stats.select_seconds += ap_now_seconds() - t0;
     return st;
@@ -508,11 +538,15 @@ ap_status ap_live_create(const ap_live_prefill *pf, const ap_selector *sel,
         lv->queue = calloc((size_t)lv->L, sizeof(int));
         lv->pending = calloc((size_t)lv->L, sizeof(int));
         lv->pf_sp = calloc((size_t)lv->L, sizeof(ap_sel_step));
+        lv->pf_obs = calloc((size_t)lv->L, sizeof(ap_sel_step));
+        lv->has_scores = calloc((size_t)lv->L, sizeof(int));
+        lv->pf_kept = calloc((size_t)lv->L * H * NB, 1);
+        lv->pf_mass = calloc((size_t)lv->L * H, sizeof(double));
         lv->pf_scores = calloc((size_t)lv->L * H * NB, sizeof(float));
         lv->pf_st = calloc((size_t)lv->L, sizeof(ap_status));
         lv->pf_err = calloc((size_t)lv->L, sizeof(ap_err));
         if (!lv->queue || !lv->pending || !lv->pf_sp || !lv->pf_scores || !lv->pf_st ||
-            !lv->pf_err) {
+            !lv->pf_err || !lv->pf_obs || !lv->has_scores || !lv->pf_kept || !lv->pf_mass) {
             st = ap_errf(err, AP_ERR_NOMEM, "out of memory for prefetch buffers");
             goto cleanup;
         }

@@ -47,10 +47,11 @@ typedef struct {
     int sink, local;     /* tokens; sink a multiple of the block */
     int min_candidates;  /* 3 */
     int measure;         /* 1: dense row and kept mass at every step (recovery) */
-    /* 1: cross-token prefetch for stateful scorers (the predictor): as soon
-     * as a layer's step is observed, a worker thread scores that layer's
-     * next step while the model computes the remaining layers, and the next
-     * select only waits for what is left. Choices are unchanged. */
+    /* 1: cross-token prefetch for the predictor: as soon as a layer has
+     * attended, a worker thread runs that layer's history update (observe)
+     * and scores its next step while the model computes the remaining
+     * layers; the next select of the layer only waits for what is left.
+     * Choices are unchanged. */
     int prefetch;
 } ap_live_opts;
 
@@ -81,7 +82,8 @@ typedef struct {
     double recovery_sum;       /* summed dense kept mass over measured (step, layer, head) */
     long long recovery_n;
     long long bypass;          /* (step, layer) with fewer than min_candidates candidates */
-    double score_seconds;      /* scoring work (prefetched or not), wall time of whoever ran it */
+    double score_seconds;      /* selector work (score + observe), prefetched or not, wall
+                                  time of whoever ran it */
     double prefetch_wait_seconds; /* select blocked on a prefetched score */
     long long prefetched;      /* (step, layer) scored ahead */
 } ap_live_stats;

@@ -592,8 +592,8 @@ static void md_memory(FILE *f, const ap_tasks_result *r) {
           "mean resident KV. Tokens/s: generated tokens / wall time of the free-running decode "
           "(selection included), on this engine and machine; select ms/token: the part of it "
           "spent choosing the kept set (predictor, scoring, ranking) on the decoding thread; "
-          "score ms/token: the scoring work itself, wherever it ran; hidden: the share of it "
-          "that cross-token prefetch overlapped with the model's own work. Fetch: KV per decode "
+          "score ms/token: the selector's own work (scoring, history updates), wherever it "
+          "ran; hidden: the share of it that cross-token prefetch overlapped with the model's own work. Fetch: KV per decode "
           "step that a hot cache backed by the cold store would have to bring in (blocks kept "
           "now and not at the previous step).\n\n",
           f);

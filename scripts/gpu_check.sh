@@ -103,6 +103,7 @@ run_bench() { # name, args...
 run_bench bench-train --device cuda --json "$out/bench-train.json"
 run_bench bench-predictor --json "$out/bench-predictor.json"
 run_bench bench-gpu --json "$out/bench-gpu.json"
+run_bench bench-engine-gpu --json "$out/bench-engine-gpu.json"
 
 # ---- summary ----
 {
