@@ -194,7 +194,7 @@ Test(model_cuda, create_fails_cleanly_without_a_gpu) {
 /* The default synthetic model (F32, tied, 4 heads in 2 GQA groups of
  * head_dim 16): a 600-token prefill runs as micro-batches of 512 + 88, a
  * second prefill starts mid-cache, then 20 decode steps. */
-Test(model_cuda, synth_f32_matches_cpu, .timeout = 300) {
+Test(model_cuda, synth_f32_matches_cpu) {
     SKIP_WITHOUT_GPU();
     ap_synth_opts o;
     ap_synth_opts_default(&o);
@@ -206,7 +206,7 @@ Test(model_cuda, synth_f32_matches_cpu, .timeout = 300) {
 /* SmolLM2's GQA shape (3 query heads per KV head, head_dim 64), n_embd
  * unequal to n_head * head_dim, Q8_0 weights and embeddings, separate
  * output matrix. */
-Test(model_cuda, synth_q8_untied_matches_cpu, .timeout = 300) {
+Test(model_cuda, synth_q8_untied_matches_cpu) {
     SKIP_WITHOUT_GPU();
     ap_synth_opts o;
     ap_synth_opts_default(&o);
@@ -227,7 +227,7 @@ Test(model_cuda, synth_q8_untied_matches_cpu, .timeout = 300) {
 /* One KV head for four query heads, Q4_1 weights, F16 embeddings; the
  * first call is a single token (decode attention over one key), the
  * second a prefill starting at position 1. */
-Test(model_cuda, synth_q4_1_mqa_matches_cpu, .timeout = 300) {
+Test(model_cuda, synth_q4_1_mqa_matches_cpu) {
     SKIP_WITHOUT_GPU();
     ap_synth_opts o;
     ap_synth_opts_default(&o);
@@ -247,7 +247,7 @@ Test(model_cuda, synth_q4_1_mqa_matches_cpu, .timeout = 300) {
 /* KV cache in pinned host memory: prefill stages each layer on the
  * device, decode reads the host pages; 40 decode steps cross three
  * 16-key page boundaries. */
-Test(model_cuda, offloaded_kv_matches_cpu, .timeout = 300) {
+Test(model_cuda, offloaded_kv_matches_cpu) {
     SKIP_WITHOUT_GPU();
     ap_synth_opts o;
     ap_synth_opts_default(&o);
@@ -260,7 +260,7 @@ Test(model_cuda, offloaded_kv_matches_cpu, .timeout = 300) {
  * logits should be identical bit for bit, which is logged; the assertion is
  * the CPU/GPU tolerance, so a kernel that walks pages in another order
  * (as the CPU one does) still passes. */
-Test(model_cuda, offloaded_kv_agrees_with_device_kv, .timeout = 300) {
+Test(model_cuda, offloaded_kv_agrees_with_device_kv) {
     SKIP_WITHOUT_GPU();
     ap_synth_opts o;
     ap_synth_opts_default(&o);
@@ -305,7 +305,7 @@ Test(model_cuda, offloaded_kv_agrees_with_device_kv, .timeout = 300) {
 
 /* ------------------------------------------------- cache and arguments */
 
-Test(model_cuda, truncate_and_reset_repeat_bit_for_bit, .timeout = 300) {
+Test(model_cuda, truncate_and_reset_repeat_bit_for_bit) {
     SKIP_WITHOUT_GPU();
     ap_synth_opts o;
     ap_synth_opts_default(&o);
@@ -360,7 +360,7 @@ Test(model_cuda, truncate_and_reset_repeat_bit_for_bit, .timeout = 300) {
     synth_close(&s);
 }
 
-Test(model_cuda, bad_tokens_and_overflow, .timeout = 300) {
+Test(model_cuda, bad_tokens_and_overflow) {
     SKIP_WITHOUT_GPU();
     ap_synth_opts o;
     ap_synth_opts_default(&o);
@@ -408,7 +408,7 @@ Test(model_cuda, bad_tokens_and_overflow, .timeout = 300) {
 /* Weights are read from the gguf by name and checked against the model's
  * shapes: a gguf that is not the model's file fails cleanly, naming the
  * tensor (and frees what create had already put on the device). */
-Test(model_cuda, mismatched_gguf_is_rejected, .timeout = 300) {
+Test(model_cuda, mismatched_gguf_is_rejected) {
     SKIP_WITHOUT_GPU();
     ap_synth_opts o;
     ap_synth_opts_default(&o);
@@ -437,7 +437,7 @@ Test(model_cuda, mismatched_gguf_is_rejected, .timeout = 300) {
 
 /* ------------------------------------------------------- the real model */
 
-Test(model_cuda, real_model_matches_cpu, .timeout = 900) {
+Test(model_cuda, real_model_matches_cpu) {
     SKIP_WITHOUT_GPU();
     if (getenv("AP_SKIP_REAL_MODEL")) cr_skip_test("AP_SKIP_REAL_MODEL is set");
     if (!ap_file_exists(MODEL_PATH)) cr_skip_test("%s not found", MODEL_PATH);
