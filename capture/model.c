@@ -1150,6 +1150,9 @@ typedef struct {
     int layer, pos, measure;
     const int *blocks, *set_off;
     float *dense_bmax, *dense_bsum; /* where measure mode writes the dense views */
+    /* The policy's page tables ([n_head_kv][n_blocks]); NULL: the
+     * contiguous cache. Never set together with measure. */
+    const float *const *k_pages, *const *v_pages;
     atomic_int next;
     atomic_int failed;
     ap_err err; /* the first failure */
@@ -1179,6 +1182,15 @@ static void sattn_run(void *arg, int ith) {
             .blocks = j->blocks, .set_off = j->set_off + (p->per_q_head ? u0 : (size_t)g),
             .n_kept = c->kv_nkept + u0, .bmax = c->kv_bmax + u0 * ldb,
             .bsum = c->kv_bsum + u0 * ldb, .ldb = ldb};
+        if (j->k_pages) {
+            /* A page holds `block` keys of one KV head back to back. */
+            const size_t nb = (size_t)(j->pos + p->block) / (size_t)p->block;
+            a.k = a.v = NULL;
+            a.k_pages = j->k_pages + (size_t)g * nb;
+            a.v_pages = j->v_pages + (size_t)g * nb;
+            a.ldkv = (size_t)hd;
+            a.group_stride = 0;
+        }
         if (j->measure) {
             a.kept_mass = c->kv_mass + u0;
             a.dense_bmax = j->dense_bmax + u0 * ldb;
@@ -1195,9 +1207,11 @@ static void sattn_run(void *arg, int ith) {
 }
 
 static ap_status sparse_pass(ap_ctx *c, int layer, int pos, const int *blocks, const int *set_off,
-                             int measure, float *dmax, float *dsum, ap_err *err) {
+                             int measure, float *dmax, float *dsum, const float *const *kp,
+                             const float *const *vp, ap_err *err) {
     sattn_job j = {.c = c, .layer = layer, .pos = pos, .measure = measure, .blocks = blocks,
-                   .set_off = set_off, .dense_bmax = dmax, .dense_bsum = dsum};
+                   .set_off = set_off, .dense_bmax = dmax, .dense_bsum = dsum, .k_pages = kp,
+                   .v_pages = vp};
     atomic_init(&j.next, 0);
     atomic_init(&j.failed, 0);
     pthread_mutex_init(&j.mu, NULL);
@@ -1220,12 +1234,13 @@ static ap_status policy_attention(ap_ctx *c, int layer, int pos, ap_err *err) {
                     .head_dim = hp->head_dim, .n_blocks = (pos + p->block) / p->block,
                     .ldb = c->kv_ldb, .q = c->qkv,
                     .k = c->kcache + (size_t)layer * (size_t)c->n_ctx * c->kv_dim,
+                    .v = c->vcache + (size_t)layer * (size_t)c->n_ctx * c->kv_dim,
                     .kv_stride = c->kv_dim};
     if (want & AP_KV_DENSE_BEFORE) {
         /* The dense views come from a measuring pass over the smallest kept
          * set (sink + local); its output is overwritten below. */
         if ((st = sparse_pass(c, layer, pos, NULL, c->kv_empty, 1, c->kv_pre_max, c->kv_pre_sum,
-                              err)))
+                              NULL, NULL, err)))
             return st;
         s.dense_bmax = c->kv_pre_max;
         s.dense_bsum = c->kv_pre_sum;
@@ -1234,7 +1249,20 @@ static ap_status policy_attention(ap_ctx *c, int layer, int pos, ap_err *err) {
     if ((st = p->select(p->user, &s, &blocks, &set_off, err))) return st;
     if (!set_off) return ap_errf(err, AP_ERR_ARG, "KV policy: select gave no set offsets");
     const int measure = (want & AP_KV_MEASURE) != 0;
-    if ((st = sparse_pass(c, layer, pos, blocks, set_off, measure, c->kv_dmax, c->kv_dsum, err)))
+    const float *const *kp = NULL, *const *vp = NULL;
+    if (p->pages) {
+        if ((st = p->pages(p->user, &s, &kp, &vp, err))) return st;
+        if (kp && !vp) return ap_errf(err, AP_ERR_ARG, "KV policy: key pages without value pages");
+    }
+    if (!kp || measure) {
+        /* The dense row needs every key: a measuring pass reads them from
+         * the contiguous cache (the cold store). With pages its output is
+         * then replaced by the paged pass below. */
+        if ((st = sparse_pass(c, layer, pos, blocks, set_off, measure, c->kv_dmax, c->kv_dsum,
+                              NULL, NULL, err)))
+            return st;
+    }
+    if (kp && (st = sparse_pass(c, layer, pos, blocks, set_off, 0, NULL, NULL, kp, vp, err)))
         return st;
     if (p->attended) {
         ap_kv_attended r = {.n_kept = c->kv_nkept, .bmax = c->kv_bmax, .bsum = c->kv_bsum};

@@ -145,7 +145,9 @@ ap_status ap_ctx_truncate(ap_ctx *c, int n_past, ap_err *err);
  * Multi-token evals (prefill) stay dense, as the method prescribes. The
  * cache itself keeps every key: this is selection ("masked" in the sense of
  * the paper's evaluation, but computed sparsely: attention reads only the
- * kept keys). Callbacks run on the thread that called ap_ctx_eval, layer by
+ * kept keys). With a pages callback, attention reads the kept keys from
+ * wherever the policy's page tables point (a hot pool it fills from the
+ * cache) instead. Callbacks run on the thread that called ap_ctx_eval, layer by
  * layer in order; a non-OK status aborts the eval (n_past rolled back).
  * Under a policy a decode eval's observer gets on_key only (no rows,
  * queries or column sums: the dense row is not computed). */
@@ -161,6 +163,7 @@ typedef struct {
     size_t ldb;              /* row stride of every block view below */
     const float *q;          /* [n_head][head_dim] post-RoPE queries */
     const float *k;          /* this layer's keys: key j of KV head g at k + j*kv_stride + g*head_dim */
+    const float *v;          /* this layer's values, same layout (a hot pool copies from both) */
     size_t kv_stride;
     /* With AP_KV_DENSE_BEFORE: the dense (true) row's block views
      * [n_head][ldb], before select; otherwise NULL. */
@@ -189,6 +192,21 @@ typedef struct {
                         ap_err *err);
     /* After attention; may be NULL. */
     ap_status (*attended)(void *user, const ap_kv_step *s, const ap_kv_attended *r, ap_err *err);
+    /* Optional (NULL: attention reads the engine's contiguous cache, as
+     * before). Called right after select of the same step: *k_pages and
+     * *v_pages get this layer's page tables, [n_head_kv][n_blocks] pointers
+     * (policy-owned, valid until attended returns); page b of KV head g
+     * holds that head's keys (values) b*block .. b*block + block - 1, one
+     * after another with a stride of head_dim floats (the last page may be
+     * partial). Pages of blocks no kept key of the head's sets touches may
+     * be NULL. *k_pages = NULL: this step reads the contiguous cache.
+     * Passes that read every key (AP_KV_DENSE_BEFORE, and the dense part of
+     * AP_KV_MEASURE) read the contiguous cache, the cold store every key
+     * lives in; under AP_KV_MEASURE the attention output (and n_kept and the
+     * sparse views) then comes from a second, paged pass, so what the model
+     * computes always comes from the pages. */
+    ap_status (*pages)(void *user, const ap_kv_step *s, const float *const **k_pages,
+                       const float *const **v_pages, ap_err *err);
 } ap_kv_policy;
 
 /* Install a policy (borrowed: it must outlive its use; NULL = dense decode,

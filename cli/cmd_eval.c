@@ -364,8 +364,9 @@ static void tasks_usage(FILE *out) {
         "  kl                mean KL(full || method) of the next-token distributions along\n"
         "                    that trajectory, nats per token\n"
         "  same              the free-running output equals the full-KV output\n"
-        "  resident KV       accounted from the kept sets (the engine keeps the whole\n"
-        "                    cache); compression = full KV / resident KV\n\n"
+        "  resident KV       measured on the hot pool attention reads (page slots of the\n"
+        "                    kept blocks; --no-hot-pool: accounted from the kept sets);\n"
+        "                    compression = full KV / resident KV\n\n"
         "options:\n"
         "  --model PATH         GGUF model (required)\n"
         "  --predictor PATH     exported predictor (P.safetensors) for attnpred\n"
@@ -387,6 +388,8 @@ static void tasks_usage(FILE *out) {
         "                       KV head; union: round-robin union of the group's rankings\n"
         "  --no-prefetch        score attnpred's next step on the decoding thread instead\n"
         "                       of a prefetch worker (to measure what prefetch hides)\n"
+        "  --no-hot-pool        attend from the engine's contiguous cache and account KV\n"
+        "                       memory from the kept sets instead of measuring a hot pool\n"
         "  --no-teacher-forced  skip the teacher-forced pass: agreement and KL then cover\n"
         "                       only the prefix shared with the full-KV output (faster)\n"
         "  --threads N          engine threads (default 2)\n"
@@ -442,9 +445,9 @@ static void print_tasks_table(const ap_tasks_result *r) {
             else
                 printf("  %7s\n", "n/a");
         }
-    printf("\n%d samples, %.1f s; score x100; KV memory is accounted from the kept sets "
-           "(docs/eval-tasks.md)\n",
-           r->n_samples, r->seconds);
+    printf("\n%d samples, %.1f s; score x100; KV memory %s (docs/eval-tasks.md)\n", r->n_samples,
+           r->seconds,
+           r->config.hot_pool ? "measured on the hot pool" : "accounted from the kept sets");
 }
 
 static int known_task_method(const char *name) {
@@ -475,7 +478,7 @@ static int cmd_tasks(int argc, char **argv) {
     int quiet = 0, rc = 2;
     ap_tasks_result *r = NULL;
     enum { O_MODEL = 256, O_PRED, O_QUICK, O_FULL, O_TFILE, O_TASKS, O_BUDGET, O_METHODS, O_MAXS,
-           O_MAXNEW, O_CALIB, O_KV, O_NOTF, O_NOPF, O_THREADS, O_JSON, O_MD, O_PNG, O_QUIET, O_HELP };
+           O_MAXNEW, O_CALIB, O_KV, O_NOTF, O_NOPF, O_NOHP, O_THREADS, O_JSON, O_MD, O_PNG, O_QUIET, O_HELP };
     static const struct option lo[] = {
         {"model", 1, 0, O_MODEL},          {"predictor", 1, 0, O_PRED},
         {"quick", 0, 0, O_QUICK},          {"full", 0, 0, O_FULL},
@@ -484,7 +487,7 @@ static int cmd_tasks(int argc, char **argv) {
         {"methods", 1, 0, O_METHODS},      {"max-samples", 1, 0, O_MAXS},
         {"max-new", 1, 0, O_MAXNEW},       {"calib", 1, 0, O_CALIB},
         {"kv-mode", 1, 0, O_KV},           {"no-teacher-forced", 0, 0, O_NOTF},
-        {"no-prefetch", 0, 0, O_NOPF},
+        {"no-prefetch", 0, 0, O_NOPF},     {"no-hot-pool", 0, 0, O_NOHP},
         {"threads", 1, 0, O_THREADS},      {"json", 1, 0, O_JSON},
         {"md", 1, 0, O_MD},                {"png", 1, 0, O_PNG},
         {"quiet", 0, 0, O_QUIET},          {"help", 0, 0, O_HELP},
@@ -540,6 +543,7 @@ static int cmd_tasks(int argc, char **argv) {
             break;
         case O_NOTF: c.teacher_forced = 0; break;
         case O_NOPF: c.prefetch = 0; break;
+        case O_NOHP: c.hot_pool = 0; break;
         case O_THREADS: if (!parse_int(optarg, 1, 256, &c.threads)) goto bad; break;
         case O_JSON: json = optarg; break;
         case O_MD: md = optarg; break;

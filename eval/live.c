@@ -152,6 +152,14 @@ struct ap_live {
     ap_status *pf_st;            /* [L] */
     ap_err *pf_err;              /* [L] */
     double worker_seconds;       /* under mu */
+    /* Hot pool (opts.hot_pool); pool p = layer * KV + KV head. */
+    int cap;                     /* slots per pool */
+    float *hot_k, *hot_v;        /* [L*KV][cap][block][hd] */
+    int *slot_of;                /* [L*KV][NB] slot holding the block, -1 none */
+    int *block_of;               /* [L*KV][cap] block in the slot, -1 free */
+    int *free_slots, *n_free;    /* [L*KV][cap] stack of free slots, [L*KV] its depth */
+    uint8_t *gone;               /* [L*KV][NB] eviction methods: blocks freed for good */
+    const float **kp, **vp;      /* [KV][n_blocks] page tables of the current (layer, step) */
 };
 
 static size_t lrow(const ap_live *lv, int s, int h) { return ((size_t)s * lv->H + h) * lv->NB; }
@@ -177,6 +185,15 @@ void ap_live_free(ap_live *lv) {
     free(lv->pf_scores);
     free(lv->pf_st);
     free(lv->pf_err);
+    free(lv->hot_k);
+    free(lv->hot_v);
+    free(lv->slot_of);
+    free(lv->block_of);
+    free(lv->free_slots);
+    free(lv->n_free);
+    free(lv->gone);
+    free(lv->kp);
+    free(lv->vp);
     if (lv->layers)
         for (int l = 0; l < lv->L; l++) {
             live_layer *y = &lv->layers[l];
@@ -314,6 +331,83 @@ static ap_status step_scores(ap_live *lv, int l, ap_err *err) {
     return st;
 }
 
+/* Make the pool of (ks->layer, KV head g) hold exactly the blocks in uni
+ * (the union of the head's kept sets over n_valid blocks), copying entering
+ * blocks and the newest key from the engine's cache, and fill the head's
+ * page tables. Counts the copies where they happen. */
+static ap_status pool_update(ap_live *lv, const ap_kv_step *ks, int g, const uint8_t *uni,
+                             int n_valid, int t, ap_err *err) {
+    const int B = lv->block, hd = lv->hd, cap = lv->cap, n_keys = ks->pos + 1;
+    const int eviction = lv->sel->kind == AP_SEL_EVICTION;
+    const size_t pi = (size_t)ks->layer * lv->KV + g, slot_f = (size_t)B * hd;
+    int *slot_of = lv->slot_of + pi * lv->NB, *block_of = lv->block_of + pi * cap;
+    int *fr = lv->free_slots + pi * cap, *n_free = &lv->n_free[pi];
+    uint8_t *gone = lv->gone + pi * lv->NB;
+    float *hk = lv->hot_k + pi * cap * slot_f, *hv = lv->hot_v + pi * cap * slot_f;
+    const float **kp = lv->kp + (size_t)g * n_valid, **vp = lv->vp + (size_t)g * n_valid;
+    /* Slots of blocks this step does not keep become free first, so the
+     * pool never holds more than one step's kept set. */
+    for (int sl = 0; sl < cap; sl++) {
+        int b = block_of[sl];
+        if (b < 0 || (b < n_valid && uni[b])) continue;
+        block_of[sl] = -1;
+        slot_of[b] = -1;
+        fr[(*n_free)++] = sl;
+        if (eviction) gone[b] = 1;
+    }
+    long fetched = 0, written = 0, used = 0, held = 0;
+    for (int j = 0; j < n_valid; j++) {
+        kp[j] = vp[j] = NULL;
+        if (!uni[j]) continue;
+        const int rows = n_keys - j * B < B ? n_keys - j * B : B, newest = j == n_valid - 1;
+        int sl = slot_of[j], from;
+        if (sl < 0) {
+            if (gone[j])
+                return ap_errf(err, AP_ERR_INTERNAL,
+                               "hot pool: eviction method %s needs block %d of layer %d, KV "
+                               "head %d again after dropping it",
+                               lv->sel->name, j, ks->layer, g);
+            if (*n_free == 0)
+                return ap_errf(err, AP_ERR_INTERNAL,
+                               "hot pool: layer %d, KV head %d keeps more than its %d slots",
+                               ks->layer, g, cap);
+            sl = fr[--(*n_free)];
+            slot_of[j] = sl;
+            block_of[sl] = j;
+            from = 0;
+            fetched += newest ? rows - 1 : rows;
+        } else {
+            /* Resident since it entered: only the newest key is new. */
+            from = newest ? rows - 1 : rows;
+        }
+        if (newest) written++;
+        float *dk = hk + (size_t)sl * slot_f, *dv = hv + (size_t)sl * slot_f;
+        for (int r = from; r < rows; r++) {
+            const size_t src = (size_t)(j * B + r) * ks->kv_stride + (size_t)g * hd;
+            memcpy(dk + (size_t)r * hd, ks->k + src, (size_t)hd * sizeof(float));
+            memcpy(dv + (size_t)r * hd, ks->v + src, (size_t)hd * sizeof(float));
+        }
+        kp[j] = dk;
+        vp[j] = dv;
+    }
+    /* Measured on the slots themselves, not on uni. */
+    for (int sl = 0; sl < cap; sl++) {
+        int b = block_of[sl];
+        if (b < 0) continue;
+        used++;
+        held += n_keys - b * B < B ? n_keys - b * B : B;
+    }
+    const double slot_bytes = 2.0 * (double)slot_f * sizeof(float);
+    lv->stats.hot_slot_bytes += (double)used * slot_bytes;
+    lv->stats.hot_tokens += (double)held;
+    lv->stats.pool_written_tokens += (double)written;
+    if (t > 0)
+        lv->stats.pool_fetched_tokens += (double)fetched;
+    else
+        lv->stats.pool_fill_tokens += (double)fetched;
+    return AP_OK;
+}
+
 static ap_status live_select(void *user, const ap_kv_step *ks, const int **blocks,
                              const int **set_off, ap_err *err) {
     ap_live *lv = user;
@@ -389,6 +483,8 @@ static ap_status live_select(void *user, const ap_kv_step *ks, const int **block
         memcpy(prev, lv->uni, (size_t)NB);
         lv->stats.resident_tokens += (double)tok;
         if (sp->t > 0) lv->stats.fetched_tokens += (double)fetched;
+        if (lv->o.hot_pool && (st = pool_update(lv, ks, g, lv->uni, sp->n_valid, sp->t, err)))
+            goto cleanup;
     }
     lv->stats.full_tokens += (double)n_keys * lv->KV;
     *blocks = lv->blocks;
@@ -397,6 +493,20 @@ static ap_status live_select(void *user, const ap_kv_step *ks, const int **block
 cleanup:
     lv->stats.select_seconds += ap_now_seconds() - t0;
     return st;
+}
+
+/* The tables pool_update filled for this (layer, step). */
+static ap_status live_pages(void *user, const ap_kv_step *ks, const float *const **k_pages,
+                            const float *const **v_pages, ap_err *err) {
+    ap_live *lv = user;
+    if (ks->layer != lv->sp_layer || ks->pos != lv->sp.q)
+        return ap_errf(err, AP_ERR_INTERNAL,
+                       "hot pool: pages of layer %d at %d asked after selecting layer %d at %d",
+                       ks->layer, ks->pos, lv->sp_layer, lv->sp.q);
+    /* Adds const at both levels: C wants the cast. */
+    *k_pages = (const float *const *)lv->kp;
+    *v_pages = (const float *const *)lv->vp;
+    return AP_OK;
 }
 
 static ap_status live_attended(void *user, const ap_kv_step *ks, const ap_kv_attended *r,
@@ -561,11 +671,48 @@ ap_status ap_live_create(const ap_live_prefill *pf, const ap_selector *sel,
         lv->pf_started = 1;
         lv->pf_on = 1;
     }
+    if (opts->hot_pool) {
+        /* The most blocks one step keeps per KV head (eval/live.h). */
+        const int B = lv->block, free_tok = opts->budget - opts->sink - opts->local;
+        const long kmax = free_tok > 0 ? free_tok / B : 0;
+        long cand = (long)lv->G * kmax;
+        if (cand < opts->min_candidates - 1) cand = opts->min_candidates - 1;
+        long cap = opts->sink / B + (opts->local > 0 ? (opts->local + B - 1) / B + 1 : 0) + cand;
+        lv->cap = cap < lv->NB ? (int)cap : lv->NB;
+        const size_t P = (size_t)lv->L * lv->KV, C = (size_t)lv->cap;
+        const size_t floats = P * C * (size_t)B * hd;
+        /* malloc, not calloc: a slot is written before attention reads it. */
+        lv->hot_k = malloc(floats * sizeof(float));
+        lv->hot_v = malloc(floats * sizeof(float));
+        lv->slot_of = malloc(P * NB * sizeof(int));
+        lv->block_of = malloc(P * C * sizeof(int));
+        lv->free_slots = malloc(P * C * sizeof(int));
+        lv->n_free = malloc(P * sizeof(int));
+        lv->gone = calloc(P * NB, 1);
+        lv->kp = calloc((size_t)lv->KV * NB, sizeof *lv->kp);
+        lv->vp = calloc((size_t)lv->KV * NB, sizeof *lv->vp);
+        if (!lv->hot_k || !lv->hot_v || !lv->slot_of || !lv->block_of || !lv->free_slots ||
+            !lv->n_free || !lv->gone || !lv->kp || !lv->vp) {
+            st = ap_errf(err, AP_ERR_NOMEM, "out of memory for a %d-slot hot pool", lv->cap);
+            goto cleanup;
+        }
+        for (size_t i = 0; i < P * NB; i++) lv->slot_of[i] = -1;
+        for (size_t pi = 0; pi < P; pi++) {
+            lv->n_free[pi] = lv->cap;
+            for (size_t sl = 0; sl < C; sl++) {
+                lv->block_of[pi * C + sl] = -1;
+                /* Popped from the top: slot 0 first. */
+                lv->free_slots[pi * C + sl] = (int)(C - 1 - sl);
+            }
+        }
+        lv->stats.hot_capacity_bytes = (double)floats * 2.0 * sizeof(float);
+    }
     lv->pol = (ap_kv_policy){.user = lv, .block = lv->block, .sink = opts->sink,
                              .local = opts->local,
                              .per_q_head = lv->params.kv_mode == AP_KV_PER_QHEAD,
                              .want = live_want, .select = live_select,
-                             .attended = live_attended};
+                             .attended = live_attended,
+                             .pages = opts->hot_pool ? live_pages : NULL};
     lv->obs = (ap_attn_observer){.user = lv, .rows_from = 1 << 30, .on_key = live_on_key};
     *out = lv;
     lv = NULL;

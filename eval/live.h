@@ -53,6 +53,24 @@ typedef struct {
      * layers; the next select of the layer only waits for what is left.
      * Choices are unchanged. */
     int prefetch;
+    /* 1: a real hot pool. Per (layer, KV head) a pool of page slots (block
+     * keys x head_dim floats for K and for V each) holds exactly this step's
+     * kept blocks (union over the head's query heads), copied from the
+     * engine's cache (the cold store) when a block enters the kept set;
+     * attention reads the pool through the policy's page tables
+     * (ap_kv_policy.pages). Blocks leaving the kept set free their slots at
+     * once (no caching of dropped blocks), so the pool is the working set
+     * the accounting below describes, now measured. Capacity per (layer,
+     * KV head): min(blocks of the sequence, sink blocks + ceil(local /
+     * block) + 1 + max(group size x k_max, min_candidates - 1)), k_max =
+     * (budget - sink - local) / block: the most blocks one step can keep
+     * (the block-granular local window spans at most ceil(local / block) +
+     * 1 blocks; each query head keeps at most k_max candidates, all of a
+     * too-short candidate range when bypassing). Eviction methods
+     * (AP_SEL_EVICTION) free a dropped block for good: needing it again is
+     * an internal error. Choices are unchanged; outputs agree with the
+     * contiguous path within the attention tolerance. */
+    int hot_pool;
 } ap_live_opts;
 
 /* params: kv_mode, calib, snapkv_*, rt, incremental as for the replay; its
@@ -86,6 +104,19 @@ typedef struct {
                                   time of whoever ran it */
     double prefetch_wait_seconds; /* select blocked on a prefetched score */
     long long prefetched;      /* (step, layer) scored ahead */
+    /* Hot pool (opts.hot_pool), measured on the pool's slots; all 0 without.
+     * Sums over layers and KV heads. */
+    double hot_capacity_bytes; /* allocated slots x slot bytes (K and V) */
+    double hot_slot_bytes;     /* summed over steps: slots in use x slot bytes */
+    double hot_tokens;         /* summed over steps: keys held in the slots in use (a partial
+                                  last block counts its keys); equals resident_tokens */
+    /* Keys copied from the cold store into a slot, the newest key excepted,
+     * from the second step on: the same definition as fetched_tokens,
+     * counted where the copies happen. */
+    double pool_fetched_tokens;
+    double pool_fill_tokens;    /* the same on the first step: filling the empty pool */
+    double pool_written_tokens; /* newest keys written into their slots (one per layer, KV
+                                   head and step when the newest block is kept) */
 } ap_live_stats;
 
 void ap_live_get_stats(const ap_live *lv, ap_live_stats *st);

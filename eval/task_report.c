@@ -279,6 +279,8 @@ static void json_run(jbuild *j, cJSON *arr, const ap_tasks_result *r, int s, int
     jadd_num(j, o, "prefetch_wait_seconds", x->prefetch_wait_seconds);
     jadd_num(j, o, "prefetched", (double)x->prefetched);
     jadd_num(j, o, "fetch_kv_bytes", x->fetch_kv_bytes);
+    jadd_bool(j, o, "kv_measured", x->kv_measured);
+    jadd_num(j, o, "hot_capacity_bytes", x->hot_capacity_bytes);
     jadd_num(j, o, "resident_kv_bytes", x->resident_kv_bytes);
     jadd_num(j, o, "full_kv_bytes", x->full_kv_bytes);
     jadd_num(j, o, "cold_kv_bytes", x->cold_kv_bytes);
@@ -583,19 +585,35 @@ static void md_by_task(FILE *f, const ap_tasks_result *r, const groups *g) {
 
 static void md_memory(FILE *f, const ap_tasks_result *r) {
     fputs("\n## KV memory and speed\n\n", f);
-    fputs("Resident KV is **accounted from the kept sets, not measured**: the engine keeps the "
-          "whole cache in one array and applies the selection inside attention. Per decode step, "
-          "each layer and KV head counts the union of its query heads' kept tokens x head_dim x "
-          "2 (K and V) x 4 bytes (float32), averaged over the steps; that is what a paged cache "
-          "would have to hold in fast memory. Retrieval methods also need the rest in a cold "
-          "store (cold KV) to fetch from; eviction methods drop it. Compression = mean full KV / "
-          "mean resident KV. Tokens/s: generated tokens / wall time of the free-running decode "
-          "(selection included), on this engine and machine; select ms/token: the part of it "
-          "spent choosing the kept set (predictor, scoring, ranking) on the decoding thread; "
-          "score ms/token: the selector's own work (scoring, history updates), wherever it "
-          "ran; hidden: the share of it that cross-token prefetch overlapped with the model's own work. Fetch: KV per decode "
-          "step that a hot cache backed by the cold store would have to bring in (blocks kept "
-          "now and not at the previous step).\n\n",
+    int measured = 0;
+    for (long i = 0; i < (long)r->n_samples * r->n_methods * r->n_budgets; i++)
+        measured |= r->runs[i].kv_measured;
+    if (measured)
+        fputs("Resident KV is **measured on the hot pool** for the compressed methods: attention "
+              "reads only a per-(layer, KV head) pool of 16-key page slots holding the step's kept "
+              "blocks, copied in from the cold store (the engine's contiguous cache) when they "
+              "enter; resident = slots in use x slot bytes (float32 K and V), averaged over the "
+              "decode steps; fetch = KV copied into the pool per step (from the second step on; "
+              "the newest key is written, not fetched). The process's memory does not shrink: the "
+              "cold store still holds every key for every method, and both are host memory. Full "
+              "KV is the whole cache. ",
+              f);
+    else
+        fputs("Resident KV is **accounted from the kept sets, not measured**: the engine keeps "
+              "the whole cache in one array and applies the selection inside attention. Per "
+              "decode step, each layer and KV head counts the union of its query heads' kept "
+              "tokens x head_dim x 2 (K and V) x 4 bytes (float32), averaged over the steps; that "
+              "is what a paged cache would have to hold in fast memory. Fetch: KV per decode step "
+              "that a hot cache backed by the cold store would have to bring in (blocks kept now "
+              "and not at the previous step). ",
+              f);
+    fputs("Retrieval methods need the rest in a cold store (cold KV) to fetch from; eviction "
+          "methods drop it. Compression = mean full KV / mean resident KV. Tokens/s: generated "
+          "tokens / wall time of the free-running decode (selection included), on this engine "
+          "and machine; select ms/token: the part of it spent choosing the kept set on the "
+          "decoding thread; score ms/token: the selector's own work (scoring, history updates), "
+          "wherever it ran; hidden: the share of it that cross-token prefetch overlapped with "
+          "the model's own work.\n\n",
           f);
     fputs("| method | kind | budget | resident KV (MiB) | compression | cold KV (MiB) | fetch "
           "KiB/step | tokens/s | select ms/token | score ms/token | hidden |\n",

@@ -35,6 +35,7 @@ void ap_tasks_config_default(ap_tasks_config *c) {
     c->teacher_forced = 1;
     c->threads = 2;
     c->prefetch = 1;
+    c->hot_pool = 1;
 }
 
 void ap_tasks_result_free(ap_tasks_result *r) {
@@ -601,7 +602,7 @@ ap_status ap_tasks_run(const ap_tasks_config *c, ap_tasks_result **out, ap_err *
                 if (c->progress) c->progress(c->progress_user, done, total, what);
                 ap_live_opts lo = {.budget = r->budgets[b], .sink = c->sink_tokens,
                                    .local = c->local_tokens, .min_candidates = c->min_candidates,
-                                   .prefetch = c->prefetch};
+                                   .prefetch = c->prefetch, .hot_pool = c->hot_pool};
                 ap_live_free(lv);
                 lv = NULL;
                 if ((st = ap_live_create(pf, rm[m].sel, &rm[m].params, &lo, &lv, err)))
@@ -618,7 +619,17 @@ ap_status ap_tasks_run(const ap_tasks_config *c, ap_tasks_result **out, ap_err *
                 run->score_seconds = ls.score_seconds;
                 run->prefetch_wait_seconds = ls.prefetch_wait_seconds;
                 run->prefetched = ls.prefetched;
-                if (ls.steps > 0) {
+                if (ls.steps > 0 && c->hot_pool) {
+                    /* Measured on the pool: whole slots, and the keys copied
+                     * into them (K and V). */
+                    run->kv_measured = 1;
+                    run->hot_capacity_bytes = ls.hot_capacity_bytes;
+                    run->resident_kv_bytes = ls.hot_slot_bytes / ls.steps;
+                    run->full_kv_bytes = ls.full_tokens / ls.steps * kv_tok_bytes;
+                    run->fetch_kv_bytes = ls.steps > 1
+                                              ? ls.pool_fetched_tokens / (ls.steps - 1) * kv_tok_bytes
+                                              : 0.0;
+                } else if (ls.steps > 0) {
                     run->resident_kv_bytes = ls.resident_tokens / ls.steps * kv_tok_bytes;
                     run->full_kv_bytes = ls.full_tokens / ls.steps * kv_tok_bytes;
                     run->fetch_kv_bytes =

@@ -17,14 +17,18 @@
  * full-KV one (the trajectories then coincide and its numbers come from the
  * free run).
  *
- * KV memory is accounted from the kept sets, not measured from the
- * allocator: the engine keeps the whole cache in one array (selection is
- * applied inside attention). resident_kv_bytes = mean over decode steps of
- * the keys+values a paged cache must hold in fast memory: for each layer and
- * KV head, the union of its query heads' kept tokens, times head_dim x 2
- * (K and V) x 4 bytes (the engine's float32 cache). Eviction methods never
- * need the rest again; retrieval methods (attnpred, Quest, oracle) keep it in
- * a cold store (cold_kv_bytes) and fetch the selected blocks each step.
+ * KV memory. The engine keeps the whole cache in one array, the cold store
+ * of every method. With config.hot_pool (default) each method's decode
+ * attends from a hot pool of page slots that holds exactly each step's kept
+ * blocks (eval/live.h), and resident_kv_bytes / fetch_kv_bytes are measured
+ * on it (kv_measured = 1): mean over decode steps of the slots in use x
+ * block x head_dim x 2 (K and V) x 4 bytes (whole slots, so a partial last
+ * block counts in full), and mean per step (from the second) of the keys
+ * copied from the cold store into slots. Without it they are accounted from
+ * the kept sets: for each layer and KV head, the union of its query heads'
+ * kept tokens x head_dim x 2 x 4 bytes. Eviction methods never need the rest
+ * again; retrieval methods (attnpred, Quest, oracle) keep it in a cold store
+ * (cold_kv_bytes) and fetch the selected blocks each step.
  *
  * Ownership: the config borrows its strings; the result is freed with
  * ap_tasks_result_free (NULL is a no-op). */
@@ -63,6 +67,7 @@ typedef struct {
     int threads;             /* engine threads (default 2) */
     int max_new_tokens;      /* 0 = each sample's own */
     int prefetch;            /* 1 (default): cross-token prefetch of predictor scores (eval/live.h) */
+    int hot_pool;            /* 1 (default): attend from a measured hot pool (eval/live.h) */
     ap_tasks_progress_fn progress; /* may be NULL; called from the calling thread */
     void *progress_user;
 } ap_tasks_config;
@@ -91,6 +96,12 @@ typedef struct {
     /* Mean per decode step: KV bytes a hot cache backed by a cold store would
      * fetch (blocks kept now but not at the previous step; eval/live.h). */
     double fetch_kv_bytes;
+    /* Added with the hot pool (config.hot_pool): 1 when resident_kv_bytes
+     * and fetch_kv_bytes are measured on the pool (slots in use x slot
+     * bytes, keys copied into slots), 0 when accounted from the kept sets
+     * (full KV, --no-hot-pool). */
+    int kv_measured;
+    double hot_capacity_bytes; /* the pool's allocated slots (K and V); 0 when not measured */
 } ap_task_run;
 
 typedef struct {

@@ -24,6 +24,7 @@
 #include "kernels/qmatvec.h"
 
 #include <math.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -43,6 +44,14 @@
 /* ------------------------------------------------------------------ ISA */
 
 ap_qisa ap_qisa_best(void) {
+    /* Probed once: every kernel call resolves its ISA, and CPUID serialises
+     * the core (under a hypervisor it traps, microseconds), which dominated
+     * the paged decode attention's 16-key calls. Racing first callers store
+     * the same value. */
+    static atomic_int cached = 0; /* AP_QISA_AUTO: not probed yet */
+    int v = atomic_load_explicit(&cached, memory_order_relaxed);
+    if (v != AP_QISA_AUTO) return (ap_qisa)v;
+    ap_qisa best = AP_QISA_SCALAR;
 #if AP_HAVE_X86
     /* f16c is read from CPUID leaf 1 (ECX bit 29) because older clang's
      * __builtin_cpu_supports does not know the "f16c" feature string. */
@@ -50,9 +59,10 @@ ap_qisa ap_qisa_best(void) {
     int f16c = __get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 29));
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && f16c)
-        return AP_QISA_AVX2;
+        best = AP_QISA_AVX2;
 #endif
-    return AP_QISA_SCALAR;
+    atomic_store_explicit(&cached, (int)best, memory_order_relaxed);
+    return best;
 }
 
 ap_qisa ap_qisa_resolve(ap_qisa isa) {

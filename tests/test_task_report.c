@@ -467,6 +467,14 @@ Test(task_report, markdown_tables) {
                *c = strstr(md, "## KV memory and speed");
     cr_assert(a && b && c && a < b && b < c);
     free(md);
+    /* Runs measured on the hot pool are labelled so, and not as accounted. */
+    for (int s = 0; s < N_SAMPLE; s++)
+        for (int b2 = 0; b2 < N_BUDGET; b2++) ap_tasks_run_at(r, s, M_QUEST, b2)->kv_measured = 1;
+    cr_assert_eq(ap_tasks_write_md(r, path, &err), AP_OK, "%s", err.msg);
+    md = read_text(path);
+    ASSERT_HAS(md, "measured on the hot pool");
+    cr_expect_null(strstr(md, "accounted from the kept sets, not measured"));
+    free(md);
     ap_tasks_result_free(r);
 }
 

@@ -1,0 +1,412 @@
+/* The hot pool (eval/live.h, opts.hot_pool): attention reads page tables
+ * (ap_kv_policy.pages) instead of the engine's contiguous cache, and the
+ * pool's measured memory and copies agree with the accounting. Same tiny
+ * random model as tests/test_live.c. */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "capture/gguf.h"
+#include "capture/model.h"
+#include "common/tolerance.h"
+#include "eval/live.h"
+#include "eval/tasks.h"
+#include "helpers/synth_model.h"
+#include "train/predictor.h"
+#include "train/runtime.h"
+
+typedef struct {
+    char path[256];
+    ap_gguf *g;
+    ap_model *m;
+    ap_ctx *c;
+} fx;
+
+static void fx_open(fx *f, int n_threads) {
+    ap_err err = {0};
+    ap_synth_opts o;
+    ap_synth_opts_default(&o);
+    ap_synth_tmp_path(f->path, sizeof f->path, "hotpool", ".gguf");
+    cr_assert_eq(ap_synth_model_write(f->path, &o, &err), AP_OK, "%s", err.msg);
+    cr_assert_eq(ap_gguf_open(f->path, &f->g, &err), AP_OK, "%s", err.msg);
+    cr_assert_eq(ap_model_load(f->g, &f->m, &err), AP_OK, "%s", err.msg);
+    cr_assert_eq(ap_ctx_create(f->m, 512, n_threads, &f->c, &err), AP_OK, "%s", err.msg);
+}
+
+static void fx_close(fx *f) {
+    ap_ctx_free(f->c);
+    ap_model_free(f->m);
+    ap_gguf_free(f->g);
+    unlink(f->path);
+}
+
+static void prompt(int32_t *ids, int n, unsigned seed) {
+    for (int i = 0; i < n; i++) {
+        seed = seed * 1103515245u + 12345u;
+        ids[i] = 3 + (int32_t)((seed >> 16) % 250);
+    }
+}
+
+static int32_t argmax(const float *x, int n) {
+    int32_t b = 0;
+    for (int i = 1; i < n; i++)
+        if (x[i] > x[b]) b = i;
+    return b;
+}
+
+/* ------------------------------------------------------------- engine */
+
+/* Keeps every block and hands attention its own copy of the cache as pages;
+ * `scale` multiplies the copied values, so a wrong output proves the pages
+ * are what attention reads. */
+typedef struct {
+    int blocks[4096], set_off[64];
+    float *kbuf, *vbuf;          /* [n_head_kv][n_ctx][head_dim] */
+    const float *kp[2048], *vp[2048];
+    float scale;
+    unsigned want;
+    int pages_calls, measured;
+} paged_all;
+
+static unsigned pa_want(void *user, int layer, int pos) {
+    (void)layer;
+    (void)pos;
+    return ((paged_all *)user)->want;
+}
+
+static ap_status pa_select(void *user, const ap_kv_step *s, const int **blocks,
+                           const int **set_off, ap_err *err) {
+    paged_all *k = user;
+    (void)err;
+    int n = 0;
+    for (int u = 0; u < s->n_head; u++) {
+        k->set_off[u] = n;
+        for (int j = 0; j < s->n_blocks; j++) k->blocks[n++] = j;
+    }
+    k->set_off[s->n_head] = n;
+    *blocks = k->blocks;
+    *set_off = k->set_off;
+    return AP_OK;
+}
+
+static ap_status pa_pages(void *user, const ap_kv_step *s, const float *const **kp,
+                          const float *const **vp, ap_err *err) {
+    paged_all *k = user;
+    (void)err;
+    const int hd = s->head_dim, n = s->pos + 1;
+    for (int g = 0; g < s->n_head_kv; g++) {
+        float *kb = k->kbuf + (size_t)g * 512 * hd, *vb = k->vbuf + (size_t)g * 512 * hd;
+        for (int j = 0; j < n; j++)
+            for (int d = 0; d < hd; d++) {
+                kb[(size_t)j * hd + d] = s->k[(size_t)j * s->kv_stride + (size_t)g * hd + d];
+                vb[(size_t)j * hd + d] =
+                    k->scale * s->v[(size_t)j * s->kv_stride + (size_t)g * hd + d];
+            }
+        for (int b = 0; b < s->n_blocks; b++) {
+            k->kp[g * s->n_blocks + b] = kb + (size_t)b * 16 * hd;
+            k->vp[g * s->n_blocks + b] = vb + (size_t)b * 16 * hd;
+        }
+    }
+    *kp = k->kp;
+    *vp = k->vp;
+    k->pages_calls++;
+    return AP_OK;
+}
+
+static ap_status pa_attended(void *user, const ap_kv_step *s, const ap_kv_attended *r,
+                             ap_err *err) {
+    paged_all *k = user;
+    (void)s;
+    (void)err;
+    if (r->kept_mass) k->measured++;
+    return AP_OK;
+}
+
+/* Logits of `steps` forced decode steps under policy p (NULL: dense). */
+static void forced(fx *f, int np, const int32_t *toks, int steps, const ap_kv_policy *p,
+                   float *out) {
+    ap_err err = {0};
+    const int V = ap_model_hparams(f->m)->n_vocab;
+    cr_assert_eq(ap_ctx_truncate(f->c, np, &err), AP_OK, "%s", err.msg);
+    cr_assert_eq(ap_ctx_set_kv_policy(f->c, p, &err), AP_OK, "%s", err.msg);
+    for (int i = 0; i < steps; i++)
+        cr_assert_eq(ap_ctx_eval(f->c, &toks[i], 1, out + (size_t)i * V, 0, NULL, &err), AP_OK,
+                     "%s", err.msg);
+    cr_assert_eq(ap_ctx_set_kv_policy(f->c, NULL, &err), AP_OK);
+}
+
+Test(hotpool, engine_attends_from_the_pages) {
+    fx f;
+    fx_open(&f, 2);
+    ap_err err = {0};
+    const ap_hparams *hp = ap_model_hparams(f.m);
+    const int np = 150, steps = 12, V = hp->n_vocab;
+    int32_t ids[150], toks[12];
+    prompt(ids, np, 5);
+    prompt(toks, steps, 9);
+    float *lg = malloc(sizeof(float) * V);
+    cr_assert_eq(ap_ctx_eval(f.c, ids, np, lg, 0, NULL, &err), AP_OK, "%s", err.msg);
+    float *dense = malloc(sizeof(float) * V * steps), *paged = malloc(sizeof(float) * V * steps);
+    paged_all *k = calloc(1, sizeof *k);
+    k->kbuf = calloc((size_t)hp->n_head_kv * 512 * hp->head_dim, sizeof(float));
+    k->vbuf = calloc((size_t)hp->n_head_kv * 512 * hp->head_dim, sizeof(float));
+    ap_kv_policy p = {.user = k, .block = 16, .per_q_head = 1, .want = pa_want,
+                      .select = pa_select, .attended = pa_attended, .pages = pa_pages};
+    forced(&f, np, toks, steps, NULL, dense);
+    /* Exact copy, plain and measuring: the dense logits. */
+    for (int measure = 0; measure < 2; measure++) {
+        k->scale = 1.0f;
+        k->want = measure ? AP_KV_MEASURE : 0;
+        k->measured = 0;
+        forced(&f, np, toks, steps, &p, paged);
+        for (int i = 0; i < steps; i++) {
+            double rel = ap_rel_l2_f32(paged + (size_t)i * V, dense + (size_t)i * V, V);
+            cr_expect_lt(rel, AP_TOL_LOGITS_REL_L2, "measure %d step %d: rel L2 %g", measure, i,
+                         rel);
+        }
+        cr_expect_eq(k->measured, measure ? steps * hp->n_layer : 0);
+        /* Halved values in the pages must show in the output, measuring or
+         * not: the output comes from the pages. */
+        k->scale = 0.5f;
+        forced(&f, np, toks, steps, &p, paged);
+        double rel = ap_rel_l2_f32(paged + (size_t)(steps - 1) * V,
+                                   dense + (size_t)(steps - 1) * V, V);
+        cr_expect_gt(rel, 10 * AP_TOL_LOGITS_REL_L2, "measure %d: pages ignored (rel %g)",
+                     measure, rel);
+    }
+    cr_expect_eq(k->pages_calls, 4 * steps * hp->n_layer);
+    free(k->kbuf);
+    free(k->vbuf);
+    free(k);
+    free(dense);
+    free(paged);
+    free(lg);
+    fx_close(&f);
+}
+
+/* --------------------------------------------------------------- live */
+
+#define NP 300
+#define STEPS 20
+
+typedef struct {
+    int32_t toks[STEPS];
+    float *logits; /* [STEPS][V] */
+    ap_live_stats st;
+} run_out;
+
+/* Prefill, then STEPS greedy decode steps of `sel` at `budget`. */
+static void run_live(fx *f, const ap_selector *sel, ap_runtime *rt, ap_kv_mode mode, int budget,
+                     int hot, int prefetch, run_out *o) {
+    ap_err err = {0};
+    const ap_hparams *hp = ap_model_hparams(f->m);
+    const int V = hp->n_vocab;
+    int32_t ids[NP];
+    prompt(ids, NP, 11);
+    ap_live_prefill *pf = NULL;
+    cr_assert_eq(ap_live_prefill_create(hp, 16, 64, NP, STEPS, &pf, &err), AP_OK, "%s", err.msg);
+    float *lg = malloc(sizeof(float) * V);
+    ap_ctx_reset(f->c);
+    cr_assert_eq(ap_ctx_set_kv_policy(f->c, NULL, &err), AP_OK);
+    cr_assert_eq(ap_ctx_eval(f->c, ids, NP, lg, 0, ap_live_prefill_observer(pf), &err), AP_OK,
+                 "%s", err.msg);
+    ap_sel_params prm = {.calib = 5, .kv_mode = mode, .snapkv_window = 32, .snapkv_pool = 1,
+                         .incremental = 1, .rt = rt};
+    ap_live_opts lo = {.budget = budget, .sink = 64, .local = 64, .min_candidates = 3,
+                       .prefetch = prefetch, .hot_pool = hot};
+    ap_live *lv = NULL;
+    cr_assert_eq(ap_live_create(pf, sel, &prm, &lo, &lv, &err), AP_OK, "%s", err.msg);
+    cr_assert_eq(ap_ctx_set_kv_policy(f->c, ap_live_policy(lv), &err), AP_OK, "%s", err.msg);
+    cr_assert_eq(ap_live_policy(lv)->pages != NULL, hot != 0);
+    int32_t t = argmax(lg, V);
+    o->logits = malloc(sizeof(float) * V * STEPS);
+    for (int i = 0; i < STEPS; i++) {
+        o->toks[i] = t;
+        cr_assert_eq(ap_ctx_eval(f->c, &t, 1, o->logits + (size_t)i * V, 0, ap_live_observer(lv),
+                                 &err),
+                     AP_OK, "%s step %d: %s", sel->name, i, err.msg);
+        t = argmax(o->logits + (size_t)i * V, V);
+    }
+    ap_live_get_stats(lv, &o->st);
+    ap_ctx_set_kv_policy(f->c, NULL, &err);
+    ap_live_free(lv);
+    ap_live_prefill_free(pf);
+    free(lg);
+}
+
+/* Pool on vs off for one selector: same tokens, close logits, measured
+ * numbers equal to the accounted ones. */
+static void check_selector(fx *f, const ap_selector *sel, ap_runtime *rt, ap_kv_mode mode,
+                           int budget, int prefetch) {
+    const ap_hparams *hp = ap_model_hparams(f->m);
+    const int V = hp->n_vocab;
+    run_out a, b;
+    run_live(f, sel, rt, mode, budget, 0, prefetch, &a);
+    run_live(f, sel, rt, mode, budget, 1, prefetch, &b);
+    const char *nm = sel->name;
+    for (int i = 0; i < STEPS; i++) {
+        cr_expect_eq(b.toks[i], a.toks[i], "%s@%d: token %d differs", nm, budget, i);
+        double rel = ap_rel_l2_f32(b.logits + (size_t)i * V, a.logits + (size_t)i * V, V);
+        cr_expect_lt(rel, AP_TOL_LOGITS_REL_L2, "%s@%d: step %d logits rel L2 %g", nm, budget, i,
+                     rel);
+    }
+    /* Without the pool nothing is measured. */
+    cr_expect_eq(a.st.hot_capacity_bytes, 0.0);
+    cr_expect_eq(a.st.hot_slot_bytes, 0.0);
+    cr_expect_eq(a.st.pool_fetched_tokens + a.st.pool_fill_tokens, 0.0);
+    /* Choices are the pool's business only through attention: the
+     * accounting is identical. */
+    cr_expect_eq(b.st.resident_tokens, a.st.resident_tokens, "%s", nm);
+    cr_expect_eq(b.st.fetched_tokens, a.st.fetched_tokens, "%s", nm);
+    /* (b) copies counted where they happen = the accounted fetch. */
+    cr_expect_eq(b.st.pool_fetched_tokens, b.st.fetched_tokens, "%s@%d: measured %g accounted %g",
+                 nm, budget, b.st.pool_fetched_tokens, b.st.fetched_tokens);
+    /* (c) keys held in slots = accounted resident keys; whole slots hold at
+     * most one partial block per pool per step more; the mean fits the
+     * allocation. */
+    const double tok_bytes = 2.0 * hp->head_dim * sizeof(float);
+    const double slot_bytes = 16 * tok_bytes, pools = (double)hp->n_layer * hp->n_head_kv;
+    cr_expect_eq(b.st.hot_tokens, b.st.resident_tokens, "%s", nm);
+    cr_expect_geq(b.st.hot_slot_bytes, b.st.hot_tokens * tok_bytes, "%s", nm);
+    cr_expect_lt(b.st.hot_slot_bytes - b.st.hot_tokens * tok_bytes, STEPS * pools * slot_bytes,
+                 "%s", nm);
+    cr_expect_leq(b.st.hot_slot_bytes / b.st.steps, b.st.hot_capacity_bytes, "%s", nm);
+    cr_expect_gt(b.st.hot_capacity_bytes, 0.0);
+    /* The first step fills the pool; every step writes its newest key. */
+    cr_expect_gt(b.st.pool_fill_tokens, 0.0, "%s", nm);
+    cr_expect_eq(b.st.pool_written_tokens, STEPS * pools, "%s", nm);
+    /* (d) eviction methods fetch nothing after the first step. */
+    if (sel->kind == AP_SEL_EVICTION)
+        cr_expect_eq(b.st.pool_fetched_tokens, 0.0, "%s fetched %g", nm, b.st.pool_fetched_tokens);
+    printf("hotpool %-10s @%4d: resident %.0f tok, slots %.0f B (cap %.0f B), fetched %.0f, "
+           "fill %.0f\n",
+           nm, budget, b.st.resident_tokens / STEPS, b.st.hot_slot_bytes / STEPS,
+           b.st.hot_capacity_bytes, b.st.pool_fetched_tokens, b.st.pool_fill_tokens);
+    free(a.logits);
+    free(b.logits);
+}
+
+/* Budget 176 = sink 64 + local 64 + 3 blocks of ~19 blocks: compressing. */
+Test(hotpool, same_decode_and_measured_equals_accounted) {
+    fx f;
+    fx_open(&f, 2);
+    const char *names[] = {"streaming", "h2o", "snapkv", "quest", "oracle", "last_step"};
+    for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
+        const ap_selector *sel = ap_selector_find(names[i]);
+        cr_assert(sel, "%s", names[i]);
+        check_selector(&f, sel, NULL, AP_KV_PER_QHEAD, 176, 0);
+    }
+    /* One set per KV head. */
+    check_selector(&f, ap_selector_find("quest"), NULL, AP_KV_SUM, 176, 0);
+    check_selector(&f, ap_selector_find("h2o"), NULL, AP_KV_SUM, 176, 0);
+    /* A budget over the context keeps everything: nothing to fetch later. */
+    run_out o;
+    run_live(&f, ap_selector_find("quest"), NULL, AP_KV_PER_QHEAD, 4096, 1, 0, &o);
+    cr_expect_eq(o.st.pool_fetched_tokens, 0.0);
+    cr_expect_eq(o.st.hot_tokens, o.st.full_tokens);
+    free(o.logits);
+    fx_close(&f);
+}
+
+/* The predictor with cross-token prefetch and calibration steps. */
+Test(hotpool, attnpred_with_prefetch) {
+    fx f;
+    fx_open(&f, 2);
+    ap_err e = {0};
+    ap_pred_config c;
+    ap_pred_config_default(&c);
+    ap_predictor *p = NULL;
+    cr_assert_eq(ap_predictor_create(&c, 5, &p, &e), AP_OK, "%s", e.msg);
+    char path[256];
+    ap_synth_tmp_path(path, sizeof path, "hotpred", ".safetensors");
+    cr_assert_eq(ap_pred_export(path, NULL, &c, ap_predictor_params(p, NULL), &e), AP_OK, "%s",
+                 e.msg);
+    ap_runtime *rt = NULL;
+    cr_assert_eq(ap_runtime_load(path, &rt, &e), AP_OK, "%s", e.msg);
+    ap_predictor_set_threads(ap_runtime_predictor(rt), 1);
+    check_selector(&f, ap_selector_predictor(), rt, AP_KV_PER_QHEAD, 176, 1);
+    ap_runtime_free(rt);
+    ap_predictor_free(p);
+    unlink(path);
+    fx_close(&f);
+}
+
+/* Capacity per (layer, KV head): sink 4 + local ceil(64/16) + 1 + group 2 x
+ * k_max 3 = 15 slots of 16 keys x 16 dims x K and V; capped at the blocks of
+ * the sequence. */
+Test(hotpool, capacity_bound) {
+    fx f;
+    fx_open(&f, 1);
+    const ap_hparams *hp = ap_model_hparams(f.m);
+    cr_assert_eq(hp->n_head / hp->n_head_kv, 2);
+    const double slot = 16.0 * hp->head_dim * 2 * sizeof(float);
+    const double pools = (double)hp->n_layer * hp->n_head_kv;
+    run_out o;
+    run_live(&f, ap_selector_find("streaming"), NULL, AP_KV_PER_QHEAD, 176, 1, 0, &o);
+    cr_expect_eq(o.st.hot_capacity_bytes, pools * 15 * slot);
+    free(o.logits);
+    run_live(&f, ap_selector_find("streaming"), NULL, AP_KV_PER_QHEAD, 4096, 1, 0, &o);
+    cr_expect_eq(o.st.hot_capacity_bytes, pools * ((NP + STEPS + 15) / 16) * slot);
+    free(o.logits);
+    fx_close(&f);
+}
+
+/* The task runner fills the memory fields from the pool when it is on. */
+Test(hotpool, tasks_measured_vs_accounted) {
+    char model[256], tasks[256];
+    ap_err err = {0};
+    ap_synth_opts o;
+    ap_synth_opts_default(&o);
+    ap_synth_tmp_path(model, sizeof model, "hptasks", ".gguf");
+    ap_synth_tmp_path(tasks, sizeof tasks, "hptasks", ".jsonl");
+    cr_assert_eq(ap_synth_model_write(model, &o, &err), AP_OK, "%s", err.msg);
+    FILE *fp = fopen(tasks, "w");
+    cr_assert(fp);
+    char body[800];
+    for (int i = 0; i < 700; i++) body[i] = "the cat sat on a mat. "[i % 22];
+    body[700] = 0;
+    fprintf(fp,
+            "{\"id\": \"t-0\", \"task\": \"synthetic\", \"category\": \"test\", \"bucket\": "
+            "\"0-2k\", \"metric\": \"substring\", \"max_new_tokens\": 8, \"chat\": false, "
+            "\"first_line\": false, \"prompt\": \"%s\", \"answer_prefix\": \" The answer "
+            "is\", \"answers\": [\"cat\"], \"all_classes\": null}\n",
+            body);
+    fclose(fp);
+    ap_tasks_config c;
+    ap_tasks_config_default(&c);
+    cr_expect_eq(c.hot_pool, 1);
+    c.model = model;
+    c.tasks_file = tasks;
+    c.methods[0] = "streaming";
+    c.methods[1] = "quest";
+    c.n_methods = 2;
+    c.budgets[0] = 160;
+    c.n_budgets = 1;
+    ap_tasks_result *r[2] = {NULL, NULL};
+    for (int hot = 0; hot < 2; hot++) {
+        c.hot_pool = hot;
+        cr_assert_eq(ap_tasks_run(&c, &r[hot], &err), AP_OK, "%s", err.msg);
+    }
+    const double pools = (double)r[1]->n_layer * r[1]->n_head_kv;
+    const double slot = 16.0 * r[1]->head_dim * 2 * sizeof(float);
+    cr_expect_eq(ap_tasks_run_at(r[1], 0, 0, 0)->kv_measured, 0, "full KV is accounted");
+    for (int m = 1; m < 3; m++) {
+        ap_task_run *acc = ap_tasks_run_at(r[0], 0, m, 0), *mes = ap_tasks_run_at(r[1], 0, m, 0);
+        cr_expect_eq(acc->kv_measured, 0);
+        cr_expect_eq(acc->hot_capacity_bytes, 0.0);
+        cr_expect_eq(mes->kv_measured, 1);
+        cr_expect_str_eq(mes->output, acc->output);
+        cr_expect_eq(mes->fetch_kv_bytes, acc->fetch_kv_bytes, "%s", r[1]->methods[m].name);
+        cr_expect_geq(mes->resident_kv_bytes, acc->resident_kv_bytes);
+        cr_expect_leq(mes->resident_kv_bytes, acc->resident_kv_bytes + pools * slot);
+        cr_expect_leq(mes->resident_kv_bytes, mes->hot_capacity_bytes);
+        cr_expect_eq(mes->full_kv_bytes, acc->full_kv_bytes);
+    }
+    ap_tasks_result_free(r[0]);
+    ap_tasks_result_free(r[1]);
+    unlink(model);
+    unlink(tasks);
+}
