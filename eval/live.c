@@ -246,20 +246,8 @@ static void put_rows(ap_live *lv, live_layer *y, int s, const float *bm, const f
 
 /* Step geometry at query position q (as eval/replay.c's run_task). */
 static void geometry(const ap_live *lv, int q, ap_sel_step *sp) {
-    const int B = lv->block;
-    sp->t = q - lv->pf->n_prompt;
-    sp->s = lv->pf->n_pre + sp->t;
-    sp->q = q;
-    sp->c0 = lv->params.sink_blocks;
-    sp->c1 = (q + B - 1) / B - lv->params.local_blocks;
-    if (sp->c1 < sp->c0) sp->c1 = sp->c0;
-    sp->W = sp->c1 - sp->c0;
-    sp->n_valid = q / B + 1;
-    if (lv->o.local == 0)
-        sp->lb0 = sp->n_valid;
-    else
-        sp->lb0 = q + 1 - lv->o.local > 0 ? (q + 1 - lv->o.local) / B : 0;
-    sp->k = 0;
+    ap_sel_step_at(&lv->params, lv->block, lv->pf->n_prompt, lv->pf->n_pre, q - lv->pf->n_prompt,
+                   sp);
 }
 
 /* The worker: for each queued layer, observe() the step just attended and

@@ -625,22 +625,11 @@ static ap_status run_task(run_ctx *x, int ti, ap_err *err) {
         }
     }
 
-    const int lb_tokens = c->local_tokens;
+    const ap_sel_params geo = {.sink_blocks = x->sink_blocks, .local_blocks = x->local_blocks,
+                               .local_tokens = c->local_tokens};
     for (int t = 0; t < ps->n_steps; t++) {
         ap_sel_step sp;
-        sp.t = t;
-        sp.s = ps->n_pre + t;
-        sp.q = ps->n_prompt + t;
-        sp.c0 = x->sink_blocks;
-        sp.c1 = (sp.q + bsz - 1) / bsz - x->local_blocks;
-        if (sp.c1 < sp.c0) sp.c1 = sp.c0;
-        sp.W = sp.c1 - sp.c0;
-        sp.n_valid = sp.q / bsz + 1;
-        if (lb_tokens == 0)
-            sp.lb0 = sp.n_valid;
-        else
-            sp.lb0 = sp.q + 1 - lb_tokens > 0 ? (sp.q + 1 - lb_tokens) / bsz : 0;
-        sp.k = 0;
+        ap_sel_step_at(&geo, bsz, ps->n_prompt, ps->n_pre, t, &sp);
         const int W = sp.W;
         const int bypass = W < c->min_candidates;
         for (int h = 0; h < nh; h++) {

@@ -15,9 +15,8 @@
 #include "common/plot.h"
 #include "common/util.h"
 #include "eval/replay.h"
+#include "eval/report_util.h"
 
-/* Room for a user path plus ".tmp.<pid>" or a plot file name. */
-#define PATH_BUF 4352
 
 /* ---- shared: per-cell values and the per-budget summary ------------------ */
 
@@ -63,14 +62,6 @@ static double method_recovery(const ap_replay_result *r, int m, int b) {
     return m < 0 ? NAN : agg_mean(&ap_replay_cell_at(r, m, b)->recovery);
 }
 
-static const char *kv_mode_name(ap_kv_mode k) {
-    switch (k) {
-    case AP_KV_PER_QHEAD: return "per_qhead";
-    case AP_KV_SUM: return "sum";
-    case AP_KV_UNION: return "union";
-    }
-    return "unknown";
-}
 
 static ap_status check_result(const ap_replay_result *r, const char *path, ap_err *err) {
     if (!path || !*path) return ap_errf(err, AP_ERR_ARG, "replay report: no output path given");
@@ -87,225 +78,164 @@ static ap_status check_result(const ap_replay_result *r, const char *path, ap_er
     return AP_OK;
 }
 
-/* Temporary name for path, or an error when the path is too long for it. */
-static ap_status tmp_for(char *tmp, const char *path, ap_err *err) {
-    if (strlen(path) + 32 > PATH_BUF)
-        return ap_errf(err, AP_ERR_ARG, "%.200s...: output path is too long", path);
-    ap_tmp_name(tmp, PATH_BUF, path);
-    return AP_OK;
-}
 
 /* ---- JSON ------------------------------------------------------------------ */
 
-/* cJSON calls that can fail (allocation) all go through jadd, which records
- * the failure and frees the orphan, so building the tree needs no per-call
- * checks and one test at the end. */
-typedef struct {
-    int failed;
-} jbuild;
 
-static cJSON *jadd(jbuild *j, cJSON *parent, const char *key, cJSON *item) {
-    if (!item || !parent) {
-        cJSON_Delete(item);
-        j->failed = 1;
-        return NULL;
-    }
-    cJSON_bool ok = key ? cJSON_AddItemToObject(parent, key, item) : cJSON_AddItemToArray(parent, item);
-    if (!ok) {
-        cJSON_Delete(item);
-        j->failed = 1;
-        return NULL;
-    }
-    return item;
-}
 
-/* JSON has no NaN or Inf: they become null. */
-static cJSON *jnum(double v) { return isfinite(v) ? cJSON_CreateNumber(v) : cJSON_CreateNull(); }
-
-static void jadd_num(jbuild *j, cJSON *o, const char *key, double v) { jadd(j, o, key, jnum(v)); }
-static void jadd_str(jbuild *j, cJSON *o, const char *key, const char *s) {
-    jadd(j, o, key, cJSON_CreateString(s ? s : ""));
-}
-
-static void json_header(jbuild *j, cJSON *root, const ap_replay_result *r) {
+static void json_header(ap_jbuild *j, cJSON *root, const ap_replay_result *r) {
     const ap_replay_config *c = &r->config;
-    jadd_str(j, root, "format", "attnpred-replay");
-    jadd_num(j, root, "version", 1);
-    cJSON *tr = jadd(j, root, "traces", cJSON_CreateArray());
+    ap_jadd_str(j, root, "format", "attnpred-replay");
+    ap_jadd_num(j, root, "version", 1);
+    cJSON *tr = ap_jadd(j, root, "traces", cJSON_CreateArray());
     for (int i = 0; i < c->n_traces && i < AP_REPLAY_MAX_TRACES; i++)
-        jadd(j, tr, NULL, cJSON_CreateString(c->traces[i] ? c->traces[i] : ""));
-    cJSON *pr = jadd(j, root, "predictors", cJSON_CreateArray());
+        ap_jadd(j, tr, NULL, cJSON_CreateString(c->traces[i] ? c->traces[i] : ""));
+    cJSON *pr = ap_jadd(j, root, "predictors", cJSON_CreateArray());
     for (int i = 0; i < c->n_predictors && i < AP_REPLAY_MAX_PREDICTORS; i++) {
-        cJSON *p = jadd(j, pr, NULL, cJSON_CreateObject());
-        jadd_str(j, p, "path", c->predictors[i]);
+        cJSON *p = ap_jadd(j, pr, NULL, cJSON_CreateObject());
+        ap_jadd_str(j, p, "path", c->predictors[i]);
         if (c->predictor_labels[i])
-            jadd_str(j, p, "label", c->predictor_labels[i]);
+            ap_jadd_str(j, p, "label", c->predictor_labels[i]);
         else
-            jadd(j, p, "label", cJSON_CreateNull());
+            ap_jadd(j, p, "label", cJSON_CreateNull());
     }
 
-    cJSON *cf = jadd(j, root, "config", cJSON_CreateObject());
-    cJSON *bu = jadd(j, cf, "budgets", cJSON_CreateArray());
-    for (int b = 0; b < r->n_budgets; b++) jadd(j, bu, NULL, cJSON_CreateNumber(r->budgets[b]));
-    jadd_num(j, cf, "sink", c->sink_tokens);
-    jadd_num(j, cf, "local", c->local_tokens);
-    jadd_num(j, cf, "calib", c->calib);
-    jadd_str(j, cf, "kv_mode", kv_mode_name(c->kv_mode));
-    cJSON *dl = jadd(j, cf, "dense_layers", cJSON_CreateArray());
+    cJSON *cf = ap_jadd(j, root, "config", cJSON_CreateObject());
+    cJSON *bu = ap_jadd(j, cf, "budgets", cJSON_CreateArray());
+    for (int b = 0; b < r->n_budgets; b++) ap_jadd(j, bu, NULL, cJSON_CreateNumber(r->budgets[b]));
+    ap_jadd_num(j, cf, "sink", c->sink_tokens);
+    ap_jadd_num(j, cf, "local", c->local_tokens);
+    ap_jadd_num(j, cf, "calib", c->calib);
+    ap_jadd_str(j, cf, "kv_mode", ap_kv_mode_name(c->kv_mode));
+    cJSON *dl = ap_jadd(j, cf, "dense_layers", cJSON_CreateArray());
     for (int i = 0; i < c->n_dense_layers && i < AP_REPLAY_MAX_LAYERS; i++)
-        jadd(j, dl, NULL, cJSON_CreateNumber(c->dense_layers[i]));
-    jadd_num(j, cf, "min_candidates", c->min_candidates);
-    jadd_num(j, cf, "snapkv_window", c->snapkv_window);
-    jadd_num(j, cf, "snapkv_pool", c->snapkv_pool);
-    jadd_num(j, cf, "incremental", c->incremental);
-    jadd_num(j, cf, "max_seqs", c->max_seqs);
-    jadd_num(j, cf, "max_steps", c->max_steps);
+        ap_jadd(j, dl, NULL, cJSON_CreateNumber(c->dense_layers[i]));
+    ap_jadd_num(j, cf, "min_candidates", c->min_candidates);
+    ap_jadd_num(j, cf, "snapkv_window", c->snapkv_window);
+    ap_jadd_num(j, cf, "snapkv_pool", c->snapkv_pool);
+    ap_jadd_num(j, cf, "incremental", c->incremental);
+    ap_jadd_num(j, cf, "max_seqs", c->max_seqs);
+    ap_jadd_num(j, cf, "max_steps", c->max_steps);
 
-    cJSON *mo = jadd(j, root, "model", cJSON_CreateObject());
-    jadd_num(j, mo, "n_layer", r->n_layer);
-    jadd_num(j, mo, "n_head", r->n_head);
-    jadd_num(j, mo, "n_head_kv", r->n_head_kv);
-    jadd_num(j, mo, "head_dim", r->head_dim);
-    jadd_num(j, mo, "block", r->block);
+    cJSON *mo = ap_jadd(j, root, "model", cJSON_CreateObject());
+    ap_jadd_num(j, mo, "n_layer", r->n_layer);
+    ap_jadd_num(j, mo, "n_head", r->n_head);
+    ap_jadd_num(j, mo, "n_head_kv", r->n_head_kv);
+    ap_jadd_num(j, mo, "head_dim", r->head_dim);
+    ap_jadd_num(j, mo, "block", r->block);
 
-    jadd_num(j, root, "n_seq", r->n_seq);
-    jadd_num(j, root, "n_decode_steps", (double)r->n_decode_steps);
-    jadd_num(j, root, "mean_context", r->mean_context);
-    jadd_num(j, root, "max_context", r->max_context);
-    jadd_num(j, root, "seconds", r->seconds);
-    jadd_num(j, root, "n_skipped_nonfinite", (double)r->n_skipped_nonfinite);
-    jadd(j, root, "incremental", cJSON_CreateBool(r->incremental != 0));
-    cJSON *dr = jadd(j, root, "dropped", cJSON_CreateArray());
+    ap_jadd_num(j, root, "n_seq", r->n_seq);
+    ap_jadd_num(j, root, "n_decode_steps", (double)r->n_decode_steps);
+    ap_jadd_num(j, root, "mean_context", r->mean_context);
+    ap_jadd_num(j, root, "max_context", r->max_context);
+    ap_jadd_num(j, root, "seconds", r->seconds);
+    ap_jadd_num(j, root, "n_skipped_nonfinite", (double)r->n_skipped_nonfinite);
+    ap_jadd(j, root, "incremental", cJSON_CreateBool(r->incremental != 0));
+    cJSON *dr = ap_jadd(j, root, "dropped", cJSON_CreateArray());
     for (int i = 0; i < r->n_dropped; i++) {
-        cJSON *o = jadd(j, dr, NULL, cJSON_CreateObject());
-        jadd_str(j, o, "method", r->dropped[i]);
-        jadd_str(j, o, "reason", r->dropped_reason[i]);
+        cJSON *o = ap_jadd(j, dr, NULL, cJSON_CreateObject());
+        ap_jadd_str(j, o, "method", r->dropped[i]);
+        ap_jadd_str(j, o, "reason", r->dropped_reason[i]);
     }
 }
 
-static void json_methods(jbuild *j, cJSON *root, const ap_replay_result *r) {
-    cJSON *arr = jadd(j, root, "methods", cJSON_CreateArray());
+static void json_methods(ap_jbuild *j, cJSON *root, const ap_replay_result *r) {
+    cJSON *arr = ap_jadd(j, root, "methods", cJSON_CreateArray());
     for (int m = 0; m < r->n_methods; m++) {
         const ap_replay_method *me = &r->methods[m];
-        cJSON *o = jadd(j, arr, NULL, cJSON_CreateObject());
-        jadd_str(j, o, "name", me->name);
-        jadd_str(j, o, "label", me->label);
-        jadd_str(j, o, "kind", ap_sel_kind_name(me->kind));
-        jadd(j, o, "is_predictor", cJSON_CreateBool(me->is_predictor != 0));
-        jadd(j, o, "dense_every_step", cJSON_CreateBool(me->dense_every_step != 0));
-        jadd_str(j, o, "source", me->source);
+        cJSON *o = ap_jadd(j, arr, NULL, cJSON_CreateObject());
+        ap_jadd_str(j, o, "name", me->name);
+        ap_jadd_str(j, o, "label", me->label);
+        ap_jadd_str(j, o, "kind", ap_sel_kind_name(me->kind));
+        ap_jadd(j, o, "is_predictor", cJSON_CreateBool(me->is_predictor != 0));
+        ap_jadd(j, o, "dense_every_step", cJSON_CreateBool(me->dense_every_step != 0));
+        ap_jadd_str(j, o, "source", me->source);
         if (me->is_predictor) {
-            jadd_num(j, o, "naive_macs_per_step_head", r->pred_naive_macs[m]);
-            jadd_num(j, o, "run_macs_per_step_head", r->pred_run_macs[m]);
-            jadd_num(j, o, "us_per_step_head", r->pred_us_per_step_head[m]);
+            ap_jadd_num(j, o, "naive_macs_per_step_head", r->pred_naive_macs[m]);
+            ap_jadd_num(j, o, "run_macs_per_step_head", r->pred_run_macs[m]);
+            ap_jadd_num(j, o, "us_per_step_head", r->pred_us_per_step_head[m]);
         }
     }
 }
 
-static void json_results(jbuild *j, cJSON *root, const ap_replay_result *r) {
-    cJSON *arr = jadd(j, root, "results", cJSON_CreateArray());
+static void json_results(ap_jbuild *j, cJSON *root, const ap_replay_result *r) {
+    cJSON *arr = ap_jadd(j, root, "results", cJSON_CreateArray());
     for (int m = 0; m < r->n_methods; m++)
         for (int b = 0; b < r->n_budgets; b++) {
             const ap_replay_cell *c = ap_replay_cell_at(r, m, b);
-            cJSON *o = jadd(j, arr, NULL, cJSON_CreateObject());
-            jadd_str(j, o, "method", r->methods[m].name);
-            jadd_str(j, o, "kind", ap_sel_kind_name(r->methods[m].kind));
-            jadd_num(j, o, "budget", r->budgets[b]);
-            jadd_num(j, o, "compression", compression(r, b));
-            jadd_num(j, o, "recovery", agg_mean(&c->recovery));
-            jadd_num(j, o, "recovery_ci95", agg_ci(&c->recovery));
-            jadd_num(j, o, "hit_rate", agg_mean(&c->hit_rate));
-            jadd_num(j, o, "hit_rate_ci95", agg_ci(&c->hit_rate));
-            jadd_num(j, o, "ratio", agg_mean(&c->ratio));
-            jadd_num(j, o, "ratio_ci95", agg_ci(&c->ratio));
-            jadd_num(j, o, "n", (double)c->n);
-            jadd_num(j, o, "n_bypass", (double)c->n_bypass);
+            cJSON *o = ap_jadd(j, arr, NULL, cJSON_CreateObject());
+            ap_jadd_str(j, o, "method", r->methods[m].name);
+            ap_jadd_str(j, o, "kind", ap_sel_kind_name(r->methods[m].kind));
+            ap_jadd_num(j, o, "budget", r->budgets[b]);
+            ap_jadd_num(j, o, "compression", compression(r, b));
+            ap_jadd_num(j, o, "recovery", agg_mean(&c->recovery));
+            ap_jadd_num(j, o, "recovery_ci95", agg_ci(&c->recovery));
+            ap_jadd_num(j, o, "hit_rate", agg_mean(&c->hit_rate));
+            ap_jadd_num(j, o, "hit_rate_ci95", agg_ci(&c->hit_rate));
+            ap_jadd_num(j, o, "ratio", agg_mean(&c->ratio));
+            ap_jadd_num(j, o, "ratio_ci95", agg_ci(&c->ratio));
+            ap_jadd_num(j, o, "n", (double)c->n);
+            ap_jadd_num(j, o, "n_bypass", (double)c->n_bypass);
             if (!c->layer_head_recovery || r->n_layer == 0 || r->n_head == 0) {
-                jadd(j, o, "layer_head", cJSON_CreateNull());
+                ap_jadd(j, o, "layer_head", cJSON_CreateNull());
                 continue;
             }
-            cJSON *lh = jadd(j, o, "layer_head", cJSON_CreateArray());
+            cJSON *lh = ap_jadd(j, o, "layer_head", cJSON_CreateArray());
             for (int l = 0; l < r->n_layer; l++) {
-                cJSON *row = jadd(j, lh, NULL, cJSON_CreateArray());
+                cJSON *row = ap_jadd(j, lh, NULL, cJSON_CreateArray());
                 for (int h = 0; h < r->n_head; h++)
-                    jadd(j, row, NULL, jnum(c->layer_head_recovery[(long)l * r->n_head + h]));
+                    ap_jadd(j, row, NULL, ap_jnum(c->layer_head_recovery[(long)l * r->n_head + h]));
             }
         }
 }
 
-static void json_summary(jbuild *j, cJSON *root, const ap_replay_result *r) {
-    cJSON *arr = jadd(j, root, "summary", cJSON_CreateArray());
+static void json_summary(ap_jbuild *j, cJSON *root, const ap_replay_result *r) {
+    cJSON *arr = ap_jadd(j, root, "summary", cJSON_CreateArray());
     for (int b = 0; b < r->n_budgets; b++) {
         budget_summary s;
         summarize(r, b, &s);
         double heur = method_recovery(r, s.best_heur, b), orac = method_recovery(r, s.oracle, b);
-        cJSON *o = jadd(j, arr, NULL, cJSON_CreateObject());
-        jadd_num(j, o, "budget", r->budgets[b]);
-        jadd_num(j, o, "compression", compression(r, b));
+        cJSON *o = ap_jadd(j, arr, NULL, cJSON_CreateObject());
+        ap_jadd_num(j, o, "budget", r->budgets[b]);
+        ap_jadd_num(j, o, "compression", compression(r, b));
         if (s.best_heur >= 0) {
-            cJSON *h = jadd(j, o, "best_heuristic", cJSON_CreateObject());
-            jadd_str(j, h, "method", r->methods[s.best_heur].name);
-            jadd_str(j, h, "kind", ap_sel_kind_name(r->methods[s.best_heur].kind));
-            jadd_num(j, h, "recovery", heur);
+            cJSON *h = ap_jadd(j, o, "best_heuristic", cJSON_CreateObject());
+            ap_jadd_str(j, h, "method", r->methods[s.best_heur].name);
+            ap_jadd_str(j, h, "kind", ap_sel_kind_name(r->methods[s.best_heur].kind));
+            ap_jadd_num(j, h, "recovery", heur);
         } else {
-            jadd(j, o, "best_heuristic", cJSON_CreateNull());
+            ap_jadd(j, o, "best_heuristic", cJSON_CreateNull());
         }
         if (s.oracle >= 0) {
-            cJSON *h = jadd(j, o, "oracle", cJSON_CreateObject());
-            jadd_str(j, h, "method", r->methods[s.oracle].name);
-            jadd_num(j, h, "recovery", orac);
+            cJSON *h = ap_jadd(j, o, "oracle", cJSON_CreateObject());
+            ap_jadd_str(j, h, "method", r->methods[s.oracle].name);
+            ap_jadd_num(j, h, "recovery", orac);
         } else {
-            jadd(j, o, "oracle", cJSON_CreateNull());
+            ap_jadd(j, o, "oracle", cJSON_CreateNull());
         }
         if (s.best_pred >= 0)
-            jadd_str(j, o, "best_predictor", r->methods[s.best_pred].name);
+            ap_jadd_str(j, o, "best_predictor", r->methods[s.best_pred].name);
         else
-            jadd(j, o, "best_predictor", cJSON_CreateNull());
-        cJSON *pa = jadd(j, o, "predictors", cJSON_CreateArray());
+            ap_jadd(j, o, "best_predictor", cJSON_CreateNull());
+        cJSON *pa = ap_jadd(j, o, "predictors", cJSON_CreateArray());
         for (int m = 0; m < r->n_methods; m++) {
             if (!r->methods[m].is_predictor) continue;
             double rec = method_recovery(r, m, b);
-            cJSON *p = jadd(j, pa, NULL, cJSON_CreateObject());
-            jadd_str(j, p, "method", r->methods[m].name);
-            jadd_num(j, p, "recovery", rec);
-            jadd_num(j, p, "ratio", agg_mean(&ap_replay_cell_at(r, m, b)->ratio));
-            jadd_num(j, p, "gain_over_best_heuristic", rec - heur);
-            jadd_num(j, p, "gap_to_oracle", orac - rec);
+            cJSON *p = ap_jadd(j, pa, NULL, cJSON_CreateObject());
+            ap_jadd_str(j, p, "method", r->methods[m].name);
+            ap_jadd_num(j, p, "recovery", rec);
+            ap_jadd_num(j, p, "ratio", agg_mean(&ap_replay_cell_at(r, m, b)->ratio));
+            ap_jadd_num(j, p, "gain_over_best_heuristic", rec - heur);
+            ap_jadd_num(j, p, "gap_to_oracle", orac - rec);
         }
     }
 }
 
-/* text + '\n' under the temporary name, then renamed; nothing is left
- * behind on failure. */
-static ap_status write_text(const char *path, const char *text, ap_err *err) {
-    char tmp[PATH_BUF];
-    ap_status st = tmp_for(tmp, path, err);
-    if (st) return st;
-    FILE *f = fopen(tmp, "wb");
-    if (!f)
-        return ap_errf(err, AP_ERR_IO, "%s: cannot create temporary file %s: %s", path, tmp,
-                       strerror(errno));
-    int bad = fputs(text, f) == EOF || fputc('\n', f) == EOF;
-    int saved = errno;
-    /* A full disk often shows up only when the buffer is flushed. */
-    if (fclose(f) != 0 && !bad) {
-        bad = 1;
-        saved = errno;
-    }
-    if (bad) {
-        st = ap_errf(err, AP_ERR_IO, "%s: cannot write %s: %s", path, tmp, strerror(saved));
-        goto cleanup;
-    }
-    st = ap_commit_file(tmp, path, err);
-cleanup:
-    if (st != AP_OK) remove(tmp);
-    return st;
-}
 
 ap_status ap_replay_write_json(const ap_replay_result *r, const char *path, ap_err *err) {
     ap_status st = check_result(r, path, err);
     if (st) return st;
-    jbuild j = {0};
+    ap_jbuild j = {0};
     char *text = NULL;
     cJSON *root = cJSON_CreateObject();
     if (!root) j.failed = 1;
@@ -318,7 +248,7 @@ ap_status ap_replay_write_json(const ap_replay_result *r, const char *path, ap_e
         st = ap_errf(err, AP_ERR_NOMEM, "%s: out of memory building the JSON report", path);
         goto cleanup;
     }
-    st = write_text(path, text, err);
+    st = ap_report_write_text(path, text, err);
 cleanup:
     cJSON_free(text);
     cJSON_Delete(root);
@@ -327,27 +257,16 @@ cleanup:
 
 /* ---- Markdown ------------------------------------------------------------------ */
 
-/* Table cells must not contain '|' or line breaks. */
-static void md_text(FILE *f, const char *s) {
-    for (; s && *s; s++) {
-        if (*s == '|')
-            fputs("\\|", f);
-        else if (*s == '\n' || *s == '\r')
-            fputc(' ', f);
-        else
-            fputc(*s, f);
-    }
-}
 
 static void md_method(FILE *f, const ap_replay_method *me) {
     if (me->label[0] && strcmp(me->label, me->name) != 0) {
-        md_text(f, me->label);
+        ap_md_text(f, me->label);
         fputs(" (`", f);
-        md_text(f, me->name);
+        ap_md_text(f, me->name);
         fputs("`)", f);
     } else {
         fputc('`', f);
-        md_text(f, me->name);
+        ap_md_text(f, me->name);
         fputc('`', f);
     }
 }
@@ -419,15 +338,15 @@ static void md_header(FILE *f, const ap_replay_result *r) {
     fputs("- traces:", f);
     for (int i = 0; i < c->n_traces && i < AP_REPLAY_MAX_TRACES; i++) {
         fputs(i ? ", `" : " `", f);
-        md_text(f, c->traces[i]);
+        ap_md_text(f, c->traces[i]);
         fputc('`', f);
     }
     fputc('\n', f);
     for (int i = 0; i < c->n_predictors && i < AP_REPLAY_MAX_PREDICTORS; i++) {
         fputs("- predictor `", f);
-        md_text(f, c->predictor_labels[i] ? c->predictor_labels[i] : "attnpred");
+        ap_md_text(f, c->predictor_labels[i] ? c->predictor_labels[i] : "attnpred");
         fputs("`: `", f);
-        md_text(f, c->predictors[i]);
+        ap_md_text(f, c->predictors[i]);
         fputs("`\n", f);
     }
     fprintf(f, "- model: %d layers x %d query heads (%d KV heads), head_dim %d, block %d tokens\n",
@@ -438,7 +357,7 @@ static void md_header(FILE *f, const ap_replay_result *r) {
             c->sink_tokens, c->local_tokens);
     fprintf(f, "- predictor: calibration row every %d decode steps%s; bypassed below %d candidate blocks\n",
             c->calib, c->calib > 0 ? "" : " (never)", c->min_candidates);
-    fprintf(f, "- selection: %s", kv_mode_name(c->kv_mode));
+    fprintf(f, "- selection: %s", ap_kv_mode_name(c->kv_mode));
     if (c->n_dense_layers > 0) {
         fputs("; dense layers (not counted):", f);
         for (int i = 0; i < c->n_dense_layers && i < AP_REPLAY_MAX_LAYERS; i++)
@@ -513,14 +432,6 @@ static void md_summary(FILE *f, const ap_replay_result *r) {
     }
 }
 
-/* " | <v>" or " | n/a" for a value that is not a number. */
-static void md_num(FILE *f, double v, int decimals) {
-    fputs(" | ", f);
-    if (isfinite(v))
-        fprintf(f, "%.*f", decimals, v);
-    else
-        fputs("n/a", f);
-}
 
 static void md_cost(FILE *f, const ap_replay_result *r) {
     int any = 0;
@@ -534,19 +445,19 @@ static void md_cost(FILE *f, const ap_replay_result *r) {
         double nv = r->pred_naive_macs[m], rn = r->pred_run_macs[m], us = r->pred_us_per_step_head[m];
         fputs("| ", f);
         md_method(f, &r->methods[m]);
-        md_num(f, nv, 0);
-        md_num(f, rn, 0);
-        md_num(f, nv > 0 ? rn / nv : NAN, 3);
-        md_num(f, us, 3);
+        ap_md_num(f, nv, 0);
+        ap_md_num(f, rn, 0);
+        ap_md_num(f, nv > 0 ? rn / nv : NAN, 3);
+        ap_md_num(f, us, 3);
         fputs(" |\n", f);
     }
 }
 
 ap_status ap_replay_write_md(const ap_replay_result *r, const char *path, ap_err *err) {
-    char tmp[PATH_BUF];
+    char tmp[AP_REPORT_PATH_BUF];
     ap_status st = check_result(r, path, err);
     if (st) return st;
-    st = tmp_for(tmp, path, err);
+    st = ap_report_tmp_name(tmp, path, err);
     if (st) return st;
     FILE *f = fopen(tmp, "wb");
     if (!f)
@@ -584,16 +495,10 @@ cleanup:
 
 /* ---- PNG ----------------------------------------------------------------------- */
 
-static ap_status plot_path(char *out, const char *dir, const char *name, ap_err *err) {
-    int n = snprintf(out, PATH_BUF, "%s/%s", dir, name);
-    if (n < 0 || n + 32 >= PATH_BUF)
-        return ap_errf(err, AP_ERR_ARG, "%.200s...: output directory name is too long", dir);
-    return AP_OK;
-}
 
 static ap_status png_recovery_lines(const ap_replay_result *r, const char *dir, ap_err *err) {
-    char path[PATH_BUF];
-    ap_status st = plot_path(path, dir, "recovery_vs_budget.png", err);
+    char path[AP_REPORT_PATH_BUF];
+    ap_status st = ap_report_plot_path(path, dir, "recovery_vs_budget.png", err);
     if (st) return st;
     int nm = r->n_methods, nb = r->n_budgets;
     double *xy = malloc(sizeof(double) * (size_t)(nb + nm * nb));
@@ -647,9 +552,9 @@ static ap_status png_gain_heatmap(const ap_replay_result *r, const char *dir, in
     const double *p = ap_replay_cell_at(r, s.best_pred, b)->layer_head_recovery;
     const double *h = ap_replay_cell_at(r, s.best_heur, b)->layer_head_recovery;
     if (!p || !h || r->n_layer < 1 || r->n_head < 1) return AP_OK;
-    char name[64], path[PATH_BUF], title[160];
+    char name[64], path[AP_REPORT_PATH_BUF], title[160];
     snprintf(name, sizeof name, "gain_heatmap_B%d.png", r->budgets[b]);
-    ap_status st = plot_path(path, dir, name, err);
+    ap_status st = ap_report_plot_path(path, dir, name, err);
     if (st) return st;
     size_t n = (size_t)r->n_layer * (size_t)r->n_head;
     float *g = malloc(sizeof(float) * n);

@@ -538,6 +538,26 @@ const ap_selector *ap_selector_find(const char *name) {
 
 const ap_selector *ap_selector_predictor(void) { return &PREDICTOR; }
 
+/* ------------------------------------------------------------ geometry */
+
+void ap_sel_step_at(const ap_sel_params *p, int block, int n_prompt, int n_pre, int t,
+                    ap_sel_step *sp) {
+    const int q = n_prompt + t;
+    sp->t = t;
+    sp->s = n_pre + t;
+    sp->q = q;
+    sp->c0 = p->sink_blocks;
+    sp->c1 = (q + block - 1) / block - p->local_blocks;
+    if (sp->c1 < sp->c0) sp->c1 = sp->c0;
+    sp->W = sp->c1 - sp->c0;
+    sp->n_valid = q / block + 1;
+    if (p->local_tokens == 0)
+        sp->lb0 = sp->n_valid;
+    else
+        sp->lb0 = q + 1 - p->local_tokens > 0 ? (q + 1 - p->local_tokens) / block : 0;
+    sp->k = 0;
+}
+
 /* ------------------------------------------------------------ choosing */
 
 void ap_sel_choose(ap_kv_mode mode, int nh, int n_head_kv, const float *scores, int W, int k,

@@ -113,6 +113,12 @@ const ap_selector *ap_selector_find(const char *name);
 /* The CNN predictor method; the caller sets calib 0 for the _nocal variant. */
 const ap_selector *ap_selector_predictor(void);
 
+/* The geometry of decode step t (query position n_prompt + t, recorded step
+ * n_pre + t) for block size `block` and the params' sink/local cut; k = 0.
+ * Shared by the replay and live decoding so both see the same steps. */
+void ap_sel_step_at(const ap_sel_params *p, int block, int n_prompt, int n_pre, int t,
+                    ap_sel_step *sp);
+
 /* The k candidates (candidate-relative indices) each query head keeps,
  * given scores [nh][W] (higher first; -INFINITY = not available) and the KV
  * mode: chosen[h*W .. h*W + k). Work buffers: order [nh][W], gsum [W], mark

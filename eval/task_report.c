@@ -16,9 +16,8 @@
 
 #include "common/plot.h"
 #include "common/util.h"
+#include "eval/report_util.h"
 
-/* Room for a user path plus ".tmp.<pid>" or a plot file name. */
-#define PATH_BUF 4352
 #define MIB (1024.0 * 1024.0)
 
 /* ---- aggregates ------------------------------------------------------------ */
@@ -88,14 +87,6 @@ void ap_tasks_cell_of(const ap_tasks_result *r, const char *task, const char *bu
     out->prefetch_hidden = n_pf > 0 && pf_sc > 0 ? 1.0 - pf_wait / pf_sc : NAN;
 }
 
-static const char *kv_mode_name(ap_kv_mode k) {
-    switch (k) {
-    case AP_KV_PER_QHEAD: return "per_qhead";
-    case AP_KV_SUM: return "sum";
-    case AP_KV_UNION: return "union";
-    }
-    return "unknown";
-}
 
 static ap_status check_result(const ap_tasks_result *r, const char *path, ap_err *err) {
     if (!path || !*path) return ap_errf(err, AP_ERR_ARG, "task report: no output path given");
@@ -113,13 +104,6 @@ static ap_status check_result(const ap_tasks_result *r, const char *path, ap_err
     return AP_OK;
 }
 
-/* Temporary name for path, or an error when the path is too long for it. */
-static ap_status tmp_for(char *tmp, const char *path, ap_err *err) {
-    if (strlen(path) + 32 > PATH_BUF)
-        return ap_errf(err, AP_ERR_ARG, "%.200s...: output path is too long", path);
-    ap_tmp_name(tmp, PATH_BUF, path);
-    return AP_OK;
-}
 
 /* (task, bucket) groups: tasks in order of first appearance, each task's
  * buckets likewise, so a task's rows stay together whatever the file order. */
@@ -166,143 +150,112 @@ static void groups_free(groups *g) {
 
 /* ---- JSON ------------------------------------------------------------------ */
 
-/* cJSON calls that can fail (allocation) all go through jadd, which records
- * the failure and frees the orphan, so building the tree needs one test at
- * the end rather than one per call. */
-typedef struct {
-    int failed;
-} jbuild;
 
-static cJSON *jadd(jbuild *j, cJSON *parent, const char *key, cJSON *item) {
-    if (!item || !parent) {
-        cJSON_Delete(item);
-        j->failed = 1;
-        return NULL;
-    }
-    cJSON_bool ok = key ? cJSON_AddItemToObject(parent, key, item) : cJSON_AddItemToArray(parent, item);
-    if (!ok) {
-        cJSON_Delete(item);
-        j->failed = 1;
-        return NULL;
-    }
-    return item;
-}
-
-/* JSON has no NaN or Inf: they become null. */
-static cJSON *jnum(double v) { return isfinite(v) ? cJSON_CreateNumber(v) : cJSON_CreateNull(); }
-static void jadd_num(jbuild *j, cJSON *o, const char *key, double v) { jadd(j, o, key, jnum(v)); }
-static void jadd_str(jbuild *j, cJSON *o, const char *key, const char *s) {
-    jadd(j, o, key, s ? cJSON_CreateString(s) : cJSON_CreateNull());
-}
-static void jadd_bool(jbuild *j, cJSON *o, const char *key, int v) {
-    jadd(j, o, key, cJSON_CreateBool(v != 0));
-}
-
-static void json_header(jbuild *j, cJSON *root, const ap_tasks_result *r) {
+static void json_header(ap_jbuild *j, cJSON *root, const ap_tasks_result *r) {
     const ap_tasks_config *c = &r->config;
-    jadd_str(j, root, "schema", "attnpred-eval-tasks");
-    jadd_num(j, root, "version", 1);
+    ap_jadd_str(j, root, "schema", "attnpred-eval-tasks");
+    ap_jadd_num(j, root, "version", 1);
 
-    cJSON *cf = jadd(j, root, "config", cJSON_CreateObject());
-    jadd_str(j, cf, "tasks_file", c->tasks_file);
-    jadd_str(j, cf, "predictor", c->predictor);
-    cJSON *bu = jadd(j, cf, "budgets", cJSON_CreateArray());
-    for (int b = 0; b < r->n_budgets; b++) jadd(j, bu, NULL, cJSON_CreateNumber(r->budgets[b]));
+    cJSON *cf = ap_jadd(j, root, "config", cJSON_CreateObject());
+    ap_jadd_str(j, cf, "tasks_file", c->tasks_file);
+    ap_jadd_str(j, cf, "predictor", c->predictor);
+    cJSON *bu = ap_jadd(j, cf, "budgets", cJSON_CreateArray());
+    for (int b = 0; b < r->n_budgets; b++) ap_jadd(j, bu, NULL, cJSON_CreateNumber(r->budgets[b]));
     /* The methods that ran, full KV first; what was asked for is "requested"
      * (null: the default set). */
-    cJSON *me = jadd(j, cf, "methods", cJSON_CreateArray());
-    for (int m = 0; m < r->n_methods; m++) jadd(j, me, NULL, cJSON_CreateString(r->methods[m].name));
+    cJSON *me = ap_jadd(j, cf, "methods", cJSON_CreateArray());
+    for (int m = 0; m < r->n_methods; m++) ap_jadd(j, me, NULL, cJSON_CreateString(r->methods[m].name));
     if (c->n_methods > 0 && c->n_methods <= AP_TASKS_MAX_METHODS) {
-        cJSON *rq = jadd(j, cf, "requested", cJSON_CreateArray());
+        cJSON *rq = ap_jadd(j, cf, "requested", cJSON_CreateArray());
         for (int i = 0; i < c->n_methods; i++)
-            jadd(j, rq, NULL, cJSON_CreateString(c->methods[i] ? c->methods[i] : ""));
+            ap_jadd(j, rq, NULL, cJSON_CreateString(c->methods[i] ? c->methods[i] : ""));
     } else {
-        jadd(j, cf, "requested", cJSON_CreateNull());
+        ap_jadd(j, cf, "requested", cJSON_CreateNull());
     }
     if (c->n_only_tasks > 0 && c->n_only_tasks <= AP_TASKS_MAX_FILTER) {
-        cJSON *ot = jadd(j, cf, "only_tasks", cJSON_CreateArray());
+        cJSON *ot = ap_jadd(j, cf, "only_tasks", cJSON_CreateArray());
         for (int i = 0; i < c->n_only_tasks; i++)
-            jadd(j, ot, NULL, cJSON_CreateString(c->only_tasks[i] ? c->only_tasks[i] : ""));
+            ap_jadd(j, ot, NULL, cJSON_CreateString(c->only_tasks[i] ? c->only_tasks[i] : ""));
     } else {
-        jadd(j, cf, "only_tasks", cJSON_CreateNull());
+        ap_jadd(j, cf, "only_tasks", cJSON_CreateNull());
     }
-    jadd_num(j, cf, "max_samples", c->max_samples);
-    jadd_num(j, cf, "max_new_tokens", c->max_new_tokens);
-    jadd_num(j, cf, "sink", c->sink_tokens);
-    jadd_num(j, cf, "local", c->local_tokens);
-    jadd_num(j, cf, "block", c->block);
-    jadd_num(j, cf, "calib", c->calib);
-    jadd_num(j, cf, "min_candidates", c->min_candidates);
-    jadd_str(j, cf, "kv_mode", kv_mode_name(c->kv_mode));
-    jadd_num(j, cf, "snapkv_window", c->snapkv_window);
-    jadd_num(j, cf, "snapkv_pool", c->snapkv_pool);
-    jadd_bool(j, cf, "teacher_forced", c->teacher_forced);
-    jadd_bool(j, cf, "prefetch", c->prefetch);
-    jadd_num(j, cf, "threads", c->threads);
+    ap_jadd_num(j, cf, "max_samples", c->max_samples);
+    ap_jadd_num(j, cf, "max_new_tokens", c->max_new_tokens);
+    ap_jadd_num(j, cf, "sink", c->sink_tokens);
+    ap_jadd_num(j, cf, "local", c->local_tokens);
+    ap_jadd_num(j, cf, "block", c->block);
+    ap_jadd_num(j, cf, "calib", c->calib);
+    ap_jadd_num(j, cf, "min_candidates", c->min_candidates);
+    ap_jadd_str(j, cf, "kv_mode", ap_kv_mode_name(c->kv_mode));
+    ap_jadd_num(j, cf, "snapkv_window", c->snapkv_window);
+    ap_jadd_num(j, cf, "snapkv_pool", c->snapkv_pool);
+    ap_jadd_bool(j, cf, "teacher_forced", c->teacher_forced);
+    ap_jadd_bool(j, cf, "prefetch", c->prefetch);
+    ap_jadd_num(j, cf, "threads", c->threads);
 
-    cJSON *mo = jadd(j, root, "model", cJSON_CreateObject());
-    jadd_str(j, mo, "name", r->model_name);
-    jadd_str(j, mo, "path", c->model);
-    jadd_num(j, mo, "n_layer", r->n_layer);
-    jadd_num(j, mo, "n_head", r->n_head);
-    jadd_num(j, mo, "n_head_kv", r->n_head_kv);
-    jadd_num(j, mo, "head_dim", r->head_dim);
+    cJSON *mo = ap_jadd(j, root, "model", cJSON_CreateObject());
+    ap_jadd_str(j, mo, "name", r->model_name);
+    ap_jadd_str(j, mo, "path", c->model);
+    ap_jadd_num(j, mo, "n_layer", r->n_layer);
+    ap_jadd_num(j, mo, "n_head", r->n_head);
+    ap_jadd_num(j, mo, "n_head_kv", r->n_head_kv);
+    ap_jadd_num(j, mo, "head_dim", r->head_dim);
 
-    cJSON *ma = jadd(j, root, "methods", cJSON_CreateArray());
+    cJSON *ma = ap_jadd(j, root, "methods", cJSON_CreateArray());
     for (int m = 0; m < r->n_methods; m++) {
-        cJSON *o = jadd(j, ma, NULL, cJSON_CreateObject());
-        jadd_str(j, o, "name", r->methods[m].name);
-        jadd_str(j, o, "label", r->methods[m].label);
-        jadd_str(j, o, "kind", ap_tasks_kind_name(&r->methods[m]));
+        cJSON *o = ap_jadd(j, ma, NULL, cJSON_CreateObject());
+        ap_jadd_str(j, o, "name", r->methods[m].name);
+        ap_jadd_str(j, o, "label", r->methods[m].label);
+        ap_jadd_str(j, o, "kind", ap_tasks_kind_name(&r->methods[m]));
     }
 }
 
-static void json_run(jbuild *j, cJSON *arr, const ap_tasks_result *r, int s, int m, int b) {
+static void json_run(ap_jbuild *j, cJSON *arr, const ap_tasks_result *r, int s, int m, int b) {
     const ap_task_run *x = ap_tasks_run_at(r, s, m, b);
-    cJSON *o = jadd(j, arr, NULL, cJSON_CreateObject());
-    jadd_str(j, o, "method", r->methods[m].name);
-    jadd_str(j, o, "kind", ap_tasks_kind_name(&r->methods[m]));
+    cJSON *o = ap_jadd(j, arr, NULL, cJSON_CreateObject());
+    ap_jadd_str(j, o, "method", r->methods[m].name);
+    ap_jadd_str(j, o, "kind", ap_tasks_kind_name(&r->methods[m]));
     if (r->methods[m].is_full)
-        jadd(j, o, "budget", cJSON_CreateNull());
+        ap_jadd(j, o, "budget", cJSON_CreateNull());
     else
-        jadd_num(j, o, "budget", r->budgets[b]);
-    jadd_num(j, o, "score", x->score);
-    jadd_num(j, o, "agreement", x->agreement);
-    jadd_num(j, o, "kl", x->kl);
-    jadd_bool(j, o, "same", x->same);
-    jadd_num(j, o, "n_gen", x->n_gen);
-    jadd_num(j, o, "decode_seconds", x->decode_seconds);
-    jadd_num(j, o, "tokens_per_s", x->decode_seconds > 0 ? x->n_gen / x->decode_seconds : NAN);
-    jadd_num(j, o, "select_seconds", x->select_seconds);
-    jadd_num(j, o, "select_ms_per_token", x->n_gen > 0 ? 1000.0 * x->select_seconds / x->n_gen : NAN);
-    jadd_num(j, o, "score_seconds", x->score_seconds);
-    jadd_num(j, o, "prefetch_wait_seconds", x->prefetch_wait_seconds);
-    jadd_num(j, o, "prefetched", (double)x->prefetched);
-    jadd_num(j, o, "fetch_kv_bytes", x->fetch_kv_bytes);
-    jadd_bool(j, o, "kv_measured", x->kv_measured);
-    jadd_num(j, o, "hot_capacity_bytes", x->hot_capacity_bytes);
-    jadd_num(j, o, "resident_kv_bytes", x->resident_kv_bytes);
-    jadd_num(j, o, "full_kv_bytes", x->full_kv_bytes);
-    jadd_num(j, o, "cold_kv_bytes", x->cold_kv_bytes);
-    jadd_num(j, o, "compression", x->resident_kv_bytes > 0 ? x->full_kv_bytes / x->resident_kv_bytes : NAN);
-    jadd_num(j, o, "recovery", x->recovery);
-    jadd_str(j, o, "output", x->output ? x->output : "");
+        ap_jadd_num(j, o, "budget", r->budgets[b]);
+    ap_jadd_num(j, o, "score", x->score);
+    ap_jadd_num(j, o, "agreement", x->agreement);
+    ap_jadd_num(j, o, "kl", x->kl);
+    ap_jadd_bool(j, o, "same", x->same);
+    ap_jadd_num(j, o, "n_gen", x->n_gen);
+    ap_jadd_num(j, o, "decode_seconds", x->decode_seconds);
+    ap_jadd_num(j, o, "tokens_per_s", x->decode_seconds > 0 ? x->n_gen / x->decode_seconds : NAN);
+    ap_jadd_num(j, o, "select_seconds", x->select_seconds);
+    ap_jadd_num(j, o, "select_ms_per_token", x->n_gen > 0 ? 1000.0 * x->select_seconds / x->n_gen : NAN);
+    ap_jadd_num(j, o, "score_seconds", x->score_seconds);
+    ap_jadd_num(j, o, "prefetch_wait_seconds", x->prefetch_wait_seconds);
+    ap_jadd_num(j, o, "prefetched", (double)x->prefetched);
+    ap_jadd_num(j, o, "fetch_kv_bytes", x->fetch_kv_bytes);
+    ap_jadd_bool(j, o, "kv_measured", x->kv_measured);
+    ap_jadd_num(j, o, "hot_capacity_bytes", x->hot_capacity_bytes);
+    ap_jadd_num(j, o, "resident_kv_bytes", x->resident_kv_bytes);
+    ap_jadd_num(j, o, "full_kv_bytes", x->full_kv_bytes);
+    ap_jadd_num(j, o, "cold_kv_bytes", x->cold_kv_bytes);
+    ap_jadd_num(j, o, "compression", x->resident_kv_bytes > 0 ? x->full_kv_bytes / x->resident_kv_bytes : NAN);
+    ap_jadd_num(j, o, "recovery", x->recovery);
+    ap_jadd_str(j, o, "output", x->output ? x->output : "");
 }
 
-static void json_samples(jbuild *j, cJSON *root, const ap_tasks_result *r) {
-    cJSON *arr = jadd(j, root, "samples", cJSON_CreateArray());
+static void json_samples(ap_jbuild *j, cJSON *root, const ap_tasks_result *r) {
+    cJSON *arr = ap_jadd(j, root, "samples", cJSON_CreateArray());
     for (int s = 0; s < r->n_samples; s++) {
         const ap_task_sample *sa = &r->samples[s];
-        cJSON *o = jadd(j, arr, NULL, cJSON_CreateObject());
-        jadd_str(j, o, "id", sa->id);
-        jadd_str(j, o, "task", sa->task);
-        jadd_str(j, o, "category", sa->category);
-        jadd_str(j, o, "bucket", sa->bucket);
-        jadd_str(j, o, "metric", sa->metric);
-        jadd_num(j, o, "n_prompt", sa->n_prompt);
-        jadd_num(j, o, "max_new_tokens", sa->max_new_tokens);
-        jadd_num(j, o, "prefill_seconds", sa->prefill_seconds);
-        cJSON *runs = jadd(j, o, "runs", cJSON_CreateArray());
+        cJSON *o = ap_jadd(j, arr, NULL, cJSON_CreateObject());
+        ap_jadd_str(j, o, "id", sa->id);
+        ap_jadd_str(j, o, "task", sa->task);
+        ap_jadd_str(j, o, "category", sa->category);
+        ap_jadd_str(j, o, "bucket", sa->bucket);
+        ap_jadd_str(j, o, "metric", sa->metric);
+        ap_jadd_num(j, o, "n_prompt", sa->n_prompt);
+        ap_jadd_num(j, o, "max_new_tokens", sa->max_new_tokens);
+        ap_jadd_num(j, o, "prefill_seconds", sa->prefill_seconds);
+        cJSON *runs = ap_jadd(j, o, "runs", cJSON_CreateArray());
         /* Full KV fills every budget with one run: written once. */
         json_run(j, runs, r, s, 0, 0);
         for (int m = 1; m < r->n_methods; m++)
@@ -310,94 +263,68 @@ static void json_samples(jbuild *j, cJSON *root, const ap_tasks_result *r) {
     }
 }
 
-static void json_cell(jbuild *j, cJSON *arr, const ap_tasks_result *r, const char *task,
+static void json_cell(ap_jbuild *j, cJSON *arr, const ap_tasks_result *r, const char *task,
                       const char *bucket, int m, int b) {
     ap_tasks_cell c;
     ap_tasks_cell_of(r, task, bucket, m, b, &c);
-    cJSON *o = jadd(j, arr, NULL, cJSON_CreateObject());
-    if (task) jadd_str(j, o, "task", task);
-    if (bucket) jadd_str(j, o, "bucket", bucket);
-    jadd_str(j, o, "method", r->methods[m].name);
-    jadd_str(j, o, "kind", ap_tasks_kind_name(&r->methods[m]));
+    cJSON *o = ap_jadd(j, arr, NULL, cJSON_CreateObject());
+    if (task) ap_jadd_str(j, o, "task", task);
+    if (bucket) ap_jadd_str(j, o, "bucket", bucket);
+    ap_jadd_str(j, o, "method", r->methods[m].name);
+    ap_jadd_str(j, o, "kind", ap_tasks_kind_name(&r->methods[m]));
     if (r->methods[m].is_full)
-        jadd(j, o, "budget", cJSON_CreateNull());
+        ap_jadd(j, o, "budget", cJSON_CreateNull());
     else
-        jadd_num(j, o, "budget", r->budgets[b]);
-    jadd_num(j, o, "n", c.n);
-    jadd_num(j, o, "score", c.score);
-    jadd_num(j, o, "score_rel_full", c.score_rel_full);
-    jadd_num(j, o, "agreement", c.agreement);
-    jadd_num(j, o, "kl", c.kl);
-    jadd_num(j, o, "same", c.same);
-    jadd_num(j, o, "tokens_per_s", c.tokens_per_s);
-    jadd_num(j, o, "select_ms_per_token", c.select_ms_per_token);
-    jadd_num(j, o, "resident_kv_bytes", c.resident_kv_bytes);
-    jadd_num(j, o, "full_kv_bytes", c.full_kv_bytes);
-    jadd_num(j, o, "cold_kv_bytes", c.cold_kv_bytes);
-    jadd_num(j, o, "compression", c.compression);
-    jadd_num(j, o, "recovery", c.recovery);
-    jadd_num(j, o, "fetch_kv_bytes", c.fetch_kv_bytes);
-    jadd_num(j, o, "score_ms_per_token", c.score_ms_per_token);
-    jadd_num(j, o, "prefetch_hidden", c.prefetch_hidden);
+        ap_jadd_num(j, o, "budget", r->budgets[b]);
+    ap_jadd_num(j, o, "n", c.n);
+    ap_jadd_num(j, o, "score", c.score);
+    ap_jadd_num(j, o, "score_rel_full", c.score_rel_full);
+    ap_jadd_num(j, o, "agreement", c.agreement);
+    ap_jadd_num(j, o, "kl", c.kl);
+    ap_jadd_num(j, o, "same", c.same);
+    ap_jadd_num(j, o, "tokens_per_s", c.tokens_per_s);
+    ap_jadd_num(j, o, "select_ms_per_token", c.select_ms_per_token);
+    ap_jadd_num(j, o, "resident_kv_bytes", c.resident_kv_bytes);
+    ap_jadd_num(j, o, "full_kv_bytes", c.full_kv_bytes);
+    ap_jadd_num(j, o, "cold_kv_bytes", c.cold_kv_bytes);
+    ap_jadd_num(j, o, "compression", c.compression);
+    ap_jadd_num(j, o, "recovery", c.recovery);
+    ap_jadd_num(j, o, "fetch_kv_bytes", c.fetch_kv_bytes);
+    ap_jadd_num(j, o, "score_ms_per_token", c.score_ms_per_token);
+    ap_jadd_num(j, o, "prefetch_hidden", c.prefetch_hidden);
 }
 
 /* Cells of one group in report order: full KV once, then method x budget. */
-static void json_cells(jbuild *j, cJSON *arr, const ap_tasks_result *r, const char *task,
+static void json_cells(ap_jbuild *j, cJSON *arr, const ap_tasks_result *r, const char *task,
                        const char *bucket) {
     json_cell(j, arr, r, task, bucket, 0, 0);
     for (int m = 1; m < r->n_methods; m++)
         for (int b = 0; b < r->n_budgets; b++) json_cell(j, arr, r, task, bucket, m, b);
 }
 
-static void json_summary(jbuild *j, cJSON *root, const ap_tasks_result *r, const groups *g) {
-    cJSON *su = jadd(j, root, "summary", cJSON_CreateObject());
-    json_cells(j, jadd(j, su, "overall", cJSON_CreateArray()), r, NULL, NULL);
-    cJSON *bt = jadd(j, su, "by_task", cJSON_CreateArray());
+static void json_summary(ap_jbuild *j, cJSON *root, const ap_tasks_result *r, const groups *g) {
+    cJSON *su = ap_jadd(j, root, "summary", cJSON_CreateObject());
+    json_cells(j, ap_jadd(j, su, "overall", cJSON_CreateArray()), r, NULL, NULL);
+    cJSON *bt = ap_jadd(j, su, "by_task", cJSON_CreateArray());
     for (int i = 0; i < g->n; i++) json_cells(j, bt, r, g->task[i], g->bucket[i]);
 }
 
-static void json_footer(jbuild *j, cJSON *root, const ap_tasks_result *r) {
-    cJSON *dr = jadd(j, root, "dropped", cJSON_CreateArray());
+static void json_footer(ap_jbuild *j, cJSON *root, const ap_tasks_result *r) {
+    cJSON *dr = ap_jadd(j, root, "dropped", cJSON_CreateArray());
     for (int i = 0; i < r->n_dropped; i++) {
-        cJSON *o = jadd(j, dr, NULL, cJSON_CreateObject());
-        jadd_str(j, o, "method", r->dropped[i]);
-        jadd_str(j, o, "reason", r->dropped_reason[i]);
+        cJSON *o = ap_jadd(j, dr, NULL, cJSON_CreateObject());
+        ap_jadd_str(j, o, "method", r->dropped[i]);
+        ap_jadd_str(j, o, "reason", r->dropped_reason[i]);
     }
-    jadd_num(j, root, "seconds", r->seconds);
+    ap_jadd_num(j, root, "seconds", r->seconds);
 }
 
-/* text + '\n' under the temporary name, then renamed; nothing is left
- * behind on failure. */
-static ap_status write_text(const char *path, const char *text, ap_err *err) {
-    char tmp[PATH_BUF];
-    ap_status st = tmp_for(tmp, path, err);
-    if (st) return st;
-    FILE *f = fopen(tmp, "wb");
-    if (!f)
-        return ap_errf(err, AP_ERR_IO, "%s: cannot create temporary file %s: %s", path, tmp,
-                       strerror(errno));
-    int bad = fputs(text, f) == EOF || fputc('\n', f) == EOF;
-    int saved = errno;
-    /* A full disk often shows up only when the buffer is flushed. */
-    if (fclose(f) != 0 && !bad) {
-        bad = 1;
-        saved = errno;
-    }
-    if (bad) {
-        st = ap_errf(err, AP_ERR_IO, "%s: cannot write %s: %s", path, tmp, strerror(saved));
-        goto cleanup;
-    }
-    st = ap_commit_file(tmp, path, err);
-cleanup:
-    if (st != AP_OK) remove(tmp);
-    return st;
-}
 
 ap_status ap_tasks_write_json(const ap_tasks_result *r, const char *path, ap_err *err) {
     ap_status st = check_result(r, path, err);
     if (st) return st;
     groups g = {0};
-    jbuild j = {0};
+    ap_jbuild j = {0};
     char *text = NULL;
     cJSON *root = NULL;
     if ((st = groups_make(r, &g, path, err))) return st;
@@ -412,7 +339,7 @@ ap_status ap_tasks_write_json(const ap_tasks_result *r, const char *path, ap_err
         st = ap_errf(err, AP_ERR_NOMEM, "%s: out of memory building the JSON report", path);
         goto cleanup;
     }
-    st = write_text(path, text, err);
+    st = ap_report_write_text(path, text, err);
 cleanup:
     cJSON_free(text);
     cJSON_Delete(root);
@@ -422,39 +349,20 @@ cleanup:
 
 /* ---- Markdown ------------------------------------------------------------------ */
 
-/* Table cells must not contain '|' or line breaks. */
-static void md_text(FILE *f, const char *s) {
-    for (; s && *s; s++) {
-        if (*s == '|')
-            fputs("\\|", f);
-        else if (*s == '\n' || *s == '\r')
-            fputc(' ', f);
-        else
-            fputc(*s, f);
-    }
-}
 
 static void md_method(FILE *f, const ap_task_method *me) {
     if (me->label[0] && strcmp(me->label, me->name) != 0) {
-        md_text(f, me->label);
+        ap_md_text(f, me->label);
         fputs(" (`", f);
-        md_text(f, me->name);
+        ap_md_text(f, me->name);
         fputs("`)", f);
     } else {
         fputc('`', f);
-        md_text(f, me->name);
+        ap_md_text(f, me->name);
         fputc('`', f);
     }
 }
 
-/* " | <v>" or " | n/a" for a value that is not a number. */
-static void md_num(FILE *f, double v, int decimals) {
-    fputs(" | ", f);
-    if (isfinite(v))
-        fprintf(f, "%.*f", decimals, v);
-    else
-        fputs("n/a", f);
-}
 
 static void md_header(FILE *f, const ap_tasks_result *r, const groups *g) {
     const ap_tasks_config *c = &r->config;
@@ -465,11 +373,11 @@ static void md_header(FILE *f, const ap_tasks_result *r, const groups *g) {
           "full-KV output (docs/eval-tasks.md).\n\n",
           f);
     fputs("- model: `", f);
-    md_text(f, r->model_name);
+    ap_md_text(f, r->model_name);
     fprintf(f, "`: %d layers x %d query heads (%d KV heads), head_dim %d\n", r->n_layer, r->n_head,
             r->n_head_kv, r->head_dim);
     fputs("- suite: `", f);
-    md_text(f, c->tasks_file ? c->tasks_file : "?");
+    ap_md_text(f, c->tasks_file ? c->tasks_file : "?");
     fprintf(f, "`: %d samples", r->n_samples);
     int nt = 0;
     for (int i = 0; i < g->n; i++) nt += group_index(g, g->task[i], NULL) == i;
@@ -477,26 +385,26 @@ static void md_header(FILE *f, const ap_tasks_result *r, const groups *g) {
     for (int i = 0, k = 0; i < g->n; i++) {
         if (group_index(g, g->task[i], NULL) != i) continue;
         fputs(k++ ? ", " : "", f);
-        md_text(f, g->task[i]);
+        ap_md_text(f, g->task[i]);
     }
     fputs(")\n", f);
     if (c->predictor) {
         fputs("- predictor: `", f);
-        md_text(f, c->predictor);
+        ap_md_text(f, c->predictor);
         fputs("`\n", f);
     }
     fprintf(f, "- budget B = sink %d + local %d tokens + selected %d-token blocks; calibration row "
                "every %d decode steps; selection %s\n",
-            c->sink_tokens, c->local_tokens, c->block, c->calib, kv_mode_name(c->kv_mode));
+            c->sink_tokens, c->local_tokens, c->block, c->calib, ap_kv_mode_name(c->kv_mode));
     fprintf(f, "- agreement and KL: %s\n",
             c->teacher_forced ? "teacher-forced along the full-KV output"
                               : "free-running only, along the prefix shared with the full-KV output");
     fprintf(f, "- run time %.1f s on %d engine threads\n", r->seconds, c->threads);
     for (int i = 0; i < r->n_dropped; i++) {
         fputs("- not run: `", f);
-        md_text(f, r->dropped[i]);
+        ap_md_text(f, r->dropped[i]);
         fputs("` (", f);
-        md_text(f, r->dropped_reason[i]);
+        ap_md_text(f, r->dropped_reason[i]);
         fputs(")\n", f);
     }
 }
@@ -553,7 +461,7 @@ static void md_by_task(FILE *f, const ap_tasks_result *r, const groups *g) {
     for (int m = 1; m < r->n_methods; m++)
         for (int b = 0; b < r->n_budgets; b++) {
             fputc(' ', f);
-            md_text(f, r->methods[m].name);
+            ap_md_text(f, r->methods[m].name);
             fprintf(f, "@%d |", r->budgets[b]);
         }
     fputs("\n|:--|:--|--:|--:|", f);
@@ -566,18 +474,18 @@ static void md_by_task(FILE *f, const ap_tasks_result *r, const groups *g) {
         ap_tasks_cell_of(r, t, bk, 0, 0, &c);
         fputs("| ", f);
         if (t) {
-            md_text(f, t);
+            ap_md_text(f, t);
             fputs(" | ", f);
-            md_text(f, bk);
+            ap_md_text(f, bk);
         } else {
             fputs("**all** | ", f);
         }
         fprintf(f, " | %d", c.n);
-        md_num(f, 100.0 * c.score, 1);
+        ap_md_num(f, 100.0 * c.score, 1);
         for (int m = 1; m < r->n_methods; m++)
             for (int b = 0; b < r->n_budgets; b++) {
                 ap_tasks_cell_of(r, t, bk, m, b, &c);
-                md_num(f, 100.0 * c.score, 1);
+                ap_md_num(f, 100.0 * c.score, 1);
             }
         fputs(" |\n", f);
     }
@@ -630,17 +538,17 @@ static void md_memory(FILE *f, const ap_tasks_result *r) {
                 fputs("-", f);
             else
                 fprintf(f, "%d", r->budgets[b]);
-            md_num(f, c.resident_kv_bytes / MIB, 2);
+            ap_md_num(f, c.resident_kv_bytes / MIB, 2);
             fputs(" | ", f);
             if (isfinite(c.compression))
                 fprintf(f, "%.1fx", c.compression);
             else
                 fputs("n/a", f);
-            md_num(f, c.cold_kv_bytes / MIB, 2);
-            md_num(f, c.fetch_kv_bytes / 1024.0, 1);
-            md_num(f, c.tokens_per_s, 1);
-            md_num(f, c.select_ms_per_token, 2);
-            md_num(f, c.score_ms_per_token, 2);
+            ap_md_num(f, c.cold_kv_bytes / MIB, 2);
+            ap_md_num(f, c.fetch_kv_bytes / 1024.0, 1);
+            ap_md_num(f, c.tokens_per_s, 1);
+            ap_md_num(f, c.select_ms_per_token, 2);
+            ap_md_num(f, c.score_ms_per_token, 2);
             fputs(" | ", f);
             if (isfinite(c.prefetch_hidden))
                 fprintf(f, "%.0f%%", 100.0 * c.prefetch_hidden);
@@ -651,12 +559,12 @@ static void md_memory(FILE *f, const ap_tasks_result *r) {
 }
 
 ap_status ap_tasks_write_md(const ap_tasks_result *r, const char *path, ap_err *err) {
-    char tmp[PATH_BUF];
+    char tmp[AP_REPORT_PATH_BUF];
     groups g = {0};
     FILE *f = NULL;
     ap_status st = check_result(r, path, err);
     if (st) return st;
-    if ((st = tmp_for(tmp, path, err))) return st;
+    if ((st = ap_report_tmp_name(tmp, path, err))) return st;
     if ((st = groups_make(r, &g, path, err))) return st;
     f = fopen(tmp, "wb");
     if (!f) {
@@ -688,20 +596,14 @@ cleanup:
 
 /* ---- PNG ----------------------------------------------------------------------- */
 
-static ap_status plot_path(char *out, const char *dir, const char *name, ap_err *err) {
-    int n = snprintf(out, PATH_BUF, "%s/%s", dir, name);
-    if (n < 0 || n + 32 >= PATH_BUF)
-        return ap_errf(err, AP_ERR_ARG, "%.200s...: output directory name is too long", dir);
-    return AP_OK;
-}
 
 typedef enum { PLOT_SCORE_VS_COMPRESSION, PLOT_AGREEMENT_VS_BUDGET } plot_kind;
 
 /* One line per method over the budgets, plus full KV as a reference line. */
 static ap_status png_lines(const ap_tasks_result *r, const char *dir, plot_kind kind, ap_err *err) {
-    char path[PATH_BUF];
+    char path[AP_REPORT_PATH_BUF];
     const int score = kind == PLOT_SCORE_VS_COMPRESSION;
-    ap_status st = plot_path(path, dir, score ? "score_vs_compression.png" : "agreement_vs_budget.png", err);
+    ap_status st = ap_report_plot_path(path, dir, score ? "score_vs_compression.png" : "agreement_vs_budget.png", err);
     if (st) return st;
     const int nm = r->n_methods, nb = r->n_budgets;
     /* Per method: x and y over the budgets; the reference line takes 2 points. */

@@ -237,7 +237,6 @@ typedef struct {
     int32_t *full_out;  /* full-KV tokens (including a final stop token) */
     int n_full;
     int32_t *out;       /* a run's tokens */
-    double *lp_tmp;     /* [V] */
 } dec_t;
 
 static int is_stop(const dec_t *d, int32_t t) {
@@ -246,12 +245,6 @@ static int is_stop(const dec_t *d, int32_t t) {
     return 0;
 }
 
-static int32_t argmax(const float *x, int n) {
-    int32_t b = 0;
-    for (int i = 1; i < n; i++)
-        if (x[i] > x[b]) b = i;
-    return b;
-}
 
 static void log_softmax(const float *x, int n, float *out) {
     double m = x[0], s = 0.0;
@@ -262,12 +255,11 @@ static void log_softmax(const float *x, int n, float *out) {
 }
 
 /* KL(p || q) with p from log-probs lp and q from logits x. */
-static double kl_div(const float *lp, const float *x, int n, double *tmp) {
+static double kl_div(const float *lp, const float *x, int n) {
     double m = x[0], s = 0.0;
     for (int i = 1; i < n; i++) m = x[i] > m ? x[i] : m;
     for (int i = 0; i < n; i++) s += exp((double)x[i] - m);
     double lz = m + log(s), kl = 0.0;
-    (void)tmp;
     for (int i = 0; i < n; i++) {
         double lpi = lp[i];
         if (lpi < -60.0) continue;
@@ -303,10 +295,10 @@ static ap_status decode(dec_t *d, int n_prompt, int max_new, const ap_attn_obser
     const int n_pos = forced ? n_forced : max_new;
     int on_full = 1;
     for (int i = 0; i < n_pos; i++) {
-        int32_t g = argmax(lg, V);
+        int32_t g = ap_sample(lg, V, 0.0f, 0, NULL);
         if (compare && i < d->n_full) {
             if (on_full) {
-                r->kl_sum += kl_div(d->full_lp + (size_t)i * V, lg, V, d->lp_tmp);
+                r->kl_sum += kl_div(d->full_lp + (size_t)i * V, lg, V);
                 r->kl_n++;
                 r->agree += g == d->full_out[i];
             }
@@ -336,7 +328,7 @@ static ap_status full_decode(dec_t *d, int n_prompt, int max_new, dec_res *r, ap
     const float *lg = d->first;
     d->n_full = 0;
     for (int i = 0; i < max_new; i++) {
-        int32_t g = argmax(lg, V);
+        int32_t g = ap_sample(lg, V, 0.0f, 0, NULL);
         log_softmax(lg, V, d->full_lp + (size_t)i * V);
         d->full_out[i] = g;
         d->n_full = i + 1;
@@ -527,9 +519,7 @@ ap_status ap_tasks_run(const ap_tasks_config *c, ap_tasks_result **out, ap_err *
     d.full_lp = malloc((size_t)max_new * V * sizeof(float));
     d.full_out = calloc((size_t)max_new, sizeof(int32_t));
     d.out = calloc((size_t)max_new, sizeof(int32_t));
-    d.lp_tmp = malloc((size_t)V * sizeof(double));
-    if (!r->samples || !r->runs || !d.logits || !d.first || !d.full_lp || !d.full_out || !d.out ||
-        !d.lp_tmp) {
+    if (!r->samples || !r->runs || !d.logits || !d.first || !d.full_lp || !d.full_out || !d.out) {
         st = ap_errf(err, AP_ERR_NOMEM, "out of memory");
         goto cleanup;
     }
@@ -700,7 +690,6 @@ cleanup:
     free(d.full_lp);
     free(d.full_out);
     free(d.out);
-    free(d.lp_tmp);
     if (smp)
         for (int i = 0; i < n_smp; i++) sample_free(&smp[i]);
     free(smp);

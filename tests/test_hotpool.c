@@ -14,48 +14,11 @@
 #include "common/tolerance.h"
 #include "eval/live.h"
 #include "eval/tasks.h"
+#include "helpers/synth_ctx.h"
 #include "helpers/synth_model.h"
 #include "train/predictor.h"
 #include "train/runtime.h"
 
-typedef struct {
-    char path[256];
-    ap_gguf *g;
-    ap_model *m;
-    ap_ctx *c;
-} fx;
-
-static void fx_open(fx *f, int n_threads) {
-    ap_err err = {0};
-    ap_synth_opts o;
-    ap_synth_opts_default(&o);
-    ap_synth_tmp_path(f->path, sizeof f->path, "hotpool", ".gguf");
-    cr_assert_eq(ap_synth_model_write(f->path, &o, &err), AP_OK, "%s", err.msg);
-    cr_assert_eq(ap_gguf_open(f->path, &f->g, &err), AP_OK, "%s", err.msg);
-    cr_assert_eq(ap_model_load(f->g, &f->m, &err), AP_OK, "%s", err.msg);
-    cr_assert_eq(ap_ctx_create(f->m, 512, n_threads, &f->c, &err), AP_OK, "%s", err.msg);
-}
-
-static void fx_close(fx *f) {
-    ap_ctx_free(f->c);
-    ap_model_free(f->m);
-    ap_gguf_free(f->g);
-    unlink(f->path);
-}
-
-static void prompt(int32_t *ids, int n, unsigned seed) {
-    for (int i = 0; i < n; i++) {
-        seed = seed * 1103515245u + 12345u;
-        ids[i] = 3 + (int32_t)((seed >> 16) % 250);
-    }
-}
-
-static int32_t argmax(const float *x, int n) {
-    int32_t b = 0;
-    for (int i = 1; i < n; i++)
-        if (x[i] > x[b]) b = i;
-    return b;
-}
 
 /* ------------------------------------------------------------- engine */
 
@@ -126,7 +89,7 @@ static ap_status pa_attended(void *user, const ap_kv_step *s, const ap_kv_attend
 }
 
 /* Logits of `steps` forced decode steps under policy p (NULL: dense). */
-static void forced(fx *f, int np, const int32_t *toks, int steps, const ap_kv_policy *p,
+static void forced(ap_synth_ctx *f, int np, const int32_t *toks, int steps, const ap_kv_policy *p,
                    float *out) {
     ap_err err = {0};
     const int V = ap_model_hparams(f->m)->n_vocab;
@@ -139,14 +102,14 @@ static void forced(fx *f, int np, const int32_t *toks, int steps, const ap_kv_po
 }
 
 Test(hotpool, engine_attends_from_the_pages) {
-    fx f;
-    fx_open(&f, 2);
+    ap_synth_ctx f;
+    ap_synth_ctx_open(&f, "hotpool", 2);
     ap_err err = {0};
     const ap_hparams *hp = ap_model_hparams(f.m);
     const int np = 150, steps = 12, V = hp->n_vocab;
     int32_t ids[150], toks[12];
-    prompt(ids, np, 5);
-    prompt(toks, steps, 9);
+    ap_synth_prompt(ids, np, 5);
+    ap_synth_prompt(toks, steps, 9);
     float *lg = malloc(sizeof(float) * V);
     cr_assert_eq(ap_ctx_eval(f.c, ids, np, lg, 0, NULL, &err), AP_OK, "%s", err.msg);
     float *dense = malloc(sizeof(float) * V * steps), *paged = malloc(sizeof(float) * V * steps);
@@ -184,7 +147,7 @@ Test(hotpool, engine_attends_from_the_pages) {
     free(dense);
     free(paged);
     free(lg);
-    fx_close(&f);
+    ap_synth_ctx_close(&f);
 }
 
 /* --------------------------------------------------------------- live */
@@ -199,13 +162,13 @@ typedef struct {
 } run_out;
 
 /* Prefill, then STEPS greedy decode steps of `sel` at `budget`. */
-static void run_live(fx *f, const ap_selector *sel, ap_runtime *rt, ap_kv_mode mode, int budget,
+static void run_live(ap_synth_ctx *f, const ap_selector *sel, ap_runtime *rt, ap_kv_mode mode, int budget,
                      int hot, int prefetch, run_out *o) {
     ap_err err = {0};
     const ap_hparams *hp = ap_model_hparams(f->m);
     const int V = hp->n_vocab;
     int32_t ids[NP];
-    prompt(ids, NP, 11);
+    ap_synth_prompt(ids, NP, 11);
     ap_live_prefill *pf = NULL;
     cr_assert_eq(ap_live_prefill_create(hp, 16, 64, NP, STEPS, &pf, &err), AP_OK, "%s", err.msg);
     float *lg = malloc(sizeof(float) * V);
@@ -221,14 +184,14 @@ static void run_live(fx *f, const ap_selector *sel, ap_runtime *rt, ap_kv_mode m
     cr_assert_eq(ap_live_create(pf, sel, &prm, &lo, &lv, &err), AP_OK, "%s", err.msg);
     cr_assert_eq(ap_ctx_set_kv_policy(f->c, ap_live_policy(lv), &err), AP_OK, "%s", err.msg);
     cr_assert_eq(ap_live_policy(lv)->pages != NULL, hot != 0);
-    int32_t t = argmax(lg, V);
+    int32_t t = ap_synth_argmax(lg, V);
     o->logits = malloc(sizeof(float) * V * STEPS);
     for (int i = 0; i < STEPS; i++) {
         o->toks[i] = t;
         cr_assert_eq(ap_ctx_eval(f->c, &t, 1, o->logits + (size_t)i * V, 0, ap_live_observer(lv),
                                  &err),
                      AP_OK, "%s step %d: %s", sel->name, i, err.msg);
-        t = argmax(o->logits + (size_t)i * V, V);
+        t = ap_synth_argmax(o->logits + (size_t)i * V, V);
     }
     ap_live_get_stats(lv, &o->st);
     ap_ctx_set_kv_policy(f->c, NULL, &err);
@@ -239,7 +202,7 @@ static void run_live(fx *f, const ap_selector *sel, ap_runtime *rt, ap_kv_mode m
 
 /* Pool on vs off for one selector: same tokens, close logits, measured
  * numbers equal to the accounted ones. */
-static void check_selector(fx *f, const ap_selector *sel, ap_runtime *rt, ap_kv_mode mode,
+static void check_selector(ap_synth_ctx *f, const ap_selector *sel, ap_runtime *rt, ap_kv_mode mode,
                            int budget, int prefetch) {
     const ap_hparams *hp = ap_model_hparams(f->m);
     const int V = hp->n_vocab;
@@ -291,8 +254,8 @@ static void check_selector(fx *f, const ap_selector *sel, ap_runtime *rt, ap_kv_
 
 /* Budget 176 = sink 64 + local 64 + 3 blocks of ~19 blocks: compressing. */
 Test(hotpool, same_decode_and_measured_equals_accounted) {
-    fx f;
-    fx_open(&f, 2);
+    ap_synth_ctx f;
+    ap_synth_ctx_open(&f, "hotpool", 2);
     const char *names[] = {"streaming", "h2o", "snapkv", "quest", "oracle", "last_step"};
     for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
         const ap_selector *sel = ap_selector_find(names[i]);
@@ -308,13 +271,13 @@ Test(hotpool, same_decode_and_measured_equals_accounted) {
     cr_expect_eq(o.st.pool_fetched_tokens, 0.0);
     cr_expect_eq(o.st.hot_tokens, o.st.full_tokens);
     free(o.logits);
-    fx_close(&f);
+    ap_synth_ctx_close(&f);
 }
 
 /* The predictor with cross-token prefetch and calibration steps. */
 Test(hotpool, attnpred_with_prefetch) {
-    fx f;
-    fx_open(&f, 2);
+    ap_synth_ctx f;
+    ap_synth_ctx_open(&f, "hotpool", 2);
     ap_err e = {0};
     ap_pred_config c;
     ap_pred_config_default(&c);
@@ -331,15 +294,15 @@ Test(hotpool, attnpred_with_prefetch) {
     ap_runtime_free(rt);
     ap_predictor_free(p);
     unlink(path);
-    fx_close(&f);
+    ap_synth_ctx_close(&f);
 }
 
 /* Capacity per (layer, KV head): sink 4 + local ceil(64/16) + 1 + group 2 x
  * k_max 3 = 15 slots of 16 keys x 16 dims x K and V; capped at the blocks of
  * the sequence. */
 Test(hotpool, capacity_bound) {
-    fx f;
-    fx_open(&f, 1);
+    ap_synth_ctx f;
+    ap_synth_ctx_open(&f, "hotpool", 1);
     const ap_hparams *hp = ap_model_hparams(f.m);
     cr_assert_eq(hp->n_head / hp->n_head_kv, 2);
     const double slot = 16.0 * hp->head_dim * 2 * sizeof(float);
@@ -351,7 +314,7 @@ Test(hotpool, capacity_bound) {
     run_live(&f, ap_selector_find("streaming"), NULL, AP_KV_PER_QHEAD, 4096, 1, 0, &o);
     cr_expect_eq(o.st.hot_capacity_bytes, pools * ((NP + STEPS + 15) / 16) * slot);
     free(o.logits);
-    fx_close(&f);
+    ap_synth_ctx_close(&f);
 }
 
 /* The task runner fills the memory fields from the pool when it is on. */

@@ -12,50 +12,13 @@
 #include "common/tolerance.h"
 #include "eval/live.h"
 #include "eval/tasks.h"
+#include "helpers/synth_ctx.h"
 #include "helpers/synth_model.h"
 #include "kernels/block_pool.h"
 #include "train/metrics.h"
 #include "train/predictor.h"
 #include "train/runtime.h"
 
-typedef struct {
-    char path[256];
-    ap_gguf *g;
-    ap_model *m;
-    ap_ctx *c;
-} fx;
-
-static void fx_open(fx *f, int n_threads) {
-    ap_err err = {0};
-    ap_synth_opts o;
-    ap_synth_opts_default(&o);
-    ap_synth_tmp_path(f->path, sizeof f->path, "live", ".gguf");
-    cr_assert_eq(ap_synth_model_write(f->path, &o, &err), AP_OK, "%s", err.msg);
-    cr_assert_eq(ap_gguf_open(f->path, &f->g, &err), AP_OK, "%s", err.msg);
-    cr_assert_eq(ap_model_load(f->g, &f->m, &err), AP_OK, "%s", err.msg);
-    cr_assert_eq(ap_ctx_create(f->m, 512, n_threads, &f->c, &err), AP_OK, "%s", err.msg);
-}
-
-static void fx_close(fx *f) {
-    ap_ctx_free(f->c);
-    ap_model_free(f->m);
-    ap_gguf_free(f->g);
-    unlink(f->path);
-}
-
-static void prompt(int32_t *ids, int n, unsigned seed) {
-    for (int i = 0; i < n; i++) {
-        seed = seed * 1103515245u + 12345u;
-        ids[i] = 3 + (int32_t)((seed >> 16) % 250);
-    }
-}
-
-static int32_t argmax(const float *x, int n) {
-    int32_t b = 0;
-    for (int i = 1; i < n; i++)
-        if (x[i] > x[b]) b = i;
-    return b;
-}
 
 /* A policy that keeps every block: must give the dense decode's tokens, and
  * logits within the attention tolerance (only the summation order differs). */
@@ -81,33 +44,33 @@ static ap_status keep_all_select(void *user, const ap_kv_step *s, const int **bl
 }
 
 Test(live, keep_all_policy_matches_dense_decode) {
-    fx f;
-    fx_open(&f, 2);
+    ap_synth_ctx f;
+    ap_synth_ctx_open(&f, "live", 2);
     ap_err err = {0};
     const int np = 150, steps = 24, V = ap_model_hparams(f.m)->n_vocab;
     int32_t ids[150];
-    prompt(ids, np, 7);
+    ap_synth_prompt(ids, np, 7);
     float *l0 = malloc(sizeof(float) * V), *la = malloc(sizeof(float) * V),
           *lb = malloc(sizeof(float) * V);
     int32_t dense[64], sparse[64];
     cr_assert_eq(ap_ctx_eval(f.c, ids, np, l0, 0, NULL, &err), AP_OK, "%s", err.msg);
-    int32_t t = argmax(l0, V);
+    int32_t t = ap_synth_argmax(l0, V);
     for (int i = 0; i < steps; i++) {
         dense[i] = t;
         cr_assert_eq(ap_ctx_eval(f.c, &t, 1, la, 0, NULL, &err), AP_OK, "%s", err.msg);
-        t = argmax(la, V);
+        t = ap_synth_argmax(la, V);
     }
     keep_all k = {0};
     ap_kv_policy p = {.user = &k, .block = 16, .sink = 0, .local = 0, .per_q_head = 1,
                       .select = keep_all_select};
     cr_assert_eq(ap_ctx_truncate(f.c, np, &err), AP_OK, "%s", err.msg);
     cr_assert_eq(ap_ctx_set_kv_policy(f.c, &p, &err), AP_OK, "%s", err.msg);
-    t = argmax(l0, V);
+    t = ap_synth_argmax(l0, V);
     double worst = 0;
     for (int i = 0; i < steps; i++) {
         sparse[i] = t;
         cr_assert_eq(ap_ctx_eval(f.c, &t, 1, lb, 0, NULL, &err), AP_OK, "%s", err.msg);
-        t = argmax(lb, V);
+        t = ap_synth_argmax(lb, V);
     }
     /* Same trajectory, so the last logits compare too: rerun dense. */
     cr_assert_eq(ap_ctx_set_kv_policy(f.c, NULL, &err), AP_OK);
@@ -121,21 +84,21 @@ Test(live, keep_all_policy_matches_dense_decode) {
     free(l0);
     free(la);
     free(lb);
-    fx_close(&f);
+    ap_synth_ctx_close(&f);
 }
 
 Test(live, truncate_checks_range) {
-    fx f;
-    fx_open(&f, 1);
+    ap_synth_ctx f;
+    ap_synth_ctx_open(&f, "live", 1);
     ap_err err = {0};
     int32_t ids[8];
-    prompt(ids, 8, 3);
+    ap_synth_prompt(ids, 8, 3);
     cr_assert_eq(ap_ctx_eval(f.c, ids, 8, NULL, 0, NULL, &err), AP_OK);
     cr_expect_eq(ap_ctx_truncate(f.c, 9, &err), AP_ERR_RANGE);
     cr_expect_eq(ap_ctx_n_past(f.c), 8);
     cr_expect_eq(ap_ctx_truncate(f.c, 3, &err), AP_OK);
     cr_expect_eq(ap_ctx_n_past(f.c), 3);
-    fx_close(&f);
+    ap_synth_ctx_close(&f);
 }
 
 /* Wraps a live policy and records the lists of layer 1 at each step. */
@@ -184,13 +147,13 @@ static ap_status spy_attended(void *user, const ap_kv_step *ks, const ap_kv_atte
 }
 
 /* Prefill + `steps` greedy decode steps of selector `name` at `budget`. */
-static void run_live_rt(fx *f, const char *name, ap_runtime *rt, int prefetch, int budget,
+static void run_live_rt(ap_synth_ctx *f, const char *name, ap_runtime *rt, int prefetch, int budget,
                         int steps, spy *sp, ap_live_stats *stats) {
     ap_err err = {0};
     const ap_hparams *hp = ap_model_hparams(f->m);
     const int np = 300, V = hp->n_vocab;
     int32_t ids[300];
-    prompt(ids, np, 11);
+    ap_synth_prompt(ids, np, 11);
     ap_live_prefill *pf = NULL;
     cr_assert_eq(ap_live_prefill_create(hp, 16, 64, np, steps, &pf, &err), AP_OK, "%s", err.msg);
     float *lg = malloc(sizeof(float) * V);
@@ -214,11 +177,11 @@ static void run_live_rt(fx *f, const char *name, ap_runtime *rt, int prefetch, i
     sp->outer.select = spy_select;
     sp->outer.attended = spy_attended;
     cr_assert_eq(ap_ctx_set_kv_policy(f->c, &sp->outer, &err), AP_OK, "%s", err.msg);
-    int32_t t = argmax(lg, V);
+    int32_t t = ap_synth_argmax(lg, V);
     for (int i = 0; i < steps; i++) {
         cr_assert_eq(ap_ctx_eval(f->c, &t, 1, lg, 0, ap_live_observer(lv), &err), AP_OK, "%s",
                      err.msg);
-        t = argmax(lg, V);
+        t = ap_synth_argmax(lg, V);
     }
     ap_live_get_stats(lv, stats);
     ap_ctx_set_kv_policy(f->c, NULL, &err);
@@ -227,7 +190,7 @@ static void run_live_rt(fx *f, const char *name, ap_runtime *rt, int prefetch, i
     free(lg);
 }
 
-static void run_live(fx *f, const char *name, int budget, int steps, spy *sp,
+static void run_live(ap_synth_ctx *f, const char *name, int budget, int steps, spy *sp,
                      ap_live_stats *stats) {
     run_live_rt(f, name, NULL, 0, budget, steps, sp, stats);
 }
@@ -240,8 +203,8 @@ static int in_list(const int *l, int b) {
 
 /* Budget 160 = sink 64 + local 64 + 2 blocks. Position q = 300 + t. */
 Test(live, streaming_keeps_sink_local_and_most_recent) {
-    fx f;
-    fx_open(&f, 2);
+    ap_synth_ctx f;
+    ap_synth_ctx_open(&f, "live", 2);
     spy *sp = calloc(1, sizeof *sp);
     ap_live_stats stats;
     run_live(&f, "streaming", 160, 10, sp, &stats);
@@ -265,13 +228,13 @@ Test(live, streaming_keeps_sink_local_and_most_recent) {
     /* A sliding window never needs a block it dropped: nothing to fetch. */
     cr_expect_eq(stats.fetched_tokens, 0.0);
     free(sp);
-    fx_close(&f);
+    ap_synth_ctx_close(&f);
 }
 
 /* The oracle keeps the k candidates with the most true attention. */
 Test(live, oracle_keeps_top_k_of_the_true_row) {
-    fx f;
-    fx_open(&f, 2);
+    ap_synth_ctx f;
+    ap_synth_ctx_open(&f, "live", 2);
     spy *sp = calloc(1, sizeof *sp);
     ap_live_stats stats;
     run_live(&f, "oracle", 192, 8, sp, &stats);
@@ -301,13 +264,13 @@ Test(live, oracle_keeps_top_k_of_the_true_row) {
     double rec = stats.recovery_sum / stats.recovery_n;
     cr_expect(rec > 0.0 && rec <= 1.0 + 1e-6, "recovery %g", rec);
     free(sp);
-    fx_close(&f);
+    ap_synth_ctx_close(&f);
 }
 
 /* An eviction method (H2O) never lists a candidate it dropped earlier. */
 Test(live, eviction_never_brings_a_block_back) {
-    fx f;
-    fx_open(&f, 2);
+    ap_synth_ctx f;
+    ap_synth_ctx_open(&f, "live", 2);
     spy *sp = calloc(1, sizeof *sp);
     ap_live_stats stats;
     run_live(&f, "h2o", 176, 20, sp, &stats);
@@ -320,14 +283,14 @@ Test(live, eviction_never_brings_a_block_back) {
                               u, j, t);
         }
     free(sp);
-    fx_close(&f);
+    ap_synth_ctx_close(&f);
 }
 
 /* Cross-token prefetch changes when the predictor runs, never what it
  * chooses: same lists at every step, and the steps were scored ahead. */
 Test(live, prefetch_gives_the_same_choices) {
-    fx f;
-    fx_open(&f, 2);
+    ap_synth_ctx f;
+    ap_synth_ctx_open(&f, "live", 2);
     ap_err e = {0};
     ap_pred_config c;
     ap_pred_config_default(&c);
@@ -356,7 +319,7 @@ Test(live, prefetch_gives_the_same_choices) {
     ap_runtime_free(rt);
     ap_predictor_free(p);
     unlink(path);
-    fx_close(&f);
+    ap_synth_ctx_close(&f);
 }
 
 /* End to end on a two-sample task file: full KV scores itself, a budget

@@ -1,0 +1,102 @@
+/* Helpers shared by the report writers (see eval/report_util.h). */
+#include "eval/report_util.h"
+
+#include <errno.h>
+#include <math.h>
+#include <string.h>
+
+#include "common/util.h"
+
+cJSON *ap_jadd(ap_jbuild *j, cJSON *parent, const char *key, cJSON *item) {
+    if (!item || !parent) {
+        cJSON_Delete(item);
+        j->failed = 1;
+        return NULL;
+    }
+    cJSON_bool ok = key ? cJSON_AddItemToObject(parent, key, item) : cJSON_AddItemToArray(parent, item);
+    if (!ok) {
+        cJSON_Delete(item);
+        j->failed = 1;
+        return NULL;
+    }
+    return item;
+}
+
+cJSON *ap_jnum(double v) { return isfinite(v) ? cJSON_CreateNumber(v) : cJSON_CreateNull(); }
+
+void ap_jadd_num(ap_jbuild *j, cJSON *o, const char *key, double v) { ap_jadd(j, o, key, ap_jnum(v)); }
+
+void ap_jadd_str(ap_jbuild *j, cJSON *o, const char *key, const char *s) {
+    ap_jadd(j, o, key, s ? cJSON_CreateString(s) : cJSON_CreateNull());
+}
+
+void ap_jadd_bool(ap_jbuild *j, cJSON *o, const char *key, int v) {
+    ap_jadd(j, o, key, cJSON_CreateBool(v != 0));
+}
+
+const char *ap_kv_mode_name(ap_kv_mode k) {
+    switch (k) {
+    case AP_KV_PER_QHEAD: return "per_qhead";
+    case AP_KV_SUM: return "sum";
+    case AP_KV_UNION: return "union";
+    }
+    return "unknown";
+}
+
+ap_status ap_report_tmp_name(char *tmp, const char *path, ap_err *err) {
+    if (strlen(path) + 32 > AP_REPORT_PATH_BUF)
+        return ap_errf(err, AP_ERR_ARG, "%.200s...: output path is too long", path);
+    ap_tmp_name(tmp, AP_REPORT_PATH_BUF, path);
+    return AP_OK;
+}
+
+ap_status ap_report_plot_path(char *out, const char *dir, const char *name, ap_err *err) {
+    int n = snprintf(out, AP_REPORT_PATH_BUF, "%s/%s", dir, name);
+    if (n < 0 || n + 32 >= AP_REPORT_PATH_BUF)
+        return ap_errf(err, AP_ERR_ARG, "%.200s...: output directory name is too long", dir);
+    return AP_OK;
+}
+
+ap_status ap_report_write_text(const char *path, const char *text, ap_err *err) {
+    char tmp[AP_REPORT_PATH_BUF];
+    ap_status st = ap_report_tmp_name(tmp, path, err);
+    if (st) return st;
+    FILE *f = fopen(tmp, "wb");
+    if (!f)
+        return ap_errf(err, AP_ERR_IO, "%s: cannot create temporary file %s: %s", path, tmp,
+                       strerror(errno));
+    int bad = fputs(text, f) == EOF || fputc('\n', f) == EOF;
+    int saved = errno;
+    /* A full disk often shows up only when the buffer is flushed. */
+    if (fclose(f) != 0 && !bad) {
+        bad = 1;
+        saved = errno;
+    }
+    if (bad) {
+        st = ap_errf(err, AP_ERR_IO, "%s: cannot write %s: %s", path, tmp, strerror(saved));
+        goto cleanup;
+    }
+    st = ap_commit_file(tmp, path, err);
+cleanup:
+    if (st != AP_OK) remove(tmp);
+    return st;
+}
+
+void ap_md_text(FILE *f, const char *s) {
+    for (; s && *s; s++) {
+        if (*s == '|')
+            fputs("\\|", f);
+        else if (*s == '\n' || *s == '\r')
+            fputc(' ', f);
+        else
+            fputc(*s, f);
+    }
+}
+
+void ap_md_num(FILE *f, double v, int decimals) {
+    fputs(" | ", f);
+    if (isfinite(v))
+        fprintf(f, "%.*f", decimals, v);
+    else
+        fputs("n/a", f);
+}

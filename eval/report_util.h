@@ -1,0 +1,51 @@
+/* Helpers shared by the replay and task reports (eval/report.c,
+ * eval/task_report.c): an allocation-checked cJSON builder, atomic text
+ * output, Markdown cells and output path checks. Internal to eval/. */
+#ifndef AP_REPORT_UTIL_H
+#define AP_REPORT_UTIL_H
+
+#include <cjson/cJSON.h>
+#include <stdio.h>
+
+#include "common/status.h"
+#include "eval/replay.h"
+
+/* Room for a user path plus ".tmp.<pid>" or a plot file name. */
+#define AP_REPORT_PATH_BUF 4352
+
+/* cJSON calls that can fail (allocation) all go through ap_jadd, which
+ * records the failure and frees the orphan, so building a tree needs one
+ * test of `failed` at the end rather than one per call. */
+typedef struct {
+    int failed;
+} ap_jbuild;
+
+/* Adds item to parent under key (NULL: append to an array); returns item,
+ * or NULL (and marks the build failed) when item or parent is NULL or the
+ * add fails. */
+cJSON *ap_jadd(ap_jbuild *j, cJSON *parent, const char *key, cJSON *item);
+/* JSON has no NaN or Inf: they become null. */
+cJSON *ap_jnum(double v);
+void ap_jadd_num(ap_jbuild *j, cJSON *o, const char *key, double v);
+/* NULL becomes null. */
+void ap_jadd_str(ap_jbuild *j, cJSON *o, const char *key, const char *s);
+void ap_jadd_bool(ap_jbuild *j, cJSON *o, const char *key, int v);
+
+/* "per_qhead", "sum", "union". */
+const char *ap_kv_mode_name(ap_kv_mode k);
+
+/* tmp (AP_REPORT_PATH_BUF bytes) = the temporary name for path, or
+ * AP_ERR_ARG when the path is too long for it. */
+ap_status ap_report_tmp_name(char *tmp, const char *path, ap_err *err);
+/* out (AP_REPORT_PATH_BUF bytes) = dir/name, or AP_ERR_ARG when too long. */
+ap_status ap_report_plot_path(char *out, const char *dir, const char *name, ap_err *err);
+/* text + '\n' under the temporary name, then renamed; nothing is left
+ * behind on failure; errors name path. */
+ap_status ap_report_write_text(const char *path, const char *text, ap_err *err);
+
+/* Markdown: a table-safe cell text ('|' escaped, line breaks as spaces), and
+ * " | <v>" with `decimals` decimals or " | n/a" for a non-finite value. */
+void ap_md_text(FILE *f, const char *s);
+void ap_md_num(FILE *f, double v, int decimals);
+
+#endif

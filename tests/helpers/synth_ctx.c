@@ -1,0 +1,38 @@
+#include "helpers/synth_ctx.h"
+
+#include <criterion/criterion.h>
+#include <unistd.h>
+
+#include "helpers/synth_model.h"
+
+void ap_synth_ctx_open(ap_synth_ctx *f, const char *tag, int n_threads) {
+    ap_err err = {0};
+    ap_synth_opts o;
+    ap_synth_opts_default(&o);
+    ap_synth_tmp_path(f->path, sizeof f->path, tag, ".gguf");
+    cr_assert_eq(ap_synth_model_write(f->path, &o, &err), AP_OK, "%s", err.msg);
+    cr_assert_eq(ap_gguf_open(f->path, &f->g, &err), AP_OK, "%s", err.msg);
+    cr_assert_eq(ap_model_load(f->g, &f->m, &err), AP_OK, "%s", err.msg);
+    cr_assert_eq(ap_ctx_create(f->m, 512, n_threads, &f->c, &err), AP_OK, "%s", err.msg);
+}
+
+void ap_synth_ctx_close(ap_synth_ctx *f) {
+    ap_ctx_free(f->c);
+    ap_model_free(f->m);
+    ap_gguf_free(f->g);
+    unlink(f->path);
+}
+
+void ap_synth_prompt(int32_t *ids, int n, unsigned seed) {
+    for (int i = 0; i < n; i++) {
+        seed = seed * 1103515245u + 12345u;
+        ids[i] = 3 + (int32_t)((seed >> 16) % 250);
+    }
+}
+
+int32_t ap_synth_argmax(const float *x, int n) {
+    int32_t b = 0;
+    for (int i = 1; i < n; i++)
+        if (x[i] > x[b]) b = i;
+    return b;
+}

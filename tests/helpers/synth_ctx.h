@@ -1,0 +1,28 @@
+/* A synthetic model (synth_model.h defaults) loaded into a 512-token
+ * context, and the small decode helpers the live-decoding tests share.
+ * Criterion asserts on failure (test code only). */
+#ifndef AP_SYNTH_CTX_H
+#define AP_SYNTH_CTX_H
+
+#include <stdint.h>
+
+#include "capture/gguf.h"
+#include "capture/model.h"
+
+typedef struct {
+    char path[256];
+    ap_gguf *g;
+    ap_model *m;
+    ap_ctx *c;
+} ap_synth_ctx;
+
+/* Writes the model to a temporary file (tag in its name) and opens it. */
+void ap_synth_ctx_open(ap_synth_ctx *f, const char *tag, int n_threads);
+void ap_synth_ctx_close(ap_synth_ctx *f); /* frees and unlinks */
+
+/* n pseudo-random byte tokens from seed. */
+void ap_synth_prompt(int32_t *ids, int n, unsigned seed);
+/* Greedy choice: the first index of the largest value. */
+int32_t ap_synth_argmax(const float *x, int n);
+
+#endif
