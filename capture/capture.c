@@ -64,6 +64,38 @@ static void obs_row(void *user, int layer, int head, int pos, const float *p, in
     }
 }
 
+/* The CUDA engine's rows: pooled on the device already. */
+static void obs_views(void *user, int layer, int head, int pos, const float *bmax,
+                      const float *bsum, int nb) {
+    seq_rec *r = user;
+    int s = pos - r->first_pos;
+    if (s < 0 || s >= r->s_cap) return;
+    float *mx = r->block_max + idx_view(r, layer, s, head);
+    float *sm = r->block_sum + idx_view(r, layer, s, head);
+    int n = nb < r->nb_cap ? nb : r->nb_cap;
+    memcpy(mx, bmax, (size_t)n * sizeof *mx);
+    memcpy(sm, bsum, (size_t)n * sizeof *sm);
+    memset(mx + n, 0, (size_t)(r->nb_cap - n) * sizeof *mx);
+    memset(sm + n, 0, (size_t)(r->nb_cap - n) * sizeof *sm);
+}
+
+/* Whole rows on the CUDA engine: only where the raw view is recorded. */
+static int obs_want_rows(void *user, int layer) {
+    const seq_rec *r = user;
+    return layer >= 0 && layer < 512 && r->raw_slot[layer] >= 0;
+}
+
+/* The rows of a raw layer on the CUDA engine: views come separately. */
+static void obs_raw_row(void *user, int layer, int head, int pos, const float *p, int len) {
+    seq_rec *r = user;
+    int s = pos - r->first_pos;
+    int ri = (layer >= 0 && layer < 512) ? r->raw_slot[layer] : -1;
+    if (s < 0 || s >= r->s_cap || ri < 0) return;
+    float *dst = r->raw + (((size_t)ri * r->s_cap + s) * r->n_head + head) * r->t_cap;
+    int n = len < r->t_cap ? len : r->t_cap;
+    memcpy(dst, p, (size_t)n * sizeof *dst);
+}
+
 static void obs_query(void *user, int layer, int head, int pos, const float *q, int hd) {
     seq_rec *r = user;
     int s = pos - r->first_pos;
@@ -183,11 +215,23 @@ static ap_status parse_shard_prompts(const ap_capture_opts *o, const ap_prompt_s
     return AP_OK;
 }
 
-ap_status ap_capture_sequence(ap_ctx *ctx, const ap_hparams *hp, const ap_capture_opts *o,
-                              const int *raw_layers, int n_raw, const char *id, const char *task,
-                              const char *source, int chat, const int32_t *prompt, int n_prompt,
-                              int32_t eos_id, ap_trace_writer *w, ap_capture_seq_stats *stats,
-                              ap_err *err) {
+/* One of the two engines. */
+typedef struct {
+    ap_ctx *ctx;
+    ap_cuda_model *cm;
+} engine;
+
+static ap_status engine_eval(const engine *e, const int32_t *tok, int n, float *logits,
+                             const ap_attn_observer *obs, ap_err *err) {
+    if (e->cm) return ap_cuda_model_eval_obs(e->cm, tok, n, logits, obs, err);
+    return ap_ctx_eval(e->ctx, tok, n, logits, 0, obs, err);
+}
+
+static ap_status capture_seq(const engine *e, const ap_hparams *hp, const ap_capture_opts *o,
+                             const int *raw_layers, int n_raw, const char *id, const char *task,
+                             const char *source, int chat, const int32_t *prompt, int n_prompt,
+                             int32_t eos_id, ap_trace_writer *w, ap_capture_seq_stats *stats,
+                             ap_err *err) {
     ap_status st = AP_OK;
     seq_rec rec;
     int32_t *all = NULL;
@@ -212,18 +256,29 @@ ap_status ap_capture_sequence(ap_ctx *ctx, const ap_hparams *hp, const ap_captur
         .on_key = o->with_quest ? obs_key : NULL,
         .on_colsum = o->with_colsum ? obs_colsum : NULL,
     };
-    ap_ctx_reset(ctx);
+    if (e->cm) {
+        obs.on_row = n_raw > 0 ? obs_raw_row : NULL;
+        obs.want_rows = obs_want_rows;
+        obs.view_block = rec.block;
+        obs.on_views = obs_views;
+        ap_cuda_model_reset(e->cm);
+    } else {
+        ap_ctx_reset(e->ctx);
+    }
     double t0 = ap_now_seconds();
     rec.in_prefill = 1;
-    st = ap_ctx_eval(ctx, all, n_prompt, logits, 0, &obs, err);
+    st = engine_eval(e, all, n_prompt, logits, &obs, err);
     rec.in_prefill = 0;
     if (st) goto cleanup;
     double t1 = ap_now_seconds();
+    /* Decode column sums are not recorded (H2O's score is the prefill's). */
+    ap_attn_observer obs_dec = obs;
+    obs_dec.on_colsum = NULL;
     int n_gen = 0;
     while (n_gen < o->n_gen) {
         int32_t next = ap_sample(logits, hp->n_vocab, 0.0f, 0, NULL);
         all[n_prompt + n_gen] = next;
-        st = ap_ctx_eval(ctx, &all[n_prompt + n_gen], 1, logits, 0, &obs, err);
+        st = engine_eval(e, &all[n_prompt + n_gen], 1, logits, &obs_dec, err);
         if (st) goto cleanup;
         n_gen++;
         if (o->stop_at_eos && eos_id >= 0 && next == eos_id) break;
@@ -286,12 +341,33 @@ cleanup:
     return st;
 }
 
+ap_status ap_capture_sequence(ap_ctx *ctx, const ap_hparams *hp, const ap_capture_opts *o,
+                              const int *raw_layers, int n_raw, const char *id, const char *task,
+                              const char *source, int chat, const int32_t *prompt, int n_prompt,
+                              int32_t eos_id, ap_trace_writer *w, ap_capture_seq_stats *stats,
+                              ap_err *err) {
+    const engine e = {.ctx = ctx};
+    return capture_seq(&e, hp, o, raw_layers, n_raw, id, task, source, chat, prompt, n_prompt,
+                       eos_id, w, stats, err);
+}
+
+ap_status ap_capture_sequence_cuda(ap_cuda_model *cm, const ap_hparams *hp,
+                                   const ap_capture_opts *o, const int *raw_layers, int n_raw,
+                                   const char *id, const char *task, const char *source, int chat,
+                                   const int32_t *prompt, int n_prompt, int32_t eos_id,
+                                   ap_trace_writer *w, ap_capture_seq_stats *stats, ap_err *err) {
+    const engine e = {.cm = cm};
+    return capture_seq(&e, hp, o, raw_layers, n_raw, id, task, source, chat, prompt, n_prompt,
+                       eos_id, w, stats, err);
+}
+
 ap_status ap_capture_run(const ap_capture_opts *o, ap_capture_stats *stats, ap_err *err) {
     ap_status st = AP_OK;
     ap_gguf *g = NULL;
     ap_model *model = NULL;
     ap_tokenizer *tok = NULL;
     ap_ctx *ctx = NULL;
+    ap_cuda_model *cm = NULL;
     ap_prompt_set *ps = NULL;
     ap_trace_writer *w = NULL;
     tok_seq *toks = NULL;
@@ -309,6 +385,10 @@ ap_status ap_capture_run(const ap_capture_opts *o, ap_capture_stats *stats, ap_e
         return ap_errf(err, AP_ERR_ARG, "--shard %d/%d: need 0 <= i < n", o->shard_index,
                        o->shard_count);
     if (o->threads < 1) return ap_errf(err, AP_ERR_ARG, "--threads must be >= 1");
+    if (o->device == AP_CAPTURE_CUDA && o->block_size % 16 != 0)
+        return ap_errf(err, AP_ERR_UNSUPPORTED,
+                       "--device cuda pools blocks of a multiple of 16 keys (--block %d)",
+                       o->block_size);
     if (!o->force && !o->resume && ap_file_exists(o->out_path))
         return ap_errf(err, AP_ERR_EXISTS, "%s: output exists (use --force to overwrite)",
                        o->out_path);
@@ -412,12 +492,17 @@ ap_status ap_capture_run(const ap_capture_opts *o, ap_capture_stats *stats, ap_e
     st = ap_sha256_file(o->model_path, meta.model_sha256, err);
     if (st) goto cleanup;
 
+    /* The engine first: a missing GPU fails the job before any output. */
+    if (o->device == AP_CAPTURE_CUDA)
+        st = ap_cuda_model_create(g, model, max_len, &cm, err);
+    else
+        st = ap_ctx_create(model, max_len, o->threads, &ctx, err);
+    if (st) goto cleanup;
     st = ap_trace_writer_open(o->out_path, &meta, (o->force ? AP_TRACE_FORCE : 0) |
                                                        (o->resume ? AP_TRACE_RESUME : 0),
                               &w, err);
     if (st) goto cleanup;
-    st = ap_ctx_create(model, max_len, o->threads, &ctx, err);
-    if (st) goto cleanup;
+    const engine eng = {.ctx = ctx, .cm = cm};
 
     ap_progress prog;
     ap_progress_init(&prog, o->log, "capture", "tok", (double)total_work, o->progress);
@@ -433,9 +518,8 @@ ap_status ap_capture_run(const ap_capture_opts *o, ap_capture_stats *stats, ap_e
             continue;
         }
         ap_capture_seq_stats ss;
-        st = ap_capture_sequence(ctx, hp, o, raw_layers, n_raw, p->id, p->task, p->source,
-                                 p->chat, toks[k].ids, n_prompt, ap_tokenizer_eos(tok), w, &ss,
-                                 err);
+        st = capture_seq(&eng, hp, o, raw_layers, n_raw, p->id, p->task, p->source, p->chat,
+                         toks[k].ids, n_prompt, ap_tokenizer_eos(tok), w, &ss, err);
         if (st) goto cleanup;
         stats->prefill_seconds += ss.prefill_seconds;
         stats->decode_seconds += ss.decode_seconds;
@@ -461,6 +545,7 @@ ap_status ap_capture_run(const ap_capture_opts *o, ap_capture_stats *stats, ap_e
 cleanup:
     ap_trace_writer_free(w); /* without a commit, keeps .partial for --resume */
     ap_ctx_free(ctx);
+    ap_cuda_model_free(cm);
     if (toks)
         for (int k = 0; k < n_sel; k++) free(toks[k].ids);
     free(toks);

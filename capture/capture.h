@@ -10,10 +10,17 @@
 #include <stdio.h>
 
 #include "capture/model.h"
+#include "capture/model_cuda.h"
 #include "capture/trace.h"
 #include "common/status.h"
 
 #define AP_CAPTURE_MAX_RAW 64
+
+/* Engines: the CPU one (capture/model.h) or the CUDA one
+ * (capture/model_cuda.h), which pools the block views on the device and
+ * computes whole rows only for the raw layers. Same trace, same schema;
+ * values agree within AP_TOL_CPU_GPU_* (common/tolerance.h). */
+enum { AP_CAPTURE_CPU = 0, AP_CAPTURE_CUDA = 1 };
 
 typedef struct {
     const char *model_path;
@@ -32,6 +39,7 @@ typedef struct {
     int stop_at_eos;      /* stop decoding at the end-of-sequence token */
     int with_quest;       /* record query vectors and key min/max */
     int with_colsum;      /* record prefill column sums (H2O) */
+    int device;           /* AP_CAPTURE_CPU (default) or AP_CAPTURE_CUDA */
     FILE *log;            /* progress and per-sequence lines; NULL = silent */
     int progress;         /* draw a progress line with ETA on log */
 } ap_capture_opts;
@@ -68,6 +76,12 @@ ap_status ap_capture_sequence(ap_ctx *ctx, const ap_hparams *hp, const ap_captur
                               int n_raw, const char *id, const char *task, const char *source,
                               int chat, const int32_t *prompt, int n_prompt, int32_t eos_id,
                               ap_trace_writer *w, ap_capture_seq_stats *stats, ap_err *err);
+/* The same on the CUDA engine (its KV cache must hold n_prompt + n_gen). */
+ap_status ap_capture_sequence_cuda(ap_cuda_model *cm, const ap_hparams *hp,
+                                   const ap_capture_opts *o, const int *raw_layers, int n_raw,
+                                   const char *id, const char *task, const char *source, int chat,
+                                   const int32_t *prompt, int n_prompt, int32_t eos_id,
+                                   ap_trace_writer *w, ap_capture_seq_stats *stats, ap_err *err);
 ap_status ap_capture_run(const ap_capture_opts *o, ap_capture_stats *stats, ap_err *err);
 
 #endif

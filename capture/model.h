@@ -92,6 +92,18 @@ size_t ap_model_decode_weight_bytes(const ap_model *m);
  * (on_row and on_query run on workers; on_key and on_colsum run on the thread
  * that called ap_ctx_eval. For each (layer, head), rows arrive in increasing
  * pos order. Pointers passed to callbacks are valid only during the call.) */
+/* Engines that pool on the device (the CUDA engine, capture/model_cuda.h)
+ * report block views instead of whole rows: on_views gets, for each
+ * reported row, the max and the sum of its probabilities over each block of
+ * view_block keys (n_blocks = ceil(len / view_block) entries; view_block a
+ * positive multiple of 16), exactly what ap_block_pool makes of the row. They
+ * call on_row only for the layers want_rows (NULL: none) says 1 of, and
+ * report every callback on the calling thread after the device work of each
+ * micro-batch. The CPU engine never calls on_views or want_rows: an observer
+ * that serves both engines sets on_row and on_views. */
+typedef void (*ap_attn_views_fn)(void *user, int layer, int head, int pos, const float *bmax,
+                                 const float *bsum, int n_blocks);
+
 typedef struct {
     void *user;
     int rows_from;
@@ -99,6 +111,10 @@ typedef struct {
     void (*on_query)(void *user, int layer, int head, int pos, const float *q, int head_dim);
     void (*on_key)(void *user, int layer, int kv_head, int pos, const float *k, int head_dim);
     void (*on_colsum)(void *user, int layer, int head, const float *colsum, int len);
+    /* Device-pooling engines only (see above). */
+    int view_block;
+    ap_attn_views_fn on_views;
+    int (*want_rows)(void *user, int layer);
 } ap_attn_observer;
 
 /* n_ctx <= hparams.n_ctx_train; n_threads >= 1.
@@ -207,6 +223,23 @@ typedef struct {
      * computes always comes from the pages. */
     ap_status (*pages)(void *user, const ap_kv_step *s, const float *const **k_pages,
                        const float *const **v_pages, ap_err *err);
+    /* For engines that keep the KV cache away from the compute (the CUDA
+     * engine with its cache offloaded to host memory, which then holds a
+     * device pool of the kept blocks; the CPU engine ignores both fields):
+     * max_blocks: the most distinct blocks one KV head's sets, plus its sink
+     *   and local blocks, touch in one step (0: unknown; the pool then has
+     *   room for every block);
+     * peek (optional): the lists select will return for (layer, pos), if the
+     *   policy knows them before the step (the method's cross-token
+     *   prefetch: the predictor scores step t+1 while step t runs). Same
+     *   layout and lifetime rules as select (valid until the next callback
+     *   of this policy). *blocks = NULL: not known (yet). With wait = 0 it
+     *   must not block; with wait = 1 it may wait for work in flight. A
+     *   peek that turns out different from select is not an error: the
+     *   engine fetches what is missing when the step comes. */
+    int max_blocks;
+    ap_status (*peek)(void *user, int layer, int pos, int wait, const int **blocks,
+                      const int **set_off, ap_err *err);
 } ap_kv_policy;
 
 /* Install a policy (borrowed: it must outlive its use; NULL = dense decode,

@@ -49,9 +49,15 @@ typedef struct ap_cuda_model ap_cuda_model;
 typedef struct {
     /* 1: KV cache in pinned, mapped host memory (see above). */
     int kv_offload;
+    /* With kv_offload and a KV policy: at the end of each decode step ask
+     * the policy's peek for every layer's next lists and copy the blocks
+     * the device pool lacks on a second stream (the method's cross-token
+     * prefetch); the next step's layer l waits only for layer l's copies.
+     * 0: blocks are fetched on demand when select names them. Default 1. */
+    int prefetch;
 } ap_cuda_model_opts;
 
-void ap_cuda_model_opts_default(ap_cuda_model_opts *o);
+void ap_cuda_model_opts_default(ap_cuda_model_opts *o); /* device KV, prefetch 1 */
 
 /* n_ctx in [1, hparams.n_ctx_train] (AP_ERR_RANGE otherwise); head_dim at
  * most 256 (the attention kernels' limit; AP_ERR_UNSUPPORTED). g must be
@@ -74,6 +80,53 @@ void ap_cuda_model_free(ap_cuda_model *cm); /* NULL: no-op */
  * too, but a device fault poisons the whole CUDA context: free the model. */
 ap_status ap_cuda_model_eval(ap_cuda_model *cm, const int32_t *tokens, int n, float *logits_host,
                              ap_err *err);
+
+/* ap_cuda_model_eval with an observer (NULL: none), the CPU's
+ * ap_attn_observer read the device-pooling way (capture/model.h): block
+ * views of view_block keys (on_views) for rows pos >= rows_from, whole rows
+ * (on_row) only for layers want_rows names, post-RoPE queries of those rows
+ * (on_query), every new key (on_key), and each (layer, head)'s column sums
+ * over this call's rows (on_colsum, after the last micro-batch; float
+ * copies of double sums). Everything is reported on the calling thread,
+ * per micro-batch after its device work, layer by layer; under a KV policy
+ * a decode step reports on_key only, as on the CPU. An observer with
+ * on_row or on_query but neither on_views nor a valid view_block is
+ * rejected (AP_ERR_ARG) before any work. */
+ap_status ap_cuda_model_eval_obs(ap_cuda_model *cm, const int32_t *tokens, int n,
+                                 float *logits_host, const ap_attn_observer *obs, ap_err *err);
+
+/* Compressed decoding (capture/model.h's ap_kv_policy, same semantics as
+ * ap_ctx_set_kv_policy; borrowed, NULL = dense). The engine calls want,
+ * select and attended on the calling thread, layer by layer (each select
+ * and attended costs a device synchronisation: the lists come from the
+ * host and the views go back to it). ap_kv_step.k and .v are NULL here
+ * (the cache is on the device or offloaded) and the pages callback is
+ * not used: with the cache in device memory attention reads the kept keys
+ * in place; with kv_offload the engine holds a device pool of 16-key pages
+ * per (layer, KV head), policy->max_blocks pages each (all blocks when 0),
+ * filled from the offloaded cache, the newest key written into it, and
+ * attention reads only the pool (real eviction from device memory: a
+ * block not kept is not on the device). Passes that read every key
+ * (AP_KV_DENSE_BEFORE, AP_KV_MEASURE) read the offloaded cache over the
+ * bus. AP_ERR_ARG for a bad geometry (block must be 16). */
+ap_status ap_cuda_model_set_kv_policy(ap_cuda_model *cm, const ap_kv_policy *p, ap_err *err);
+
+/* What compressed decoding moved, since the policy was installed (sums over
+ * decode steps; zeros without a policy). */
+typedef struct {
+    long long steps;             /* decode evals under the policy */
+    double pool_capacity_bytes;  /* device pool (K and V), offload only */
+    double pool_used_bytes;      /* summed over steps: pages in use x page bytes */
+    double kept_tokens;          /* summed over steps, layers, KV heads: keys the pool holds */
+    long long demand_blocks;     /* pages copied in at select (not prefetched) */
+    long long prefetched_blocks; /* pages copied in ahead by the prefetch stream */
+    long long prefetch_hits;     /* prefetched pages the step's select then kept */
+    long long prefetch_layers;   /* (step, layer) with a peek answer */
+    double h2d_bytes;            /* KV bytes copied host -> device into the pool */
+    double fill_bytes;           /* of which for the first step (filling the empty pool) */
+    double policy_seconds;       /* host time inside the policy's callbacks */
+} ap_cuda_kv_stats;
+void ap_cuda_model_kv_stats(const ap_cuda_model *cm, ap_cuda_kv_stats *st);
 
 void ap_cuda_model_reset(ap_cuda_model *cm); /* empty the KV cache */
 /* Drop cached positions >= n_past (0 <= n_past <= current); AP_ERR_RANGE

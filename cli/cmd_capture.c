@@ -32,6 +32,9 @@ static void capture_usage(FILE *out) {
         "  --resume            continue an interrupted capture from OUT.partial\n"
         "  --force             overwrite an existing OUT\n"
         "  --threads N         CPU threads (default 2)\n"
+        "  --device D          cpu (default) or cuda: the CUDA engine pools the views on\n"
+        "                      the GPU (float32 weights; --block a multiple of 16);\n"
+        "                      traces agree with the CPU's within the CPU/GPU tolerance\n"
         "  --no-stop-eos       keep decoding after the end-of-sequence token\n"
         "  --no-quest          do not store query vectors / key bounds (Quest replay)\n"
         "  --no-colsum         do not store prefill column sums (H2O replay)\n"
@@ -80,12 +83,13 @@ static int write_stats_json(const char *path, const ap_capture_opts *o, const ap
             "  \"prompt_tokens\": %ld,\n  \"gen_tokens\": %ld,\n  \"prefill_seconds\": %.3f,\n"
             "  \"decode_seconds\": %.3f,\n  \"write_seconds\": %.3f,\n  \"total_seconds\": %.3f,\n"
             "  \"prefill_tokens_per_s\": %.2f,\n  \"decode_tokens_per_s\": %.2f,\n"
-            "  \"out_bytes\": %lld,\n  \"threads\": %d,\n  \"peak_rss_bytes\": %zu\n}\n",
+            "  \"out_bytes\": %lld,\n  \"threads\": %d,\n  \"device\": \"%s\",\n"
+            "  \"peak_rss_bytes\": %zu\n}\n",
             o->out_path, s->n_sequences, s->n_skipped, s->prompt_tokens, s->gen_tokens,
             s->prefill_seconds, s->decode_seconds, s->write_seconds, s->total_seconds,
             s->prefill_seconds > 0 ? s->prompt_tokens / s->prefill_seconds : 0.0,
             s->decode_seconds > 0 ? s->gen_tokens / s->decode_seconds : 0.0, s->out_bytes,
-            o->threads, ap_peak_rss_bytes());
+            o->threads, o->device == AP_CAPTURE_CUDA ? "cuda" : "cpu", ap_peak_rss_bytes());
     int ok = fclose(f) == 0;
     if (!ok || rename(tmp, path) != 0) {
         remove(tmp);
@@ -107,7 +111,8 @@ int ap_cmd_capture(int argc, char **argv) {
     o.prompts_path = default_prompts;
 
     enum { O_MODEL = 256, O_PROMPTS, O_OUT, O_GEN, O_HIST, O_BLOCK, O_RAW, O_SHARD, O_RESUME,
-           O_FORCE, O_THREADS, O_NOEOS, O_NOQUEST, O_NOCOLSUM, O_JSON, O_QUIET, O_HELP };
+           O_FORCE, O_THREADS, O_NOEOS, O_NOQUEST, O_NOCOLSUM, O_JSON, O_QUIET, O_HELP,
+           O_DEVICE };
     static const struct option longopts[] = {
         {"model", required_argument, 0, O_MODEL},     {"prompts", required_argument, 0, O_PROMPTS},
         {"out", required_argument, 0, O_OUT},         {"gen", required_argument, 0, O_GEN},
@@ -117,11 +122,12 @@ int ap_cmd_capture(int argc, char **argv) {
         {"threads", required_argument, 0, O_THREADS}, {"no-stop-eos", no_argument, 0, O_NOEOS},
         {"no-quest", no_argument, 0, O_NOQUEST},      {"no-colsum", no_argument, 0, O_NOCOLSUM},
         {"json", required_argument, 0, O_JSON},       {"quiet", no_argument, 0, O_QUIET},
-        {"help", no_argument, 0, O_HELP},             {0, 0, 0, 0}};
+        {"help", no_argument, 0, O_HELP},             {"device", required_argument, 0, O_DEVICE},
+        {0, 0, 0, 0}};
     optind = 1;
     opterr = 0;
-    int c;
-    while ((c = getopt_long(argc, argv, "", longopts, NULL)) != -1) {
+    int c, li = -1;
+    while ((c = getopt_long(argc, argv, "", longopts, &li)) != -1) {
         switch (c) {
         case O_MODEL: o.model_path = optarg; break;
         case O_PROMPTS: o.prompts_path = optarg; break;
@@ -158,6 +164,14 @@ int ap_cmd_capture(int argc, char **argv) {
         case O_JSON: json_path = optarg; break;
         case O_QUIET: quiet = 1; break;
         case O_HELP: capture_usage(stdout); return 0;
+        case O_DEVICE:
+            if (!strcmp(optarg, "cpu"))
+                o.device = AP_CAPTURE_CPU;
+            else if (!strcmp(optarg, "cuda"))
+                o.device = AP_CAPTURE_CUDA;
+            else
+                goto bad_value;
+            break;
         default:
             ap_cli_error("capture", "unknown or incomplete option '%s' (see --help)",
                          argv[optind - 1]);
@@ -165,7 +179,8 @@ int ap_cmd_capture(int argc, char **argv) {
         }
         continue;
     bad_value:
-        ap_cli_error("capture", "bad value '%s' for %s (see --help)", optarg, argv[optind - 1]);
+        ap_cli_error("capture", "bad value '%s' for --%s (see --help)", optarg,
+                     li >= 0 ? longopts[li].name : "an option");
         return 2;
     }
     if (optind < argc) {

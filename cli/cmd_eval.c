@@ -393,6 +393,11 @@ static void tasks_usage(FILE *out) {
         "  --no-teacher-forced  skip the teacher-forced pass: agreement and KL then cover\n"
         "                       only the prefix shared with the full-KV output (faster)\n"
         "  --threads N          engine threads (default 2)\n"
+        "  --device D           cpu (default) or cuda: decode on the CUDA engine (the\n"
+        "                       CPU hot pool does not apply there)\n"
+        "  --kv-offload         with --device cuda: keep the KV cache in pinned host memory;\n"
+        "                       each method attends from a device pool of its kept blocks,\n"
+        "                       prefetched a step ahead (resident and fetched KV measured)\n"
         "  --json PATH          write every run and the summaries as JSON (required)\n"
         "  --md PATH            write Markdown tables\n"
         "  --png DIR            write score_vs_compression.png and agreement_vs_budget.png\n"
@@ -447,7 +452,10 @@ static void print_tasks_table(const ap_tasks_result *r) {
         }
     printf("\n%d samples, %.1f s; score x100; KV memory %s (docs/eval-tasks.md)\n", r->n_samples,
            r->seconds,
-           r->config.hot_pool ? "measured on the hot pool" : "accounted from the kept sets");
+           r->config.device == 1
+               ? (r->config.kv_offload ? "measured on the GPU's device pool"
+                                       : "accounted from the kept sets (GPU, KV on the device)")
+               : r->config.hot_pool ? "measured on the hot pool" : "accounted from the kept sets");
 }
 
 static int known_task_method(const char *name) {
@@ -478,7 +486,8 @@ static int cmd_tasks(int argc, char **argv) {
     int quiet = 0, rc = 2;
     ap_tasks_result *r = NULL;
     enum { O_MODEL = 256, O_PRED, O_QUICK, O_FULL, O_TFILE, O_TASKS, O_BUDGET, O_METHODS, O_MAXS,
-           O_MAXNEW, O_CALIB, O_KV, O_NOTF, O_NOPF, O_NOHP, O_THREADS, O_JSON, O_MD, O_PNG, O_QUIET, O_HELP };
+           O_MAXNEW, O_CALIB, O_KV, O_NOTF, O_NOPF, O_NOHP, O_THREADS, O_JSON, O_MD, O_PNG, O_QUIET, O_HELP,
+           O_DEVICE, O_OFFLOAD };
     static const struct option lo[] = {
         {"model", 1, 0, O_MODEL},          {"predictor", 1, 0, O_PRED},
         {"quick", 0, 0, O_QUICK},          {"full", 0, 0, O_FULL},
@@ -491,6 +500,7 @@ static int cmd_tasks(int argc, char **argv) {
         {"threads", 1, 0, O_THREADS},      {"json", 1, 0, O_JSON},
         {"md", 1, 0, O_MD},                {"png", 1, 0, O_PNG},
         {"quiet", 0, 0, O_QUIET},          {"help", 0, 0, O_HELP},
+        {"device", 1, 0, O_DEVICE},        {"kv-offload", 0, 0, O_OFFLOAD},
         {0, 0, 0, 0}};
     optind = 1;
     opterr = 0;
@@ -550,6 +560,12 @@ static int cmd_tasks(int argc, char **argv) {
         case O_PNG: png = optarg; break;
         case O_QUIET: quiet = 1; break;
         case O_HELP: tasks_usage(stdout); rc = 0; goto done;
+        case O_DEVICE:
+            if (!strcmp(optarg, "cpu")) c.device = 0;
+            else if (!strcmp(optarg, "cuda")) c.device = 1;
+            else goto bad;
+            break;
+        case O_OFFLOAD: c.kv_offload = 1; break;
         default:
             ap_cli_error(cmd, "unknown or incomplete option '%s' (see --help)", argv[optind - 1]);
             goto done;
@@ -567,6 +583,10 @@ static int cmd_tasks(int argc, char **argv) {
     }
     if (!c.model || !json) {
         ap_cli_error(cmd, "--model and --json are required (see --help)");
+        goto done;
+    }
+    if (c.kv_offload && c.device != 1) {
+        ap_cli_error(cmd, "--kv-offload needs --device cuda");
         goto done;
     }
     if (file && preset) {

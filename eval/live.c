@@ -46,6 +46,21 @@ static void pf_on_row(void *user, int layer, int head, int pos, const float *pro
     ap_block_pool(probs, len, p->block, p->NB, p->bmax + at, p->bsum + at);
 }
 
+/* The same rows from an engine that pools on the device (view_block =
+ * block, so its views are exactly ap_block_pool's). */
+static void pf_on_views(void *user, int layer, int head, int pos, const float *bmax,
+                        const float *bsum, int nb) {
+    ap_live_prefill *p = user;
+    int r = pos - (p->n_prompt - p->n_pre);
+    if (r < 0 || r >= p->n_pre) return;
+    size_t at = pf_row(p, layer, r, head);
+    int n = nb < p->NB ? nb : p->NB;
+    memcpy(p->bmax + at, bmax, (size_t)n * sizeof(float));
+    memcpy(p->bsum + at, bsum, (size_t)n * sizeof(float));
+    memset(p->bmax + at + n, 0, (size_t)(p->NB - n) * sizeof(float));
+    memset(p->bsum + at + n, 0, (size_t)(p->NB - n) * sizeof(float));
+}
+
 static void pf_on_key(void *user, int layer, int g, int pos, const float *k, int hd) {
     ap_live_prefill *p = user;
     if (pos >= p->n_prompt) return;
@@ -98,7 +113,8 @@ ap_status ap_live_prefill_create(const ap_hparams *hp, int block, int n_pre, int
         goto cleanup;
     }
     p->obs = (ap_attn_observer){.user = p, .rows_from = n_prompt - p->n_pre, .on_row = pf_on_row,
-                                .on_key = pf_on_key, .on_colsum = pf_on_colsum};
+                                .on_key = pf_on_key, .on_colsum = pf_on_colsum,
+                                .view_block = block, .on_views = pf_on_views};
     *out = p;
     p = NULL;
 cleanup:
@@ -160,6 +176,9 @@ struct ap_live {
     int *free_slots, *n_free;    /* [L*KV][cap] stack of free slots, [L*KV] its depth */
     uint8_t *gone;               /* [L*KV][NB] eviction methods: blocks freed for good */
     const float **kp, **vp;      /* [KV][n_blocks] page tables of the current (layer, step) */
+    /* peek's own outputs (select's scratch and kept set stay untouched). */
+    int *pk_blocks, *pk_set_off, *pk_chosen;
+    float *pk_work;
 };
 
 static size_t lrow(const ap_live *lv, int s, int h) { return ((size_t)s * lv->H + h) * lv->NB; }
@@ -194,6 +213,10 @@ void ap_live_free(ap_live *lv) {
     free(lv->gone);
     free(lv->kp);
     free(lv->vp);
+    free(lv->pk_blocks);
+    free(lv->pk_set_off);
+    free(lv->pk_chosen);
+    free(lv->pk_work);
     if (lv->layers)
         for (int l = 0; l < lv->L; l++) {
             live_layer *y = &lv->layers[l];
@@ -483,6 +506,61 @@ cleanup:
     return st;
 }
 
+/* The lists select will return for (layer, pos) when the prefetch worker
+ * has scored that step: the same choice from the same scores (select
+ * recomputes it), for engines that copy kept blocks ahead (the CUDA
+ * engine's cross-token prefetch). Bypassed steps and methods without the
+ * worker answer "not known". */
+static ap_status live_peek(void *user, int layer, int pos, int wait, const int **blocks,
+                           const int **set_off, ap_err *err) {
+    ap_live *lv = user;
+    *blocks = NULL;
+    *set_off = NULL;
+    const int t = pos - lv->pf->n_prompt;
+    if (!lv->pf_on || layer < 0 || layer >= lv->L || t < 0 || t >= lv->pf->max_steps)
+        return AP_OK;
+    pthread_mutex_lock(&lv->mu);
+    if (wait)
+        while (lv->pending[layer] == 1) pthread_cond_wait(&lv->cv, &lv->mu);
+    const int ready = lv->pending[layer] == 2 && lv->pf_st[layer] == AP_OK &&
+                      lv->has_scores[layer] && lv->pf_sp[layer].q == pos;
+    pthread_mutex_unlock(&lv->mu);
+    if (!ready) return AP_OK;
+    /* Done jobs are not touched by the worker until the next attended. */
+    const double t0 = ap_now_seconds();
+    const int H = lv->H, NB = lv->NB;
+    const ap_sel_step *sp = &lv->pf_sp[layer];
+    const live_layer *y = &lv->layers[layer];
+    const int W = sp->W;
+    const int k = ap_metrics_k_blocks(lv->o.budget, lv->o.sink, lv->o.local, lv->block, W);
+    memcpy(lv->pk_work, lv->pf_scores + (size_t)layer * H * NB, (size_t)H * W * sizeof(float));
+    if (lv->sel->kind == AP_SEL_EVICTION)
+        for (int h = 0; h < H; h++)
+            for (int j = 0; j < W; j++)
+                if (y->evicted[(size_t)h * NB + sp->c0 + j]) lv->pk_work[(size_t)h * W + j] = -INFINITY;
+    ap_sel_choose(lv->params.kv_mode, H, lv->KV, lv->pk_work, W, k, lv->order, lv->gsum, lv->mark,
+                  lv->pk_chosen);
+    const int per_q = lv->pol.per_q_head, n_sets = per_q ? H : lv->KV;
+    int n = 0;
+    for (int u = 0; u < n_sets; u++) {
+        const int h = per_q ? u : u * lv->G;
+        const int *ch = lv->pk_chosen + (size_t)h * W;
+        lv->pk_set_off[u] = n;
+        /* Candidates are chosen, the local blocks always kept; in order. */
+        for (int j = sp->c0; j < sp->n_valid && j < NB; j++) {
+            int keep = j >= sp->lb0;
+            for (int i = 0; i < k && !keep; i++) keep = sp->c0 + ch[i] == j;
+            if (keep) lv->pk_blocks[n++] = j;
+        }
+    }
+    lv->pk_set_off[n_sets] = n;
+    *blocks = lv->pk_blocks;
+    *set_off = lv->pk_set_off;
+    lv->stats.select_seconds += ap_now_seconds() - t0;
+    (void)err;
+    return AP_OK;
+}
+
 /* The tables pool_update filled for this (layer, step). */
 static ap_status live_pages(void *user, const ap_kv_step *ks, const float *const **k_pages,
                             const float *const **v_pages, ap_err *err) {
@@ -659,16 +737,29 @@ ap_status ap_live_create(const ap_live_prefill *pf, const ap_selector *sel,
         lv->pf_started = 1;
         lv->pf_on = 1;
     }
-    if (opts->hot_pool) {
-        /* The most blocks one step keeps per KV head (eval/live.h). */
+    /* The most blocks one step keeps per KV head (eval/live.h): the hot
+     * pool's size, and the engine's device pool's. */
+    {
         const int B = lv->block, free_tok = opts->budget - opts->sink - opts->local;
         const long kmax = free_tok > 0 ? free_tok / B : 0;
         long cand = (long)lv->G * kmax;
         if (cand < opts->min_candidates - 1) cand = opts->min_candidates - 1;
         long cap = opts->sink / B + (opts->local > 0 ? (opts->local + B - 1) / B + 1 : 0) + cand;
         lv->cap = cap < lv->NB ? (int)cap : lv->NB;
+    }
+    if (lv->pf_on) {
+        lv->pk_blocks = calloc(H * NB, sizeof(int));
+        lv->pk_set_off = calloc(H + 1, sizeof(int));
+        lv->pk_chosen = calloc(H * NB, sizeof(int));
+        lv->pk_work = calloc(H * NB, sizeof(float));
+        if (!lv->pk_blocks || !lv->pk_set_off || !lv->pk_chosen || !lv->pk_work) {
+            st = ap_errf(err, AP_ERR_NOMEM, "out of memory for prefetch lists");
+            goto cleanup;
+        }
+    }
+    if (opts->hot_pool) {
         const size_t P = (size_t)lv->L * lv->KV, C = (size_t)lv->cap;
-        const size_t floats = P * C * (size_t)B * hd;
+        const size_t floats = P * C * (size_t)lv->block * hd;
         /* malloc, not calloc: a slot is written before attention reads it. */
         lv->hot_k = malloc(floats * sizeof(float));
         lv->hot_v = malloc(floats * sizeof(float));
@@ -700,7 +791,9 @@ ap_status ap_live_create(const ap_live_prefill *pf, const ap_selector *sel,
                              .per_q_head = lv->params.kv_mode == AP_KV_PER_QHEAD,
                              .want = live_want, .select = live_select,
                              .attended = live_attended,
-                             .pages = opts->hot_pool ? live_pages : NULL};
+                             .pages = opts->hot_pool ? live_pages : NULL,
+                             .max_blocks = lv->cap,
+                             .peek = lv->pf_on ? live_peek : NULL};
     lv->obs = (ap_attn_observer){.user = lv, .rows_from = 1 << 30, .on_key = live_on_key};
     *out = lv;
     lv = NULL;

@@ -39,7 +39,8 @@ typedef struct ap_live ap_live;
 ap_status ap_live_prefill_create(const ap_hparams *hp, int block, int n_pre, int n_prompt,
                                  int max_steps, ap_live_prefill **out, ap_err *err);
 void ap_live_prefill_free(ap_live_prefill *p);
-/* Pass to ap_ctx_eval of the prompt (the ctx must start empty). */
+/* Pass to ap_ctx_eval (or ap_cuda_model_eval_obs: it reports views) of
+ * the prompt (the ctx must start empty). */
 const ap_attn_observer *ap_live_prefill_observer(ap_live_prefill *p);
 
 typedef struct {

@@ -192,6 +192,8 @@ static void json_header(ap_jbuild *j, cJSON *root, const ap_tasks_result *r) {
     ap_jadd_bool(j, cf, "teacher_forced", c->teacher_forced);
     ap_jadd_bool(j, cf, "prefetch", c->prefetch);
     ap_jadd_num(j, cf, "threads", c->threads);
+    ap_jadd_str(j, cf, "device", c->device == 1 ? "cuda" : "cpu");
+    ap_jadd_bool(j, cf, "kv_offload", c->kv_offload);
 
     cJSON *mo = ap_jadd(j, root, "model", cJSON_CreateObject());
     ap_jadd_str(j, mo, "name", r->model_name);
@@ -399,7 +401,13 @@ static void md_header(FILE *f, const ap_tasks_result *r, const groups *g) {
     fprintf(f, "- agreement and KL: %s\n",
             c->teacher_forced ? "teacher-forced along the full-KV output"
                               : "free-running only, along the prefix shared with the full-KV output");
-    fprintf(f, "- run time %.1f s on %d engine threads\n", r->seconds, c->threads);
+    if (c->device == 1)
+        fprintf(f, "- run time %.1f s on the CUDA engine, KV cache %s\n", r->seconds,
+                c->kv_offload ? "offloaded to pinned host memory; methods attend from a device "
+                                "pool of their kept blocks (real eviction), KV measured on it"
+                              : "in device memory (selection inside attention; KV accounted)");
+    else
+        fprintf(f, "- run time %.1f s on %d engine threads\n", r->seconds, c->threads);
     for (int i = 0; i < r->n_dropped; i++) {
         fputs("- not run: `", f);
         ap_md_text(f, r->dropped[i]);

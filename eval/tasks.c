@@ -9,6 +9,7 @@
 
 #include "capture/gguf.h"
 #include "capture/model.h"
+#include "capture/model_cuda.h"
 #include "capture/tokenizer.h"
 #include "common/util.h"
 #include "eval/live.h"
@@ -227,6 +228,7 @@ cleanup:
 
 typedef struct {
     ap_ctx *ctx;
+    ap_cuda_model *cm;  /* instead of ctx with config.device = 1 */
     const ap_tokenizer *tok;
     const ap_hparams *hp;
     int32_t stop[3];
@@ -238,6 +240,22 @@ typedef struct {
     int n_full;
     int32_t *out;       /* a run's tokens */
 } dec_t;
+
+/* The engine calls, on whichever engine the run uses. */
+static ap_status eng_truncate(dec_t *d, int n, ap_err *err) {
+    return d->cm ? ap_cuda_model_truncate(d->cm, n, err) : ap_ctx_truncate(d->ctx, n, err);
+}
+
+static ap_status eng_eval(dec_t *d, const int32_t *tok, int n, float *logits,
+                          const ap_attn_observer *obs, ap_err *err) {
+    if (d->cm) return ap_cuda_model_eval_obs(d->cm, tok, n, logits, obs, err);
+    return ap_ctx_eval(d->ctx, tok, n, logits, 0, obs, err);
+}
+
+static ap_status eng_policy(dec_t *d, const ap_kv_policy *p, ap_err *err) {
+    return d->cm ? ap_cuda_model_set_kv_policy(d->cm, p, err)
+                 : ap_ctx_set_kv_policy(d->ctx, p, err);
+}
 
 static int is_stop(const dec_t *d, int32_t t) {
     for (int i = 0; i < d->n_stop; i++)
@@ -289,7 +307,7 @@ static ap_status decode(dec_t *d, int n_prompt, int max_new, const ap_attn_obser
     const int V = d->hp->n_vocab;
     memset(r, 0, sizeof *r);
     r->diverged = -1;
-    if ((st = ap_ctx_truncate(d->ctx, n_prompt, err))) return st;
+    if ((st = eng_truncate(d, n_prompt, err))) return st;
     const double t0 = ap_now_seconds();
     const float *lg = d->first;
     const int n_pos = forced ? n_forced : max_new;
@@ -310,7 +328,7 @@ static ap_status decode(dec_t *d, int n_prompt, int max_new, const ap_attn_obser
         if (is_stop(d, next)) break;
         r->n_gen = i + 1;
         if (i + 1 == n_pos) break;
-        if ((st = ap_ctx_eval(d->ctx, &next, 1, d->logits, 0, obs, err))) return st;
+        if ((st = eng_eval(d, &next, 1, d->logits, obs, err))) return st;
         lg = d->logits;
     }
     r->seconds = ap_now_seconds() - t0;
@@ -323,7 +341,7 @@ static ap_status full_decode(dec_t *d, int n_prompt, int max_new, dec_res *r, ap
     const int V = d->hp->n_vocab;
     memset(r, 0, sizeof *r);
     r->diverged = -1;
-    if ((st = ap_ctx_truncate(d->ctx, n_prompt, err))) return st;
+    if ((st = eng_truncate(d, n_prompt, err))) return st;
     const double t0 = ap_now_seconds();
     const float *lg = d->first;
     d->n_full = 0;
@@ -335,7 +353,7 @@ static ap_status full_decode(dec_t *d, int n_prompt, int max_new, dec_res *r, ap
         if (is_stop(d, g)) break;
         r->n_gen = i + 1;
         if (i + 1 == max_new) break;
-        if ((st = ap_ctx_eval(d->ctx, &g, 1, d->logits, 0, NULL, err))) return st;
+        if ((st = eng_eval(d, &g, 1, d->logits, NULL, err))) return st;
         lg = d->logits;
     }
     r->seconds = ap_now_seconds() - t0;
@@ -439,6 +457,9 @@ static ap_status check_config(const ap_tasks_config *c, ap_err *err) {
         if (c->budgets[b] < c->sink_tokens + c->local_tokens)
             return ap_errf(err, AP_ERR_ARG, "budget %d is below sink + local = %d tokens",
                            c->budgets[b], c->sink_tokens + c->local_tokens);
+    if (c->device < 0 || c->device > 1 || (c->kv_offload && c->device != 1))
+        return ap_errf(err, AP_ERR_ARG, "device %d, kv_offload %d (offload needs the CUDA engine)",
+                       c->device, c->kv_offload);
     if (c->calib < 0 || c->min_candidates < 1 || c->threads < 1 || c->threads > 256)
         return ap_errf(err, AP_ERR_ARG, "calib %d, min candidates %d, threads %d out of range",
                        c->calib, c->min_candidates, c->threads);
@@ -533,7 +554,17 @@ ap_status ap_tasks_run(const ap_tasks_config *c, ap_tasks_result **out, ap_err *
             if (id >= 0 && id != e) d.stop[d.n_stop++] = id;
         }
     }
-    if ((st = ap_ctx_create(model, max_len, c->threads, &d.ctx, err))) goto cleanup;
+    if (c->device == 1) {
+        ap_cuda_model_opts co;
+        ap_cuda_model_opts_default(&co);
+        co.kv_offload = c->kv_offload;
+        co.prefetch = c->prefetch;
+        if ((st = ap_cuda_model_create_opts(g, model, max_len, &co, &d.cm, err))) goto cleanup;
+    } else if ((st = ap_ctx_create(model, max_len, c->threads, &d.ctx, err))) {
+        goto cleanup;
+    }
+    /* The CPU hot pool is the CPU engine's; the GPU keeps its own. */
+    const int hot_pool = c->hot_pool && !d.cm, gpu_pool = d.cm && c->kv_offload;
 
     const double total = (double)n_smp * (1 + (r->n_methods - 1) * r->n_budgets);
     double done = 0;
@@ -549,10 +580,13 @@ ap_status ap_tasks_run(const ap_tasks_config *c, ap_tasks_result **out, ap_err *
         ap_live_prefill_free(pf);
         pf = NULL;
         if ((st = ap_live_prefill_create(hp, c->block, N_PRE, np, mx, &pf, err))) goto sample_fail;
-        ap_ctx_reset(d.ctx);
-        if ((st = ap_ctx_set_kv_policy(d.ctx, NULL, err))) goto sample_fail;
+        if (d.cm)
+            ap_cuda_model_reset(d.cm);
+        else
+            ap_ctx_reset(d.ctx);
+        if ((st = eng_policy(&d, NULL, err))) goto sample_fail;
         double t0 = ap_now_seconds();
-        if ((st = ap_ctx_eval(d.ctx, s->ids, np, d.first, 0, ap_live_prefill_observer(pf), err)))
+        if ((st = eng_eval(&d, s->ids, np, d.first, ap_live_prefill_observer(pf), err)))
             goto sample_fail;
         r->samples[si].prefill_seconds = ap_now_seconds() - t0;
         /* Full KV. */
@@ -592,12 +626,12 @@ ap_status ap_tasks_run(const ap_tasks_config *c, ap_tasks_result **out, ap_err *
                 if (c->progress) c->progress(c->progress_user, done, total, what);
                 ap_live_opts lo = {.budget = r->budgets[b], .sink = c->sink_tokens,
                                    .local = c->local_tokens, .min_candidates = c->min_candidates,
-                                   .prefetch = c->prefetch, .hot_pool = c->hot_pool};
+                                   .prefetch = c->prefetch, .hot_pool = hot_pool};
                 ap_live_free(lv);
                 lv = NULL;
                 if ((st = ap_live_create(pf, rm[m].sel, &rm[m].params, &lo, &lv, err)))
                     goto sample_fail;
-                if ((st = ap_ctx_set_kv_policy(d.ctx, ap_live_policy(lv), err))) goto sample_fail;
+                if ((st = eng_policy(&d, ap_live_policy(lv), err))) goto sample_fail;
                 dec_res rr;
                 if ((st = decode(&d, np, mx, ap_live_observer(lv), 1, NULL, 0, &rr, err)))
                     goto sample_fail;
@@ -609,7 +643,20 @@ ap_status ap_tasks_run(const ap_tasks_config *c, ap_tasks_result **out, ap_err *
                 run->score_seconds = ls.score_seconds;
                 run->prefetch_wait_seconds = ls.prefetch_wait_seconds;
                 run->prefetched = ls.prefetched;
-                if (ls.steps > 0 && c->hot_pool) {
+                ap_cuda_kv_stats ks;
+                memset(&ks, 0, sizeof ks);
+                if (d.cm) ap_cuda_model_kv_stats(d.cm, &ks);
+                if (ls.steps > 0 && gpu_pool && ks.steps > 0) {
+                    /* Measured on the GPU's device pool: pages in use, and
+                     * the bytes copied into it for the steps after the first
+                     * (prefetched or not; the first fills the empty pool). */
+                    run->kv_measured = 1;
+                    run->hot_capacity_bytes = ks.pool_capacity_bytes;
+                    run->resident_kv_bytes = ks.pool_used_bytes / (double)ks.steps;
+                    run->full_kv_bytes = ls.full_tokens / ls.steps * kv_tok_bytes;
+                    run->fetch_kv_bytes =
+                        ks.steps > 1 ? (ks.h2d_bytes - ks.fill_bytes) / (double)(ks.steps - 1) : 0.0;
+                } else if (ls.steps > 0 && hot_pool) {
                     /* Measured on the pool: whole slots, and the keys copied
                      * into them (K and V). */
                     run->kv_measured = 1;
@@ -653,8 +700,7 @@ ap_status ap_tasks_run(const ap_tasks_config *c, ap_tasks_result **out, ap_err *
                     lo.prefetch = 0;
                     if ((st = ap_live_create(pf, rm[m].sel, &rm[m].params, &lo, &lv, err)))
                         goto sample_fail;
-                    if ((st = ap_ctx_set_kv_policy(d.ctx, ap_live_policy(lv), err)))
-                        goto sample_fail;
+                    if ((st = eng_policy(&d, ap_live_policy(lv), err))) goto sample_fail;
                     dec_res tr;
                     if ((st = decode(&d, np, mx, ap_live_observer(lv), 1, d.full_out, d.n_full,
                                      &tr, err)))
@@ -667,7 +713,7 @@ ap_status ap_tasks_run(const ap_tasks_config *c, ap_tasks_result **out, ap_err *
                 done += 1;
             }
         }
-        ap_ctx_set_kv_policy(d.ctx, NULL, NULL);
+        eng_policy(&d, NULL, NULL);
         continue;
     sample_fail : {
         char where[160];
@@ -685,6 +731,7 @@ cleanup:
     ap_live_free(lv);
     ap_live_prefill_free(pf);
     if (d.ctx) ap_ctx_free(d.ctx);
+    ap_cuda_model_free(d.cm);
     free(d.logits);
     free(d.first);
     free(d.full_lp);

@@ -68,6 +68,14 @@ typedef struct {
     int max_new_tokens;      /* 0 = each sample's own */
     int prefetch;            /* 1 (default): cross-token prefetch of predictor scores (eval/live.h) */
     int hot_pool;            /* 1 (default): attend from a measured hot pool (eval/live.h) */
+    /* Added with the CUDA engine (capture/model_cuda.h). device 1: decode on
+     * the GPU; the CPU hot pool does not apply there (hot_pool ignored).
+     * kv_offload 1 (GPU only): the cache lives in pinned host memory and each
+     * method attends from the engine's device pool of its kept blocks, with
+     * cross-token prefetch when config.prefetch: resident and fetched KV are
+     * then measured on that pool (kv_measured = 1). */
+    int device;              /* 0 CPU (default), 1 CUDA */
+    int kv_offload;
     ap_tasks_progress_fn progress; /* may be NULL; called from the calling thread */
     void *progress_user;
 } ap_tasks_config;

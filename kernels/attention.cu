@@ -266,3 +266,80 @@ extern "C" ap_status ap_attn_cuda(const ap_attn_cuda_args *a, void *d_work, size
     at_colsum_kernel<<<cgrid, CS_KEYS, cs_smem, s>>>(p);
     return AP_CUDA_LAUNCHED("attention column-sum launch", err);
 }
+
+// ---------------------------------------------------------------- rows
+
+#define AR_THREADS 256
+
+struct ar_params {
+    int n_q, pos0, hd;
+    float scale;
+    const float *q, *k;
+    size_t ldq, ldkv, rstride, hstride;
+    float *probs;
+};
+
+// Block-wide reduction of one value per thread in a fixed tree order.
+__device__ static float ar_reduce(float v, float *red, int is_max) {
+    const int tid = threadIdx.x;
+    red[tid] = v;
+    __syncthreads();
+    for (int w = AR_THREADS / 2; w > 0; w >>= 1) {
+        if (tid < w) red[tid] = is_max ? fmaxf(red[tid], red[tid + w]) : red[tid] + red[tid + w];
+        __syncthreads();
+    }
+    float r = red[0];
+    __syncthreads();
+    return r;
+}
+
+__global__ static void ar_kernel(ar_params p) {
+    extern __shared__ float sh[];
+    float *sq = sh;            // [hd] the query
+    float *red = sq + p.hd;    // [AR_THREADS]
+    const int i = blockIdx.x, h = blockIdx.y, tid = threadIdx.x;
+    const int n = p.pos0 + i + 1;
+    float *row = p.probs + (size_t)h * p.hstride + (size_t)i * p.rstride;
+    for (int d = tid; d < p.hd; d += AR_THREADS) sq[d] = p.q[(size_t)i * p.ldq + (size_t)h * p.hd + d];
+    __syncthreads();
+    float m = -INFINITY;
+    for (int j = tid; j < n; j += AR_THREADS) {
+        float sc = score(sq, p.k + (size_t)j * p.ldkv, p.hd, p.scale);
+        row[j] = sc;
+        m = fmaxf(m, sc);
+    }
+    m = ar_reduce(m, red, 1);
+    float l = 0.0f;
+    for (int j = tid; j < n; j += AR_THREADS) {
+        float e = expf(row[j] - m);
+        row[j] = e;
+        l += e;
+    }
+    l = ar_reduce(l, red, 0);
+    const float inv = 1.0f / l;
+    for (int j = tid; j < n; j += AR_THREADS) row[j] *= inv;
+}
+
+extern "C" ap_status ap_attn_rows_cuda(const ap_attn_rows_cuda_args *a, ap_cuda_stream s,
+                                       ap_err *err) {
+    ap_status st = ap_attn_rows_cuda_validate(a, err);
+    if (st != AP_OK || a->n_q == 0) return st;
+    if (a->n_heads > 65535)
+        return ap_errf(err, AP_ERR_UNSUPPORTED, "attention rows (CUDA): %d heads", a->n_heads);
+    ar_params p;
+    p.n_q = a->n_q;
+    p.pos0 = a->pos0;
+    p.hd = a->head_dim;
+    p.scale = a->scale;
+    p.q = a->q;
+    p.k = a->k;
+    p.ldq = a->ldq;
+    p.ldkv = a->ldkv;
+    p.rstride = a->row_stride;
+    p.hstride = a->head_stride;
+    p.probs = a->probs;
+    const size_t smem = sizeof(float) * ((size_t)p.hd + AR_THREADS);
+    dim3 grid((unsigned)a->n_q, (unsigned)a->n_heads);
+    ar_kernel<<<grid, AR_THREADS, smem, s>>>(p);
+    return AP_CUDA_LAUNCHED("attention rows launch", err);
+}

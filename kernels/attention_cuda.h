@@ -67,4 +67,25 @@ ap_status ap_attn_cuda(const ap_attn_cuda_args *a, void *d_work, size_t work_byt
 /* Shape and pointer checks shared by the CUDA path and its callers. */
 ap_status ap_attn_cuda_validate(const ap_attn_cuda_args *a, ap_err *err);
 
+/* Whole probability rows, for captures that record raw attention (a few
+ * layers): row i of head h (position pos0 + i) gets softmax(scale q.k_j)
+ * over keys j = 0..pos0+i at probs + h*head_stride + i*row_stride, entries
+ * past pos0+i untouched. A thread block per (row, head) scores every key
+ * into the row itself, then normalises it: O(keys x head_dim) per row, for
+ * the handful of rows capture asks for, not a kernel for prefill at large.
+ * The scores are the same fused chain ap_attn_cuda uses. */
+typedef struct {
+    int n_q, n_heads, pos0, head_dim;
+    float scale;
+    const float *q; /* head h, row i at q + i*ldq + h*head_dim */
+    size_t ldq;
+    const float *k; /* key j at k + j*ldkv */
+    size_t ldkv;
+    float *probs;
+    size_t row_stride, head_stride;
+} ap_attn_rows_cuda_args;
+
+ap_status ap_attn_rows_cuda_validate(const ap_attn_rows_cuda_args *a, ap_err *err);
+ap_status ap_attn_rows_cuda(const ap_attn_rows_cuda_args *a, ap_cuda_stream s, ap_err *err);
+
 #endif

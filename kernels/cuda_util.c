@@ -59,6 +59,21 @@ void ap_cuda_stream_free(ap_cuda_stream s) { (void)s; }
 
 ap_status ap_cuda_sync(ap_cuda_stream s, ap_err *err) { return no_cuda(err); }
 
+ap_status ap_cuda_event_create(ap_cuda_event *e, ap_err *err) {
+    *e = NULL;
+    return no_cuda(err);
+}
+
+void ap_cuda_event_free(ap_cuda_event e) { (void)e; }
+
+ap_status ap_cuda_event_record(ap_cuda_event e, ap_cuda_stream s, ap_err *err) {
+    return no_cuda(err);
+}
+
+ap_status ap_cuda_stream_wait_event(ap_cuda_stream s, ap_cuda_event e, ap_err *err) {
+    return no_cuda(err);
+}
+
 ap_status ap_cuda_device_name(char *buf, size_t n, ap_err *err) {
     if (buf && n) buf[0] = '\0';
     return no_cuda(err);

@@ -109,6 +109,25 @@ extern "C" ap_status ap_cuda_sync(ap_cuda_stream s, ap_err *err) {
     return ap_cuda_status((int)e, "stream work", err);
 }
 
+extern "C" ap_status ap_cuda_event_create(ap_cuda_event *ev, ap_err *err) {
+    cudaEvent_t t = NULL;
+    cudaError_t e = cudaEventCreateWithFlags(&t, cudaEventDisableTiming);
+    *ev = e == cudaSuccess ? t : NULL;
+    return ap_cuda_status((int)e, "event creation", err);
+}
+
+extern "C" void ap_cuda_event_free(ap_cuda_event ev) {
+    if (ev) cudaEventDestroy(ev);
+}
+
+extern "C" ap_status ap_cuda_event_record(ap_cuda_event ev, ap_cuda_stream s, ap_err *err) {
+    return ap_cuda_status((int)cudaEventRecord(ev, s), "event record", err);
+}
+
+extern "C" ap_status ap_cuda_stream_wait_event(ap_cuda_stream s, ap_cuda_event ev, ap_err *err) {
+    return ap_cuda_status((int)cudaStreamWaitEvent(s, ev, 0), "stream wait on an event", err);
+}
+
 extern "C" ap_status ap_cuda_device_name(char *buf, size_t n, ap_err *err) {
     if (buf && n) buf[0] = '\0';
     int dev = 0;

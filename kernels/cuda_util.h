@@ -59,6 +59,17 @@ void ap_cuda_stream_free(ap_cuda_stream s);
  * or of any earlier launch. */
 ap_status ap_cuda_sync(ap_cuda_stream s, ap_err *err);
 
+/* Events order work across streams (the prefetch stream of the CUDA
+ * engine, capture/model_cuda.h). cudaEvent_t is this pointer type. Created
+ * without timing (cheaper to record). */
+typedef struct CUevent_st *ap_cuda_event;
+ap_status ap_cuda_event_create(ap_cuda_event *e, ap_err *err);
+void ap_cuda_event_free(ap_cuda_event e); /* NULL: no-op */
+/* Mark the point in s that the work queued so far reaches. */
+ap_status ap_cuda_event_record(ap_cuda_event e, ap_cuda_stream s, ap_err *err);
+/* Work queued on s after this waits until e's point is reached. */
+ap_status ap_cuda_stream_wait_event(ap_cuda_stream s, ap_cuda_event e, ap_err *err);
+
 /* Name of the current device ("NVIDIA H200", ...), into buf (size n). */
 ap_status ap_cuda_device_name(char *buf, size_t n, ap_err *err);
 

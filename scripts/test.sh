@@ -4,7 +4,8 @@
 #      real-model comparisons against committed reference fixtures run);
 #   2. Release build (CUDA parts compiled when a toolkit is present) + ctest;
 #   3. AddressSanitizer/UBSan build + ctest (real-model tests skipped there:
-#      they ran in step 2 and take minutes under ASan);
+#      they ran in step 2 and take minutes under ASan), with the CUDA host
+#      code's tests on a CPU mock of the device layer (*_mockcuda);
 #   4. libFuzzer targets, each for a bounded time from its seed corpus.
 # Set ATTNPRED_TEST_QUICK=1 to stop after step 2.
 set -euo pipefail
@@ -44,8 +45,11 @@ if [ "${ATTNPRED_TEST_QUICK:-0}" = 1 ]; then
 fi
 
 echo "== sanitizer build (ASan + UBSan) + tests"
+# ATTNPRED_MOCK_CUDA: the CUDA engine's host code (GPU capture, device KV
+# pool, prefetch bookkeeping) also runs here, on a CPU mock of the device
+# layer (cmake/mock_cuda.cmake): tests named *_mockcuda.
 CC=clang cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DATTNPRED_SANITIZE=ON \
-  -DATTNPRED_CUDA=OFF >/dev/null
+  -DATTNPRED_CUDA=OFF -DATTNPRED_MOCK_CUDA=ON >/dev/null
 cmake --build build-asan -j "$jobs"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
   AP_SKIP_REAL_MODEL=1 ctest --test-dir build-asan --output-on-failure -j 1 2>&1 \

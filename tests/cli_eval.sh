@@ -86,6 +86,11 @@ expect 2 "for --kv-mode" -- "$ap" eval tasks --model m.gguf --json "$j" --kv-mod
 expect 2 "for --threads" -- "$ap" eval tasks --model m.gguf --json "$j" --threads 0
 expect 2 "for --max-new" -- "$ap" eval tasks --model m.gguf --json "$j" --max-new 0
 expect 2 "for --max-samples" -- "$ap" eval tasks --model m.gguf --json "$j" --max-samples x
+expect 2 "for --device" -- "$ap" eval tasks --model m.gguf --json "$j" --device gpu
+expect 2 "--kv-offload needs --device cuda" -- "$ap" eval tasks --model m.gguf --json "$j" --kv-offload
+for opt in device kv-offload; do expect 0 "--$opt" -- "$ap" eval tasks --help; done
+expect 2 "bad value 'gpu' for --device" -- "$ap" capture --model m.gguf --device gpu
+expect 0 "--device" -- "$ap" capture --help
 expect 2 "--quick and --full exclude each other" -- \
     "$ap" eval tasks --model m.gguf --json "$j" --quick --full
 expect 2 "--tasks-file and --full both choose" -- \

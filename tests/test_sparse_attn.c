@@ -731,7 +731,9 @@ static void run_cuda(const sprob *P, souts *o, int pinned, int scramble_lists) {
         free(hv);
     }
     int nl = P->set_off[P->n_sets];
-    int *lst = xcalloc((size_t)nl + 2 * P->n_sets, sizeof(int));
+    /* + 1: the copy below takes one entry past the last, so an empty
+     * list set still has a buffer to copy. */
+    int *lst = xcalloc((size_t)nl + 2 * P->n_sets + 1, sizeof(int));
     int *off = xcalloc((size_t)P->n_sets + 1, sizeof(int));
     int at = 0;
     for (int s = 0; s < P->n_sets; s++) {
