@@ -268,7 +268,7 @@ typedef struct {
     int ctx_spec[MAX_CTX], n_spec; /* -1 = the model's n_ctx_train */
     int default_ctx;        /* ctx_spec is the default list */
     int ctxs[MAX_CTX], n_ctx;
-    int gen, reps, threads, want[N_MODE];
+    int gen, reps, threads, predict_threads, want[N_MODE];
     int budget, sink, local, calib;
     int synthetic;
 } bench_opts;
@@ -355,6 +355,7 @@ static ap_status write_json(const bench_opts *o, const char *device, const char 
         cJSON_AddNumberToObject(sel, "min_candidates", ps->lo.min_candidates);
         cJSON_AddStringToObject(sel, "kv_mode", "per_qhead");
         cJSON_AddBoolToObject(sel, "live_prefetch_worker", ps->lo.prefetch);
+        cJSON_AddNumberToObject(sel, "prefetch_threads", ps->lo.prefetch_threads);
         if (o->model_path == NULL)
             cJSON_AddStringToObject(sel, "note", "synthetic: transfer volume not representative");
     }
@@ -425,6 +426,11 @@ static ap_status write_json(const bench_opts *o, const char *device, const char 
                 add_num(kv, "pool_used_mib_mean", k->pool_used_bytes / steps / 1048576.0);
                 add_num(kv, "kept_tokens_mean", k->kept_tokens / steps / (hp->n_layer * hp->n_head_kv));
                 add_num(kv, "h2d_kib_per_token", k->h2d_bytes / steps / 1024.0);
+                /* After the first step, which fills the empty pool: what a
+                 * long decode moves per token. */
+                add_num(kv, "fill_kib", k->fill_bytes / 1024.0);
+                add_num(kv, "h2d_kib_per_token_after_fill",
+                        k->steps > 1 ? (k->h2d_bytes - k->fill_bytes) / (steps - 1) / 1024.0 : NAN);
                 cJSON_AddNumberToObject(kv, "demand_blocks", (double)k->demand_blocks);
                 cJSON_AddNumberToObject(kv, "prefetched_blocks", (double)k->prefetched_blocks);
                 cJSON_AddNumberToObject(kv, "prefetch_hits", (double)k->prefetch_hits);
@@ -633,6 +639,12 @@ static ap_status setup_policy(const bench_opts *o, const ap_hparams *hp, policy_
     ps->params.incremental = 1;
     ps->lo = (ap_live_opts){.budget = o->budget, .sink = o->sink, .local = o->local,
                             .min_candidates = 3, .measure = 0, .prefetch = 1,
+                            /* The predictor's work spreads over the CPU's
+                             * cores while the GPU decodes. */
+                            .prefetch_threads = o->predict_threads,
+                            /* last_step too: its next lists are then known a
+                             * step early, so the pool copies them ahead. */
+                            .prefetch_any = 1,
                             /* The engine holds the pool (its pages callback
                              * is not used by the CUDA engine). */
                             .hot_pool = 0};
@@ -678,7 +690,9 @@ static void print_row(const bench_opts *o, const engine *eng, const policy_setup
             if (m != M_SPARSE) { /* device KV: no pool, no copies */
                 snprintf(pool, sizeof pool, "%.1f/%.1f", k->pool_capacity_bytes / 1048576.0,
                          k->pool_used_bytes / steps / 1048576.0);
-                snprintf(h2d, sizeof h2d, "%.0f", k->h2d_bytes / steps / 1024.0);
+                snprintf(h2d, sizeof h2d, "%.0f",
+                         k->steps > 1 ? (k->h2d_bytes - k->fill_bytes) / (steps - 1) / 1024.0
+                                      : NAN);
                 snprintf(dem, sizeof dem, "%lld", k->demand_blocks);
                 snprintf(pre, sizeof pre, "%lld", k->prefetched_blocks);
             }
@@ -848,7 +862,8 @@ static ap_status run(bench_opts *o, ap_err *err) {
     }
     printf("# columns: x_offload, x_gpu = tok/s over gpu_offload's, gpu's; top1%% = greedy "
            "choice equal to gpu's; rel_l2 = last step's logits vs gpu; pool and H2D from "
-           "ap_cuda_model_kv_stats (gpu_offload's H2D in parentheses: the KV its dense "
+           "ap_cuda_model_kv_stats (H2D: KiB copied into the pool per token after the first "
+           "step, which fills it; gpu_offload's in parentheses: the KV its dense "
            "attention reads over the bus, computed); demand/prefetch = blocks copied in; "
            "policy_ms = host time in the policy per token; select_ms = ap_live's selection\n");
 
@@ -980,7 +995,7 @@ static void usage(FILE *out) {
             "                        [--no-cpu] [--no-offload] [--no-policy]\n"
             "                        [--predictor P.safetensors] [--budget 512] [--sink 64]\n"
             "                        [--local 64] [--calib 5] [--text FILE | --random-tokens]\n"
-            "                        [--json OUT]\n"
+            "                        [--predict-threads N] [--json OUT]\n"
             "Decode tokens/s of the CUDA engine in these modes, at each context (prefill\n"
             "N - gen tokens, then decode gen tokens, best of --reps from one prefill):\n"
             "  gpu              KV cache in device memory, dense decode (always run: the\n"
@@ -992,6 +1007,8 @@ static void usage(FILE *out) {
             "                   next step's blocks copied ahead on a second stream\n"
             "  offload_demand   the same, blocks copied when selected (no prefetch)\n"
             "  gpu_sparse       KV in device memory under the same policy\n"
+            "--predict-threads: CPU threads scoring the next step while the GPU decodes\n"
+            "(default: cores - 1, at most 15).\n"
             "--modes: comma list of the above (default all); --no-cpu, --no-offload (drops\n"
             "the three offload modes), --no-policy (drops the three policy modes).\n"
             "--contexts: ascending list, 'max' = the model's llama.context_length (default\n"
@@ -1034,6 +1051,7 @@ int main(int argc, char **argv) {
     o.calib = 5;
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     o.threads = ncpu < 1 ? 1 : ncpu > 16 ? 16 : (int)ncpu;
+    o.predict_threads = ncpu <= 2 ? 1 : ncpu > 16 ? 15 : (int)ncpu - 1;
     for (int k = 0; k < N_MODE; k++) o.want[k] = 1;
     char contexts_arg[256] = "8192,max";
     o.default_ctx = 1;
@@ -1042,6 +1060,7 @@ int main(int argc, char **argv) {
     static const struct option lo[] = {
         {"model", 1, 0, 'm'},       {"contexts", 1, 0, 'c'},   {"gen", 1, 0, 'g'},
         {"reps", 1, 0, 'r'},        {"threads", 1, 0, 't'},    {"json", 1, 0, 'j'},
+        {"predict-threads", 1, 0, 'P'},
         {"no-cpu", 0, 0, 'C'},      {"no-offload", 0, 0, 'O'}, {"synthetic", 0, 0, 'S'},
         {"predictor", 1, 0, O_PRED}, {"budget", 1, 0, O_BUDGET}, {"sink", 1, 0, O_SINK},
         {"local", 1, 0, O_LOCAL},   {"calib", 1, 0, O_CALIB},  {"text", 1, 0, O_TEXT},
@@ -1057,6 +1076,7 @@ int main(int argc, char **argv) {
         case 'g': o.gen = atoi(optarg); break;
         case 'r': o.reps = atoi(optarg); break;
         case 't': o.threads = atoi(optarg); break;
+        case 'P': o.predict_threads = atoi(optarg); break;
         case 'j': o.json_path = optarg; break;
         case 'C': no_cpu = 1; break;
         case 'O': no_off = 1; break;
@@ -1080,8 +1100,10 @@ int main(int argc, char **argv) {
         fprintf(stderr, "bench-engine-gpu: unexpected argument '%s'\n", argv[optind]);
         return 2;
     }
-    if (o.gen < 1 || o.reps < 1 || o.threads < 1 || o.threads > 256) {
-        fprintf(stderr, "bench-engine-gpu: --gen, --reps must be >= 1, --threads in [1, 256]\n");
+    if (o.gen < 1 || o.reps < 1 || o.threads < 1 || o.threads > 256 || o.predict_threads < 1 ||
+        o.predict_threads > 256) {
+        fprintf(stderr, "bench-engine-gpu: --gen, --reps must be >= 1, --threads and "
+                        "--predict-threads in [1, 256]\n");
         return 2;
     }
     if (o.budget < 1 || o.sink < 0 || o.local < 0 || o.calib < 0 || o.sink % KV_BLOCK ||

@@ -816,9 +816,11 @@ static ap_status pool_fill(ap_cuda_model *cm, int l, int g, int nb, int upto, ap
         sl = stack[--(*top)];
         slot_of[b] = sl;
         block_of[sl] = b;
-        pf[sl] = (unsigned char)prefetch;
+        pf[sl] = 0;
         const int k0 = b * KV_BLOCK, k1 = k0 + KV_BLOCK < upto ? k0 + KV_BLOCK : upto;
-        if (k1 <= k0) continue; /* a block that starts with the newest key */
+        if (k1 <= k0) continue; /* a block that starts with the newest key: nothing to copy */
+        /* A hit is a copy made ahead that the step then keeps. */
+        pf[sl] = (unsigned char)prefetch;
         const size_t src = layer_off + (size_t)k0 * cm->kvd + (size_t)g * hd;
         float *dk = cm->d_pool_k + (pi * cap + (size_t)sl) * page_f;
         float *dv = cm->d_pool_v + (pi * cap + (size_t)sl) * page_f;

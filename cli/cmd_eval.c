@@ -388,6 +388,8 @@ static void tasks_usage(FILE *out) {
         "                       KV head; union: round-robin union of the group's rankings\n"
         "  --no-prefetch        score attnpred's next step on the decoding thread instead\n"
         "                       of a prefetch worker (to measure what prefetch hides)\n"
+        "  --prefetch-threads N worker threads of the prefetch (default 1; on a GPU run the\n"
+        "                       CPU is free for them)\n"
         "  --no-hot-pool        attend from the engine's contiguous cache and account KV\n"
         "                       memory from the kept sets instead of measuring a hot pool\n"
         "  --no-teacher-forced  skip the teacher-forced pass: agreement and KL then cover\n"
@@ -487,7 +489,7 @@ static int cmd_tasks(int argc, char **argv) {
     ap_tasks_result *r = NULL;
     enum { O_MODEL = 256, O_PRED, O_QUICK, O_FULL, O_TFILE, O_TASKS, O_BUDGET, O_METHODS, O_MAXS,
            O_MAXNEW, O_CALIB, O_KV, O_NOTF, O_NOPF, O_NOHP, O_THREADS, O_JSON, O_MD, O_PNG, O_QUIET, O_HELP,
-           O_DEVICE, O_OFFLOAD };
+           O_DEVICE, O_OFFLOAD, O_PFTH };
     static const struct option lo[] = {
         {"model", 1, 0, O_MODEL},          {"predictor", 1, 0, O_PRED},
         {"quick", 0, 0, O_QUICK},          {"full", 0, 0, O_FULL},
@@ -501,6 +503,7 @@ static int cmd_tasks(int argc, char **argv) {
         {"md", 1, 0, O_MD},                {"png", 1, 0, O_PNG},
         {"quiet", 0, 0, O_QUIET},          {"help", 0, 0, O_HELP},
         {"device", 1, 0, O_DEVICE},        {"kv-offload", 0, 0, O_OFFLOAD},
+        {"prefetch-threads", 1, 0, O_PFTH},
         {0, 0, 0, 0}};
     optind = 1;
     opterr = 0;
@@ -566,6 +569,7 @@ static int cmd_tasks(int argc, char **argv) {
             else goto bad;
             break;
         case O_OFFLOAD: c.kv_offload = 1; break;
+        case O_PFTH: if (!parse_int(optarg, 1, 256, &c.prefetch_threads)) goto bad; break;
         default:
             ap_cli_error(cmd, "unknown or incomplete option '%s' (see --help)", argv[optind - 1]);
             goto done;

@@ -71,3 +71,12 @@ if(CRITERION_FOUND)
 else()
   message(WARNING "Criterion not found: the CUDA-mock tests are not built")
 endif()
+
+# The offload benchmark on the mock: its times mean nothing (the "device" is
+# this CPU, synchronously), but what it moves does not depend on the
+# hardware: pool sizes, KV copied per token, prefetch hits on a real model
+# and predictor (docs/gpu.md).
+add_executable(bench-engine-gpu-mockcuda bench/bench_engine_gpu.c)
+target_link_libraries(bench-engine-gpu-mockcuda PRIVATE attnpred_mockcuda)
+target_compile_definitions(bench-engine-gpu-mockcuda PRIVATE
+  AP_DATA_DIR="${CMAKE_CURRENT_SOURCE_DIR}/data" AP_SOURCE_DIR="${CMAKE_CURRENT_SOURCE_DIR}")

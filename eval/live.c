@@ -153,8 +153,8 @@ struct ap_live {
     ap_attn_observer obs;
     ap_live_stats stats;
     /* Cross-token prefetch (opts.prefetch): one worker, a FIFO of layers. */
-    int pf_on, pf_started, quit;
-    pthread_t th;
+    int pf_on, pf_started, quit; /* pf_started: worker threads running */
+    pthread_t *th;
     pthread_mutex_t mu;
     pthread_cond_t cv;
     int *queue, q_head, q_len;   /* ring of L layer indices */
@@ -190,10 +190,11 @@ void ap_live_free(ap_live *lv) {
         lv->quit = 1;
         pthread_cond_broadcast(&lv->cv);
         pthread_mutex_unlock(&lv->mu);
-        pthread_join(lv->th, NULL);
+        for (int i = 0; i < lv->pf_started; i++) pthread_join(lv->th[i], NULL);
         pthread_mutex_destroy(&lv->mu);
         pthread_cond_destroy(&lv->cv);
     }
+    free(lv->th);
     free(lv->queue);
     free(lv->pending);
     free(lv->pf_sp);
@@ -710,7 +711,8 @@ ap_status ap_live_create(const ap_live_prefill *pf, const ap_selector *sel,
     }
     /* Prefetch pays only where scoring is real work and depends on nothing
      * the next step brings (the query): the predictor. */
-    if (opts->prefetch && (sel->needs & AP_SEL_NEEDS_PREDICTOR) && sel->stateful) {
+    if (opts->prefetch && sel->stateful && !(sel->needs & AP_SEL_NEEDS_QUERY) &&
+        ((sel->needs & AP_SEL_NEEDS_PREDICTOR) || opts->prefetch_any)) {
         lv->queue = calloc((size_t)lv->L, sizeof(int));
         lv->pending = calloc((size_t)lv->L, sizeof(int));
         lv->pf_sp = calloc((size_t)lv->L, sizeof(ap_sel_step));
@@ -726,15 +728,27 @@ ap_status ap_live_create(const ap_live_prefill *pf, const ap_selector *sel,
             st = ap_errf(err, AP_ERR_NOMEM, "out of memory for prefetch buffers");
             goto cleanup;
         }
-        pthread_mutex_init(&lv->mu, NULL);
-        pthread_cond_init(&lv->cv, NULL);
-        if (pthread_create(&lv->th, NULL, prefetch_main, lv) != 0) {
-            pthread_mutex_destroy(&lv->mu);
-            pthread_cond_destroy(&lv->cv);
-            st = ap_errf(err, AP_ERR_INTERNAL, "cannot start the prefetch thread");
+        /* Layers are independent jobs (each touches only its own selector
+         * state), so several workers may take them. */
+        const int n_th = opts->prefetch_threads > 1 ? opts->prefetch_threads : 1;
+        if (!(lv->th = calloc((size_t)n_th, sizeof *lv->th))) {
+            st = ap_errf(err, AP_ERR_NOMEM, "out of memory for prefetch threads");
             goto cleanup;
         }
-        lv->pf_started = 1;
+        pthread_mutex_init(&lv->mu, NULL);
+        pthread_cond_init(&lv->cv, NULL);
+        for (int i = 0; i < n_th; i++) {
+            if (pthread_create(&lv->th[i], NULL, prefetch_main, lv) != 0) {
+                if (lv->pf_started == 0) {
+                    pthread_mutex_destroy(&lv->mu);
+                    pthread_cond_destroy(&lv->cv);
+                }
+                st = ap_errf(err, AP_ERR_INTERNAL, "cannot start prefetch thread %d of %d", i + 1,
+                             n_th);
+                goto cleanup;
+            }
+            lv->pf_started++;
+        }
         lv->pf_on = 1;
     }
     /* The most blocks one step keeps per KV head (eval/live.h): the hot

@@ -54,6 +54,17 @@ typedef struct {
      * layers; the next select of the layer only waits for what is left.
      * Choices are unchanged. */
     int prefetch;
+    /* Worker threads of the prefetch (0 or 1: one). Layers are independent
+     * jobs, so with several workers the predictor's per-step work spreads
+     * over cores while the engine decodes (GPU runs: the CPU is otherwise
+     * idle). Choices are unchanged. */
+    int prefetch_threads;
+    /* 1: the worker also serves the other history methods (last_step,
+     * H2O). Their scoring is cheap, so on the CPU it buys nothing; what it
+     * buys is peek (ap_kv_policy): their next lists known a step early, for
+     * an engine that copies kept blocks ahead (the CUDA engine's device
+     * pool). */
+    int prefetch_any;
     /* 1: a real hot pool. Per (layer, KV head) a pool of page slots (block
      * keys x head_dim floats for K and for V each) holds exactly this step's
      * kept blocks (union over the head's query heads), copied from the

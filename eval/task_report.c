@@ -192,6 +192,7 @@ static void json_header(ap_jbuild *j, cJSON *root, const ap_tasks_result *r) {
     ap_jadd_bool(j, cf, "teacher_forced", c->teacher_forced);
     ap_jadd_bool(j, cf, "prefetch", c->prefetch);
     ap_jadd_num(j, cf, "threads", c->threads);
+    ap_jadd_num(j, cf, "prefetch_threads", c->prefetch_threads);
     ap_jadd_str(j, cf, "device", c->device == 1 ? "cuda" : "cpu");
     ap_jadd_bool(j, cf, "kv_offload", c->kv_offload);
 

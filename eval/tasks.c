@@ -37,6 +37,7 @@ void ap_tasks_config_default(ap_tasks_config *c) {
     c->threads = 2;
     c->prefetch = 1;
     c->hot_pool = 1;
+    c->prefetch_threads = 1;
 }
 
 void ap_tasks_result_free(ap_tasks_result *r) {
@@ -457,6 +458,8 @@ static ap_status check_config(const ap_tasks_config *c, ap_err *err) {
         if (c->budgets[b] < c->sink_tokens + c->local_tokens)
             return ap_errf(err, AP_ERR_ARG, "budget %d is below sink + local = %d tokens",
                            c->budgets[b], c->sink_tokens + c->local_tokens);
+    if (c->prefetch_threads < 1 || c->prefetch_threads > 256)
+        return ap_errf(err, AP_ERR_ARG, "prefetch threads %d out of [1, 256]", c->prefetch_threads);
     if (c->device < 0 || c->device > 1 || (c->kv_offload && c->device != 1))
         return ap_errf(err, AP_ERR_ARG, "device %d, kv_offload %d (offload needs the CUDA engine)",
                        c->device, c->kv_offload);
@@ -626,7 +629,8 @@ ap_status ap_tasks_run(const ap_tasks_config *c, ap_tasks_result **out, ap_err *
                 if (c->progress) c->progress(c->progress_user, done, total, what);
                 ap_live_opts lo = {.budget = r->budgets[b], .sink = c->sink_tokens,
                                    .local = c->local_tokens, .min_candidates = c->min_candidates,
-                                   .prefetch = c->prefetch, .hot_pool = hot_pool};
+                                   .prefetch = c->prefetch, .hot_pool = hot_pool,
+                                   .prefetch_threads = c->prefetch_threads};
                 ap_live_free(lv);
                 lv = NULL;
                 if ((st = ap_live_create(pf, rm[m].sel, &rm[m].params, &lo, &lv, err)))

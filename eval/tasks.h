@@ -75,6 +75,7 @@ typedef struct {
      * cross-token prefetch when config.prefetch: resident and fetched KV are
      * then measured on that pool (kv_measured = 1). */
     int device;              /* 0 CPU (default), 1 CUDA */
+    int prefetch_threads;    /* prefetch worker threads (eval/live.h; default 1) */
     int kv_offload;
     ap_tasks_progress_fn progress; /* may be NULL; called from the calling thread */
     void *progress_user;

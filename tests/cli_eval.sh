@@ -88,7 +88,8 @@ expect 2 "for --max-new" -- "$ap" eval tasks --model m.gguf --json "$j" --max-ne
 expect 2 "for --max-samples" -- "$ap" eval tasks --model m.gguf --json "$j" --max-samples x
 expect 2 "for --device" -- "$ap" eval tasks --model m.gguf --json "$j" --device gpu
 expect 2 "--kv-offload needs --device cuda" -- "$ap" eval tasks --model m.gguf --json "$j" --kv-offload
-for opt in device kv-offload; do expect 0 "--$opt" -- "$ap" eval tasks --help; done
+expect 2 "for --prefetch-threads" -- "$ap" eval tasks --model m.gguf --json "$j" --prefetch-threads 0
+for opt in device kv-offload prefetch-threads; do expect 0 "--$opt" -- "$ap" eval tasks --help; done
 expect 2 "bad value 'gpu' for --device" -- "$ap" capture --model m.gguf --device gpu
 expect 0 "--device" -- "$ap" capture --help
 expect 2 "--quick and --full exclude each other" -- \

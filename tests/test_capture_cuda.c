@@ -5,7 +5,8 @@
  *     over a multi-micro-batch prefill and decode steps;
  *   - capture: ap_capture_sequence_cuda writes the trace ap_capture_sequence
  *     writes (same tokens, views/queries/keys/colsums/raw rows within the
- *     tolerance);
+ *     tolerance), on a synthetic model and on the default model when present
+ *     (the CPU's quantized kernels against the GPU's float32 products);
  *   - KV policy: a fixed-list policy gives the same kept counts, logits
  *     within tolerance and matching sparse views on the CPU, on the GPU with
  *     the cache in device memory, and on the GPU with the cache offloaded
@@ -28,13 +29,18 @@
 #include "capture/gguf.h"
 #include "capture/model.h"
 #include "capture/model_cuda.h"
+#include "capture/tokenizer.h"
 #include "capture/trace.h"
 #include "common/tolerance.h"
+#include "common/util.h"
 #include "eval/live.h"
 #include "eval/selectors.h"
 #include "eval/tasks.h"
+#include "helpers/synth_ctx.h"
 #include "helpers/synth_model.h"
 #include "kernels/block_pool.h"
+
+#define MODEL_PATH AP_SOURCE_DIR "/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 #define SKIP_WITHOUT_GPU()                                                                         \
     do {                                                                                           \
@@ -74,13 +80,6 @@ static void synth_close(synth *s) {
     ap_model_free(s->m);
     ap_gguf_free(s->g);
     unlink(s->path);
-}
-
-static void make_tokens(int32_t *t, int n, int n_vocab, uint64_t seed) {
-    for (int i = 0; i < n; i++) {
-        seed = seed * 6364136223846793005ull + 1442695040888963407ull;
-        t[i] = (int32_t)((seed >> 33) % (uint64_t)n_vocab);
-    }
 }
 
 static void check_rel(const float *gpu, const float *cpu, size_t n, const char *what) {
@@ -194,7 +193,7 @@ Test(capture_cuda, observer_matches_cpu) {
     ap_err err = {0};
     const int n_prompt = 700, n_dec = 6, N = n_prompt + n_dec, rows_from = 640;
     int32_t tok[706];
-    make_tokens(tok, N, s.hp->n_vocab, 5);
+    ap_synth_tokens(tok, N, s.hp->n_vocab, 5);
     rec rc, rg;
     rec_init(&rc, s.hp, N, rows_from, 1);
     rec_init(&rg, s.hp, N, rows_from, 1);
@@ -269,9 +268,10 @@ Test(capture_cuda, observer_matches_cpu) {
 
 /* ------------------------------------------------------------- capture */
 
-/* One dataset of one layer from both traces, compared. */
+/* One dataset of one layer from both traces (n floats), compared on its
+ * first n_cmp. */
 static void cmp_layer(const ap_trace *tc, const ap_trace *tg, int layer, const char *name,
-                      size_t n) {
+                      size_t n, size_t n_cmp) {
     ap_err err = {0};
     float *a = calloc(n, sizeof(float)), *b = calloc(n, sizeof(float));
     cr_assert(a && b);
@@ -279,54 +279,51 @@ static void cmp_layer(const ap_trace *tc, const ap_trace *tg, int layer, const c
     cr_assert_eq(ap_trace_read_layer(tg, 0, layer, name, b, n, &err), AP_OK, "%s", err.msg);
     char what[96];
     snprintf(what, sizeof what, "trace %s of layer %d", name, layer);
-    check_rel(b, a, n, what);
+    check_rel(b, a, n_cmp, what);
     free(a);
     free(b);
 }
 
-Test(capture_cuda, trace_matches_cpu) {
-    SKIP_WITHOUT_GPU();
-    synth s;
-    synth_open(&s, 1024);
+/* Capture one prompt with both engines (c: the CPU engine capture uses,
+ * cm: the GPU) into two traces and compare them. strict: the greedy tokens
+ * must be the same; otherwise (a real model, where the CPU's quantized
+ * kernels and the GPU's float32 products may break a near-tie differently)
+ * the rows are compared up to the first differing token, which must not
+ * come before min_same generated tokens. */
+static void capture_both(ap_ctx *c, ap_cuda_model *cm, const ap_hparams *hp, const int32_t *tok,
+                         int n_prompt, int n_gen, int history, int raw_layer, int strict,
+                         int min_same) {
     ap_err err = {0};
     ap_capture_opts o;
     ap_capture_opts_default(&o);
-    o.n_gen = 8;
-    o.history = 24;
+    o.n_gen = n_gen;
+    o.history = history;
     o.stop_at_eos = 0;
-    const int raw[1] = {0};
-    const int n_prompt = 530;
-    int32_t *tok = malloc(sizeof(int32_t) * n_prompt);
-    cr_assert(tok);
-    make_tokens(tok, n_prompt, s.hp->n_vocab, 9);
+    const int raw[1] = {raw_layer};
     char pc[512], pg[512];
     ap_synth_tmp_path(pc, sizeof pc, "capcpu", ".h5");
     ap_synth_tmp_path(pg, sizeof pg, "capgpu", ".h5");
     ap_trace_meta meta;
     memset(&meta, 0, sizeof meta);
-    meta.n_layer = s.hp->n_layer;
-    meta.n_head = s.hp->n_head;
-    meta.n_head_kv = s.hp->n_head_kv;
-    meta.head_dim = s.hp->head_dim;
+    meta.n_layer = hp->n_layer;
+    meta.n_head = hp->n_head;
+    meta.n_head_kv = hp->n_head_kv;
+    meta.head_dim = hp->head_dim;
     meta.block_size = o.block_size;
     meta.history = o.history;
-    snprintf(meta.model_name, sizeof meta.model_name, "synthetic");
+    snprintf(meta.model_name, sizeof meta.model_name, "test");
     snprintf(meta.attnpred_version, sizeof meta.attnpred_version, "test");
-    ap_ctx *c = NULL;
-    ap_cuda_model *cm = NULL;
-    cr_assert_eq(ap_ctx_create(s.m, 1024, 1, &c, &err), AP_OK, "%s", err.msg);
-    cr_assert_eq(ap_cuda_model_create(s.g, s.m, 1024, &cm, &err), AP_OK, "%s", err.msg);
     for (int e = 0; e < 2; e++) {
         ap_trace_writer *w = NULL;
         cr_assert_eq(ap_trace_writer_open(e ? pg : pc, &meta, AP_TRACE_FORCE, &w, &err), AP_OK,
                      "%s", err.msg);
         ap_capture_seq_stats ss;
-        ap_status st = e ? ap_capture_sequence_cuda(cm, s.hp, &o, raw, 1, "p0", "t", "s", 0, tok,
+        ap_status st = e ? ap_capture_sequence_cuda(cm, hp, &o, raw, 1, "p0", "t", "s", 0, tok,
                                                     n_prompt, -1, w, &ss, &err)
-                         : ap_capture_sequence(c, s.hp, &o, raw, 1, "p0", "t", "s", 0, tok,
-                                               n_prompt, -1, w, &ss, &err);
+                         : ap_capture_sequence(c, hp, &o, raw, 1, "p0", "t", "s", 0, tok, n_prompt,
+                                               -1, w, &ss, &err);
         cr_assert_eq(st, AP_OK, "%s", err.msg);
-        cr_assert_eq(ss.n_gen, 8);
+        cr_assert_eq(ss.n_gen, n_gen);
         cr_assert_eq(ap_trace_writer_close(w, 1, &err), AP_OK, "%s", err.msg);
         ap_trace_writer_free(w);
     }
@@ -345,30 +342,95 @@ Test(capture_cuda, trace_matches_cpu) {
     cr_assert(ta && tb);
     cr_assert_eq(ap_trace_read_i32(tc, 0, "tokens", ta, (size_t)T, &err), AP_OK, "%s", err.msg);
     cr_assert_eq(ap_trace_read_i32(tg, 0, "tokens", tb, (size_t)T, &err), AP_OK, "%s", err.msg);
-    /* Greedy tokens: the GPU must choose what the CPU chose. */
-    cr_assert_eq(memcmp(ta, tb, sizeof(int32_t) * (size_t)T), 0,
-                 "GPU capture decoded other tokens than the CPU's");
-    const size_t S = (size_t)a.n_steps, H = (size_t)s.hp->n_head, NB = (size_t)a.n_blocks;
-    const size_t hd = (size_t)s.hp->head_dim, KV = (size_t)s.hp->n_head_kv;
-    for (int l = 0; l < s.hp->n_layer; l++) {
-        cmp_layer(tc, tg, l, "block_max", S * H * NB);
-        cmp_layer(tc, tg, l, "block_sum", S * H * NB);
-        cmp_layer(tc, tg, l, "query", S * H * hd);
-        cmp_layer(tc, tg, l, "key_min", KV * NB * hd);
-        cmp_layer(tc, tg, l, "key_max", KV * NB * hd);
-        cmp_layer(tc, tg, l, "prefill_colsum", H * (size_t)a.n_prompt);
+    int same = 0;
+    while (same < a.n_gen && ta[a.n_prompt + same] == tb[a.n_prompt + same]) same++;
+    if (strict)
+        cr_assert_eq(same, a.n_gen, "GPU capture decoded other tokens than the CPU's from %d",
+                     same);
+    else
+        cr_assert_geq(same, min_same, "GPU capture's greedy tokens differ from the CPU's at %d",
+                      same);
+    /* A step's row depends on the tokens up to its own position: the rows
+     * before the first differing token (and that token's own row, whose
+     * input is the token before it) match. */
+    const size_t S = (size_t)a.n_steps, H = (size_t)hp->n_head, NB = (size_t)a.n_blocks;
+    const size_t hd = (size_t)hp->head_dim, KV = (size_t)hp->n_head_kv;
+    const size_t S_cmp = S - (size_t)(a.n_gen - same);
+    for (int l = 0; l < hp->n_layer; l++) {
+        cmp_layer(tc, tg, l, "block_max", S * H * NB, S_cmp * H * NB);
+        cmp_layer(tc, tg, l, "block_sum", S * H * NB, S_cmp * H * NB);
+        cmp_layer(tc, tg, l, "query", S * H * hd, S_cmp * H * hd);
+        if (same == a.n_gen) {
+            cmp_layer(tc, tg, l, "key_min", KV * NB * hd, KV * NB * hd);
+            cmp_layer(tc, tg, l, "key_max", KV * NB * hd, KV * NB * hd);
+        }
+        cmp_layer(tc, tg, l, "prefill_colsum", H * (size_t)a.n_prompt, H * (size_t)a.n_prompt);
     }
-    cmp_layer(tc, tg, 0, "raw", S * H * (size_t)T);
+    cmp_layer(tc, tg, raw_layer, "raw", S * H * (size_t)T, S_cmp * H * (size_t)T);
+    cr_log_info("capture CPU vs GPU: %d prompt tokens, %d of %d generated tokens the same", n_prompt,
+                same, a.n_gen);
     free(ta);
     free(tb);
     ap_trace_close(tc);
     ap_trace_close(tg);
     unlink(pc);
     unlink(pg);
-    free(tok);
+}
+
+Test(capture_cuda, trace_matches_cpu) {
+    SKIP_WITHOUT_GPU();
+    synth s;
+    synth_open(&s, 1024);
+    ap_err err = {0};
+    const int n_prompt = 530; /* two of the GPU's micro-batches */
+    int32_t tok[530];
+    ap_synth_tokens(tok, n_prompt, s.hp->n_vocab, 9);
+    ap_ctx *c = NULL;
+    ap_cuda_model *cm = NULL;
+    cr_assert_eq(ap_ctx_create(s.m, 1024, 1, &c, &err), AP_OK, "%s", err.msg);
+    cr_assert_eq(ap_cuda_model_create(s.g, s.m, 1024, &cm, &err), AP_OK, "%s", err.msg);
+    capture_both(c, cm, s.hp, tok, n_prompt, 8, 24, 0, 1, 8);
     ap_cuda_model_free(cm);
     ap_ctx_free(c);
     synth_close(&s);
+}
+
+/* The default model as `attnpred capture` runs it: the CPU engine with its
+ * quantized kernels against the GPU's float32 products. */
+Test(capture_cuda, real_model_trace_matches_cpu) {
+    SKIP_WITHOUT_GPU();
+    if (getenv("AP_SKIP_REAL_MODEL")) cr_skip_test("AP_SKIP_REAL_MODEL is set");
+    if (!ap_file_exists(MODEL_PATH)) cr_skip_test("%s not found", MODEL_PATH);
+    ap_err err = {0};
+    ap_gguf *g = NULL;
+    ap_model *m = NULL;
+    ap_tokenizer *tk = NULL;
+    cr_assert_eq(ap_gguf_open(MODEL_PATH, &g, &err), AP_OK, "%s", err.msg);
+    cr_assert_eq(ap_model_load(g, &m, &err), AP_OK, "%s", err.msg);
+    cr_assert_eq(ap_tokenizer_from_gguf(g, &tk, &err), AP_OK, "%s", err.msg);
+    /* Over one GPU micro-batch (512 tokens) of ordinary text. */
+    char text[8192] = "";
+    for (int i = 0; i < 22; i++)
+        strcat(text, "The committee met on Tuesday to review the budget, the schedule and the "
+                     "safety report; each member read a short statement before the vote. ");
+    strcat(text, "Question: what did the committee review? Answer:");
+    int32_t *ids = NULL;
+    size_t n_ids = 0;
+    cr_assert_eq(ap_tokenizer_encode(tk, text, strlen(text), 0, &ids, &n_ids, &err), AP_OK, "%s",
+                 err.msg);
+    cr_assert(n_ids > 512 && n_ids < 900, "%zu prompt tokens", n_ids);
+    const ap_hparams *hp = ap_model_hparams(m);
+    ap_ctx *c = NULL;
+    ap_cuda_model *cm = NULL;
+    cr_assert_eq(ap_ctx_create(m, 1024, 2, &c, &err), AP_OK, "%s", err.msg);
+    cr_assert_eq(ap_cuda_model_create(g, m, 1024, &cm, &err), AP_OK, "%s", err.msg);
+    capture_both(c, cm, hp, ids, (int)n_ids, 16, 64, 15, 0, 4);
+    free(ids);
+    ap_cuda_model_free(cm);
+    ap_ctx_free(c);
+    ap_tokenizer_free(tk);
+    ap_model_free(m);
+    ap_gguf_free(g);
 }
 
 /* ----------------------------------------------------------- KV policy */
@@ -501,7 +563,7 @@ static void run_policy(int per_q, int offload, int prefetch, int peek_mode) {
     const int n_prompt = 600, steps = 24, N = n_prompt + steps, max_nb = (N + 15) / 16;
     int32_t *tok = malloc(sizeof(int32_t) * (size_t)N);
     cr_assert(tok);
-    make_tokens(tok, N, s.hp->n_vocab, 21);
+    ap_synth_tokens(tok, N, s.hp->n_vocab, 21);
     fixed_pol fc, fg;
     fp_init(&fc, s.hp, per_q, n_prompt, steps, max_nb, 0);
     fp_init(&fg, s.hp, per_q, n_prompt, steps, max_nb, peek_mode);
@@ -549,10 +611,13 @@ static void run_policy(int per_q, int offload, int prefetch, int peek_mode) {
             /* After the first step (which fills the pool), the right peek
              * leaves nothing to fetch on demand. */
             cr_assert(ks.prefetched_blocks > 0 && ks.prefetch_hits > 0);
+            /* Every page copied ahead was kept: the peek was right. */
+            cr_assert_eq(ks.prefetch_hits, ks.prefetched_blocks);
             cr_assert(ks.prefetch_layers >= (long long)(steps - 1) * fc.L);
         }
         if (!prefetch || peek_mode == 0) cr_assert_eq(ks.prefetched_blocks, 0);
         if (peek_mode == 2 && prefetch) cr_assert(ks.demand_blocks > 0);
+        cr_assert_leq(ks.prefetch_hits, ks.prefetched_blocks);
     } else {
         cr_assert_eq(ks.h2d_bytes, 0.0);
     }
@@ -628,7 +693,7 @@ static void run_live(int offload) {
     ap_err err = {0};
     const int n_prompt = 640, steps = 16;
     int32_t tok[640 + 16];
-    make_tokens(tok, n_prompt, s.hp->n_vocab, 33);
+    ap_synth_tokens(tok, n_prompt, s.hp->n_vocab, 33);
     const ap_selector *sel = ap_selector_find("last_step");
     cr_assert(sel);
     ap_live_prefill *pc = NULL, *pg = NULL;
@@ -717,18 +782,7 @@ Test(capture_cuda, tasks_on_the_gpu_match_the_cpu) {
     ap_synth_tmp_path(model, sizeof model, "gputasks", ".gguf");
     ap_synth_tmp_path(tasks, sizeof tasks, "gputasks", ".jsonl");
     cr_assert_eq(ap_synth_model_write(model, &o, &err), AP_OK, "%s", err.msg);
-    FILE *fp = fopen(tasks, "w");
-    cr_assert(fp);
-    char body[800];
-    for (int i = 0; i < 700; i++) body[i] = "the cat sat on a mat. "[i % 22];
-    body[700] = 0;
-    fprintf(fp,
-            "{\"id\": \"t-0\", \"task\": \"synthetic\", \"category\": \"test\", \"bucket\": "
-            "\"0-2k\", \"metric\": \"substring\", \"max_new_tokens\": 8, \"chat\": false, "
-            "\"first_line\": false, \"prompt\": \"%s\", \"answer_prefix\": \" The answer "
-            "is\", \"answers\": [\"cat\"], \"all_classes\": null}\n",
-            body);
-    fclose(fp);
+    ap_synth_task_file(tasks, 1, 8, 0);
     ap_tasks_config c;
     ap_tasks_config_default(&c);
     c.model = model;

@@ -326,18 +326,7 @@ Test(hotpool, tasks_measured_vs_accounted) {
     ap_synth_tmp_path(model, sizeof model, "hptasks", ".gguf");
     ap_synth_tmp_path(tasks, sizeof tasks, "hptasks", ".jsonl");
     cr_assert_eq(ap_synth_model_write(model, &o, &err), AP_OK, "%s", err.msg);
-    FILE *fp = fopen(tasks, "w");
-    cr_assert(fp);
-    char body[800];
-    for (int i = 0; i < 700; i++) body[i] = "the cat sat on a mat. "[i % 22];
-    body[700] = 0;
-    fprintf(fp,
-            "{\"id\": \"t-0\", \"task\": \"synthetic\", \"category\": \"test\", \"bucket\": "
-            "\"0-2k\", \"metric\": \"substring\", \"max_new_tokens\": 8, \"chat\": false, "
-            "\"first_line\": false, \"prompt\": \"%s\", \"answer_prefix\": \" The answer "
-            "is\", \"answers\": [\"cat\"], \"all_classes\": null}\n",
-            body);
-    fclose(fp);
+    ap_synth_task_file(tasks, 1, 8, 0);
     ap_tasks_config c;
     ap_tasks_config_default(&c);
     cr_expect_eq(c.hot_pool, 1);

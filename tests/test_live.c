@@ -110,6 +110,7 @@ typedef struct {
     int lists[32][8][64]; /* [step][set][i], -1 terminated */
     float dense_bsum[32][4][64];
     int n_valid[32];
+    int peeked, peek_same; /* (step, layer) whose peek answered, and matched select */
 } spy;
 
 static unsigned spy_want(void *user, int layer, int pos) {
@@ -121,8 +122,28 @@ static unsigned spy_want(void *user, int layer, int pos) {
 static ap_status spy_select(void *user, const ap_kv_step *ks, const int **blocks,
                             const int **set_off, ap_err *err) {
     spy *s = user;
+    /* What the policy says select will give, asked first (the CUDA engine's
+     * prefetch does this a step ahead), copied before select runs. */
+    int pk[8 * 64 + 9], n_pk = -1;
+    const int *pb = NULL, *po = NULL;
+    const int sets = s->inner->per_q_head ? ks->n_head : ks->n_head_kv;
+    if (s->inner->peek) {
+        ap_status ps = s->inner->peek(s->inner->user, ks->layer, ks->pos, 1, &pb, &po, err);
+        if (ps) return ps;
+        if (pb && po[sets] <= 8 * 64) {
+            memcpy(pk, po, sizeof(int) * (size_t)(sets + 1));
+            memcpy(pk + sets + 1, pb, sizeof(int) * (size_t)po[sets]);
+            n_pk = po[sets];
+        }
+    }
     ap_status st = s->inner->select(s->inner->user, ks, blocks, set_off, err);
-    if (st || ks->layer != 1 || s->steps >= 32) return st;
+    if (st) return st;
+    if (n_pk >= 0) {
+        s->peeked++;
+        s->peek_same += memcmp(pk, *set_off, sizeof(int) * (size_t)(sets + 1)) == 0 &&
+                        memcmp(pk + sets + 1, *blocks, sizeof(int) * (size_t)n_pk) == 0;
+    }
+    if (ks->layer != 1 || s->steps >= 32) return st;
     int n_sets = s->inner->per_q_head ? ks->n_head : ks->n_head_kv;
     s->n_sets = n_sets;
     for (int u = 0; u < n_sets; u++) {
@@ -165,8 +186,9 @@ static void run_live_rt(ap_synth_ctx *f, const char *name, ap_runtime *rt, int p
     cr_assert(sel, "%s", name);
     ap_sel_params prm = {.calib = 5, .kv_mode = AP_KV_PER_QHEAD, .snapkv_window = 32,
                          .snapkv_pool = 1, .incremental = 1, .rt = rt};
+    /* prefetch > 1: that many worker threads. */
     ap_live_opts lo = {.budget = budget, .sink = 64, .local = 64, .min_candidates = 3,
-                       .prefetch = prefetch};
+                       .prefetch = prefetch > 0, .prefetch_threads = prefetch};
     ap_live *lv = NULL;
     cr_assert_eq(ap_live_create(pf, sel, &prm, &lo, &lv, &err), AP_OK, "%s", err.msg);
     memset(sp, 0, sizeof *sp);
@@ -303,19 +325,33 @@ Test(live, prefetch_gives_the_same_choices) {
     ap_runtime *rt = NULL;
     cr_assert_eq(ap_runtime_load(path, &rt, &e), AP_OK, "%s", e.msg);
     ap_predictor_set_threads(ap_runtime_predictor(rt), 1);
-    spy *a = calloc(1, sizeof *a), *b = calloc(1, sizeof *b);
-    ap_live_stats sa, sb;
+    spy *a = calloc(1, sizeof *a), *b = calloc(1, sizeof *b), *c3 = calloc(1, sizeof *c3);
+    ap_live_stats sa, sb, sc;
     run_live_rt(&f, "attnpred", rt, 0, 176, 16, a, &sa);
     run_live_rt(&f, "attnpred", rt, 1, 176, 16, b, &sb);
+    run_live_rt(&f, "attnpred", rt, 3, 176, 16, c3, &sc);
     cr_assert_eq(a->steps, 16);
     cr_assert_eq(b->steps, 16);
+    cr_assert_eq(c3->steps, 16);
     cr_expect_eq(memcmp(a->lists, b->lists, sizeof a->lists), 0, "prefetch changed the choices");
+    cr_expect_eq(memcmp(a->lists, c3->lists, sizeof a->lists), 0,
+                 "three prefetch workers changed the choices");
     cr_expect_eq(sa.prefetched, 0);
     /* Every (step, layer) after the first step is scored ahead. */
-    cr_expect_eq(sb.prefetched, 15LL * ap_model_hparams(f.m)->n_layer);
+    const long long ahead = 15LL * ap_model_hparams(f.m)->n_layer;
+    cr_expect_eq(sb.prefetched, ahead);
+    cr_expect_eq(sc.prefetched, ahead);
     cr_expect_gt(sb.score_seconds, 0.0);
+    /* peek: nothing without the worker; with it, every prefetched (step,
+     * layer) answers, and with select's own lists. */
+    cr_expect_eq(a->peeked, 0);
+    cr_expect_eq(b->peeked, ahead, "peek answered %d times", b->peeked);
+    cr_expect_eq(b->peek_same, b->peeked, "peek differed from select %d times",
+                 b->peeked - b->peek_same);
+    cr_expect_eq(c3->peek_same, c3->peeked);
     free(a);
     free(b);
+    free(c3);
     ap_runtime_free(rt);
     ap_predictor_free(p);
     unlink(path);
@@ -332,19 +368,7 @@ Test(live, tasks_run_end_to_end) {
     ap_synth_tmp_path(model, sizeof model, "tasks", ".gguf");
     ap_synth_tmp_path(tasks, sizeof tasks, "tasks", ".jsonl");
     cr_assert_eq(ap_synth_model_write(model, &o, &err), AP_OK, "%s", err.msg);
-    FILE *fp = fopen(tasks, "w");
-    cr_assert(fp);
-    char body[2000];
-    for (int i = 0; i < 700; i++) body[i] = "the cat sat on a mat. "[i % 22];
-    body[700] = 0;
-    for (int s = 0; s < 2; s++)
-        fprintf(fp,
-                "{\"id\": \"t-%d\", \"task\": \"synthetic\", \"category\": \"test\", \"bucket\": "
-                "\"0-2k\", \"metric\": \"substring\", \"max_new_tokens\": 6, \"chat\": %s, "
-                "\"first_line\": false, \"prompt\": \"%s\", \"answer_prefix\": \" The answer "
-                "is\", \"answers\": [\"cat\"], \"all_classes\": null}\n",
-                s, s ? "true" : "false", body + s * 100);
-    fclose(fp);
+    ap_synth_task_file(tasks, 2, 6, 1);
     ap_tasks_config c;
     ap_tasks_config_default(&c);
     c.model = model;

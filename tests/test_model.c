@@ -20,6 +20,7 @@
 #include "common/tolerance.h"
 #include "common/util.h"
 #include "helpers/ref_forward.h"
+#include "helpers/synth_ctx.h"
 #include "helpers/synth_model.h"
 
 #define MODEL_PATH AP_SOURCE_DIR "/models/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -62,13 +63,6 @@ static ap_status synth_load_fail(const ap_synth_opts *o, ap_err *err) {
     ap_gguf_free(g);
     unlink(path);
     return st;
-}
-
-static void make_tokens(int32_t *t, int n, int n_vocab, uint64_t seed) {
-    for (int i = 0; i < n; i++) {
-        seed = seed * 6364136223846793005ull + 1442695040888963407ull;
-        t[i] = (int32_t)((seed >> 33) % (uint64_t)n_vocab);
-    }
 }
 
 /* Records everything an observer sees. Slots are per (layer, head), so
@@ -272,7 +266,7 @@ Test(model, head_dim_from_key_length) {
     cr_expect_eq(ap_model_hparams(s.m)->head_dim, 8);
     synth_close(&s);
     int32_t tok[20];
-    make_tokens(tok, 20, o.n_vocab, 5);
+    ap_synth_tokens(tok, 20, o.n_vocab, 5);
     int calls[] = {17, 1, 1, 1};
     run_vs_ref(&o, tok, calls, 4, 2, 64);
 }
@@ -292,7 +286,7 @@ Test(model, defaults_when_keys_absent) {
     cr_expect_eq(hp->tied_output, 1);
     synth_close(&s);
     int32_t tok[12];
-    make_tokens(tok, 12, o.n_vocab, 6);
+    ap_synth_tokens(tok, 12, o.n_vocab, 6);
     int calls[] = {10, 1, 1};
     run_vs_ref(&o, tok, calls, 3, 1, 32);
 }
@@ -301,7 +295,7 @@ Test(model, f32_tied_prefill_and_decode) {
     ap_synth_opts o;
     ap_synth_opts_default(&o);
     int32_t tok[106];
-    make_tokens(tok, 106, o.n_vocab, 1);
+    ap_synth_tokens(tok, 106, o.n_vocab, 1);
     int calls[] = {100, 1, 1, 1, 1, 1, 1};
     run_vs_ref(&o, tok, calls, 7, 2, 512);
 }
@@ -314,7 +308,7 @@ Test(model, q8_0_untied_prefill_and_decode) {
     o.tied = 0;
     o.seed = 2;
     int32_t tok[104];
-    make_tokens(tok, 104, o.n_vocab, 2);
+    ap_synth_tokens(tok, 104, o.n_vocab, 2);
     int calls[] = {100, 1, 1, 1, 1};
     run_vs_ref(&o, tok, calls, 5, 2, 256);
 }
@@ -327,7 +321,7 @@ Test(model, q4_1_tied_one_thread) {
     o.seed = 3;
     o.rope_base = 100000.0f;
     int32_t tok[103];
-    make_tokens(tok, 103, o.n_vocab, 3);
+    ap_synth_tokens(tok, 103, o.n_vocab, 3);
     int calls[] = {97, 3, 1, 1, 1};
     run_vs_ref(&o, tok, calls, 5, 1, 200);
 }
@@ -341,7 +335,7 @@ Test(model, microbatch_and_chunk_boundaries) {
     o.n_ctx = 1024;
     o.seed = 4;
     int32_t tok[815];
-    make_tokens(tok, 815, o.n_vocab, 4);
+    ap_synth_tokens(tok, 815, o.n_vocab, 4);
     int calls[] = {513, 300, 1, 1};
     run_vs_ref(&o, tok, calls, 4, 2, 1024);
 }
@@ -354,7 +348,7 @@ Test(model, prefill_equals_token_by_token) {
     synth_open(&s, &o);
     enum { T = 70 };
     int32_t tok[T];
-    make_tokens(tok, T, o.n_vocab, 8);
+    ap_synth_tokens(tok, T, o.n_vocab, 8);
     const int V = o.n_vocab;
     float *a = malloc((size_t)T * V * sizeof(float)), *b = malloc((size_t)T * V * sizeof(float));
     float *last = malloc((size_t)V * sizeof(float));
@@ -393,7 +387,7 @@ Test(model, thread_counts_agree) {
     synth_open(&s, &o);
     enum { T = 90, STEPS = 20 };
     int32_t tok[T + STEPS];
-    make_tokens(tok, T + STEPS, o.n_vocab, 12);
+    ap_synth_tokens(tok, T + STEPS, o.n_vocab, 12);
     const int V = o.n_vocab;
     float *ref = malloc((size_t)(STEPS + 1) * V * sizeof(float));
     float *got = malloc((size_t)(STEPS + 1) * V * sizeof(float));
@@ -433,7 +427,7 @@ Test(model, observer_semantics) {
     const ap_hparams *hp = ap_model_hparams(s.m);
     enum { T = 100, FROM = 90 };
     int32_t tok[T + 1];
-    make_tokens(tok, T + 1, o.n_vocab, 9);
+    ap_synth_tokens(tok, T + 1, o.n_vocab, 9);
     rec r;
     rec_init(&r, hp, T + 1, FROM);
     ap_attn_observer obs = rec_observer(&r);
@@ -498,7 +492,7 @@ Test(model, colsum_spans_microbatches) {
     const ap_hparams *hp = ap_model_hparams(s.m);
     enum { T = 650 };
     int32_t tok[T];
-    make_tokens(tok, T, o.n_vocab, 10);
+    ap_synth_tokens(tok, T, o.n_vocab, 10);
     rec r;
     rec_init(&r, hp, T, T); /* no rows reported at all */
     ap_attn_observer obs = rec_observer(&r);
@@ -533,7 +527,7 @@ Test(model, kv_overflow_is_range_error) {
     ap_ctx *c = NULL;
     ap_err err = {0};
     int32_t tok[16];
-    make_tokens(tok, 16, o.n_vocab, 11);
+    ap_synth_tokens(tok, 16, o.n_vocab, 11);
     cr_assert_eq(ap_ctx_create(s.m, 16, 1, &c, &err), AP_OK, "%s", err.msg);
     cr_assert_eq(ap_ctx_eval(c, tok, 10, NULL, 0, NULL, &err), AP_OK, "%s", err.msg);
     cr_expect_eq(ap_ctx_eval(c, tok, 7, NULL, 0, NULL, &err), AP_ERR_RANGE);

@@ -1,6 +1,7 @@
 #include "helpers/synth_ctx.h"
 
 #include <criterion/criterion.h>
+#include <stdio.h>
 #include <unistd.h>
 
 #include "helpers/synth_model.h"
@@ -35,4 +36,29 @@ int32_t ap_synth_argmax(const float *x, int n) {
     for (int i = 1; i < n; i++)
         if (x[i] > x[b]) b = i;
     return b;
+}
+
+void ap_synth_tokens(int32_t *t, int n, int n_vocab, uint64_t seed) {
+    for (int i = 0; i < n; i++) {
+        seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+        t[i] = (int32_t)((seed >> 33) % (uint64_t)n_vocab);
+    }
+}
+
+void ap_synth_task_file(const char *path, int n_samples, int max_new, int chat_odd) {
+    FILE *fp = fopen(path, "w");
+    cr_assert(fp, "cannot write %s", path);
+    char body[701];
+    for (int i = 0; i < 700; i++) body[i] = "the cat sat on a mat. "[i % 22];
+    body[700] = 0;
+    for (int s = 0; s < n_samples; s++) {
+        const int at = (s * 100) % 700;
+        fprintf(fp,
+                "{\"id\": \"t-%d\", \"task\": \"synthetic\", \"category\": \"test\", \"bucket\": "
+                "\"0-2k\", \"metric\": \"substring\", \"max_new_tokens\": %d, \"chat\": %s, "
+                "\"first_line\": false, \"prompt\": \"%s\", \"answer_prefix\": \" The answer "
+                "is\", \"answers\": [\"cat\"], \"all_classes\": null}\n",
+                s, max_new, chat_odd && s % 2 ? "true" : "false", body + at);
+    }
+    cr_assert_eq(fclose(fp), 0, "cannot write %s", path);
 }

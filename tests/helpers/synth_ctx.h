@@ -22,6 +22,13 @@ void ap_synth_ctx_close(ap_synth_ctx *f); /* frees and unlinks */
 
 /* n pseudo-random byte tokens from seed. */
 void ap_synth_prompt(int32_t *ids, int n, unsigned seed);
+/* n pseudo-random token ids in [0, n_vocab) from seed (an LCG). */
+void ap_synth_tokens(int32_t *t, int n, int n_vocab, uint64_t seed);
+/* A JSON Lines task file (docs/tasks.md) of n_samples samples of the
+ * "synthetic" task: the last 700 - 100 s characters of 700 characters of
+ * repeated text, answer "cat" (substring metric), max_new tokens
+ * each; odd samples use the chat template when chat_odd. */
+void ap_synth_task_file(const char *path, int n_samples, int max_new, int chat_odd);
 /* Greedy choice: the first index of the largest value. */
 int32_t ap_synth_argmax(const float *x, int n);
 
