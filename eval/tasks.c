@@ -630,7 +630,10 @@ ap_status ap_tasks_run(const ap_tasks_config *c, ap_tasks_result **out, ap_err *
                 ap_live_opts lo = {.budget = r->budgets[b], .sink = c->sink_tokens,
                                    .local = c->local_tokens, .min_candidates = c->min_candidates,
                                    .prefetch = c->prefetch, .hot_pool = hot_pool,
-                                   .prefetch_threads = c->prefetch_threads};
+                                   .prefetch_threads = c->prefetch_threads,
+                                   /* The device pool copies every history
+                                    * method's next blocks ahead. */
+                                   .prefetch_any = gpu_pool};
                 ap_live_free(lv);
                 lv = NULL;
                 if ((st = ap_live_create(pf, rm[m].sel, &rm[m].params, &lo, &lv, err)))

@@ -120,8 +120,12 @@ say "build ok"
 # ---- tests: all of them; GPU tests must run, not skip ----
 # -V and Criterion's TAP report: one "ok/not ok - suite::test" line per test
 # case (skips with their reason), for the per-case table of summary.md.
+# By default only the test executables with GPU cases run (CI ran the rest on
+# this commit); ATTNPRED_GPU_ALL_TESTS=1 runs the whole suite.
+ctest_sel=(-R 'test_(block_pool|capture_cuda|cuda_kernels|model_cuda|sparse_attn|predictor)$')
+[ -n "${ATTNPRED_GPU_ALL_TESTS:-}" ] && ctest_sel=()
 CRITERION_ENABLE_TAP=1 AP_SKIP_REAL_MODEL="${AP_SKIP_REAL_MODEL:-}" ctest --test-dir "$build" -j 4 \
-  -V --timeout 900 > "$out/ctest.txt" 2>&1
+  "${ctest_sel[@]}" -V --timeout 900 > "$out/ctest.txt" 2>&1
 ctest_rc=$?
 # Criterion's TAP lines give skipped tests with their reason; collect the GPU
 # ones (every CUDA test skips with "GPU test skipped: no CUDA device ...";
@@ -141,23 +145,35 @@ run_bench() { # name, args...
     bench_rows+=("| $name | not built |")
     return 0
   fi
-  say "bench: $name $*"
-  timeout "$bench_timeout" "$exe" "$@" > "$out/$name.txt" 2>&1 || rc=$?
+  # The whole check must fit one device call: benchmarks share what is left
+  # of ATTNPRED_GPU_DEADLINE seconds (default 500) after build and tests.
+  local left=$(( deadline - SECONDS )) limit="$bench_timeout"
+  if [ "$left" -lt 20 ]; then
+    say "bench: $name skipped: ${deadline} s deadline reached"
+    bench_rows+=("| $name | skipped (deadline ${deadline} s) |")
+    return 0
+  fi
+  [ "$left" -lt "$limit" ] && limit="$left"
+  say "bench: $name $* (limit ${limit} s)"
+  timeout "$limit" "$exe" "$@" > "$out/$name.txt" 2>&1 || rc=$?
   if [ "$rc" -eq 0 ]; then bench_rows+=("| $name $* | ok |")
-  elif [ "$rc" -eq 124 ]; then bench_rows+=("| $name $* | TIMEOUT (${bench_timeout} s) |")
+  elif [ "$rc" -eq 124 ]; then bench_rows+=("| $name $* | TIMEOUT (${limit} s) |")
   else bench_rows+=("| $name $* | FAILED (rc $rc) |"); fi
   tail -n 12 "$out/$name.txt" | tee -a "$log"
 }
 threads=$(( jobs > 16 ? 16 : jobs ))
-run_bench bench-train --device all --threads "1,$threads" --json "$out/bench-train.json"
-run_bench bench-predictor --json "$out/bench-predictor.json"
-run_bench bench-gpu --json "$out/bench-gpu.json"
-# The offload experiment (docs/gpu.md): gpu, cpu, gpu_offload, offload_prefetch,
-# offload_demand, gpu_sparse at 8K and the model's llama.context_length.
+deadline="${ATTNPRED_GPU_DEADLINE:-500}"
+# Most important first: the offload experiment (docs/gpu.md): gpu, cpu,
+# gpu_offload, offload_prefetch, offload_demand, gpu_sparse at 8K and the
+# model's llama.context_length; then training on the GPU; then the kernels;
+# the CPU predictor benchmark last.
 eng_args=(--json "$out/bench-engine-gpu.json")
 [ -n "$predictor" ] && eng_args+=(--predictor "$predictor")
 if [ -f "$model_file" ]; then eng_args+=(--model "$model_file"); else eng_args+=(--synthetic); fi
 run_bench bench-engine-gpu "${eng_args[@]}"
+run_bench bench-train --device all --threads "1,$threads" --json "$out/bench-train.json"
+run_bench bench-gpu --json "$out/bench-gpu.json"
+run_bench bench-predictor --json "$out/bench-predictor.json"
 
 # PyTorch on the same predictor step, for the training ratio (what
 # scripts/bench_train.sh does on the CPU): on CUDA when the script takes

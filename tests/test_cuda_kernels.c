@@ -552,3 +552,84 @@ Test(cuda_kernels, attention_with_views_matches_cpu) {
         free(gsum);
     }
 }
+
+/* ------------------------------------------------------ whole rows */
+
+typedef struct {
+    double *rows; /* [G][n_q][n_keys] from the float64 reference */
+    int n_q, n_keys, pos0;
+} row_sink;
+
+static void keep_row(void *user, int head, int pos, const float *probs, int len) {
+    row_sink *r = user;
+    double *dst = r->rows + ((size_t)head * r->n_q + (pos - r->pos0)) * r->n_keys;
+    for (int j = 0; j < len; j++) dst[j] = probs[j];
+}
+
+/* ap_attn_rows_cuda against ap_attn_ref (float64) on odd shapes; entries
+ * past a row's last key stay as they were. */
+Test(cuda_kernels, attention_rows_match_reference) {
+    SKIP_WITHOUT_GPU();
+    static const struct {
+        int n_q, pos0, G, hd;
+    } cases[] = {{1, 0, 1, 64}, {1, 999, 3, 64}, {37, 0, 3, 64}, {20, 50, 2, 7},
+                 {5, 4000, 3, 130}, {64, 8000, 3, 64}, {3, 255, 1, 256}};
+    uint64_t s = 91;
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        const int nq = cases[c].n_q, pos0 = cases[c].pos0, G = cases[c].G, hd = cases[c].hd;
+        const int nk = pos0 + nq;
+        const size_t ldq = (size_t)G * hd + 1, ldkv = (size_t)hd + 2;
+        float *q = falloc((size_t)nq * ldq), *k = falloc((size_t)nk * ldkv),
+              *v = falloc((size_t)nk * ldkv), *o = falloc((size_t)nq * G * hd);
+        fill(q, (size_t)nq * ldq, &s, -2.0f, 2.0f);
+        fill(k, (size_t)nk * ldkv, &s, -2.0f, 2.0f);
+        fill(v, (size_t)nk * ldkv, &s, -1.0f, 1.0f);
+        const size_t nrow = (size_t)G * nq * nk;
+        row_sink rs = {calloc(nrow, sizeof(double)), nq, nk, pos0};
+        cr_assert(rs.rows);
+        ap_attn_args a = {.n_q = nq, .n_heads = G, .pos0 = pos0, .head_dim = hd,
+                          .scale = 1.0f / sqrtf((float)hd), .q = q, .ldq = ldq, .k = k, .v = v,
+                          .ldkv = ldkv, .out = o, .ldo = (size_t)G * hd, .on_row = keep_row,
+                          .user = &rs, .rows_from = 0};
+        void *scratch = malloc(ap_attn_ref_scratch_bytes(nk));
+        cr_assert(scratch);
+        ap_attn_ref(&a, scratch);
+        free(scratch);
+        float *junk = falloc(nrow);
+        for (size_t i = 0; i < nrow; i++) junk[i] = 7.0f;
+        float *dq = to_dev(q, (size_t)nq * ldq * 4), *dk = to_dev(k, (size_t)nk * ldkv * 4);
+        float *dp = to_dev(junk, nrow * 4);
+        ap_attn_rows_cuda_args ga = {.n_q = nq, .n_heads = G, .pos0 = pos0, .head_dim = hd,
+                                     .scale = a.scale, .q = dq, .ldq = ldq, .k = dk,
+                                     .ldkv = ldkv, .probs = dp, .row_stride = (size_t)nk,
+                                     .head_stride = (size_t)nq * nk};
+        ap_err e = {0};
+        cr_assert_eq(ap_attn_rows_cuda(&ga, NULL, &e), AP_OK, "case %zu: %s", c, e.msg);
+        sync_ok();
+        float *g = falloc(nrow);
+        from_dev(g, dp, nrow * 4);
+        for (int h = 0; h < G; h++)
+            for (int i = 0; i < nq; i++) {
+                const size_t at = ((size_t)h * nq + i) * nk;
+                const int len = pos0 + i + 1;
+                float *ref = falloc((size_t)len);
+                for (int j = 0; j < len; j++) ref[j] = (float)rs.rows[at + j];
+                double er = rel_err(g + at, ref, len);
+                cr_expect(er <= AP_TOL_CPU_GPU_REL, "case %zu head %d row %d: rel %.3g", c, h, i,
+                          er);
+                for (int j = len; j < nk; j++)
+                    cr_expect_eq(g[at + j], 7.0f, "case %zu: wrote past the row's last key", c);
+                free(ref);
+            }
+        ap_cuda_free(dq);
+        ap_cuda_free(dk);
+        ap_cuda_free(dp);
+        free(q);
+        free(k);
+        free(v);
+        free(o);
+        free(junk);
+        free(g);
+        free(rs.rows);
+    }
+}
