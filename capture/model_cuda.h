@@ -18,8 +18,11 @@
  * gives a single decode row one thread block per head (9 on the default
  * model) walking every key alone (kernels/attention_cuda.h).
  *
- * One stream; every reduction (cuBLAS on one stream, the kernels) runs in a
- * fixed order, so a run repeats bit for bit on the same device.
+ * Compute runs on one stream; every reduction (cuBLAS on one stream, the
+ * kernels) runs in a fixed order, so a run repeats bit for bit on the same
+ * device. A second stream only copies pages into the device pool of
+ * compressed decoding (the cross-token prefetch), ordered against compute
+ * by events.
  *
  * KV cache: [n_layer][n_ctx][n_head_kv*head_dim] for K and for V, in device
  * memory, or with ap_cuda_model_opts.kv_offload in pinned host memory mapped
@@ -90,8 +93,10 @@ ap_status ap_cuda_model_eval(ap_cuda_model *cm, const int32_t *tokens, int n, fl
  * copies of double sums). Everything is reported on the calling thread,
  * per micro-batch after its device work, layer by layer; under a KV policy
  * a decode step reports on_key only, as on the CPU. An observer with
- * on_row or on_query but neither on_views nor a valid view_block is
- * rejected (AP_ERR_ARG) before any work. */
+ * on_row but no on_views, or with on_views and a view_block that is not a
+ * positive multiple of 16, is rejected (AP_ERR_ARG) before any work. A
+ * decode step with on_colsum, or with views of blocks other than 16 keys,
+ * takes the one-row path of ap_attn_cuda (slower at long contexts). */
 ap_status ap_cuda_model_eval_obs(ap_cuda_model *cm, const int32_t *tokens, int n,
                                  float *logits_host, const ap_attn_observer *obs, ap_err *err);
 
