@@ -119,7 +119,7 @@ typedef struct {
     int has_kv;      /* policy modes: the engine's counters of the best rep */
     ap_cuda_kv_stats kv;
     ap_live_stats ls;
-    int max_blocks, max_blocks_by_bench, has_peek;
+    int max_blocks, has_peek;
     float *last;     /* [n_vocab] logits of the last step, last rep */
 } mode_res;
 
@@ -287,19 +287,6 @@ static int any_policy(const bench_opts *o) {
     return o->want[M_PREF] || o->want[M_DEM] || o->want[M_SPARSE];
 }
 
-/* The most distinct blocks one (layer, KV head) keeps in a step under the
- * live selection (eval/live.h, the hot pool's capacity): sink blocks, the
- * block-granular local window, and each query head's candidates. */
-static int pool_bound(const ap_hparams *hp, const ap_live_opts *lo, int per_q_head, int n_keys) {
-    const int B = KV_BLOCK, free_tok = lo->budget - lo->sink - lo->local;
-    const long kmax = free_tok > 0 ? free_tok / B : 0;
-    long cand = (long)(per_q_head ? hp->n_head / hp->n_head_kv : 1) * kmax;
-    if (cand < lo->min_candidates - 1) cand = lo->min_candidates - 1;
-    long cap = lo->sink / B + (lo->local > 0 ? (lo->local + B - 1) / B + 1 : 0) + cand;
-    const long nb = (n_keys + B - 1) / B;
-    return (int)(cap < nb ? cap : nb);
-}
-
 /* ---------------------------------------------------------------- JSON */
 
 static void add_num(cJSON *o, const char *key, double v) {
@@ -419,8 +406,6 @@ static ap_status write_json(const bench_opts *o, const char *device, const char 
                 cJSON *kv = cJSON_AddObjectToObject(mo, "kv");
                 cJSON_AddNumberToObject(kv, "steps", (double)k->steps);
                 cJSON_AddNumberToObject(kv, "max_blocks", x->max_blocks);
-                cJSON_AddStringToObject(kv, "max_blocks_from",
-                                        x->max_blocks_by_bench ? "bench (policy gave 0)" : "policy");
                 cJSON_AddBoolToObject(kv, "policy_has_peek", x->has_peek);
                 add_num(kv, "pool_capacity_mib", k->pool_capacity_bytes / 1048576.0);
                 add_num(kv, "pool_used_mib_mean", k->pool_used_bytes / steps / 1048576.0);
@@ -544,7 +529,7 @@ static ap_status decode_rep(decode_ctx *d, int m, int target, int make_ref, doub
     ap_live *lv = NULL;
     ap_kv_policy pol;
     ap_status st = AP_OK;
-    int mb = 0, mb_bench = 0;
+    int mb = 0;
     memset(&pol, 0, sizeof pol);
     *secs = 0;
     *kept_stats = 0;
@@ -553,15 +538,10 @@ static ap_status decode_rep(decode_ctx *d, int m, int target, int make_ref, doub
     if (MODE_POLICY[m]) {
         if ((st = ap_live_create(d->pf, d->ps->sel, &d->ps->params, &d->ps->lo, &lv, err)))
             return st;
+        /* ap_live sizes the device pool (max_blocks: the most blocks a
+         * step keeps), so offloading really evicts. */
         pol = *ap_live_policy(lv);
         mb = pol.max_blocks;
-        if (mb == 0) {
-            /* ap_live gives no bound: size the pool from the documented one
-             * so that offloading really evicts (else the pool has room for
-             * every block). */
-            mb = pol.max_blocks = pool_bound(d->hp, &d->ps->lo, pol.per_q_head, target + o->gen);
-            mb_bench = 1;
-        }
         if ((st = ap_cuda_model_set_kv_policy(E->cm, &pol, err))) goto done;
     }
     const ap_attn_observer *obs = lv ? ap_live_observer(lv) : NULL;
@@ -587,7 +567,6 @@ static ap_status decode_rep(decode_ctx *d, int m, int target, int make_ref, doub
             ap_cuda_model_kv_stats(E->cm, &res->kv);
             ap_live_get_stats(lv, &res->ls);
             res->max_blocks = mb;
-            res->max_blocks_by_bench = mb_bench;
             res->has_peek = pol.peek != NULL;
             res->has_kv = 1;
             *kept_stats = 1;
@@ -716,12 +695,10 @@ static void print_row(const bench_opts *o, const engine *eng, const policy_setup
     for (int m = 0; m < N_MODE; m++) {
         const mode_res *x = &w->m[m];
         if (!x->has_kv) continue;
-        printf("  %s: %s %d blocks per (layer, KV head)%s%s%s\n", MNAME[m],
+        printf("  %s: %s %d blocks per (layer, KV head)%s%s\n", MNAME[m],
                m == M_SPARSE ? "kept set at most" : "device pool of", x->max_blocks,
-               x->max_blocks_by_bench ? " (bound set by the bench: the policy gave none)" : "",
                (m == M_PREF && !x->has_peek)
-                   ? "; the policy has no peek (only the predictor's prefetch worker answers "
-                     "one): nothing is prefetched"
+                   ? "; the policy has no peek: nothing is prefetched"
                    : "",
                o->model_path == NULL ? "; synthetic: transfer volume not representative" : "");
     }

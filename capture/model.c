@@ -1344,6 +1344,21 @@ static ap_status forward_ubatch(ap_ctx *c, const int32_t *tokens, int T, int pos
     return AP_OK;
 }
 
+ap_status ap_eval_check_tokens(const ap_hparams *hp, const int32_t *tokens, int n, int n_past,
+                               int n_ctx, ap_err *err) {
+    if (n < 1 || !tokens) return ap_errf(err, AP_ERR_ARG, "eval needs at least one token (got %d)", n);
+    if (n > n_ctx - n_past)
+        return ap_errf(err, AP_ERR_RANGE,
+                       "%d tokens after %d cached ones overflow the %d-token KV cache", n, n_past,
+                       n_ctx);
+    for (int i = 0; i < n; i++)
+        if (tokens[i] < 0 || tokens[i] >= hp->n_vocab)
+            return ap_errf(err, AP_ERR_ARG,
+                           "token %d at index %d is outside the vocabulary [0, %d)", tokens[i], i,
+                           hp->n_vocab);
+    return AP_OK;
+}
+
 ap_status ap_ctx_eval(ap_ctx *c, const int32_t *tokens, int n, float *logits, int all_logits,
                       const ap_attn_observer *obs, ap_err *err) {
     ap_status st = AP_OK;
@@ -1352,23 +1367,7 @@ ap_status ap_ctx_eval(ap_ctx *c, const int32_t *tokens, int n, float *logits, in
     const size_t E = (size_t)hp->n_embd, V = (size_t)hp->n_vocab;
     const int n_past0 = c->n_past;
 
-    if (n < 1 || !tokens) {
-        st = ap_errf(err, AP_ERR_ARG, "eval needs at least one token (got %d)", n);
-        goto cleanup;
-    }
-    if (n > c->n_ctx - c->n_past) {
-        st = ap_errf(err, AP_ERR_RANGE,
-                     "%d tokens after %d cached ones overflow the %d-token KV cache", n, c->n_past,
-                     c->n_ctx);
-        goto cleanup;
-    }
-    for (int i = 0; i < n; i++) {
-        if (tokens[i] < 0 || tokens[i] >= hp->n_vocab) {
-            st = ap_errf(err, AP_ERR_ARG, "token %d at index %d is outside the vocabulary [0, %d)",
-                         tokens[i], i, hp->n_vocab);
-            goto cleanup;
-        }
-    }
+    if ((st = ap_eval_check_tokens(hp, tokens, n, c->n_past, c->n_ctx, err))) goto cleanup;
     const int want_colsum = obs && obs->on_colsum;
     const size_t cs_stride = (size_t)c->n_ctx;
     if (want_colsum) {

@@ -146,6 +146,12 @@ int ap_ctx_n_ctx(const ap_ctx *c);
 ap_status ap_ctx_eval(ap_ctx *c, const int32_t *tokens, int n, float *logits, int all_logits,
                       const ap_attn_observer *obs, ap_err *err);
 
+/* The checks every engine's eval makes before any work: n >= 1 tokens, all
+ * inside the vocabulary (AP_ERR_ARG), and room for them after n_past cached
+ * ones in an n_ctx-token cache (AP_ERR_RANGE). */
+ap_status ap_eval_check_tokens(const ap_hparams *hp, const int32_t *tokens, int n, int n_past,
+                               int n_ctx, ap_err *err);
+
 /* Drop the cached keys/values at positions >= n_past (0 <= n_past <=
  * ap_ctx_n_past): decoding then continues from n_past. Used to run several
  * decodes from one shared prefill. AP_ERR_RANGE when n_past is out of

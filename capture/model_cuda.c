@@ -1206,23 +1206,7 @@ ap_status ap_cuda_model_eval_obs(ap_cuda_model *cm, const int32_t *tokens, int n
     const size_t E = (size_t)hp->n_embd, V = (size_t)hp->n_vocab;
     const int n_past0 = cm->n_past;
 
-    if (n < 1 || !tokens) {
-        st = ap_errf(err, AP_ERR_ARG, "eval needs at least one token (got %d)", n);
-        goto cleanup;
-    }
-    if (n > cm->n_ctx - cm->n_past) {
-        st = ap_errf(err, AP_ERR_RANGE,
-                     "%d tokens after %d cached ones overflow the %d-token KV cache", n,
-                     cm->n_past, cm->n_ctx);
-        goto cleanup;
-    }
-    for (int i = 0; i < n; i++) {
-        if (tokens[i] < 0 || tokens[i] >= hp->n_vocab) {
-            st = ap_errf(err, AP_ERR_ARG, "token %d at index %d is outside the vocabulary [0, %d)",
-                         tokens[i], i, hp->n_vocab);
-            goto cleanup;
-        }
-    }
+    if ((st = ap_eval_check_tokens(hp, tokens, n, cm->n_past, cm->n_ctx, err))) goto cleanup;
     if (obs && ((obs->on_row && !obs->on_views) ||
                 (obs->on_views && (obs->view_block < 16 || obs->view_block % 16 != 0)))) {
         st = ap_errf(err, AP_ERR_ARG,

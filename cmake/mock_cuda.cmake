@@ -11,7 +11,7 @@
 #
 # Included from CMakeLists.txt after attnpred_core and the tests are defined.
 # Neither cudart nor cuBLAS is linked; cuDNN stays off (AP_HAVE_CUDNN is
-# never defined here, so train/ compiles its stubs).
+# never defined here, so train/ builds its CPU-only path, as without cuDNN).
 
 set(AP_MOCK_LIB_SOURCES ${AP_LIB_SOURCES})
 list(FILTER AP_MOCK_LIB_SOURCES EXCLUDE REGEX "\\.cu$")

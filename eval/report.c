@@ -6,7 +6,6 @@
  * reports can never disagree about them. Recovery and hit rate are fractions
  * in the JSON and percentages in the Markdown and plots. */
 #include <cjson/cJSON.h>
-#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -258,18 +257,6 @@ cleanup:
 /* ---- Markdown ------------------------------------------------------------------ */
 
 
-static void md_method(FILE *f, const ap_replay_method *me) {
-    if (me->label[0] && strcmp(me->label, me->name) != 0) {
-        ap_md_text(f, me->label);
-        fputs(" (`", f);
-        ap_md_text(f, me->name);
-        fputs("`)", f);
-    } else {
-        fputc('`', f);
-        ap_md_text(f, me->name);
-        fputc('`', f);
-    }
-}
 
 static void md_budget_header(FILE *f, const ap_replay_result *r) {
     fputs("| method | kind |", f);
@@ -310,7 +297,7 @@ static void md_table(FILE *f, const ap_replay_result *r, md_metric which) {
     md_budget_header(f, r);
     for (int m = 0; m < r->n_methods; m++) {
         fputs("| ", f);
-        md_method(f, &r->methods[m]);
+        ap_md_method(f, r->methods[m].name, r->methods[m].label);
         fprintf(f, " | %s |", ap_sel_kind_name(r->methods[m].kind));
         for (int b = 0; b < r->n_budgets; b++) {
             const ap_meanci *a = md_agg(ap_replay_cell_at(r, m, b), which);
@@ -444,7 +431,7 @@ static void md_cost(FILE *f, const ap_replay_result *r) {
         if (!r->methods[m].is_predictor) continue;
         double nv = r->pred_naive_macs[m], rn = r->pred_run_macs[m], us = r->pred_us_per_step_head[m];
         fputs("| ", f);
-        md_method(f, &r->methods[m]);
+        ap_md_method(f, r->methods[m].name, r->methods[m].label);
         ap_md_num(f, nv, 0);
         ap_md_num(f, rn, 0);
         ap_md_num(f, nv > 0 ? rn / nv : NAN, 3);
@@ -457,12 +444,8 @@ ap_status ap_replay_write_md(const ap_replay_result *r, const char *path, ap_err
     char tmp[AP_REPORT_PATH_BUF];
     ap_status st = check_result(r, path, err);
     if (st) return st;
-    st = ap_report_tmp_name(tmp, path, err);
-    if (st) return st;
-    FILE *f = fopen(tmp, "wb");
-    if (!f)
-        return ap_errf(err, AP_ERR_IO, "%s: cannot create temporary file %s: %s", path, tmp,
-                       strerror(errno));
+    FILE *f = NULL;
+    if ((st = ap_report_open(path, tmp, &f, err))) return st;
     md_header(f, r);
     fputs("\n## Attention recovery (%, mean ± 95% CI)\n\n", f);
     fputs("Columns: budget in tokens (compression ratio). Bold: the best method per budget, oracle "
@@ -477,20 +460,7 @@ ap_status ap_replay_write_md(const ap_replay_result *r, const char *path, ap_err
     md_table(f, r, MD_RATIO);
     md_summary(f, r);
     md_cost(f, r);
-    int bad = ferror(f);
-    int saved = errno;
-    if (fclose(f) != 0 && !bad) {
-        bad = 1;
-        saved = errno;
-    }
-    if (bad) {
-        st = ap_errf(err, AP_ERR_IO, "%s: cannot write %s: %s", path, tmp, strerror(saved));
-        goto cleanup;
-    }
-    st = ap_commit_file(tmp, path, err);
-cleanup:
-    if (st != AP_OK) remove(tmp);
-    return st;
+    return ap_report_close(f, tmp, path, err);
 }
 
 /* ---- PNG ----------------------------------------------------------------------- */

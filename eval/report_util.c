@@ -57,15 +57,19 @@ ap_status ap_report_plot_path(char *out, const char *dir, const char *name, ap_e
     return AP_OK;
 }
 
-ap_status ap_report_write_text(const char *path, const char *text, ap_err *err) {
-    char tmp[AP_REPORT_PATH_BUF];
+ap_status ap_report_open(const char *path, char *tmp, FILE **f, ap_err *err) {
+    *f = NULL;
     ap_status st = ap_report_tmp_name(tmp, path, err);
     if (st) return st;
-    FILE *f = fopen(tmp, "wb");
-    if (!f)
+    if (!(*f = fopen(tmp, "wb")))
         return ap_errf(err, AP_ERR_IO, "%s: cannot create temporary file %s: %s", path, tmp,
                        strerror(errno));
-    int bad = fputs(text, f) == EOF || fputc('\n', f) == EOF;
+    return AP_OK;
+}
+
+ap_status ap_report_close(FILE *f, const char *tmp, const char *path, ap_err *err) {
+    ap_status st = AP_OK;
+    int bad = ferror(f);
     int saved = errno;
     /* A full disk often shows up only when the buffer is flushed. */
     if (fclose(f) != 0 && !bad) {
@@ -80,6 +84,29 @@ ap_status ap_report_write_text(const char *path, const char *text, ap_err *err) 
 cleanup:
     if (st != AP_OK) remove(tmp);
     return st;
+}
+
+ap_status ap_report_write_text(const char *path, const char *text, ap_err *err) {
+    char tmp[AP_REPORT_PATH_BUF];
+    FILE *f = NULL;
+    ap_status st = ap_report_open(path, tmp, &f, err);
+    if (st) return st;
+    fputs(text, f);
+    fputc('\n', f);
+    return ap_report_close(f, tmp, path, err);
+}
+
+void ap_md_method(FILE *f, const char *name, const char *label) {
+    if (label && label[0] && strcmp(label, name) != 0) {
+        ap_md_text(f, label);
+        fputs(" (`", f);
+        ap_md_text(f, name);
+        fputs("`)", f);
+    } else {
+        fputc('`', f);
+        ap_md_text(f, name);
+        fputc('`', f);
+    }
 }
 
 void ap_md_text(FILE *f, const char *s) {

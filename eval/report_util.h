@@ -39,13 +39,20 @@ const char *ap_kv_mode_name(ap_kv_mode k);
 ap_status ap_report_tmp_name(char *tmp, const char *path, ap_err *err);
 /* out (AP_REPORT_PATH_BUF bytes) = dir/name, or AP_ERR_ARG when too long. */
 ap_status ap_report_plot_path(char *out, const char *dir, const char *name, ap_err *err);
-/* text + '\n' under the temporary name, then renamed; nothing is left
- * behind on failure; errors name path. */
+/* Streamed output under the temporary name: open fills tmp
+ * (AP_REPORT_PATH_BUF bytes) and *f; close (always call it once f is
+ * open) checks every write and the flush, renames tmp to path, and
+ * removes tmp on any failure. Errors name path. */
+ap_status ap_report_open(const char *path, char *tmp, FILE **f, ap_err *err);
+ap_status ap_report_close(FILE *f, const char *tmp, const char *path, ap_err *err);
+/* text + '\n' the same way. */
 ap_status ap_report_write_text(const char *path, const char *text, ap_err *err);
 
 /* Markdown: a table-safe cell text ('|' escaped, line breaks as spaces), and
  * " | <v>" with `decimals` decimals or " | n/a" for a non-finite value. */
 void ap_md_text(FILE *f, const char *s);
 void ap_md_num(FILE *f, double v, int decimals);
+/* A method as "label (`name`)", or "`name`" when it has no other label. */
+void ap_md_method(FILE *f, const char *name, const char *label);
 
 #endif

@@ -8,7 +8,6 @@
 #include "eval/task_report.h"
 
 #include <cjson/cJSON.h>
-#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -353,18 +352,6 @@ cleanup:
 /* ---- Markdown ------------------------------------------------------------------ */
 
 
-static void md_method(FILE *f, const ap_task_method *me) {
-    if (me->label[0] && strcmp(me->label, me->name) != 0) {
-        ap_md_text(f, me->label);
-        fputs(" (`", f);
-        ap_md_text(f, me->name);
-        fputs("`)", f);
-    } else {
-        fputc('`', f);
-        ap_md_text(f, me->name);
-        fputc('`', f);
-    }
-}
 
 
 static void md_header(FILE *f, const ap_tasks_result *r, const groups *g) {
@@ -433,7 +420,7 @@ static void md_overall(FILE *f, const ap_tasks_result *r) {
     ap_tasks_cell_of(r, NULL, NULL, 0, 0, &c);
     /* The full-KV score repeats in each column so every column reads on its own. */
     fputs("| ", f);
-    md_method(f, &r->methods[0]);
+    ap_md_method(f, r->methods[0].name, r->methods[0].label);
     fputs(" | full |", f);
     for (int b = 0; b < r->n_budgets; b++) {
         if (isfinite(c.score))
@@ -444,7 +431,7 @@ static void md_overall(FILE *f, const ap_tasks_result *r) {
     fputc('\n', f);
     for (int m = 1; m < r->n_methods; m++) {
         fputs("| ", f);
-        md_method(f, &r->methods[m]);
+        ap_md_method(f, r->methods[m].name, r->methods[m].label);
         fprintf(f, " | %s |", ap_tasks_kind_name(&r->methods[m]));
         for (int b = 0; b < r->n_budgets; b++) {
             ap_tasks_cell_of(r, NULL, NULL, m, b, &c);
@@ -541,7 +528,7 @@ static void md_memory(FILE *f, const ap_tasks_result *r) {
             ap_tasks_cell c;
             ap_tasks_cell_of(r, NULL, NULL, m, b, &c);
             fputs("| ", f);
-            md_method(f, &r->methods[m]);
+            ap_md_method(f, r->methods[m].name, r->methods[m].label);
             fprintf(f, " | %s | ", ap_tasks_kind_name(&r->methods[m]));
             if (m == 0)
                 fputs("-", f);
@@ -573,31 +560,13 @@ ap_status ap_tasks_write_md(const ap_tasks_result *r, const char *path, ap_err *
     FILE *f = NULL;
     ap_status st = check_result(r, path, err);
     if (st) return st;
-    if ((st = ap_report_tmp_name(tmp, path, err))) return st;
     if ((st = groups_make(r, &g, path, err))) return st;
-    f = fopen(tmp, "wb");
-    if (!f) {
-        st = ap_errf(err, AP_ERR_IO, "%s: cannot create temporary file %s: %s", path, tmp,
-                     strerror(errno));
-        goto cleanup;
-    }
+    if ((st = ap_report_open(path, tmp, &f, err))) goto cleanup;
     md_header(f, r, &g);
     md_overall(f, r);
     md_by_task(f, r, &g);
     md_memory(f, r);
-    int bad = ferror(f);
-    int saved = errno;
-    if (fclose(f) != 0 && !bad) {
-        bad = 1;
-        saved = errno;
-    }
-    if (bad) {
-        st = ap_errf(err, AP_ERR_IO, "%s: cannot write %s: %s", path, tmp, strerror(saved));
-        remove(tmp);
-        goto cleanup;
-    }
-    st = ap_commit_file(tmp, path, err);
-    if (st) remove(tmp);
+    st = ap_report_close(f, tmp, path, err);
 cleanup:
     groups_free(&g);
     return st;

@@ -301,9 +301,11 @@ typedef struct {
     double seconds;
 } dec_res;
 
-static ap_status decode(dec_t *d, int n_prompt, int max_new, const ap_attn_observer *obs,
-                        int compare, const int32_t *forced, int n_forced, dec_res *r,
-                        ap_err *err) {
+/* reference: this is the full-KV run; record its output and log-probs
+ * (d->full_out, d->full_lp, d->n_full) for the runs compared with it. */
+static ap_status decode_run(dec_t *d, int n_prompt, int max_new, const ap_attn_observer *obs,
+                            int compare, const int32_t *forced, int n_forced, int reference,
+                            dec_res *r, ap_err *err) {
     ap_status st = AP_OK;
     const int V = d->hp->n_vocab;
     memset(r, 0, sizeof *r);
@@ -313,8 +315,14 @@ static ap_status decode(dec_t *d, int n_prompt, int max_new, const ap_attn_obser
     const float *lg = d->first;
     const int n_pos = forced ? n_forced : max_new;
     int on_full = 1;
+    if (reference) d->n_full = 0;
     for (int i = 0; i < n_pos; i++) {
         int32_t g = ap_sample(lg, V, 0.0f, 0, NULL);
+        if (reference) {
+            log_softmax(lg, V, d->full_lp + (size_t)i * V);
+            d->full_out[i] = g;
+            d->n_full = i + 1;
+        }
         if (compare && i < d->n_full) {
             if (on_full) {
                 r->kl_sum += kl_div(d->full_lp + (size_t)i * V, lg, V);
@@ -333,33 +341,19 @@ static ap_status decode(dec_t *d, int n_prompt, int max_new, const ap_attn_obser
         lg = d->logits;
     }
     r->seconds = ap_now_seconds() - t0;
+    if (reference) r->agree = r->kl_n = d->n_full;
     return AP_OK;
+}
+
+static ap_status decode(dec_t *d, int n_prompt, int max_new, const ap_attn_observer *obs,
+                        int compare, const int32_t *forced, int n_forced, dec_res *r,
+                        ap_err *err) {
+    return decode_run(d, n_prompt, max_new, obs, compare, forced, n_forced, 0, r, err);
 }
 
 /* Full-KV reference: greedy output and its log-probabilities per position. */
 static ap_status full_decode(dec_t *d, int n_prompt, int max_new, dec_res *r, ap_err *err) {
-    ap_status st = AP_OK;
-    const int V = d->hp->n_vocab;
-    memset(r, 0, sizeof *r);
-    r->diverged = -1;
-    if ((st = eng_truncate(d, n_prompt, err))) return st;
-    const double t0 = ap_now_seconds();
-    const float *lg = d->first;
-    d->n_full = 0;
-    for (int i = 0; i < max_new; i++) {
-        int32_t g = ap_sample(lg, V, 0.0f, 0, NULL);
-        log_softmax(lg, V, d->full_lp + (size_t)i * V);
-        d->full_out[i] = g;
-        d->n_full = i + 1;
-        if (is_stop(d, g)) break;
-        r->n_gen = i + 1;
-        if (i + 1 == max_new) break;
-        if ((st = eng_eval(d, &g, 1, d->logits, NULL, err))) return st;
-        lg = d->logits;
-    }
-    r->seconds = ap_now_seconds() - t0;
-    r->agree = r->kl_n = d->n_full;
-    return AP_OK;
+    return decode_run(d, n_prompt, max_new, NULL, 0, NULL, 0, 1, r, err);
 }
 
 static ap_status score_output(const sample_t *s, const char *text, double *score, ap_err *err) {
