@@ -506,13 +506,24 @@ ap_status ap_capture_run(const ap_capture_opts *o, ap_capture_stats *stats, ap_e
 
     ap_progress prog;
     ap_progress_init(&prog, o->log, "capture", "tok", (double)total_work, o->progress);
+    /* A token costs more the further it sits into its sequence, so the ETA
+     * weighs each sequence by ap_work_run rather than by its tokens; a
+     * sequence already complete costs nothing this time and leaves the
+     * estimate. */
+    const double fixed = ap_work_fixed(hp->n_layer, hp->n_embd, hp->n_head, hp->n_head_kv,
+                                       hp->head_dim, hp->n_ff, hp->n_vocab);
+    double cost_total = 0.0, cost_done = 0.0;
+    for (int k = 0; k < n_sel; k++)
+        cost_total += ap_work_run((double)toks[k].n, o->n_gen, 1, fixed);
     long work_done = 0;
     for (int k = 0; k < n_sel; k++) {
         const ap_prompt *p = &ps->items[sel[k]];
         int n_prompt = (int)toks[k].n;
+        const double cost = ap_work_run(n_prompt, o->n_gen, 1, fixed);
         if (ap_trace_writer_has(w, p->id)) {
             stats->n_skipped++;
             work_done += n_prompt + o->n_gen;
+            cost_total -= cost;
             if (o->log && !o->progress)
                 fprintf(o->log, "capture: %s already complete, skipped\n", p->id);
             continue;
@@ -528,7 +539,8 @@ ap_status ap_capture_run(const ap_capture_opts *o, ap_capture_stats *stats, ap_e
         stats->prompt_tokens += n_prompt;
         stats->gen_tokens += ss.n_gen;
         work_done += n_prompt + o->n_gen;
-        ap_progress_update(&prog, (double)work_done);
+        cost_done += cost;
+        ap_progress_update_work(&prog, (double)work_done, 0.0, cost_done, cost_total);
         if (o->log && !o->progress)
             fprintf(o->log, "capture: %s: %d prompt + %d generated tokens, prefill %.1f tok/s, "
                             "decode %.1f tok/s\n",

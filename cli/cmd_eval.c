@@ -13,6 +13,7 @@
 #include "cli/cli.h"
 #include "common/util.h"
 #include "eval/replay.h"
+#include "eval/selectors.h"
 #include "eval/task_report.h"
 #include "eval/tasks.h"
 
@@ -46,15 +47,19 @@ static void replay_usage(FILE *out) {
         "  quest             Quest page key bounds x query (retrieval; needs query/keys)\n"
         "  last_step         newest row of the sparse/calibrated history (retrieval)\n"
         "  last_step_dense   previous dense row (needs dense attention every step)\n"
-        "  attnpred          every --predictor on the sparse/calibrated history; LABEL\n"
-        "                    names one of them\n"
-        "  attnpred_nocal    the same without calibration rows (LABEL_nocal for one)\n\n"
+        "  attnpred          every --predictor on the sparse/calibrated history, each\n"
+        "                    as its own method NAME; NAME selects one of them\n"
+        "  attnpred_nocal    the same without calibration rows (NAME_nocal for one)\n\n"
         "options:\n"
         "  --traces LIST        comma-separated trace files (required)\n"
-        "  --predictor LIST     exported predictors P.safetensors[=LABEL], comma-separated\n"
-        "                       (labels default to attnpred, attnpred2, ...); without it\n"
+        "  --predictor LIST     exported predictors to compare, comma-separated NAME=PATH\n"
+        "                       or bare PATH (named attnpred, attnpred2, ... by position);\n"
+        "                       NAME: letters, digits, _ . + -, no built-in method's name,\n"
+        "                       not ending in _nocal; at most %d; each predictor's block must\n"
+        "                       be the traces' and its history at most theirs. Without it\n"
         "                       the predictor methods are skipped\n"
-        "  --budget LIST        budgets in tokens (default 256,512,1024,2048)\n"
+        "  --budget LIST        budgets in tokens, each above sink + local\n"
+        "                       (default 256,512,1024,2048)\n"
         "  --methods LIST       methods to run, comma-separated (default: all available)\n"
         "  --sink N             always-kept leading tokens (default 64; multiple of block)\n"
         "  --local N            always-kept trailing tokens (default 64; multiple of block)\n"
@@ -75,7 +80,8 @@ static void replay_usage(FILE *out) {
         "  --md PATH            write a Markdown table\n"
         "  --png DIR            write plots into DIR (created if missing)\n"
         "  --quiet              no progress or notes on stderr\n"
-        "  --help               this text\n");
+        "  --help               this text\n",
+        AP_REPLAY_MAX_PREDICTORS);
 }
 
 static int parse_ints(const char *s, int *out, int cap, int *n, int min_v) {
@@ -114,14 +120,77 @@ static int split_list(char *s, const char **items, int cap, int *n) {
     return *n > 0;
 }
 
+/* --predictor LIST: comma-separated NAME=PATH or bare PATH entries, split in
+ * place (the first '=' ends the name, so a path holding '=' needs a NAME=;
+ * a bare path's name is NULL: the library's default). Names are checked
+ * with check_predictor_names once every option is read. 0 after printing
+ * the message (a usage error). */
+static int parse_predictors(const char *cmd, const char *arg, char *s, const char **paths,
+                            const char **names, int *n) {
+    int count = 1;
+    for (const char *p = s; *p; p++) count += *p == ',';
+    *n = 0;
+    if (count > AP_REPLAY_MAX_PREDICTORS) {
+        ap_cli_error(cmd, "--predictor: %d predictors given, at most %d", count,
+                     AP_REPLAY_MAX_PREDICTORS);
+        return 0;
+    }
+    /* Not strtok: an empty entry ("a,,b") is an empty path, not skipped. */
+    for (char *t = s, *next; t; t = next) {
+        next = strchr(t, ',');
+        if (next) *next++ = '\0';
+        char *eq = strchr(t, '=');
+        names[*n] = NULL;
+        paths[*n] = t;
+        if (eq) {
+            *eq = '\0';
+            names[*n] = t;
+            paths[*n] = eq + 1;
+            if (!*t) {
+                ap_cli_error(cmd, "--predictor: empty name in '%s'", arg);
+                return 0;
+            }
+        }
+        if (!*paths[*n]) {
+            ap_cli_error(cmd, "--predictor: empty path in '%s'", arg);
+            return 0;
+        }
+        (*n)++;
+    }
+    return 1;
+}
+
+/* The predictors' method names, checked before any file is read. */
+static int check_predictor_names(const char *cmd, const char *const *paths,
+                                 const char *const *names, int n,
+                                 char (*out)[AP_REPLAY_PRED_NAME_MAX + 1]) {
+    ap_err e;
+    ap_err_clear(&e);
+    if (ap_sel_predictor_names(paths, names, n, out, &e)) {
+        ap_cli_error(cmd, "--predictor: %s", e.msg);
+        return 0;
+    }
+    return 1;
+}
+
+/* Every predictor file exists (an input error, exit 1). */
+static int check_predictor_files(const char *cmd, const char *const *paths, int n) {
+    for (int i = 0; i < n; i++)
+        if (!ap_file_exists(paths[i])) {
+            ap_cli_error(cmd, "--predictor: %s: no such file", paths[i]);
+            return 0;
+        }
+    return 1;
+}
+
 typedef struct {
     ap_progress bar;
 } progress_state;
 
-static void on_progress(void *user, long long done, long long total) {
+static void on_progress(void *user, long long done, long long total, double work_done,
+                        double work_total) {
     progress_state *p = user;
-    p->bar.total = (double)total;
-    ap_progress_update(&p->bar, (double)done);
+    ap_progress_update_work(&p->bar, (double)done, (double)total, work_done, work_total);
 }
 
 static void print_table(const ap_replay_result *r) {
@@ -157,6 +226,30 @@ static void print_table(const ap_replay_result *r) {
                    r->pred_us_per_step_head[m]);
     if (r->n_skipped_nonfinite)
         printf("%lld (step, head) rows skipped for NaN/Inf\n", r->n_skipped_nonfinite);
+}
+
+/* The budgets against the always-kept sink + local tokens, before any input
+ * is read. A replay needs every budget above them: at or below, no block is
+ * left to choose, every method keeps the same tokens and the table is all
+ * ties. A live decode at exactly sink + local still runs (sink and local
+ * only), so `eval tasks` refuses only budgets below. */
+static int check_budgets(const char *cmd, const int *budgets, int n, int sink_local,
+                         int need_above) {
+    for (int b = 0; b < n; b++) {
+        if (need_above && budgets[b] <= sink_local) {
+            ap_cli_error(cmd,
+                         "--budget %d is not above sink + local = %d tokens (budgets must "
+                         "exceed %d)",
+                         budgets[b], sink_local, sink_local);
+            return 0;
+        }
+        if (budgets[b] < sink_local) {
+            ap_cli_error(cmd, "--budget %d is below sink + local = %d tokens", budgets[b],
+                         sink_local);
+            return 0;
+        }
+    }
+    return 1;
 }
 
 static int check_out_dir(const char *cmd, const char *path, const char *opt) {
@@ -205,18 +298,10 @@ static int cmd_replay(int argc, char **argv) {
         case O_PRED:
             free(pred_copy);
             pred_copy = strdup(optarg);
-            if (!pred_copy ||
-                !split_list(pred_copy, c.predictors, AP_REPLAY_MAX_PREDICTORS, &c.n_predictors))
-                goto bad;
-            for (int p = 0; p < c.n_predictors; p++) {
-                char *eq = strchr((char *)c.predictors[p], '=');
-                c.predictor_labels[p] = NULL;
-                if (eq) {
-                    *eq = '\0';
-                    c.predictor_labels[p] = eq + 1;
-                    if (!eq[1] || eq == c.predictors[p]) goto bad;
-                }
-            }
+            if (!pred_copy) goto bad;
+            if (!parse_predictors("eval replay", optarg, pred_copy, c.predictors,
+                                  c.predictor_names, &c.n_predictors))
+                goto done;
             break;
         case O_BUDGET:
             if (!parse_ints(optarg, c.budgets, AP_REPLAY_MAX_BUDGETS, &c.n_budgets, 1)) goto bad;
@@ -273,18 +358,22 @@ static int cmd_replay(int argc, char **argv) {
         ap_cli_error("eval replay", "--traces and --json are required (see --help)");
         goto done;
     }
+    if (!check_budgets("eval replay", c.budgets, c.n_budgets, c.sink_tokens + c.local_tokens, 1))
+        goto done;
+    char pred_names[AP_REPLAY_MAX_PREDICTORS][AP_REPLAY_PRED_NAME_MAX + 1];
+    if (!check_predictor_names("eval replay", c.predictors, c.predictor_names, c.n_predictors,
+                               pred_names))
+        goto done;
     for (int i = 0; i < c.n_traces; i++)
         if (!ap_file_exists(c.traces[i])) {
             ap_cli_error("eval replay", "--traces: %s: no such file", c.traces[i]);
             rc = 1;
             goto done;
         }
-    for (int i = 0; i < c.n_predictors; i++)
-        if (!ap_file_exists(c.predictors[i])) {
-            ap_cli_error("eval replay", "--predictor: %s: no such file", c.predictors[i]);
-            rc = 1;
-            goto done;
-        }
+    if (!check_predictor_files("eval replay", c.predictors, c.n_predictors)) {
+        rc = 1;
+        goto done;
+    }
     /* Check the outputs before a long replay, not after it. */
     rc = 1;
     if (!check_out_dir("eval replay", json, "--json") ||
@@ -330,8 +419,7 @@ done:
 
 /* ---- eval tasks ---------------------------------------------------------- */
 
-/* What --methods accepts; eval/tasks.c checks again when it plans the run,
- * this early copy only spares a model load for a typo. */
+/* What --methods accepts besides the predictors' names. */
 static const char *const k_task_methods[] = {"full",      "oracle",          "streaming",
                                              "h2o",       "snapkv",          "quest",
                                              "last_step", "last_step_dense", "attnpred",
@@ -345,8 +433,8 @@ static void tasks_usage(FILE *out) {
         "(method, budget) decode greedily from that prefill with the method's kept set\n"
         "applied inside attention; each output is scored with the task's LongBench metric\n"
         "and compared with the full-KV output. Semantics: docs/eval-tasks.md.\n\n"
-        "methods (full KV always runs as the reference; default: all, attnpred only\n"
-        "with --predictor):\n"
+        "methods (full KV always runs as the reference; default: all, the predictors\n"
+        "only with --predictor):\n"
         "  oracle            top-k of the true attention row (upper bound)\n"
         "  streaming         StreamingLLM: sink + the most recent blocks (eviction)\n"
         "  h2o               H2O accumulated attention (eviction)\n"
@@ -354,8 +442,10 @@ static void tasks_usage(FILE *out) {
         "  quest             Quest page key bounds x query (retrieval)\n"
         "  last_step         newest row of the sparse/calibrated history (retrieval)\n"
         "  last_step_dense   previous dense row (a reference: dense attention every step)\n"
-        "  attnpred          the --predictor CNN on the sparse/calibrated history (retrieval)\n"
-        "  attnpred_nocal    the same without calibration rows\n\n"
+        "  attnpred          every --predictor CNN on the sparse/calibrated history\n"
+        "                    (retrieval), each as its own method NAME; NAME selects one\n"
+        "  attnpred_nocal    the same without calibration rows (NAME_nocal for one; not\n"
+        "                    in the default set)\n\n"
         "metrics (per sample and run; means in the summaries):\n"
         "  score             the task's LongBench metric, 0..1 (x100 in the tables)\n"
         "  score_rel_full    mean score / mean full-KV score over the same samples\n"
@@ -369,7 +459,12 @@ static void tasks_usage(FILE *out) {
         "                    compression = full KV / resident KV\n\n"
         "options:\n"
         "  --model PATH         GGUF model (required)\n"
-        "  --predictor PATH     exported predictor (P.safetensors) for attnpred\n"
+        "  --predictor LIST     exported predictors to compare, comma-separated NAME=PATH\n"
+        "                       or bare PATH (named attnpred, attnpred2, ... by position);\n"
+        "                       NAME: letters, digits, _ . + -, no built-in method's name,\n"
+        "                       not ending in _nocal; at most %d; each predictor's block\n"
+        "                       must be 16, the eval's. Each is loaded once and decodes\n"
+        "                       as its own method with its own prefetch worker\n"
         "  --quick              the quick preset, tasks/quick.jsonl in the data folder\n"
         "                       (default): $ATTNPRED_DATA, else ./data when it has the\n"
         "                       file, else %s\n"
@@ -406,7 +501,7 @@ static void tasks_usage(FILE *out) {
         "                       into DIR (created if missing)\n"
         "  --quiet              no progress, notes or summary table\n"
         "  --help               this text\n",
-        AP_DATA_DIR);
+        AP_REPLAY_MAX_PREDICTORS, AP_DATA_DIR);
 }
 
 typedef struct {
@@ -416,12 +511,12 @@ typedef struct {
 
 /* The label names the run in progress; it is padded to a fixed width so the
  * line, rewritten in place, leaves no tail of a longer predecessor. */
-static void on_tasks_progress(void *user, double done, double total, const char *what) {
+static void on_tasks_progress(void *user, double done, double total, double work_done,
+                              double work_total, const char *what) {
     tasks_progress *p = user;
     snprintf(p->label, sizeof p->label, "tasks %-40.40s", what ? what : "");
     p->bar.label = p->label;
-    p->bar.total = total;
-    ap_progress_update(&p->bar, done);
+    ap_progress_update_work(&p->bar, done, total, work_done, work_total);
 }
 
 static void print_cell_pct(double v) {
@@ -460,9 +555,13 @@ static void print_tasks_table(const ap_tasks_result *r) {
                : r->config.hot_pool ? "measured on the hot pool" : "accounted from the kept sets");
 }
 
-static int known_task_method(const char *name) {
+static int known_task_method(const char *name, char (*pred_names)[AP_REPLAY_PRED_NAME_MAX + 1],
+                             int n_pred) {
     for (size_t i = 0; i < sizeof k_task_methods / sizeof *k_task_methods; i++)
         if (!strcmp(name, k_task_methods[i])) return 1;
+    for (int p = 0; p < n_pred; p++)
+        for (int nocal = 0; nocal < 2; nocal++)
+            if (ap_sel_predictor_selected(name, pred_names[p], nocal)) return 1;
     return 0;
 }
 
@@ -483,7 +582,7 @@ static int cmd_tasks(int argc, char **argv) {
     ap_tasks_config c;
     ap_tasks_config_default(&c);
     const char *json = NULL, *md = NULL, *png = NULL, *preset = NULL, *file = NULL;
-    char *methods_copy = NULL, *tasks_copy = NULL;
+    char *methods_copy = NULL, *tasks_copy = NULL, *pred_copy = NULL;
     char preset_path[4096];
     int quiet = 0, rc = 2;
     ap_tasks_result *r = NULL;
@@ -511,7 +610,14 @@ static int cmd_tasks(int argc, char **argv) {
     while ((o = getopt_long(argc, argv, "", lo, &li)) != -1) {
         switch (o) {
         case O_MODEL: c.model = optarg; break;
-        case O_PRED: c.predictor = optarg; break;
+        case O_PRED:
+            free(pred_copy);
+            pred_copy = strdup(optarg);
+            if (!pred_copy) goto bad;
+            if (!parse_predictors(cmd, optarg, pred_copy, c.predictors, c.predictor_names,
+                                  &c.n_predictors))
+                goto done;
+            break;
         case O_QUICK:
         case O_FULL: {
             const char *p = o == O_QUICK ? "quick" : "full";
@@ -539,11 +645,6 @@ static int cmd_tasks(int argc, char **argv) {
             if (!methods_copy ||
                 !split_list(methods_copy, c.methods, AP_TASKS_MAX_METHODS, &c.n_methods))
                 goto bad;
-            for (int i = 0; i < c.n_methods; i++)
-                if (!known_task_method(c.methods[i])) {
-                    ap_cli_error(cmd, "--methods: unknown method '%s' (see --help)", c.methods[i]);
-                    goto done;
-                }
             break;
         case O_MAXS: if (!parse_int(optarg, 1, 1 << 30, &c.max_samples)) goto bad; break;
         case O_MAXNEW: if (!parse_int(optarg, 1, 4096, &c.max_new_tokens)) goto bad; break;
@@ -589,6 +690,16 @@ static int cmd_tasks(int argc, char **argv) {
         ap_cli_error(cmd, "--model and --json are required (see --help)");
         goto done;
     }
+    char pred_names[AP_REPLAY_MAX_PREDICTORS][AP_REPLAY_PRED_NAME_MAX + 1];
+    if (!check_predictor_names(cmd, c.predictors, c.predictor_names, c.n_predictors, pred_names))
+        goto done;
+    /* eval/tasks.c checks again when it plans the run; this early check
+     * only spares a model load for a typo. */
+    for (int i = 0; i < c.n_methods; i++)
+        if (!known_task_method(c.methods[i], pred_names, c.n_predictors)) {
+            ap_cli_error(cmd, "--methods: unknown method '%s' (see --help)", c.methods[i]);
+            goto done;
+        }
     if (c.kv_offload && c.device != 1) {
         ap_cli_error(cmd, "--kv-offload needs --device cuda");
         goto done;
@@ -597,12 +708,8 @@ static int cmd_tasks(int argc, char **argv) {
         ap_cli_error(cmd, "--tasks-file and --%s both choose the task file; give one", preset);
         goto done;
     }
-    for (int b = 0; b < c.n_budgets; b++)
-        if (c.budgets[b] < c.sink_tokens + c.local_tokens) {
-            ap_cli_error(cmd, "--budget %d is below sink + local = %d tokens", c.budgets[b],
-                         c.sink_tokens + c.local_tokens);
-            goto done;
-        }
+    if (!check_budgets(cmd, c.budgets, c.n_budgets, c.sink_tokens + c.local_tokens, 0))
+        goto done;
     if (!file) {
         /* $ATTNPRED_DATA, else ./data when run from a checkout (the report
          * then records a relative path), else the source tree's data. */
@@ -618,13 +725,15 @@ static int cmd_tasks(int argc, char **argv) {
     /* Inputs and outputs are checked before the model is loaded, not after
      * a long run. */
     rc = 1;
-    const char *inputs[3][2] = {{"--model", c.model}, {"--predictor", c.predictor},
-                                {"task file", c.tasks_file}};
-    for (int i = 0; i < 3; i++)
-        if (inputs[i][1] && !ap_file_exists(inputs[i][1])) {
-            ap_cli_error(cmd, "%s: %s: no such file", inputs[i][0], inputs[i][1]);
-            goto done;
-        }
+    if (!ap_file_exists(c.model)) {
+        ap_cli_error(cmd, "--model: %s: no such file", c.model);
+        goto done;
+    }
+    if (!check_predictor_files(cmd, c.predictors, c.n_predictors)) goto done;
+    if (!ap_file_exists(c.tasks_file)) {
+        ap_cli_error(cmd, "task file: %s: no such file", c.tasks_file);
+        goto done;
+    }
     if (!check_out_dir(cmd, json, "--json") || (md && !check_out_dir(cmd, md, "--md")) ||
         (png && !check_png_dir(cmd, png)))
         goto done;
@@ -656,6 +765,7 @@ done:
     ap_tasks_result_free(r);
     free(methods_copy);
     free(tasks_copy);
+    free(pred_copy);
     return rc;
 }
 

@@ -5,17 +5,15 @@
 #include <errno.h>
 #include <getopt.h>
 #include <math.h>
-#include <png.h>
-#include <setjmp.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
-#include <unistd.h>
 
 #include "capture/trace.h"
 #include "cli/cli.h"
+#include "common/plot.h"
 #include "common/util.h"
 #include "train/checkpoint.h"
 #include "train/predictor.h"
@@ -33,9 +31,11 @@ static void inspect_usage(FILE *out) {
             "steps, blocks and raw layers; file size and bytes per token.\n\n"
             "options:\n"
             "  --json              the summary as JSON on stdout (stable keys)\n"
-            "  --png OUT.png       draw one layer/head as a heatmap: recorded steps top to\n"
-            "                      bottom, key blocks left to right; a cyan line marks the\n"
-            "                      first decode step; grey cells lie past the causal length\n"
+            "  --png OUT.png       draw one layer/head as a heatmap: query positions top to\n"
+            "                      bottom, key blocks left to right, with a title (trace,\n"
+            "                      sequence, layer, head, view), axes and a colour bar of\n"
+            "                      the scale shown; a cyan line marks the first decode step;\n"
+            "                      grey cells lie past the causal length\n"
             "  --seq ID|INDEX      sequence by id, or by 0-based index (default 0)\n"
             "  --layer L           layer (default 0)\n"
             "  --head H            query head (default 0)\n"
@@ -207,56 +207,6 @@ static int summary_text(const char *path, const ap_trace *t, ap_err *err) {
 
 /* ------------------------------------------------------------ heatmap -- */
 
-/* A magma-like sequential colormap computed in CIELAB: lightness rises linearly
- * from 8 to 96 (so equal steps in value look like equal steps in brightness),
- * hue turns from purple through red and orange to yellow, and chroma is the
- * largest that stays inside sRGB (capped by a smooth arch). */
-static double srgb_gamma(double c) {
-    return c <= 0.0031308 ? 12.92 * c : 1.055 * pow(c, 1.0 / 2.4) - 0.055;
-}
-
-static double lab_finv(double t) {
-    const double d = 6.0 / 29.0;
-    return t > d ? t * t * t : 3.0 * d * d * (t - 4.0 / 29.0);
-}
-
-/* 1 if inside the sRGB gamut; rgb in [0,1]. */
-static int lab_to_srgb(double L, double a, double b, double rgb[3]) {
-    double fy = (L + 16.0) / 116.0, fx = fy + a / 500.0, fz = fy - b / 200.0;
-    double X = 0.95047 * lab_finv(fx), Y = lab_finv(fy), Z = 1.08883 * lab_finv(fz);
-    double lin[3] = {3.2404542 * X - 1.5371385 * Y - 0.4985314 * Z,
-                     -0.9692660 * X + 1.8760108 * Y + 0.0415560 * Z,
-                     0.0556434 * X - 0.2040259 * Y + 1.0572252 * Z};
-    int in = 1;
-    for (int k = 0; k < 3; k++) {
-        if (lin[k] < -1e-9 || lin[k] > 1.0 + 1e-9) in = 0;
-        double c = lin[k] < 0 ? 0 : lin[k] > 1 ? 1 : lin[k];
-        rgb[k] = srgb_gamma(c);
-    }
-    return in;
-}
-
-static void colormap_build(unsigned char lut[256][3]) {
-    const double pi = 3.14159265358979323846;
-    for (int i = 0; i < 256; i++) {
-        double t = i / 255.0;
-        double L = 8.0 + 88.0 * t;
-        double h = (300.0 + 150.0 * t) * pi / 180.0;
-        double cmax = 20.0 + 70.0 * sin(pi * fmin(1.0, t * 1.1));
-        double lo = 0.0, hi = cmax, rgb[3];
-        /* Largest in-gamut chroma along this hue, by bisection. */
-        for (int it = 0; it < 40; it++) {
-            double c = 0.5 * (lo + hi);
-            if (lab_to_srgb(L, c * cos(h), c * sin(h), rgb))
-                lo = c;
-            else
-                hi = c;
-        }
-        lab_to_srgb(L, lo * cos(h), lo * sin(h), rgb);
-        for (int k = 0; k < 3; k++) lut[i][k] = (unsigned char)lrint(rgb[k] * 255.0);
-    }
-}
-
 typedef struct {
     int seq_index;
     const char *seq_arg;
@@ -266,60 +216,6 @@ typedef struct {
     double decades;
     int global;
 } heat_opts;
-
-typedef struct {
-    FILE *f;
-    png_structp png;
-    png_infop info;
-    char msg[200];
-} png_job;
-
-static void png_err_cb(png_structp png, png_const_charp msg) {
-    png_job *j = png_get_error_ptr(png);
-    snprintf(j->msg, sizeof j->msg, "%s", msg);
-    png_longjmp(png, 1);
-}
-
-static void png_warn_cb(png_structp png, png_const_charp msg) { (void)png, (void)msg; }
-
-/* rows: h rows of w*3 bytes. Written to a temporary name, then renamed. */
-static ap_status png_write_rgb(const char *path, const unsigned char *img, int w, int h,
-                               ap_err *err) {
-    char tmp[4096];
-    ap_tmp_name(tmp, sizeof tmp, path);
-    png_job j;
-    memset(&j, 0, sizeof j);
-    j.f = fopen(tmp, "wb");
-    if (!j.f) return ap_errf(err, AP_ERR_IO, "%s: cannot create: %s", tmp, strerror(errno));
-    j.png = png_create_write_struct(PNG_LIBPNG_VER_STRING, &j, png_err_cb, png_warn_cb);
-    if (j.png) j.info = png_create_info_struct(j.png);
-    if (!j.png || !j.info) {
-        png_destroy_write_struct(&j.png, &j.info);
-        fclose(j.f);
-        unlink(tmp);
-        return ap_errf(err, AP_ERR_NOMEM, "%s: out of memory", path);
-    }
-    if (setjmp(png_jmpbuf(j.png))) {
-        png_destroy_write_struct(&j.png, &j.info);
-        fclose(j.f);
-        unlink(tmp);
-        return ap_errf(err, AP_ERR_IO, "%s: cannot write PNG: %s", path, j.msg);
-    }
-    png_init_io(j.png, j.f);
-    png_set_IHDR(j.png, j.info, (png_uint_32)w, (png_uint_32)h, 8, PNG_COLOR_TYPE_RGB,
-                 PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
-    png_write_info(j.png, j.info);
-    for (int y = 0; y < h; y++) png_write_row(j.png, (png_const_bytep)(img + (size_t)y * w * 3));
-    png_write_end(j.png, NULL);
-    png_destroy_write_struct(&j.png, &j.info);
-    if (fclose(j.f) != 0) {
-        unlink(tmp);
-        return ap_errf(err, AP_ERR_IO, "%s: cannot write: %s", tmp, strerror(errno));
-    }
-    ap_status st = ap_commit_file(tmp, path, err);
-    if (st) unlink(tmp);
-    return st;
-}
 
 static int resolve_seq(const ap_trace *t, const char *arg, int *out) {
     if (!arg) {
@@ -339,13 +235,15 @@ static int resolve_seq(const ap_trace *t, const char *arg, int *out) {
     return 0;
 }
 
-static ap_status heatmap(const ap_trace *t, const heat_opts *o, const char *png_path,
-                         int *out_w, int *out_h, ap_err *err) {
+/* One layer/head of a sequence as a heatmap (common/plot.h): rows are the
+ * recorded query steps, columns key blocks, cells past the causal length NaN
+ * (grey). By default each row is scaled by its own maximum, so faint decode
+ * rows stay visible; the colour bar says which scale is shown. */
+static ap_status heatmap(const ap_trace *t, const char *trace_path, const heat_opts *o,
+                         const char *png_path, ap_err *err) {
     ap_status st = AP_OK;
-    float *view = NULL;
+    float *view = NULL, *cells = NULL;
     int32_t *pos = NULL;
-    unsigned char *img = NULL;
-    double *scale = NULL;
     const ap_trace_meta *m = ap_trace_get_meta(t);
     ap_trace_seq_info in;
     st = ap_trace_seq_get_info(t, o->seq_index, &in, err);
@@ -356,9 +254,9 @@ static ap_status heatmap(const ap_trace *t, const heat_opts *o, const char *png_
     const int S = in.n_steps, H = m->n_head, NB = in.n_blocks;
     size_t n = (size_t)S * H * NB;
     view = malloc(n * sizeof *view);
+    cells = malloc((size_t)S * NB * sizeof *cells);
     pos = malloc((size_t)S * sizeof *pos);
-    scale = malloc((size_t)S * sizeof *scale);
-    if (!view || !pos || !scale) {
+    if (!view || !cells || !pos) {
         st = ap_errf(err, AP_ERR_NOMEM, "out of memory");
         goto cleanup;
     }
@@ -366,62 +264,44 @@ static ap_status heatmap(const ap_trace *t, const heat_opts *o, const char *png_
                              view, n, err);
     if (!st) st = ap_trace_read_i32(t, o->seq_index, "step_pos", pos, (size_t)S, err);
     if (st) goto cleanup;
-    /* Cells are scaled up so that a short trace is still a readable picture. */
-    int cw = 1024 / NB, ch = 768 / S;
-    cw = cw < 1 ? 1 : cw > 16 ? 16 : cw;
-    ch = ch < 1 ? 1 : ch > 16 ? 16 : ch;
-    const int W = NB * cw, Hh = S * ch;
     double gmax = 0.0;
+    int boundary = -1, contiguous = 1; /* first decode step: its query is past the prompt */
     for (int s = 0; s < S; s++) {
+        const float *row = view + ((size_t)s * H + o->head) * NB;
         double mx = 0.0;
-        for (int j = 0; j < NB; j++) mx = fmax(mx, view[((size_t)s * H + o->head) * NB + j]);
-        scale[s] = mx;
+        for (int j = 0; j < NB; j++) mx = fmax(mx, row[j]);
         gmax = fmax(gmax, mx);
-    }
-    img = malloc((size_t)W * Hh * 3);
-    if (!img) {
-        st = ap_errf(err, AP_ERR_NOMEM, "out of memory");
-        goto cleanup;
-    }
-    unsigned char lut[256][3];
-    colormap_build(lut);
-    int boundary = -1; /* first decode step: its query position is past the prompt */
-    for (int s = 0; s < S && boundary < 0; s++)
-        if (pos[s] >= in.n_prompt) boundary = s;
-    for (int s = 0; s < S; s++) {
-        double ref = o->global ? gmax : scale[s];
+        if (boundary < 0 && pos[s] >= in.n_prompt) boundary = s;
+        contiguous &= pos[s] == pos[0] + s;
         int nvalid = pos[s] / m->block_size + 1;
-        for (int j = 0; j < NB; j++) {
-            unsigned char px[3] = {128, 128, 128};
-            if (j < nvalid) {
-                double v = view[((size_t)s * H + o->head) * NB + j];
-                double u = 0.0;
-                if (ref > 0 && v > 0) {
-                    if (o->log_scale)
-                        u = 1.0 + log10(v / ref) / o->decades;
-                    else
-                        u = v / ref;
-                }
-                u = u < 0 ? 0 : u > 1 ? 1 : u;
-                memcpy(px, lut[(int)lrint(u * 255.0)], 3);
-            }
-            for (int y = s * ch; y < (s + 1) * ch; y++)
-                for (int x = j * cw; x < (j + 1) * cw; x++) memcpy(img + ((size_t)y * W + x) * 3, px, 3);
-        }
+        for (int j = 0; j < NB; j++)
+            cells[(size_t)s * NB + j] =
+                j >= nvalid ? NAN : o->global ? row[j] : mx > 0 ? (float)(row[j] / mx) : 0.0f;
     }
-    if (boundary > 0) {
-        int y = boundary * ch;
-        for (int x = 0; x < W; x++) {
-            unsigned char *p = img + ((size_t)y * W + x) * 3;
-            p[0] = 0, p[1] = 255, p[2] = 255;
-        }
-    }
-    st = png_write_rgb(png_path, img, W, Hh, err);
-    *out_w = W;
-    *out_h = Hh;
+    /* Per-row scale: 1 is the row's maximum; global: the values themselves,
+     * up to the map's maximum. */
+    double top = o->global ? gmax : 1.0;
+    const char *trace_name = strrchr(trace_path, '/') ? strrchr(trace_path, '/') + 1 : trace_path;
+    char title[256], bar[96];
+    snprintf(title, sizeof title, "%.60s: seq '%.60s' (#%d), layer %d, head %d, block_%s",
+             trace_name, in.id, o->seq_index, o->layer, o->head, o->view_sum ? "sum" : "max");
+    snprintf(bar, sizeof bar, "attention %s%s", o->global ? "(block value)" : "/ row max",
+             o->log_scale ? ", log scale" : "");
+    ap_plot_heatmap_opts ho = {
+        .title = title,
+        .x = {.label = "key block", .first = 0, .step = 1},
+        /* Recorded steps are consecutive queries (the last prefill ones,
+         * then every decode step); otherwise they are numbered. */
+        .y = {.label = contiguous ? "query position" : "recorded step",
+              .first = contiguous ? pos[0] : 0, .step = 1},
+        .bar_label = bar,
+        .log_scale = o->log_scale,
+        .lo = o->log_scale ? (top > 0 ? log10(top) - o->decades : -o->decades) : 0.0,
+        .hi = o->log_scale ? (top > 0 ? log10(top) : 0.0) : (top > 0 ? top : 1.0),
+        .mark_row = boundary};
+    st = ap_plot_heatmap_ex_png(png_path, &ho, cells, S, NB, err);
 cleanup:
-    free(img);
-    free(scale);
+    free(cells);
     free(pos);
     free(view);
     return st;
@@ -506,8 +386,8 @@ static int inspect_predictor(const char *path, int json) {
         printf("%s: %d model%s, history %d, channels %d,%d, %zu parameters per model\n", path,
                c->n_models, c->n_models > 1 ? "s" : "", c->history, c->c1, c->c2,
                ap_pred_param_count(c));
-        printf("spike probe (method.md 2.4): zero history %dx%d, %.2g at block %d in row r;\n"
-               "output at block %d\n\n",
+        printf("spike probe (docs/predictor.md, \"Newest-row weighting\"): zero history %dx%d,\n"
+               "%.2g at block %d in row r; output at block %d\n\n",
                c->history, pc.W, pc.spike, pc.col, pc.col);
         printf("%5s %12s", "model", "background");
         for (int i = 0; i < pc.n_rows; i++) printf("  r=%-8d", pc.rows[i]);
@@ -663,15 +543,14 @@ int ap_cmd_inspect(int argc, char **argv) {
                 ap_cli_error(CMD, "%s: the trace holds no sequence to draw", path);
             goto cleanup;
         }
-        int w = 0, h = 0;
-        if (heatmap(t, &ho, png_path, &w, &h, &err)) {
+        if (heatmap(t, path, &ho, png_path, &err)) {
             ap_cli_error(CMD, "%s", err.msg);
             goto cleanup;
         }
         ap_trace_seq_info in;
         ap_trace_seq_get_info(t, ho.seq_index, &in, NULL);
-        fprintf(stderr, "inspect: wrote %s (%dx%d): sequence '%s' layer %d head %d, block_%s%s\n",
-                png_path, w, h, in.id, ho.layer, ho.head, ho.view_sum ? "sum" : "max",
+        fprintf(stderr, "inspect: wrote %s: sequence '%s' layer %d head %d, block_%s%s\n",
+                png_path, in.id, ho.layer, ho.head, ho.view_sum ? "sum" : "max",
                 ho.log_scale ? ", log scale" : "");
         if (!json) {
             rc = 0;

@@ -16,44 +16,71 @@ static void train_usage(FILE *out) {
         "traces' block_max view, validating every epoch against the last-step predictor.\n"
         "Windows are split into train/validation by sequence. Writes RUN_DIR/\n"
         "{config.json, last.safetensors, best.safetensors, log.json, curves.png, recovery.png}.\n\n"
+        "recipes (--recipe; later options override any of its settings):\n"
+        "  fused   the default and the shipped predictor's (docs/predictor.md): the\n"
+        "          paper's CNN plus --query-fusion, --loss rank, --init last-mean:0.5,\n"
+        "          --rows sparse:256,512, --input-scale 256 --target-scale 64,\n"
+        "          --epochs 2 --max-train 250000 --max-val 20000 --lr 5e-4 --budgets 256,512\n"
+        "  cnn     the same without --query-fusion: the paper's architecture alone,\n"
+        "          for traces without query vectors\n"
+        "  paper   the paper's own: --loss mse, PyTorch's init, dense rows, raw units,\n"
+        "          30 epochs over every window, --lr 1e-3\n\n"
         "options:\n"
+        "  --recipe R           fused (default) | cnn | paper, as above\n"
         "  --traces LIST        comma-separated trace files (shards welcome)\n"
+        "  --val-traces LIST    validation traces held out by source: every sequence\n"
+        "                       of them validates, every sequence of --traces trains\n"
+        "                       (--val-fraction unused); refused when a source (the\n"
+        "                       Debian package a prompt was cut from) is in both\n"
+        "  --holdout LIST       test traces: never read for training or selection,\n"
+        "                       only checked to share no source with --traces and\n"
+        "                       --val-traces (refused otherwise, naming the sources)\n"
         "  --out DIR            run directory\n"
-        "  --epochs N           epochs (default 30, the paper's)\n"
+        "  --epochs N           epochs (recipe: 2; paper 30)\n"
         "  --device D           cpu | cuda | auto (default auto: cuda when usable)\n"
         "  --per-layer          one model per layer (default: one unified model)\n"
+        "  --query-fusion       the query-fusion variant (docs/predictor.md; on in the\n"
+        "                       fused recipe, off with --no-query-fusion): score =\n"
+        "                       z(CNN) + w x z(Quest's query bound), w learned; one more\n"
+        "                       parameter; needs traces with query vectors; rank or ce loss\n"
         "  --groups G           one model per group of G consecutive-layer groups\n"
-        "  --loss L             mse (the paper's; default) | ce (softmax of the scores vs\n"
-        "                       the true mass over the candidates) | rank (mass-weighted\n"
-        "                       pairwise loss: top-k blocks of each --budgets above the rest)\n"
+        "  --loss L             mse (the paper's) | rank (the recipes') | ce (softmax of the scores vs\n"
+        "                       the true mass over the candidates); rank = mass-weighted\n"
+        "                       pairwise loss: top-k blocks of each --budgets above the rest\n"
+        "                       | mse-mass (squared error against the attention mass each\n"
+        "                       block receives next, block_sum: ranks by expected mass)\n"
         "  --batch N            windows per batch (default 256)\n"
-        "  --lr X               peak learning rate, Adam, warm-up then cosine (default 1e-3)\n"
+        "  --lr X               peak learning rate, Adam, warm-up then cosine (recipe: 5e-4)\n"
         "  --weight-decay X     AdamW decoupled weight decay (default 0)\n"
         "  --history N          history rows (default 64)\n"
         "  --block N            block size of the traces (default 16)\n"
         "  --sink N             always-kept leading tokens (default 64)\n"
         "  --local N            always-kept trailing tokens (default 64)\n"
         "  --channels C1,C2     conv channels (default 16,32)\n"
-        "  --budgets LIST       validation budgets in tokens (default 256,512,1024)\n"
+        "  --budgets LIST       validation budgets in tokens (recipes 256,512; paper 256,512,1024)\n"
         "  --val-fraction X     share of sequences held out (default 0.1)\n"
         "  --max-train N        about N windows per epoch, a fresh random subset spread\n"
-        "                       over all sequences, layers and heads (default all)\n"
+        "                       over all sequences, layers and heads (recipe: 250000; 0 = all)\n"
         "  --max-val N          about N validation windows, one fixed random subset\n"
-        "                       (default all)\n"
-        "  --rows R             window rows: dense (the true rows; default) or\n"
-        "                       sparse[:BUDGET] = as the sparse replay appends them: a\n"
+        "                       (recipe: 20000; 0 = all)\n"
+        "  --rows R             window rows: dense (the true rows; the paper's) or\n"
+        "                       sparse[:B1,B2,...] = as the sparse replay appends them: a\n"
         "                       dense row every --calib decode steps, otherwise the true\n"
-        "                       row on the blocks a last-step selector keeps at BUDGET\n"
-        "                       tokens (default 1024), renormalised; targets stay dense\n"
-        "  --val-rows R         validation window rows, dense or sparse (default: --rows)\n"
+        "                       row on the blocks a last-step selector keeps at budget B\n"
+        "                       tokens (one B: 1024; with several, each (sequence,\n"
+        "                       layer) draws one), renormalised; targets stay dense;\n"
+        "                       recipe: sparse:256,512\n"
+        "  --val-rows R         validation window rows, dense or sparse[:B1,...] (default:\n"
+        "                       --rows; one list of sparse budgets serves both)\n"
         "  --calib N            calibration period of sparse rows (default 5; 0 = never)\n"
-        "  --input-scale X      train on X * inputs (power of two, default 1)\n"
-        "  --target-scale X     train on X * targets (power of two, default 1); both are\n"
+        "  --input-scale X      train on X * inputs (power of two; recipe 256, paper 1)\n"
+        "  --target-scale X     train on X * targets (power of two; recipe 64, paper 1); both are\n"
         "                       folded into the saved weights, so exports are in raw units\n"
         "  --pool N             (sequence, layer) chunks mixed per shuffle pool (default 32)\n"
-        "  --init I             default (PyTorch's init) | last-step: start as the exact\n"
+        "  --init I             default (PyTorch's init; the paper's) | last-step: start as the exact\n"
         "                       last-step predictor (2 channels of each conv) and learn\n"
-        "                       from there\n"
+        "                       from there | last-mean:A: newest row + A x the history\n"
+        "                       mean (3 channels); recipe: last-mean:0.5\n"
         "  --crop N             train on random N-column crops of wider windows (cheaper\n"
         "                       steps; crop edges give no gradient; default 0 = whole)\n"
         "  --patience N         stop after N epochs without validation gain (default off)\n"
@@ -68,6 +95,51 @@ static void train_usage(FILE *out) {
         "  --json PATH          write the result summary as JSON\n"
         "  --quiet              no progress output\n"
         "  --help               this text\n");
+}
+
+/* The named recipes of the usage text, applied before the other options so
+ * that each of those overrides one setting. 0 for an unknown name. */
+static int apply_recipe(ap_train_opts *o, const char *name) {
+    if (!strcmp(name, "paper")) {
+        o->epochs = 30;
+        o->lr = 1e-3f;
+        o->loss = AP_LOSS_MSE;
+        o->init_last_step = 0;
+        o->init_mean_weight = 0.0f;
+        o->rows = AP_ROWS_DENSE;
+        o->n_sparse_budgets = 0;
+        o->sparse_budget = 1024;
+        o->input_scale = o->target_scale = 1.0f;
+        o->max_train_samples = o->max_val_samples = 0;
+        o->query_fusion = 0;
+        o->budgets[0] = 256;
+        o->budgets[1] = 512;
+        o->budgets[2] = 1024;
+        o->n_budgets = 3;
+        return 1;
+    }
+    if (strcmp(name, "fused") && strcmp(name, "cnn")) return 0;
+    /* Searched on the validation split (docs/predictor.md, recipe table). */
+    o->epochs = 2;
+    o->lr = 5e-4f;
+    o->loss = AP_LOSS_RANK;
+    o->init_last_step = 1;
+    o->init_mean_weight = 0.5f;
+    o->rows = AP_ROWS_SPARSE;
+    o->sparse_budgets[0] = o->sparse_budget = 256;
+    o->sparse_budgets[1] = 512;
+    o->n_sparse_budgets = 2;
+    o->input_scale = 256.0f;
+    o->target_scale = 64.0f;
+    o->max_train_samples = 250000;
+    o->max_val_samples = 20000;
+    /* Validate at the budgets the rows were drawn at: at a larger budget the
+     * last step's sparse newest row cannot fill it (docs/predictor.md). */
+    o->budgets[0] = 256;
+    o->budgets[1] = 512;
+    o->n_budgets = 2;
+    o->query_fusion = !strcmp(name, "fused");
+    return 1;
 }
 
 static int parse_list(const char *s, int *out, int cap, int *n) {
@@ -88,17 +160,32 @@ static int parse_list(const char *s, int *out, int cap, int *n) {
     return ok && *n > 0;
 }
 
+/* Comma-separated paths into out[256] (pointers into a fresh copy kept in
+ * *copy); the count, 0 for an empty list or more than 256 paths. */
+static int split_paths(const char *arg, char **copy, const char **out) {
+    free(*copy);
+    *copy = strdup(arg);
+    int n = 0;
+    if (!*copy) return 0;
+    for (char *save = NULL, *t = strtok_r(*copy, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        if (n == 256) return 0;
+        out[n++] = t;
+    }
+    return n;
+}
+
 int ap_cmd_train(int argc, char **argv) {
     ap_train_opts o;
     ap_train_opts_default(&o);
     const char *json_path = NULL;
-    char *traces_copy = NULL;
-    const char *traces[256];
+    char *traces_copy = NULL, *val_copy = NULL, *hold_copy = NULL;
+    const char *traces[256], *val_traces[256], *holdout[256];
     int quiet = 0, rc = 2;
     enum { O_TRACES = 256, O_OUT, O_EPOCHS, O_DEVICE, O_PERLAYER, O_GROUPS, O_LOSS, O_BATCH, O_LR,
            O_WD, O_HIST, O_BLOCK, O_SINK, O_LOCAL, O_CH, O_BUDGETS, O_VALF, O_MAXT, O_MAXV,
            O_PAT, O_STOP, O_SEED, O_THREADS, O_RESUME, O_FORCE, O_JSON, O_QUIET, O_HELP,
-           O_ROWS, O_VROWS, O_CALIB, O_ISCALE, O_TSCALE, O_POOL, O_CROP, O_EVAL, O_INIT };
+           O_ROWS, O_VROWS, O_CALIB, O_ISCALE, O_TSCALE, O_POOL, O_CROP, O_EVAL, O_INIT,
+           O_VALT, O_HOLD, O_QFUSE, O_NOQFUSE, O_RECIPE };
     static const struct option lo[] = {
         {"traces", 1, 0, O_TRACES},  {"out", 1, 0, O_OUT},          {"epochs", 1, 0, O_EPOCHS},
         {"device", 1, 0, O_DEVICE},  {"per-layer", 0, 0, O_PERLAYER}, {"groups", 1, 0, O_GROUPS},
@@ -112,24 +199,37 @@ int ap_cmd_train(int argc, char **argv) {
         {"rows", 1, 0, O_ROWS},      {"val-rows", 1, 0, O_VROWS},   {"calib", 1, 0, O_CALIB},
         {"input-scale", 1, 0, O_ISCALE}, {"target-scale", 1, 0, O_TSCALE},
         {"pool", 1, 0, O_POOL},      {"crop", 1, 0, O_CROP},        {"eval-only", 0, 0, O_EVAL},
-        {"init", 1, 0, O_INIT},
+        {"init", 1, 0, O_INIT},      {"val-traces", 1, 0, O_VALT},  {"holdout", 1, 0, O_HOLD},
+        {"query-fusion", 0, 0, O_QFUSE}, {"no-query-fusion", 0, 0, O_NOQFUSE},
+        {"recipe", 1, 0, O_RECIPE},
         {0, 0, 0, 0}};
+    const char *recipe = "fused";
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--recipe") && i + 1 < argc) recipe = argv[i + 1];
+        else if (!strncmp(argv[i], "--recipe=", 9)) recipe = argv[i] + 9;
+    }
+    if (!apply_recipe(&o, recipe)) {
+        ap_cli_error("train", "bad value '%s' for --recipe: fused, cnn or paper (see --help)", recipe);
+        goto done;
+    }
     optind = 1;
     opterr = 0;
     int c, tmp[16], nt;
     char *end;
     while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
         switch (c) {
-        case O_TRACES: {
-            free(traces_copy);
-            traces_copy = strdup(optarg);
-            o.n_traces = 0;
-            for (char *save = NULL, *t = strtok_r(traces_copy, ",", &save); t && o.n_traces < 256;
-                 t = strtok_r(NULL, ",", &save))
-                traces[o.n_traces++] = t;
+        case O_TRACES:
+            if (!(o.n_traces = split_paths(optarg, &traces_copy, traces))) goto bad;
             o.traces = traces;
             break;
-        }
+        case O_VALT:
+            if (!(o.n_val_traces = split_paths(optarg, &val_copy, val_traces))) goto bad;
+            o.val_traces = val_traces;
+            break;
+        case O_HOLD:
+            if (!(o.n_holdout = split_paths(optarg, &hold_copy, holdout))) goto bad;
+            o.holdout = holdout;
+            break;
         case O_OUT: o.run_dir = optarg; break;
         case O_EPOCHS: if (!parse_list(optarg, tmp, 1, &nt)) goto bad; o.epochs = tmp[0]; break;
         case O_DEVICE:
@@ -139,9 +239,13 @@ int ap_cmd_train(int argc, char **argv) {
             else goto bad;
             break;
         case O_PERLAYER: o.per_layer = 1; break;
+        case O_QFUSE: o.query_fusion = 1; break;
+        case O_NOQFUSE: o.query_fusion = 0; break;
+        case O_RECIPE: break; /* applied above */
         case O_GROUPS: if (!parse_list(optarg, tmp, 1, &nt)) goto bad; o.layer_groups = tmp[0]; break;
         case O_LOSS:
             if (!strcmp(optarg, "mse")) o.loss = AP_LOSS_MSE;
+            else if (!strcmp(optarg, "mse-mass")) o.loss = AP_LOSS_MSE_MASS;
             else if (!strcmp(optarg, "ce")) o.loss = AP_LOSS_CE;
             else if (!strcmp(optarg, "rank")) o.loss = AP_LOSS_RANK;
             else goto bad;
@@ -167,27 +271,35 @@ int ap_cmd_train(int argc, char **argv) {
         case O_INIT:
             if (!strcmp(optarg, "default")) o.init_last_step = 0;
             else if (!strcmp(optarg, "last-step")) o.init_last_step = 1;
+            else if (!strncmp(optarg, "last-mean:", 10)) {
+                o.init_last_step = 1;
+                o.init_mean_weight = strtof(optarg + 10, &end);
+                if (*end || !(o.init_mean_weight > 0 && o.init_mean_weight < 1e6)) goto bad;
+            }
             else goto bad;
             break;
         case O_FORCE: o.force = 1; break;
         case O_JSON: json_path = optarg; break;
         case O_QUIET: quiet = 1; break;
         case O_ROWS:
+        case O_VROWS: {
+            int kind;
             if (!strcmp(optarg, "dense")) {
-                o.rows = AP_ROWS_DENSE;
+                kind = AP_ROWS_DENSE;
             } else if (!strncmp(optarg, "sparse", 6) && (optarg[6] == 0 || optarg[6] == ':')) {
-                o.rows = AP_ROWS_SPARSE;
-                if (optarg[6] == ':' && (!parse_list(optarg + 7, tmp, 1, &nt))) goto bad;
-                if (optarg[6] == ':') o.sparse_budget = tmp[0];
+                kind = AP_ROWS_SPARSE;
+                if (optarg[6] == ':') {
+                    if (!parse_list(optarg + 7, o.sparse_budgets, 8, &nt)) goto bad;
+                    o.sparse_budget = o.sparse_budgets[0];
+                    o.n_sparse_budgets = nt > 1 ? nt : 0;
+                }
             } else {
                 goto bad;
             }
+            if (c == O_ROWS) o.rows = (ap_rows_kind)kind;
+            else o.val_rows = kind;
             break;
-        case O_VROWS:
-            if (!strcmp(optarg, "dense")) o.val_rows = AP_ROWS_DENSE;
-            else if (!strcmp(optarg, "sparse")) o.val_rows = AP_ROWS_SPARSE;
-            else goto bad;
-            break;
+        }
         case O_CALIB: o.calib = (int)strtol(optarg, &end, 10); if (*end || !optarg[0] || o.calib < 0) goto bad; break;
         case O_ISCALE: o.input_scale = strtof(optarg, &end); if (*end || !(o.input_scale > 0)) goto bad; break;
         case O_TSCALE: o.target_scale = strtof(optarg, &end); if (*end || !(o.target_scale > 0)) goto bad; break;
@@ -275,5 +387,7 @@ int ap_cmd_train(int argc, char **argv) {
     rc = 0;
 done:
     free(traces_copy);
+    free(val_copy);
+    free(hold_copy);
     return rc;
 }

@@ -140,6 +140,7 @@ static const rgb8 C_AXIS = {70, 70, 70};
 static const rgb8 C_GRID = {228, 228, 228};
 static const rgb8 C_LEGEND_EDGE = {170, 170, 170};
 static const rgb8 C_NAN = {210, 210, 210};
+static const rgb8 C_MARK = {0, 255, 255}; /* a boundary across a heatmap */
 
 static ap_status canvas_new(canvas *c, int w, int h, ap_err *err) {
     c->w = w;
@@ -426,15 +427,18 @@ static void fmt_linear(char *buf, size_t n, double v, double step, double maxabs
 }
 
 /* Multiples of a 1/2/2.5/5 x 10^k step inside [lo, hi], choosing the step
- * whose count is nearest `target`. Returns the step. */
-static double nice_ticks(double lo, double hi, int target, double *out, int *n_out, int max) {
+ * whose count is nearest `target`; with `integer`, whole-number steps only
+ * (epochs, indices: a tick at 1.5 would name nothing). Returns the step. */
+static double nice_ticks(double lo, double hi, int target, int integer, double *out, int *n_out,
+                         int max) {
     double raw = (hi - lo) / target;
     double mag = pow(10.0, floor(log10(raw)));
     static const double mult[] = {1.0, 2.0, 2.5, 5.0, 10.0};
-    double best = mag * 10.0;
+    double best = integer ? fmax(1.0, round(mag * 10.0)) : mag * 10.0;
     int best_diff = 1 << 30;
     for (size_t i = 0; i < sizeof mult / sizeof mult[0]; i++) {
         double step = mult[i] * mag;
+        if (integer && (step < 1.0 - 1e-9 || fabs(step - round(step)) > 1e-9)) continue;
         double cnt = floor(hi / step + 1e-9) - ceil(lo / step - 1e-9) + 1;
         int diff = (int)fabs(cnt - target);
         if (cnt >= 2 && cnt <= max && diff <= best_diff) {
@@ -454,10 +458,10 @@ static double nice_ticks(double lo, double hi, int target, double *out, int *n_o
     return best;
 }
 
-static void linear_ticks(double lo, double hi, int target, ticks *t) {
+static void linear_ticks(double lo, double hi, int target, int integer, ticks *t) {
     double v[MAX_TICKS];
     int n = 0;
-    double step = nice_ticks(lo, hi, target, v, &n, MAX_TICKS);
+    double step = nice_ticks(lo, hi, target, integer, v, &n, MAX_TICKS);
     double maxabs = 0.0;
     for (int i = 0; i < n; i++) maxabs = fmax(maxabs, fabs(v[i]));
     t->n = n;
@@ -492,12 +496,26 @@ static void log_ticks(double lo, double hi, int target, ticks *t) {
         }
     if (t->n >= 3) return;
     ticks lin;
-    linear_ticks(pow(10.0, lo), pow(10.0, hi), target, &lin);
+    linear_ticks(pow(10.0, lo), pow(10.0, hi), target, 0, &lin);
     t->n = 0;
     for (int i = 0; i < lin.n; i++) {
         if (!(lin.pos[i] > 0)) continue;
         t->pos[t->n] = log10(lin.pos[i]);
         memcpy(t->label[t->n], lin.label[i], sizeof t->label[0]);
+        t->n++;
+    }
+}
+
+/* The caller's tick values inside [lo, hi] (axis space: log10 on a log
+ * axis), each labelled with its value. */
+static void given_ticks(const double *v, int n, int log_axis, double lo, double hi, ticks *t) {
+    t->n = 0;
+    for (int i = 0; i < n && t->n < MAX_TICKS; i++) {
+        if (!isfinite(v[i]) || (log_axis && !(v[i] > 0))) continue;
+        double p = log_axis ? log10(v[i]) : v[i];
+        if (p < lo || p > hi) continue;
+        t->pos[t->n] = p;
+        fmt_general(t->label[t->n], sizeof t->label[0], v[i]);
         t->n++;
     }
 }
@@ -511,12 +529,13 @@ static int max_label_w(const ticks *t, int scale) {
     return w;
 }
 
-/* Drop every other tick until labels no longer touch at `px_per_unit`. */
-static void thin_ticks(ticks *t, double px_per_unit, int scale) {
+/* Drop every other tick until neighbours are `need` pixels apart at
+ * `px_per_unit`. */
+static void thin_ticks_to(ticks *t, double px_per_unit, double need) {
     while (t->n > 2) {
         double min_gap = 1e300;
         for (int i = 1; i < t->n; i++) min_gap = fmin(min_gap, (t->pos[i] - t->pos[i - 1]) * px_per_unit);
-        if (min_gap >= max_label_w(t, scale) + 10 * scale) return;
+        if (min_gap >= need) return;
         int k = 0;
         for (int i = 0; i < t->n; i += 2, k++) {
             t->pos[k] = t->pos[i];
@@ -524,6 +543,11 @@ static void thin_ticks(ticks *t, double px_per_unit, int scale) {
         }
         t->n = k;
     }
+}
+
+/* Drop every other tick until labels no longer touch at `px_per_unit`. */
+static void thin_ticks(ticks *t, double px_per_unit, int scale) {
+    thin_ticks_to(t, px_per_unit, max_label_w(t, scale) + 10 * scale);
 }
 
 /* ---- anti-aliased lines ------------------------------------------------------ */
@@ -566,6 +590,101 @@ static void mask_segment(mask *m, double ax, double ay, double bx, double by, do
             if (v > *p) *p = (uint8_t)v;
         }
     }
+}
+
+/* Ring of radius rad around (cx, cy), stroke half-width r. */
+static void mask_ring(mask *m, double cx, double cy, double rad, double r) {
+    const double e = rad + r + 1;
+    int x0 = (int)fmax(0.0, floor(cx - e)), x1 = (int)fmin(m->w - 1.0, ceil(cx + e));
+    int y0 = (int)fmax(0.0, floor(cy - e)), y1 = (int)fmin(m->h - 1.0, ceil(cy + e));
+    for (int y = y0; y <= y1; y++)
+        for (int x = x0; x <= x1; x++) {
+            double cover = r + 0.5 - fabs(hypot(x - cx, y - cy) - rad);
+            if (cover <= 0) continue;
+            int v = cover >= 1 ? 255 : (int)lround(cover * 255);
+            uint8_t *p = &m->cov[(size_t)y * (size_t)m->w + (size_t)x];
+            if (v > *p) *p = (uint8_t)v;
+        }
+}
+
+/* Outline of marker k centred on (cx, cy), about 2 * rad across. */
+static void mask_marker(mask *m, ap_plot_marker k, double cx, double cy, double rad, double r) {
+    /* Unit-radius polygons; the triangles sit a little low so their centre
+     * of area is on the point. */
+    static const double sq[] = {-0.8, -0.8, 0.8, -0.8, 0.8, 0.8, -0.8, 0.8};
+    static const double tri[] = {0.0, -1.1, 1.0, 0.65, -1.0, 0.65};
+    static const double tri_dn[] = {0.0, 1.1, 1.0, -0.65, -1.0, -0.65};
+    static const double dia[] = {0.0, -1.1, 1.0, 0.0, 0.0, 1.1, -1.0, 0.0};
+    static const double cross[] = {-0.8, -0.8, 0.8, 0.8, -0.8, 0.8, 0.8, -0.8};
+    const double *v = NULL;
+    int n = 0, closed = 1;
+    switch (k) {
+    case AP_PLOT_MARK_CIRCLE: mask_ring(m, cx, cy, rad * 0.9, r); return;
+    case AP_PLOT_MARK_SQUARE: v = sq, n = 4; break;
+    case AP_PLOT_MARK_TRIANGLE: v = tri, n = 3; break;
+    case AP_PLOT_MARK_DIAMOND: v = dia, n = 4; break;
+    case AP_PLOT_MARK_TRIANGLE_DOWN: v = tri_dn, n = 3; break;
+    case AP_PLOT_MARK_CROSS: v = cross, n = 4, closed = 0; break;
+    default: return;
+    }
+    /* A closed outline joins its vertices; the cross is two strokes. */
+    for (int i = 0; i < n; i += closed ? 1 : 2) {
+        int j = closed ? (i + 1) % n : i + 1;
+        mask_segment(m, cx + rad * v[2 * i], cy + rad * v[2 * i + 1], cx + rad * v[2 * j],
+                     cy + rad * v[2 * j + 1], r);
+    }
+}
+
+/* A dash pattern walked along a polyline: on/off lengths in pixels (times
+ * the font scale; round caps lengthen each dash by the line width), the
+ * phase carried from one segment to the next so corners do not restart it. */
+typedef struct {
+    double pat[4];
+    int n, idx;
+    double left;
+} dasher;
+
+static void dasher_init(dasher *d, ap_plot_dash k, double unit) {
+    static const double pats[AP_PLOT_DASH_COUNT][4] = {
+        {0, 0, 0, 0}, {6, 6, 0, 0}, {0.5, 4.5, 0, 0}, {6, 5, 0.5, 5}};
+    static const int lens[AP_PLOT_DASH_COUNT] = {0, 2, 2, 4};
+    memset(d, 0, sizeof *d);
+    if (k <= AP_PLOT_SOLID || k >= AP_PLOT_DASH_COUNT) return;
+    d->n = lens[k];
+    for (int i = 0; i < d->n; i++) d->pat[i] = pats[k][i] * unit;
+    d->left = d->pat[0];
+}
+
+static void mask_dashed(mask *m, dasher *d, double ax, double ay, double bx, double by, double r) {
+    if (d->n == 0) {
+        mask_segment(m, ax, ay, bx, by, r);
+        return;
+    }
+    double dx = bx - ax, dy = by - ay, len = hypot(dx, dy), pos = 0.0;
+    while (pos < len) {
+        double step = fmin(d->left, len - pos);
+        if (d->idx % 2 == 0) {
+            double t0 = pos / len, t1 = (pos + step) / len;
+            mask_segment(m, ax + t0 * dx, ay + t0 * dy, ax + t1 * dx, ay + t1 * dy, r);
+        }
+        pos += step;
+        d->left -= step;
+        if (d->left <= 1e-9) {
+            d->idx = (d->idx + 1) % d->n;
+            d->left = d->pat[d->idx];
+        }
+    }
+}
+
+ap_plot_style ap_plot_style_distinct(int i) {
+    if (i < 0) i = 0;
+    /* Only the first line is solid: a solid line over a coinciding one would
+     * hide it, a dashed one leaves it visible in its gaps. Six markers and
+     * three patterns, the patterns shifted every six series, so no two of the
+     * first 12 share both; the ten colours add a third cue. */
+    return (ap_plot_style){.marker = (ap_plot_marker)(1 + i % 6),
+                           .dash = i == 0 ? AP_PLOT_SOLID : (ap_plot_dash)(1 + (i + i / 6) % 3),
+                           .color = i + 1};
 }
 
 /* ---- line chart -------------------------------------------------------------- */
@@ -612,8 +731,54 @@ static int box_contains(box b, double x, double y) {
     return x >= b.x0 && x < b.x1 && y >= b.y0 && y < b.y1;
 }
 
+/* Interval of point k of series i in axis space; 0 when it has none. */
+static int series_bar(const ap_plot_yerr *bars, int i, int k, double *lo, double *hi) {
+    if (!bars || !bars[i].lo || !bars[i].hi) return 0;
+    double a = bars[i].lo[k], b = bars[i].hi[k];
+    if (!isfinite(a) || !isfinite(b)) return 0;
+    *lo = fmin(a, b);
+    *hi = fmax(a, b);
+    return 1;
+}
+
+/* Marker size (half across) and legend sample length, per font scale. */
+#define MARKER_RAD 4.5
+#define LEGEND_SAMPLE 30
+
+static ap_plot_style series_style(const ap_plot_opts *o, int i) {
+    return o->styles ? o->styles[i] : (ap_plot_style){0};
+}
+
+static rgb8 series_color(const ap_plot_opts *o, int i) {
+    ap_plot_style st = series_style(o, i);
+    return palette(st.color > 0 ? st.color - 1 : i);
+}
+
+/* A legend entry's sample: a stretch of the series' line, its pattern and
+ * its marker in the middle, left end at x, centred on y. */
+static void legend_sample(canvas *cv, int x, int y, int len, ap_plot_style st, rgb8 col, int fs,
+                          double line_r) {
+    enum { MAX_W = LEGEND_SAMPLE * 2 + 2, MAX_H = 24 };
+    uint8_t cov[MAX_W * MAX_H] = {0};
+    mask m = {cov, len + 2 < MAX_W ? len + 2 : MAX_W, 10 * fs + 2 < MAX_H ? 10 * fs + 2 : MAX_H};
+    double cy = 0.5 * (m.h - 1);
+    dasher dd;
+    dasher_init(&dd, st.dash, st.wide ? 2 * fs : fs);
+    mask_dashed(&m, &dd, 1.0, cy, m.w - 2.0, cy, st.wide ? 2.0 * line_r : line_r);
+    if (st.marker) mask_marker(&m, st.marker, 0.5 * (m.w - 1), cy, MARKER_RAD * fs, 0.6 * fs);
+    int oy = y - (int)lround(cy);
+    for (int j = 0; j < m.h; j++)
+        for (int i = 0; i < m.w; i++)
+            if (cov[j * m.w + i]) blend_px(cv, x - 1 + i, oy + j, col, cov[j * m.w + i]);
+}
+
 ap_status ap_plot_lines_png(const char *path, const ap_plot_opts *o, const ap_plot_series *s,
                             int n_series, ap_err *err) {
+    return ap_plot_lines_err_png(path, o, s, NULL, n_series, err);
+}
+
+ap_status ap_plot_lines_err_png(const char *path, const ap_plot_opts *o, const ap_plot_series *s,
+                                const ap_plot_yerr *bars, int n_series, ap_err *err) {
     ap_status st = AP_OK;
     canvas cv = {0};
     mask mk = {0};
@@ -626,6 +791,9 @@ ap_status ap_plot_lines_png(const char *path, const ap_plot_opts *o, const ap_pl
         if (s[i].n < 1 || !s[i].y)
             return ap_errf(err, AP_ERR_ARG, "%s: series %d (%s) has no points", path, i,
                            s[i].label ? s[i].label : "unnamed");
+        if (bars && !bars[i].lo != !bars[i].hi)
+            return ap_errf(err, AP_ERR_ARG, "%s: series %d (%s) has an error bar bound missing",
+                           path, i, s[i].label ? s[i].label : "unnamed");
     }
     int W = o->width > 0 ? o->width : 800, H = o->height > 0 ? o->height : 500;
     if (W < 200 || H < 150 || W > 8192 || H > 8192)
@@ -637,12 +805,16 @@ ap_status ap_plot_lines_png(const char *path, const ap_plot_opts *o, const ap_pl
     double xlo = INFINITY, xhi = -INFINITY, ylo = INFINITY, yhi = -INFINITY;
     for (int i = 0; i < n_series; i++)
         for (int k = 0; k < s[i].n; k++) {
-            double x, y;
+            double x, y, lo, hi;
             if (!series_point(&s[i], k, log_x, &x, &y)) continue;
             xlo = fmin(xlo, x);
             xhi = fmax(xhi, x);
             ylo = fmin(ylo, y);
             yhi = fmax(yhi, y);
+            if (series_bar(bars, i, k, &lo, &hi)) {
+                ylo = fmin(ylo, lo);
+                yhi = fmax(yhi, hi);
+            }
         }
     if (xlo > xhi) { /* no drawable point at all: empty axes */
         xlo = ylo = 0.0;
@@ -673,11 +845,11 @@ ap_status ap_plot_lines_png(const char *path, const ap_plot_opts *o, const ap_pl
     }
 
     ticks yt, xt;
-    linear_ticks(ylo, yhi, 5, &yt);
-    if (log_x)
-        log_ticks(xlo, xhi, 5, &xt);
-    else
-        linear_ticks(xlo, xhi, 5, &xt);
+    linear_ticks(ylo, yhi, 5, 0, &yt);
+    xt.n = 0;
+    if (o->xticks && o->n_xticks > 0) given_ticks(o->xticks, o->n_xticks, log_x, xlo, xhi, &xt);
+    if (xt.n == 0 && log_x) log_ticks(xlo, xhi, 5, &xt);
+    if (xt.n == 0 && !log_x) linear_ticks(xlo, xhi, 5, o->x_integer, &xt);
 
     /* Margins around the plot area. */
     int top = pad + (*title ? text_h(ts) + pad + 4 : 4);
@@ -716,6 +888,10 @@ ap_status ap_plot_lines_png(const char *path, const ap_plot_opts *o, const ap_pl
 
     for (int i = 0; i < n_series; i++) {
         memset(mk.cov, 0, (size_t)pw * (size_t)ph);
+        const ap_plot_style sty = series_style(o, i);
+        const double lr = sty.wide ? 2.0 * line_r : line_r;
+        dasher dd;
+        dasher_init(&dd, sty.dash, sty.wide ? 2 * fs : fs);
         double prev_x = 0, prev_y = 0;
         int have_prev = 0;
         for (int k = 0; k < s[i].n; k++) {
@@ -728,14 +904,25 @@ ap_status ap_plot_lines_png(const char *path, const ap_plot_opts *o, const ap_pl
             double nx = 0, ny = 0;
             int next_ok = k + 1 < s[i].n && series_point(&s[i], k + 1, log_x, &nx, &ny);
             if (have_prev)
-                mask_segment(&mk, prev_x, prev_y, mx, my, line_r);
+                mask_dashed(&mk, &dd, prev_x, prev_y, mx, my, lr);
             else if (!next_ok) /* isolated point: a dot, or it would vanish */
                 mask_segment(&mk, mx, my, mx, my, 2.0 * line_r);
+            if (sty.marker) mask_marker(&mk, sty.marker, mx, my, MARKER_RAD * fs, 0.6 * fs);
             prev_x = mx;
             prev_y = my;
             have_prev = 1;
+            /* Thinner than the line, with caps, so bars of neighbouring
+             * points stay apart and the ends read clearly. */
+            double lo, hi;
+            if (series_bar(bars, i, k, &lo, &hi)) {
+                double ylo_px = (ph - 1) - (lo - ylo) * sy, yhi_px = (ph - 1) - (hi - ylo) * sy;
+                double cap = 4.0 * fs;
+                mask_segment(&mk, mx, ylo_px, mx, yhi_px, 0.5 * line_r);
+                mask_segment(&mk, mx - cap, ylo_px, mx + cap, ylo_px, 0.5 * line_r);
+                mask_segment(&mk, mx - cap, yhi_px, mx + cap, yhi_px, 0.5 * line_r);
+            }
         }
-        rgb8 col = palette(i);
+        rgb8 col = series_color(o, i);
         for (int y = 0; y < ph; y++)
             for (int x = 0; x < pw; x++) {
                 uint8_t a = mk.cov[(size_t)y * (size_t)pw + (size_t)x];
@@ -782,7 +969,7 @@ ap_status ap_plot_lines_png(const char *path, const ap_plot_opts *o, const ap_pl
     /* Legend: in whichever plot-area corner covers the fewest data points. */
     {
         char lab[24];
-        int row_h = CELL_H * fs + 4, sample = 20 * fs, lab_w = 0;
+        int row_h = CELL_H * fs + 4, sample = LEGEND_SAMPLE * fs, lab_w = 0;
         for (int i = 0; i < n_series; i++) {
             int w = text_w(series_label(&s[i], i, lab, sizeof lab), fs);
             if (w > lab_w) lab_w = w;
@@ -802,9 +989,15 @@ ap_status ap_plot_lines_png(const char *path, const ap_plot_opts *o, const ap_pl
                 /* Segment midpoints too, so a long straight run is seen. */
                 int mid = k + 1 < s[i].n && series_point(&s[i], k + 1, log_x, &x2, &y2);
                 double qx = px0 + (x2 - xlo) * sx, qy = py0 + (ph - 1) - (y2 - ylo) * sy;
+                double lo = 0, hi = 0;
+                int bar = series_bar(bars, i, k, &lo, &hi);
+                double blo = py0 + (ph - 1) - (lo - ylo) * sy;
+                double bhi = py0 + (ph - 1) - (hi - ylo) * sy;
                 for (int c = 0; c < 4; c++) {
                     hits[c] += box_contains(cand[c], mx, my);
                     if (mid) hits[c] += box_contains(cand[c], 0.5 * (mx + qx), 0.5 * (my + qy));
+                    if (bar)
+                        hits[c] += box_contains(cand[c], mx, blo) + box_contains(cand[c], mx, bhi);
                 }
             }
         int best = 0;
@@ -815,8 +1008,8 @@ ap_status ap_plot_lines_png(const char *path, const ap_plot_opts *o, const ap_pl
         frame_rect(&cv, b.x0, b.y0, b.x1, b.y1, C_LEGEND_EDGE);
         for (int i = 0; i < n_series; i++) {
             int ry = b.y0 + 6 + i * row_h;
-            int cy = ry + text_h(fs) / 2;
-            fill_rect(&cv, b.x0 + 8, cy - fs, b.x0 + 8 + sample, cy + fs, palette(i));
+            legend_sample(&cv, b.x0 + 8, ry + text_h(fs) / 2, sample, series_style(o, i),
+                          series_color(o, i), fs, line_r);
             draw_text(&cv, b.x0 + 8 + sample + 6, ry, series_label(&s[i], i, lab, sizeof lab), fs,
                       C_TEXT);
         }
@@ -868,8 +1061,28 @@ static rgb8 heat_color(double h, double lo, double hi, int diverging) {
     return (rgb8){rgb[0], rgb[1], rgb[2]};
 }
 
-static ap_status heatmap_png(const char *path, const char *title, const float *v, int rows,
-                             int cols, int log_scale, int diverging, ap_err *err) {
+/* Ticks of a heatmap axis of n cells: nice values between the first and
+ * the last cell's (whole numbers when the cells step by whole numbers),
+ * positioned in cells (0 = the first cell's centre). */
+static void axis_ticks(const ap_plot_axis *a, int n, ticks *t) {
+    const double step = a->step != 0 ? a->step : 1.0;
+    const double v0 = a->first, v1 = a->first + (n - 1) * step;
+    const int integer = step == round(step) && v0 == round(v0);
+    t->n = 0;
+    if (n == 1) {
+        t->pos[0] = 0.0;
+        fmt_general(t->label[0], sizeof t->label[0], v0);
+        t->n = 1;
+        return;
+    }
+    linear_ticks(fmin(v0, v1), fmax(v0, v1), 6, integer, t);
+    for (int i = 0; i < t->n; i++) t->pos[i] = (t->pos[i] - v0) / step;
+}
+
+static int axis_on(const ap_plot_axis *a) { return a->label && *a->label; }
+
+static ap_status heatmap_png(const char *path, const ap_plot_heatmap_opts *o, const float *v,
+                             int rows, int cols, ap_err *err) {
     ap_status st = AP_OK;
     canvas cv = {0};
     int *col_start = NULL, *row_start = NULL;
@@ -880,9 +1093,13 @@ static ap_status heatmap_png(const char *path, const char *title, const float *v
     if ((long long)rows * cols > (1LL << 31))
         return ap_errf(err, AP_ERR_RANGE, "%s: heatmap of %dx%d cells is too large", path, rows,
                        cols);
-    title = title ? title : "";
+    const char *title = o->title ? o->title : "";
+    const int log_scale = o->log_scale != 0, diverging = o->diverging != 0;
+    const int x_on = axis_on(&o->x), y_on = axis_on(&o->y);
+    const char *bar_label = o->bar_label ? o->bar_label : "";
 
-    /* Colour range over the finite (positive, on a log scale) values. */
+    /* Colour range: the caller's, or the finite (positive, on a log scale)
+     * values'. */
     double lo = INFINITY, hi = -INFINITY;
     size_t ncell = (size_t)rows * (size_t)cols;
     for (size_t i = 0; i < ncell; i++) {
@@ -892,13 +1109,17 @@ static ap_status heatmap_png(const char *path, const char *title, const float *v
         hi = fmax(hi, h);
     }
     int have = lo <= hi;
-    if (have && diverging) { /* symmetric, so white is exactly zero */
+    if (o->lo < o->hi) {
+        lo = o->lo;
+        hi = o->hi;
+        have = 1;
+    } else if (have && diverging) { /* symmetric, so white is exactly zero */
         hi = fmax(fabs(lo), fabs(hi));
         lo = hi > 0 ? -hi : 0.0; /* no "-0" label on an all-zero map */
     }
 
     int mw = heat_side(cols), mh = heat_side(rows);
-    const int pad = 16, bar_w = 20, bar_gap = 16, ts = 2;
+    const int pad = 16, bar_w = 20, bar_gap = 16, ts = 2, tick_len = 4;
     char lab_max[32], lab_min[32];
     fmt_bar_label(lab_max, sizeof lab_max, hi, log_scale, have);
     fmt_bar_label(lab_min, sizeof lab_min, lo, log_scale, have);
@@ -907,13 +1128,34 @@ static ap_status heatmap_png(const char *path, const char *title, const float *v
         snprintf(num, sizeof num, "%s", lab_max);
         snprintf(lab_max, sizeof lab_max, "+%.30s", num);
     }
+    /* Colour bar ticks through the range: powers of ten on a log scale. */
+    ticks bt = {.n = 0};
+    if (have && hi > lo) {
+        if (log_scale)
+            log_ticks(lo, hi, 5, &bt);
+        else
+            linear_ticks(lo, hi, 5, 0, &bt);
+    }
     int lab_w = text_w(lab_max, 1);
     if (text_w(lab_min, 1) > lab_w) lab_w = text_w(lab_min, 1);
-    if (log_scale && text_w("log", 1) > lab_w) lab_w = text_w("log", 1);
+    if (max_label_w(&bt, 1) > lab_w) lab_w = max_label_w(&bt, 1);
+    const char *mid_note = log_scale && !*bar_label ? "log" : "";
+    if (text_w(mid_note, 1) > lab_w) lab_w = text_w(mid_note, 1);
+
+    ticks xt = {.n = 0}, yt = {.n = 0};
+    if (x_on) axis_ticks(&o->x, cols, &xt);
+    if (y_on) axis_ticks(&o->y, rows, &yt);
+    const double cx = (double)mw / cols, cy = (double)mh / rows; /* pixels per cell */
+    thin_ticks(&xt, cx, 1);
+    thin_ticks_to(&yt, cy, text_h(1) + 6);
+
+    int left = pad + (y_on ? text_h(1) + 8 + max_label_w(&yt, 1) + 4 + tick_len : 0);
     int top = pad + (*title ? text_h(ts) + pad : 0);
-    int W = pad + mw + bar_gap + bar_w + 6 + lab_w + pad;
+    int bottom = pad + (x_on ? tick_len + 4 + text_h(1) + 8 + text_h(1) : 0);
+    int W = left + mw + bar_gap + bar_w + tick_len + 4 + lab_w +
+            (*bar_label ? 8 + text_h(1) : 0) + pad;
     if (*title && text_w(title, ts) + 2 * pad > W) W = text_w(title, ts) + 2 * pad;
-    int H = top + mh + pad;
+    int H = top + mh + bottom;
     st = canvas_new(&cv, W, H, err);
     if (st) goto cleanup;
 
@@ -927,7 +1169,7 @@ static ap_status heatmap_png(const char *path, const char *title, const float *v
     for (int p = 0; p <= mw; p++) col_start[p] = (int)((long long)p * cols / mw);
     for (int p = 0; p <= mh; p++) row_start[p] = (int)((long long)p * rows / mh);
 
-    int mx0 = pad, my0 = top;
+    int mx0 = left, my0 = top;
     for (int py = 0; py < mh; py++) {
         int r0 = row_start[py], r1 = row_start[py + 1] > r0 ? row_start[py + 1] : r0 + 1;
         for (int px = 0; px < mw; px++) {
@@ -945,20 +1187,59 @@ static ap_status heatmap_png(const char *path, const char *title, const float *v
             put_px(&cv, mx0 + px, my0 + py, isnan(m) ? C_NAN : heat_color(m, lo, hi, diverging));
         }
     }
+    if (o->mark_row > 0 && o->mark_row < rows) {
+        int y = my0 + (int)(((long long)o->mark_row * mh + rows - 1) / rows);
+        fill_rect(&cv, mx0, y, mx0 + mw, y + 1, C_MARK);
+    }
     frame_rect(&cv, mx0, my0, mx0 + mw, my0 + mh, C_AXIS);
 
-    /* Colour bar, max at the top. */
+    /* Axes: tick marks outside the frame at cell centres, values, titles. */
+    for (int i = 0; i < xt.n; i++) {
+        int x = mx0 + (int)lround((xt.pos[i] + 0.5) * cx - 0.5);
+        fill_rect(&cv, x, my0 + mh + 1, x + 1, my0 + mh + 1 + tick_len, C_AXIS);
+        int lw = text_w(xt.label[i], 1), lx = x - lw / 2;
+        draw_text(&cv, lx < 2 ? 2 : lx, my0 + mh + 1 + tick_len + 3, xt.label[i], 1, C_TEXT);
+    }
+    for (int i = 0; i < yt.n; i++) {
+        int y = my0 + (int)lround((yt.pos[i] + 0.5) * cy - 0.5);
+        fill_rect(&cv, mx0 - 1 - tick_len, y, mx0 - 1, y + 1, C_AXIS);
+        int lw = text_w(yt.label[i], 1);
+        draw_text(&cv, mx0 - 1 - tick_len - 4 - lw, y - text_h(1) / 2, yt.label[i], 1, C_TEXT);
+    }
+    if (x_on) {
+        int lw = text_w(o->x.label, 1);
+        draw_text(&cv, mx0 + (mw - lw) / 2, H - pad - text_h(1), o->x.label, 1, C_TEXT);
+    }
+    if (y_on) {
+        int lh = text_w(o->y.label, 1);
+        draw_text_up(&cv, pad, my0 + (mh - lh) / 2 > 0 ? my0 + (mh - lh) / 2 : 0, o->y.label, 1,
+                     C_TEXT);
+    }
+
+    /* Colour bar, max at the top, with its ticks, end values and caption. */
     int bx0 = mx0 + mw + bar_gap;
     for (int y = 0; y < mh; y++) {
         double t = mh > 1 ? 1.0 - (double)y / (mh - 1) : 1.0;
         fill_rect(&cv, bx0, my0 + y, bx0 + bar_w, my0 + y + 1, heat_color(t, 0.0, 1.0, diverging));
     }
     frame_rect(&cv, bx0, my0, bx0 + bar_w, my0 + mh, C_AXIS);
-    int lx = bx0 + bar_w + 6;
+    int lx = bx0 + bar_w + tick_len + 4;
     draw_text(&cv, lx, my0, lab_max, 1, C_TEXT);
     draw_text(&cv, lx, my0 + mh - text_h(1), lab_min, 1, C_TEXT);
-    if (log_scale) draw_text(&cv, lx, my0 + (mh - text_h(1)) / 2, "log", 1, C_TEXT);
-    if (diverging && have) draw_text(&cv, lx, my0 + (mh - text_h(1)) / 2, "0", 1, C_TEXT);
+    for (int i = 0; i < bt.n; i++) {
+        int y = my0 + (int)lround((hi - bt.pos[i]) / (hi - lo) * (mh - 1));
+        fill_rect(&cv, bx0 + bar_w + 1, y, bx0 + bar_w + 1 + tick_len, y + 1, C_AXIS);
+        /* The end values are printed already; interior labels keep clear. */
+        int ly = y - text_h(1) / 2;
+        if (ly < my0 + text_h(1) + 3 || ly + text_h(1) > my0 + mh - text_h(1) - 3) continue;
+        draw_text(&cv, lx, ly, bt.label[i], 1, C_TEXT);
+    }
+    if (*mid_note) draw_text(&cv, lx, my0 + (mh - text_h(1)) / 2, mid_note, 1, C_TEXT);
+    if (*bar_label) {
+        int lh = text_w(bar_label, 1);
+        draw_text_up(&cv, lx + lab_w + 8, my0 + (mh - lh) / 2 > 0 ? my0 + (mh - lh) / 2 : 0,
+                     bar_label, 1, C_TEXT);
+    }
 
     if (*title) draw_text(&cv, (W - text_w(title, ts)) / 2, pad, title, ts, C_TEXT);
 
@@ -972,10 +1253,18 @@ cleanup:
 
 ap_status ap_plot_heatmap_png(const char *path, const char *title, const float *v, int rows,
                               int cols, int log_scale, ap_err *err) {
-    return heatmap_png(path, title, v, rows, cols, log_scale, 0, err);
+    const ap_plot_heatmap_opts o = {.title = title, .log_scale = log_scale};
+    return heatmap_png(path, &o, v, rows, cols, err);
 }
 
 ap_status ap_plot_heatmap_diverging_png(const char *path, const char *title, const float *v,
                                         int rows, int cols, ap_err *err) {
-    return heatmap_png(path, title, v, rows, cols, 0, 1, err);
+    const ap_plot_heatmap_opts o = {.title = title, .diverging = 1};
+    return heatmap_png(path, &o, v, rows, cols, err);
+}
+
+ap_status ap_plot_heatmap_ex_png(const char *path, const ap_plot_heatmap_opts *o, const float *v,
+                                 int rows, int cols, ap_err *err) {
+    static const ap_plot_heatmap_opts defaults = {0};
+    return heatmap_png(path, o ? o : &defaults, v, rows, cols, err);
 }

@@ -128,13 +128,31 @@ void ap_progress_init(ap_progress *p, FILE *out, const char *label, const char *
     p->enabled = enabled && out != NULL;
 }
 
+static double progress_now(const ap_progress *p) {
+    return p->clock ? p->clock(p->clock_user) : ap_now_seconds();
+}
+
+void ap_progress_set_clock(ap_progress *p, ap_clock_fn clock, void *clock_user) {
+    p->clock = clock;
+    p->clock_user = clock_user;
+    p->t_start = progress_now(p);
+    p->t_last = 0.0;
+}
+
+double ap_progress_eta(const ap_progress *p, double now) {
+    const int by_work = p->work_total > 0;
+    double done = by_work ? p->work_done : p->done, total = by_work ? p->work_total : p->total;
+    double el = now - p->t_start;
+    if (!(done > 0) || !(total > done) || !(el > 0)) return 0.0;
+    return el * (total - done) / done;
+}
+
 static void progress_print(ap_progress *p, double now, int final) {
     double el = now - p->t_start;
     double rate = el > 0 ? p->done / el : 0.0;
-    double eta = (rate > 0 && p->total > p->done) ? (p->total - p->done) / rate : 0.0;
     char e1[32], e2[32];
     fmt_secs(e1, sizeof e1, el);
-    fmt_secs(e2, sizeof e2, eta);
+    fmt_secs(e2, sizeof e2, ap_progress_eta(p, now));
     double pct = p->total > 0 ? 100.0 * p->done / p->total : 0.0;
     fprintf(p->out, "\r%s: %.0f/%.0f %s (%.1f%%) %.1f %s/s elapsed %s ETA %s%s", p->label,
             p->done, p->total, p->unit, pct, rate, p->unit, e1, e2, final ? "\n" : "   ");
@@ -144,13 +162,42 @@ static void progress_print(ap_progress *p, double now, int final) {
 void ap_progress_update(ap_progress *p, double done) {
     p->done = done;
     if (!p->enabled) return;
-    double now = ap_now_seconds();
+    double now = progress_now(p);
     if (now - p->t_last < p->interval) return;
     p->t_last = now;
     progress_print(p, now, 0);
 }
 
+void ap_progress_update_work(ap_progress *p, double done, double total, double work_done,
+                             double work_total) {
+    if (total > 0) p->total = total;
+    p->work_done = work_done;
+    p->work_total = work_total;
+    ap_progress_update(p, done);
+}
+
 void ap_progress_finish(ap_progress *p) {
     if (!p->enabled) return;
-    progress_print(p, ap_now_seconds(), 1);
+    progress_print(p, progress_now(p), 1);
+}
+
+double ap_work_fixed(int n_layer, int n_embd, int n_head, int n_head_kv, int head_dim, int n_ff,
+                     int n_vocab) {
+    /* Multiply-adds per token: q, k, v, o and the gated MLP per layer, plus
+     * the output head; per key: q.k and the weighted sum of v per head. */
+    double d = n_embd, q = (double)n_head * head_dim, kv = (double)n_head_kv * head_dim;
+    double weights = (double)n_layer * (2.0 * d * q + 2.0 * d * kv + 3.0 * d * n_ff) +
+                     (double)n_vocab * d;
+    double per_key = 2.0 * n_layer * q;
+    return per_key > 0 ? weights / per_key : 0.0;
+}
+
+/* Sum of fixed + i over i = pos0 .. pos0 + n - 1. */
+static double token_work(double pos0, double n, double fixed) {
+    return n > 0 ? n * (fixed + pos0) + 0.5 * n * (n - 1) : 0.0;
+}
+
+double ap_work_run(double n_prompt, double n_decode, int prefill, double fixed) {
+    return (prefill ? token_work(0.0, n_prompt, fixed) : 0.0) +
+           AP_WORK_DECODE_FACTOR * token_work(n_prompt, n_decode, fixed);
 }

@@ -35,23 +35,63 @@ double ap_now_seconds(void); /* monotonic */
 size_t ap_peak_rss_bytes(void);
 
 /* Progress line with rate and ETA, written to a stream (stderr) at most every
- * `interval` seconds. Plain struct: no allocation. */
+ * `interval` seconds. Plain struct: no allocation.
+ *
+ * The ETA is the work left over the rate of work done so far. Work is what
+ * the caller estimates each unit costs (ap_progress_update_work; the
+ * ap_work_* cost model below): later sequences are longer and cost more per
+ * unit, so counting units alone would put the ETA about 2x low. Without a
+ * work estimate (work_total 0) every unit costs the same. Time comes from
+ * `clock` (ap_now_seconds unless ap_progress_set_clock replaced it, as tests
+ * do to make the arithmetic deterministic). */
+typedef double (*ap_clock_fn)(void *user);
+
 typedef struct {
     FILE *out;
     const char *label;
     const char *unit;
-    double total;
+    double total;      /* units, as shown */
     double done;
+    double work_total; /* estimated cost of all units; 0 = the unit count */
+    double work_done;
     double t_start;
     double t_last;
     double interval;
+    ap_clock_fn clock; /* NULL = ap_now_seconds */
+    void *clock_user;
     int enabled;
 } ap_progress;
 
 void ap_progress_init(ap_progress *p, FILE *out, const char *label, const char *unit,
                       double total, int enabled);
+/* Replaces the clock and restarts the elapsed time from its reading. */
+void ap_progress_set_clock(ap_progress *p, ap_clock_fn clock, void *clock_user);
 void ap_progress_update(ap_progress *p, double done);
+/* done of total units (total <= 0 keeps the current one) and their work
+ * (the ap_work_* cost model). */
+void ap_progress_update_work(ap_progress *p, double done, double total, double work_done,
+                             double work_total);
 void ap_progress_finish(ap_progress *p);
+/* Seconds left at clock reading `now`: elapsed x work left / work done (0
+ * before any work, or when none is left). */
+double ap_progress_eta(const ap_progress *p, double now);
+
+/* The cost model of the progress ETAs, in units of one key read by one
+ * token's attention. A token at position i costs `fixed` + i: i for the
+ * keys it attends to and `fixed` for what does not grow with the context
+ * (the weight matrices), from the model's shape by ap_work_fixed. */
+double ap_work_fixed(int n_layer, int n_embd, int n_head, int n_head_kv, int head_dim, int n_ff,
+                     int n_vocab);
+/* Prefilling n_prompt tokens (when `prefill`; else they are cached) and then
+ * decoding n_decode tokens after them; a decode token costs
+ * AP_WORK_DECODE_FACTOR times a prefill token at the same position. */
+double ap_work_run(double n_prompt, double n_decode, int prefill, double fixed);
+
+/* Decode tokens run one at a time, as matrix-vector products, where a
+ * prefill batches matrix products (CPU engine, SmolLM2-135M capture: 24 vs
+ * 242 tok/s, prefill tokens sitting on average half as far into the
+ * context). */
+#define AP_WORK_DECODE_FACTOR 8.0
 
 /* SHA-256 of a file, lowercase hex into hex[65]. */
 ap_status ap_sha256_file(const char *path, char hex[65], ap_err *err);

@@ -327,6 +327,7 @@ static ap_status sync_layer(ap_live *lv, int l, ap_err *err) {
  * step, else computed here (after sync_layer). */
 static ap_status step_scores(ap_live *lv, int l, ap_err *err) {
     live_layer *y = &lv->layers[l];
+    ap_status st = AP_OK;
     if (lv->pf_on && lv->pending[l] == 2 && lv->has_scores[l]) {
         const ap_sel_step *got = &lv->pf_sp[l];
         if (got->t != lv->sp.t || got->c0 != lv->sp.c0 || got->c1 != lv->sp.c1)
@@ -335,11 +336,17 @@ static ap_status step_scores(ap_live *lv, int l, ap_err *err) {
         lv->stats.prefetched++;
         memcpy(lv->scores, lv->pf_scores + (size_t)l * lv->H * lv->NB,
                (size_t)lv->H * lv->sp.W * sizeof(float));
-        return AP_OK;
+    } else {
+        double t0 = ap_now_seconds();
+        st = lv->sel->score(y->state, &lv->sp, lv->scores, err);
+        lv->stats.score_seconds += ap_now_seconds() - t0;
     }
-    double t0 = ap_now_seconds();
-    ap_status st = lv->sel->score(y->state, &lv->sp, lv->scores, err);
-    lv->stats.score_seconds += ap_now_seconds() - t0;
+    /* The query-time part runs here: the step's query exists only now. */
+    if (st == AP_OK && lv->sel->finish) {
+        double t0 = ap_now_seconds();
+        st = lv->sel->finish(y->state, &lv->sp, lv->scores, err);
+        lv->stats.score_seconds += ap_now_seconds() - t0;
+    }
     return st;
 }
 
@@ -520,6 +527,9 @@ static ap_status live_peek(void *user, int layer, int pos, int wait, const int *
     const int t = pos - lv->pf->n_prompt;
     if (!lv->pf_on || layer < 0 || layer >= lv->L || t < 0 || t >= lv->pf->max_steps)
         return AP_OK;
+    /* A query-fusion predictor's lists depend on the query of that step,
+     * which the worker's scores do not include yet. */
+    if (lv->params.rt && ap_runtime_config(lv->params.rt)->query_fusion) return AP_OK;
     pthread_mutex_lock(&lv->mu);
     if (wait)
         while (lv->pending[layer] == 1) pthread_cond_wait(&lv->cv, &lv->mu);

@@ -15,6 +15,7 @@
 
 #include "capture/trace.h"
 #include "common/util.h"
+#include "eval/report_util.h"
 #include "eval/selectors.h"
 #include "train/runtime.h"
 
@@ -46,7 +47,11 @@ void ap_replay_config_default(ap_replay_config *c) {
 void ap_replay_result_free(ap_replay_result *r) {
     if (!r) return;
     if (r->cells)
-        for (int i = 0; i < r->n_methods * r->n_budgets; i++) free(r->cells[i].layer_head_recovery);
+        for (int i = 0; i < r->n_methods * r->n_budgets; i++) {
+            free(r->cells[i].layer_head_recovery);
+            free(r->cells[i].seq_recovery_sum);
+            free(r->cells[i].seq_n);
+        }
     free(r->cells);
     free(r);
 }
@@ -92,6 +97,7 @@ typedef struct {
     plan_task *tasks;
     int n_tasks;
     long long total_steps;          /* progress units: decode steps x layers */
+    double total_work;              /* their cost: each step's context (ap_work_run) */
     int n_methods;
     plan_method methods[AP_REPLAY_MAX_METHODS];
     ap_replay_result *res;
@@ -101,6 +107,7 @@ typedef struct {
     pthread_cond_t cv;
     int next_task, finished, failed_task;
     long long done_steps;
+    double done_work;
     ap_err first_err;
 } run_ctx;
 
@@ -114,9 +121,6 @@ static ap_status check_config(const ap_replay_config *c, ap_err *err) {
     if (c->n_traces < 1 || c->n_traces > AP_REPLAY_MAX_TRACES)
         return ap_errf(err, AP_ERR_ARG, "replay: %d traces given (1..%d)", c->n_traces,
                        AP_REPLAY_MAX_TRACES);
-    if (c->n_predictors < 0 || c->n_predictors > AP_REPLAY_MAX_PREDICTORS)
-        return ap_errf(err, AP_ERR_ARG, "replay: %d predictors given (0..%d)", c->n_predictors,
-                       AP_REPLAY_MAX_PREDICTORS);
     if (c->n_methods < 0 || c->n_methods > AP_REPLAY_MAX_METHODS)
         return ap_errf(err, AP_ERR_ARG, "replay: %d methods given (0..%d)", c->n_methods,
                        AP_REPLAY_MAX_METHODS);
@@ -129,6 +133,15 @@ static ap_status check_config(const ap_replay_config *c, ap_err *err) {
     if (c->sink_tokens < 0 || c->local_tokens < 0)
         return ap_errf(err, AP_ERR_ARG, "replay: sink %d and local %d must be >= 0",
                        c->sink_tokens, c->local_tokens);
+    /* At or below sink + local no block is left to choose: every method
+     * keeps the same tokens and the table would be all ties. */
+    for (int b = 0; b < c->n_budgets; b++)
+        if (c->budgets[b] <= c->sink_tokens + c->local_tokens)
+            return ap_errf(err, AP_ERR_ARG,
+                           "replay: --budget %d is not above sink + local = %d tokens "
+                           "(budgets must exceed %d)",
+                           c->budgets[b], c->sink_tokens + c->local_tokens,
+                           c->sink_tokens + c->local_tokens);
     if (c->calib < 0) return ap_errf(err, AP_ERR_ARG, "replay: calib %d < 0", c->calib);
     if (c->min_candidates < 1)
         return ap_errf(err, AP_ERR_ARG, "replay: min_candidates %d < 1", c->min_candidates);
@@ -243,35 +256,19 @@ cleanup:
 
 static ap_status plan_predictors(run_ctx *x, ap_err *err) {
     const ap_replay_config *c = x->cfg;
-    for (int p = 0; p < c->n_predictors; p++) {
-        const char *path = c->predictors[p];
-        if (!path) return ap_errf(err, AP_ERR_ARG, "replay: predictor %d has no file name", p);
-        ap_status st = ap_runtime_load(path, &x->rts[p], err);
-        if (st) return st;
-        const ap_pred_config *pc = ap_runtime_config(x->rts[p]);
-        if (pc->block != x->meta.block_size)
-            return ap_errf(err, AP_ERR_ARG,
-                           "%s: predictor block size %d, but trace %s has block size %d",
-                           path, pc->block, c->traces[0], x->meta.block_size);
-        for (int l = 0; l < x->meta.n_layer; l++)
-            if (!is_dense_layer(c, l) && ap_predictor_model_of_layer(ap_runtime_predictor(x->rts[p]), l) < 0)
-                return ap_errf(err, AP_ERR_ARG,
-                               "%s: predictor has no model for layer %d (it covers %d layers); "
-                               "mark the others with --dense-layers",
-                               path, l, pc->n_layers);
-        /* Workers run (sequence, layer) tasks in parallel: one thread each. */
-        ap_predictor_set_threads(ap_runtime_predictor(x->rts[p]), 1);
-    }
-    return AP_OK;
-}
-
-static void pred_label(const ap_replay_config *c, int p, char *buf, size_t n) {
-    if (c->predictor_labels[p] && c->predictor_labels[p][0])
-        snprintf(buf, n, "%s", c->predictor_labels[p]);
-    else if (p == 0)
-        snprintf(buf, n, "attnpred");
-    else
-        snprintf(buf, n, "attnpred%d", p + 1);
+    ap_status st = AP_OK;
+    uint8_t *need = malloc((size_t)(x->meta.n_layer > 0 ? x->meta.n_layer : 1));
+    if (!need) return ap_errf(err, AP_ERR_NOMEM, "out of memory");
+    for (int l = 0; l < x->meta.n_layer; l++) need[l] = !is_dense_layer(c, l);
+    char run[600];
+    snprintf(run, sizeof run, "trace %s", c->traces[0]);
+    /* Workers run (sequence, layer) tasks in parallel: the loader gives
+     * each predictor one thread. */
+    for (int p = 0; p < c->n_predictors && !st; p++)
+        st = ap_sel_predictor_load(c->predictors[p], x->meta.block_size, x->meta.history,
+                                   x->meta.n_layer, need, run, &x->rts[p], err);
+    free(need);
+    return st;
 }
 
 static const char *missing_need(unsigned needs, int has_query, int has_colsum) {
@@ -288,13 +285,15 @@ static ap_status add_method(run_ctx *x, const ap_selector *sel, int predictor, i
     ap_replay_result *r = x->res;
     char name[48], label[96];
     if (predictor >= 0) {
-        char base[48];
-        pred_label(c, predictor, base, sizeof base);
+        const char *base = r->predictor_names[predictor];
         snprintf(name, sizeof name, "%.40s%s", base, nocal ? "_nocal" : "");
+        const char *fused =
+            x->rts[predictor] && ap_runtime_config(x->rts[predictor])->query_fusion ? " + query"
+                                                                                  : "";
         if (nocal)
-            snprintf(label, sizeof label, "%s, no calibration", base);
+            snprintf(label, sizeof label, "%s%s, no calibration", base, fused);
         else
-            snprintf(label, sizeof label, "%s (calib %d)", base, c->calib);
+            snprintf(label, sizeof label, "%s%s (calib %d)", base, fused, c->calib);
     } else {
         snprintf(name, sizeof name, "%s", sel->name);
         if (!strcmp(sel->name, "last_step"))
@@ -357,26 +356,6 @@ static ap_status plan_methods(run_ctx *x, ap_err *err) {
     const ap_replay_config *c = x->cfg;
     ap_replay_result *r = x->res;
     ap_status st = AP_OK;
-    char labels[AP_REPLAY_MAX_PREDICTORS][48];
-    for (int p = 0; p < c->n_predictors; p++) {
-        pred_label(c, p, labels[p], sizeof labels[p]);
-        if (strlen(labels[p]) > 40 || !labels[p][0])
-            return ap_errf(err, AP_ERR_ARG, "%s: label '%s' must have 1..40 characters",
-                           c->predictors[p], labels[p]);
-        for (const char *ch = labels[p]; *ch; ch++)
-            if (!((*ch >= 'a' && *ch <= 'z') || (*ch >= 'A' && *ch <= 'Z') ||
-                  (*ch >= '0' && *ch <= '9') || *ch == '_' || *ch == '-'))
-                return ap_errf(err, AP_ERR_ARG,
-                               "%s: label '%s' may use letters, digits, '_' and '-' only",
-                               c->predictors[p], labels[p]);
-        if (ap_selector_find(labels[p]))
-            return ap_errf(err, AP_ERR_ARG, "%s: label '%s' is a builtin method's name",
-                           c->predictors[p], labels[p]);
-        for (int q = 0; q < p; q++)
-            if (!strcmp(labels[p], labels[q]))
-                return ap_errf(err, AP_ERR_ARG, "%s and %s: both labelled '%s'",
-                               c->predictors[q], c->predictors[p], labels[p]);
-    }
     if (c->n_methods == 0) {
         for (int i = 0; ap_selector_builtin(i); i++) {
             const ap_selector *sel = ap_selector_builtin(i);
@@ -411,21 +390,20 @@ static ap_status plan_methods(run_ctx *x, ap_err *err) {
         }
         int found = 0;
         for (int p = 0; p < c->n_predictors; p++)
-            for (int nocal = 0; nocal < 2; nocal++) {
-                char full[64];
-                snprintf(full, sizeof full, "%.40s%s", labels[p], nocal ? "_nocal" : "");
-                int any = !strcmp(name, nocal ? "attnpred_nocal" : "attnpred");
-                if (any || !strcmp(name, full)) {
+            for (int nocal = 0; nocal < 2; nocal++)
+                if (ap_sel_predictor_selected(name, r->predictor_names[p], nocal)) {
                     found = 1;
                     if ((st = add_method(x, ap_selector_predictor(), p, nocal, err))) return st;
                 }
-            }
         if (found) continue;
         if (!strcmp(name, "attnpred") || !strcmp(name, "attnpred_nocal"))
             return ap_errf(err, AP_ERR_ARG, "replay: method %s needs a predictor (--predictor)",
                            name);
-        char known[512];
+        char known[1024];
         int n = snprintf(known, sizeof known, "attnpred, attnpred_nocal");
+        for (int p = 0; p < c->n_predictors && n < (int)sizeof known; p++)
+            n += snprintf(known + n, sizeof known - (size_t)n, ", %s, %s_nocal",
+                          r->predictor_names[p], r->predictor_names[p]);
         for (int b = 0; ap_selector_builtin(b) && n < (int)sizeof known; b++)
             n += snprintf(known + n, sizeof known - (size_t)n, ", %s", ap_selector_builtin(b)->name);
         return ap_errf(err, AP_ERR_ARG, "replay: unknown method '%s' (known: %s)", name, known);
@@ -443,6 +421,9 @@ static ap_status plan_tasks(run_ctx *x, ap_err *err) {
             if (is_dense_layer(x->cfg, l)) continue;
             x->tasks[x->n_tasks++] = (plan_task){i, l};
             x->total_steps += x->seqs[i].n_steps;
+            /* A step's selectors and predictor read every block of its
+             * context: later steps and longer sequences cost more. */
+            x->total_work += ap_work_run(x->seqs[i].n_prompt, x->seqs[i].n_steps, 0, 0.0);
         }
     }
     return AP_OK;
@@ -540,6 +521,21 @@ static ap_status read_layer(run_ctx *x, const plan_seq *ps, int layer, const cha
     return st;
 }
 
+/* The step geometry every method shares. */
+static ap_sel_params step_geometry(const run_ctx *x) {
+    return (ap_sel_params){.sink_blocks = x->sink_blocks, .local_blocks = x->local_blocks,
+                           .local_tokens = x->cfg->local_tokens};
+}
+
+/* Blocks kept among W candidates at budget index b: every one in a bypass
+ * (too few candidates for any method to choose), else what the budget buys. */
+static int step_k(const run_ctx *x, int W, int b) {
+    const ap_replay_config *c = x->cfg;
+    if (W < c->min_candidates) return W;
+    return ap_metrics_k_blocks(c->budgets[b], c->sink_tokens, c->local_tokens,
+                               x->meta.block_size, W);
+}
+
 /* The k candidates (candidate-relative) each head keeps, per kv_mode. */
 static void choose(const run_ctx *x, task_mem *tm, int W, int k) {
     ap_sel_choose(x->cfg->kv_mode, x->meta.n_head, x->meta.n_head_kv, tm->work, W, k, tm->order,
@@ -625,8 +621,7 @@ static ap_status run_task(run_ctx *x, int ti, ap_err *err) {
         }
     }
 
-    const ap_sel_params geo = {.sink_blocks = x->sink_blocks, .local_blocks = x->local_blocks,
-                               .local_tokens = c->local_tokens};
+    const ap_sel_params geo = step_geometry(x);
     for (int t = 0; t < ps->n_steps; t++) {
         ap_sel_step sp;
         ap_sel_step_at(&geo, bsz, ps->n_prompt, ps->n_pre, t, &sp);
@@ -657,12 +652,11 @@ static ap_status run_task(run_ctx *x, int ti, ap_err *err) {
                 void *state = tm.states[m * AP_REPLAY_MAX_BUDGETS + b0];
                 if (!bypass) {
                     st = pm->sel->score(state, &sp, tm.scores, err);
+                    if (!st && pm->sel->finish) st = pm->sel->finish(state, &sp, tm.scores, err);
                     if (st) goto cleanup;
                 }
                 for (int b = stateful ? b0 : 0; b < (stateful ? b0 + 1 : nb); b++) {
-                    int k = bypass ? W
-                                   : ap_metrics_k_blocks(c->budgets[b], c->sink_tokens,
-                                                         c->local_tokens, bsz, W);
+                    int k = step_k(x, W, b);
                     sp.k = k;
                     uint8_t *ev = tm.evicted + (((size_t)m * nb + b) * nh) * NB;
                     if (bypass) {
@@ -752,6 +746,7 @@ static ap_status run_task(run_ctx *x, int ti, ap_err *err) {
             if (tm.bad[(size_t)sp.s * nh + h]) acc->n_bad++;
         pthread_mutex_lock(&x->mu);
         x->done_steps++;
+        x->done_work += ap_work_run(ps->n_prompt + t, 1.0, 0, 0.0);
         pthread_mutex_unlock(&x->mu);
     }
     for (int m = 0; m < nm; m++) {
@@ -832,9 +827,10 @@ static ap_status run_pool(run_ctx *x, ap_err *err) {
         }
         pthread_cond_timedwait(&x->cv, &x->mu, &ts);
         long long done = x->done_steps;
+        double work = x->done_work;
         if (c->progress) {
             pthread_mutex_unlock(&x->mu);
-            c->progress(c->progress_user, done, x->total_steps);
+            c->progress(c->progress_user, done, x->total_steps, work, x->total_work);
             pthread_mutex_lock(&x->mu);
         }
     }
@@ -845,7 +841,8 @@ cleanup:
         *err = x->first_err;
         st = err->status ? err->status : AP_ERR_INTERNAL;
     }
-    if (st == AP_OK && c->progress) c->progress(c->progress_user, x->done_steps, x->total_steps);
+    if (st == AP_OK && c->progress)
+        c->progress(c->progress_user, x->done_steps, x->total_steps, x->done_work, x->total_work);
     return st;
 }
 
@@ -875,6 +872,8 @@ static ap_status merge_results(run_ctx *x, ap_err *err) {
             ap_meanci_init(&cell->ratio);
             memset(lsum, 0, (size_t)L * nh * sizeof(double));
             memset(ln, 0, (size_t)L * nh * sizeof(long long));
+            cell->seq_recovery_sum = calloc((size_t)(x->n_seqs > 0 ? x->n_seqs : 1), sizeof(double));
+            cell->seq_n = calloc((size_t)(x->n_seqs > 0 ? x->n_seqs : 1), sizeof(long long));
             for (int ti = 0; ti < x->n_tasks; ti++) {
                 const task_acc *a = &x->accs[ti];
                 ap_meanci_merge(&cell->recovery, &a->rec[ci]);
@@ -883,13 +882,17 @@ static ap_status merge_results(run_ctx *x, ap_err *err) {
                 cell->n += a->n[ci];
                 cell->n_bypass += a->n_bypass[ci];
                 int l = x->tasks[ti].layer;
+                if (cell->seq_recovery_sum) {
+                    cell->seq_recovery_sum[x->tasks[ti].seq] += a->rec[ci].mean * (double)a->rec[ci].n;
+                    cell->seq_n[x->tasks[ti].seq] += a->rec[ci].n;
+                }
                 for (int h = 0; h < nh; h++) {
                     lsum[(size_t)l * nh + h] += a->lh_sum[ci * nh + h];
                     ln[(size_t)l * nh + h] += a->lh_n[ci * nh + h];
                 }
             }
             cell->layer_head_recovery = malloc((size_t)L * nh * sizeof(double));
-            if (!cell->layer_head_recovery) {
+            if (!cell->layer_head_recovery || !cell->seq_recovery_sum || !cell->seq_n) {
                 free(lsum);
                 free(ln);
                 return ap_errf(err, AP_ERR_NOMEM, "out of memory");
@@ -920,6 +923,37 @@ static ap_status merge_results(run_ctx *x, ap_err *err) {
     return AP_OK;
 }
 
+/* Context and kept tokens over the replayed decode steps. The kept tokens
+ * are the budget's accounting (sink + local + k blocks), not the blocks a
+ * method touches: every method keeps that many, so compression is one
+ * number per budget. When all W candidates are kept, sink, candidates and
+ * local blocks cover every key, so the step keeps its whole context: a
+ * budget at or above the context compresses 1.0x, not below. */
+static void context_stats(const run_ctx *x, ap_replay_result *r) {
+    const ap_replay_config *c = x->cfg;
+    const ap_sel_params geo = step_geometry(x);
+    double ctx_sum = 0.0, kept_sum[AP_REPLAY_MAX_BUDGETS] = {0};
+    for (int i = 0; i < x->n_seqs; i++) {
+        const plan_seq *p = &x->seqs[i];
+        r->n_decode_steps += p->n_steps;
+        for (int t = 0; t < p->n_steps; t++) {
+            double ctx = p->n_prompt + t + 1;
+            ctx_sum += ctx;
+            if (ctx > r->max_context) r->max_context = ctx;
+            ap_sel_step sp;
+            ap_sel_step_at(&geo, x->meta.block_size, p->n_prompt, p->n_pre, t, &sp);
+            for (int b = 0; b < c->n_budgets; b++) {
+                int k = step_k(x, sp.W, b);
+                double kept = c->sink_tokens + c->local_tokens + (double)k * x->meta.block_size;
+                kept_sum[b] += k >= sp.W || kept > ctx ? ctx : kept;
+            }
+        }
+    }
+    double n = r->n_decode_steps > 0 ? (double)r->n_decode_steps : NAN;
+    r->mean_context = r->n_decode_steps > 0 ? ctx_sum / n : 0.0;
+    for (int b = 0; b < c->n_budgets; b++) r->mean_kept[b] = kept_sum[b] / n;
+}
+
 ap_status ap_replay_run(const ap_replay_config *c, ap_replay_result **out, ap_err *err) {
     ap_status st = check_config(c, err);
     if (st) return st;
@@ -941,6 +975,12 @@ ap_status ap_replay_run(const ap_replay_config *c, ap_replay_result **out, ap_er
     mu_ok = 1;
     ap_replay_result *r = x->res;
     r->config = *c;
+    /* Names first: they need no file, so bad ones cost nothing. */
+    if ((st = ap_sel_predictor_names(c->predictors, c->predictor_names, c->n_predictors,
+                                     r->predictor_names, err))) {
+        ap_err_prefix(err, "replay: predictors");
+        goto cleanup;
+    }
     if ((st = plan_traces(x, err))) goto cleanup;
     if ((st = plan_predictors(x, err))) goto cleanup;
     if ((st = plan_methods(x, err))) goto cleanup;
@@ -953,17 +993,7 @@ ap_status ap_replay_run(const ap_replay_config *c, ap_replay_result **out, ap_er
     r->n_seq = x->n_seqs;
     r->n_budgets = c->n_budgets;
     memcpy(r->budgets, c->budgets, sizeof r->budgets);
-    double ctx_sum = 0.0;
-    for (int i = 0; i < x->n_seqs; i++) {
-        const plan_seq *p = &x->seqs[i];
-        r->n_decode_steps += p->n_steps;
-        for (int t = 0; t < p->n_steps; t++) {
-            double ctx = p->n_prompt + t + 1;
-            ctx_sum += ctx;
-            if (ctx > r->max_context) r->max_context = ctx;
-        }
-    }
-    r->mean_context = r->n_decode_steps > 0 ? ctx_sum / (double)r->n_decode_steps : 0.0;
+    context_stats(x, r);
     r->incremental = c->incremental && c->n_predictors > 0;
     x->accs = calloc((size_t)(x->n_tasks > 0 ? x->n_tasks : 1), sizeof *x->accs);
     if (!x->accs) {
@@ -993,4 +1023,38 @@ cleanup:
     ap_replay_result_free(x->res);
     free(x);
     return st;
+}
+
+/* ------------------------------------------------------- paired intervals */
+
+int ap_replay_paired_diff(const ap_replay_result *r, int m, int ref, int b, double *diff,
+                          double *lo, double *hi) {
+    *diff = *lo = *hi = NAN;
+    if (!r || m < 0 || ref < 0 || m >= r->n_methods || ref >= r->n_methods || b < 0 ||
+        b >= r->n_budgets)
+        return 0;
+    const ap_replay_cell *cm = ap_replay_cell_at(r, m, b), *cr = ap_replay_cell_at(r, ref, b);
+    if (!cm->seq_n || !cr->seq_n) return 0;
+    const int n = r->n_seq;
+    double *d = malloc((size_t)(n > 0 ? n : 1) * sizeof(double));
+    double *w = malloc((size_t)(n > 0 ? n : 1) * sizeof(double));
+    int k = 0;
+    if (!d || !w) goto cleanup;
+    /* Per sequence: the sum of paired differences and the pairs counted (both
+     * methods count the same (step, head) pairs of a sequence). */
+    for (int i = 0; i < n; i++) {
+        if (cm->seq_n[i] <= 0 || cr->seq_n[i] != cm->seq_n[i]) continue;
+        d[k] = cm->seq_recovery_sum[i] - cr->seq_recovery_sum[i];
+        w[k] = (double)cm->seq_n[i];
+        k++;
+    }
+    /* Pooled over (step, head) pairs like the cells' means: a ratio of sums,
+     * resampled by whole sequences. */
+    uint64_t seed = 0xD1FFB007ull ^ ((uint64_t)m << 32) ^ ((uint64_t)ref << 16) ^ (uint64_t)b;
+    ap_err e = {0};
+    if (ap_boot_ci95(d, w, k, seed, diff, lo, hi, &e)) k = 0;
+cleanup:
+    free(d);
+    free(w);
+    return k;
 }

@@ -30,6 +30,7 @@
 
 #define AP_REPLAY_MAX_TRACES 64
 #define AP_REPLAY_MAX_PREDICTORS 4
+#define AP_REPLAY_PRED_NAME_MAX 40 /* characters of a predictor's method name */
 #define AP_REPLAY_MAX_METHODS 24
 #define AP_REPLAY_MAX_BUDGETS AP_METRICS_MAX_BUDGETS
 #define AP_REPLAY_MAX_LAYERS 256
@@ -48,7 +49,10 @@ typedef enum {
     AP_KV_UNION = 2       /* per KV head: round-robin union of the group's rankings, k blocks */
 } ap_kv_mode;
 
-typedef void (*ap_replay_progress_fn)(void *user, long long done, long long total);
+/* done of total (decode step, layer) units, and their estimated cost
+ * (each step weighs its context: ap_work_run), for an honest ETA. */
+typedef void (*ap_replay_progress_fn)(void *user, long long done, long long total,
+                                      double work_done, double work_total);
 
 /* One (method, budget, decode step, query head) as the replay scored it, for
  * tests and diagnostics (ap_replay_config.on_step). Pointers are valid during
@@ -73,13 +77,17 @@ typedef struct {
     const char *traces[AP_REPLAY_MAX_TRACES];
     int n_traces;
     /* Exported predictors (safetensors from `attnpred export` or
-     * scripts/import_pth.py) and their labels ("attnpred" if NULL; further
-     * ones "attnpred2", ...). Each gives methods <label> and <label>_nocal. */
+     * scripts/import_pth.py) and their method names (NULL: the default,
+     * "attnpred" for the first, "attnpred2", ... after it; the rules are
+     * ap_sel_predictor_names'). Each gives methods <name> and <name>_nocal.
+     * A predictor's block must be the traces' and its history at most
+     * theirs. */
     const char *predictors[AP_REPLAY_MAX_PREDICTORS];
-    const char *predictor_labels[AP_REPLAY_MAX_PREDICTORS];
+    const char *predictor_names[AP_REPLAY_MAX_PREDICTORS];
     int n_predictors;
-    /* Method names to run (see above; "attnpred" stands for every predictor);
-     * n_methods = 0: all that the inputs allow. */
+    /* Method names to run (see above; "attnpred" / "attnpred_nocal" stand
+     * for every predictor, a predictor's name for that one); n_methods = 0:
+     * all that the inputs allow. */
     const char *methods[AP_REPLAY_MAX_METHODS];
     int n_methods;
     int budgets[AP_REPLAY_MAX_BUDGETS]; /* tokens; default 256,512,1024,2048 */
@@ -110,7 +118,7 @@ typedef struct {
 void ap_replay_config_default(ap_replay_config *c);
 
 typedef struct {
-    char name[48];        /* e.g. "h2o", "attnpred", "attnpred_nocal", "authors" */
+    char name[48];        /* e.g. "h2o", "attnpred", "attnpred_nocal", a predictor's name */
     char label[96];       /* human-readable, e.g. "AttentionPredictor (calib 5)" */
     ap_sel_kind kind;
     int is_predictor;     /* 1 for CNN predictor methods */
@@ -128,6 +136,12 @@ typedef struct {
     long long n_bypass;   /* of which: fewer than min_candidates (all methods keep everything) */
     /* Mean recovery per layer x head, [n_layer][n_head] (NaN where n = 0). Owned by the result. */
     double *layer_head_recovery;
+    /* Per replayed sequence (the result's n_seq, plan order): recovery summed
+     * over its counted (step, head) pairs and their number. The unit of the
+     * paired intervals (ap_replay_paired_diff): steps of one sequence are not
+     * independent samples. Owned by the result. */
+    double *seq_recovery_sum;
+    long long *seq_n;
 } ap_replay_cell;
 
 typedef struct {
@@ -158,6 +172,14 @@ typedef struct {
     char dropped[AP_REPLAY_MAX_METHODS][48];
     char dropped_reason[AP_REPLAY_MAX_METHODS][160];
     int incremental;                   /* 1 if the predictor ran incrementally */
+    /* The method name of each config.predictors[p], defaults resolved. */
+    char predictor_names[AP_REPLAY_MAX_PREDICTORS][AP_REPLAY_PRED_NAME_MAX + 1];
+    /* Per budget: the tokens the budget keeps at a decode step, averaged
+     * over the decode steps: sink + local + k blocks, or the whole context
+     * when every candidate block is kept (a bypass, or a budget at or above
+     * the context). The reports' compression is mean_context / mean_kept
+     * (docs/eval-report.md). */
+    double mean_kept[AP_REPLAY_MAX_BUDGETS];
 } ap_replay_result;
 
 /* Runs every method at every budget. Errors name the trace or predictor file;
@@ -173,9 +195,19 @@ static inline ap_replay_cell *ap_replay_cell_at(const ap_replay_result *r, int m
     return &r->cells[(long)m * r->n_budgets + b];
 }
 
+/* Difference of recovery, method m minus method ref, at budget b, pooled
+ * over (step, head) pairs like the cells' means, with a 95% interval from a
+ * paired bootstrap over sequences (2,000 resamples of whole sequences with
+ * replacement, seeded: the same result gives the same interval). Sequences
+ * where either method counted nothing are left out. *lo = *hi = *diff when
+ * only one sequence was replayed. Returns the number of sequences used. */
+int ap_replay_paired_diff(const ap_replay_result *r, int m, int ref, int b, double *diff,
+                          double *lo, double *hi);
+
 /* Reports (eval/report.c). All write under a temporary name and rename.
- * JSON keys are documented in docs/eval.md; `results` holds one record per
- * (method, budget) with method, kind, budget, compression, recovery,
+ * JSON keys are documented in docs/eval-report.md; `results` holds one record
+ * per (method, budget) with method, kind, budget, compression (mean context /
+ * mean kept tokens), budget_ratio (mean context / budget), recovery,
  * recovery_ci95, hit_rate, hit_rate_ci95, ratio, n. */
 ap_status ap_replay_write_json(const ap_replay_result *r, const char *path, ap_err *err);
 /* Markdown: a paper-style table (rows = methods with their kind, columns =

@@ -25,7 +25,17 @@
 static double agg_mean(const ap_meanci *a) { return a->n > 0 ? a->mean : NAN; }
 static double agg_ci(const ap_meanci *a) { return a->n > 0 ? ap_meanci_half95(a) : NAN; }
 
+/* The one compression of every report (docs/eval-report.md): context over
+ * the tokens kept, both averaged over the decode steps, the task report's
+ * full KV / resident KV in tokens. A budget at or above the context gives
+ * 1.0x. */
 static double compression(const ap_replay_result *r, int b) {
+    return r->mean_kept[b] > 0 ? r->mean_context / r->mean_kept[b] : NAN;
+}
+
+/* What the budget promises on paper (the former "compression"): mean
+ * context / B, below 1 once B exceeds the context. */
+static double budget_ratio(const ap_replay_result *r, int b) {
     return r->budgets[b] > 0 ? r->mean_context / r->budgets[b] : NAN;
 }
 
@@ -93,8 +103,10 @@ static void json_header(ap_jbuild *j, cJSON *root, const ap_replay_result *r) {
     for (int i = 0; i < c->n_predictors && i < AP_REPLAY_MAX_PREDICTORS; i++) {
         cJSON *p = ap_jadd(j, pr, NULL, cJSON_CreateObject());
         ap_jadd_str(j, p, "path", c->predictors[i]);
-        if (c->predictor_labels[i])
-            ap_jadd_str(j, p, "label", c->predictor_labels[i]);
+        ap_jadd_str(j, p, "name", r->predictor_names[i]);
+        /* As given; null for a default name (kept for older readers). */
+        if (c->predictor_names[i])
+            ap_jadd_str(j, p, "label", c->predictor_names[i]);
         else
             ap_jadd(j, p, "label", cJSON_CreateNull());
     }
@@ -167,6 +179,7 @@ static void json_results(ap_jbuild *j, cJSON *root, const ap_replay_result *r) {
             ap_jadd_str(j, o, "kind", ap_sel_kind_name(r->methods[m].kind));
             ap_jadd_num(j, o, "budget", r->budgets[b]);
             ap_jadd_num(j, o, "compression", compression(r, b));
+            ap_jadd_num(j, o, "budget_ratio", budget_ratio(r, b));
             ap_jadd_num(j, o, "recovery", agg_mean(&c->recovery));
             ap_jadd_num(j, o, "recovery_ci95", agg_ci(&c->recovery));
             ap_jadd_num(j, o, "hit_rate", agg_mean(&c->hit_rate));
@@ -197,6 +210,8 @@ static void json_summary(ap_jbuild *j, cJSON *root, const ap_replay_result *r) {
         cJSON *o = ap_jadd(j, arr, NULL, cJSON_CreateObject());
         ap_jadd_num(j, o, "budget", r->budgets[b]);
         ap_jadd_num(j, o, "compression", compression(r, b));
+        ap_jadd_num(j, o, "budget_ratio", budget_ratio(r, b));
+        ap_jadd_num(j, o, "kept_tokens", r->mean_kept[b]);
         if (s.best_heur >= 0) {
             cJSON *h = ap_jadd(j, o, "best_heuristic", cJSON_CreateObject());
             ap_jadd_str(j, h, "method", r->methods[s.best_heur].name);
@@ -231,6 +246,37 @@ static void json_summary(ap_jbuild *j, cJSON *root, const ap_replay_result *r) {
 }
 
 
+/* The method paired differences are taken against: last_step (the cheap
+ * baseline every predictor must beat, method.md 2.4); -1 when not run. */
+static int paired_ref(const ap_replay_result *r) {
+    for (int m = 0; m < r->n_methods; m++)
+        if (!strcmp(r->methods[m].name, "last_step")) return m;
+    return -1;
+}
+
+static void json_paired(ap_jbuild *j, cJSON *root, const ap_replay_result *r) {
+    int ref = paired_ref(r);
+    if (ref < 0) {
+        ap_jadd(j, root, "paired_vs_last_step", cJSON_CreateNull());
+        return;
+    }
+    cJSON *arr = ap_jadd(j, root, "paired_vs_last_step", cJSON_CreateArray());
+    for (int m = 0; m < r->n_methods; m++) {
+        if (m == ref) continue;
+        for (int b = 0; b < r->n_budgets; b++) {
+            double d, lo, hi;
+            int n = ap_replay_paired_diff(r, m, ref, b, &d, &lo, &hi);
+            cJSON *o = ap_jadd(j, arr, NULL, cJSON_CreateObject());
+            ap_jadd_str(j, o, "method", r->methods[m].name);
+            ap_jadd_num(j, o, "budget", r->budgets[b]);
+            ap_jadd_num(j, o, "recovery_diff", d);
+            ap_jadd_num(j, o, "ci95_lo", lo);
+            ap_jadd_num(j, o, "ci95_hi", hi);
+            ap_jadd_num(j, o, "n_seq", n);
+        }
+    }
+}
+
 ap_status ap_replay_write_json(const ap_replay_result *r, const char *path, ap_err *err) {
     ap_status st = check_result(r, path, err);
     if (st) return st;
@@ -242,6 +288,7 @@ ap_status ap_replay_write_json(const ap_replay_result *r, const char *path, ap_e
     json_methods(&j, root, r);
     json_results(&j, root, r);
     json_summary(&j, root, r);
+    json_paired(&j, root, r);
     if (!j.failed) text = cJSON_Print(root);
     if (!text) {
         st = ap_errf(err, AP_ERR_NOMEM, "%s: out of memory building the JSON report", path);
@@ -331,7 +378,7 @@ static void md_header(FILE *f, const ap_replay_result *r) {
     fputc('\n', f);
     for (int i = 0; i < c->n_predictors && i < AP_REPLAY_MAX_PREDICTORS; i++) {
         fputs("- predictor `", f);
-        ap_md_text(f, c->predictor_labels[i] ? c->predictor_labels[i] : "attnpred");
+        ap_md_text(f, r->predictor_names[i]);
         fputs("`: `", f);
         ap_md_text(f, c->predictors[i]);
         fputs("`\n", f);
@@ -340,7 +387,9 @@ static void md_header(FILE *f, const ap_replay_result *r) {
             r->n_layer, r->n_head, r->n_head_kv, r->head_dim, r->block);
     fprintf(f, "- replayed: %d sequences, %lld decode steps, context %.1f tokens on average (max %.0f)\n",
             r->n_seq, r->n_decode_steps, r->mean_context, r->max_context);
-    fprintf(f, "- budget B = sink %d + local %d tokens + selected blocks; compression = mean context / B\n",
+    fprintf(f, "- budget B = sink %d + local %d tokens + selected blocks; compression = mean context / "
+               "mean kept tokens per step (the whole context when every block fits: 1.0x at a budget "
+               "above it); budget ratio = mean context / B\n",
             c->sink_tokens, c->local_tokens);
     fprintf(f, "- predictor: calibration row every %d decode steps%s; bypassed below %d candidate blocks\n",
             c->calib, c->calib > 0 ? "" : " (never)", c->min_candidates);
@@ -382,6 +431,19 @@ static void md_header(FILE *f, const ap_replay_result *r) {
         fprintf(f, "- not run: %s (%s)\n", r->dropped[i], r->dropped_reason[i]);
 }
 
+/* Both ratios side by side, so neither is mistaken for the other. */
+static void md_budgets(FILE *f, const ap_replay_result *r) {
+    fputs("\n## Budgets\n\n", f);
+    fputs("| budget | kept tokens per step | compression | budget ratio |\n|--:|--:|--:|--:|\n", f);
+    for (int b = 0; b < r->n_budgets; b++) {
+        fprintf(f, "| %d", r->budgets[b]);
+        ap_md_num(f, r->mean_kept[b], 1);
+        ap_md_ratio(f, compression(r, b));
+        ap_md_ratio(f, budget_ratio(r, b));
+        fputs(" |\n", f);
+    }
+}
+
 static void md_summary(FILE *f, const ap_replay_result *r) {
     fputs("\n## Summary\n\n", f);
     fputs("Best heuristic = the best method that is neither the oracle, nor a predictor, nor a "
@@ -420,6 +482,36 @@ static void md_summary(FILE *f, const ap_replay_result *r) {
 }
 
 
+static void md_paired(FILE *f, const ap_replay_result *r) {
+    int ref = paired_ref(r);
+    if (ref < 0) return;
+    fputs("\n## Difference from last step (points of recovery, paired by sequence)\n\n", f);
+    fprintf(f,
+            "Method minus `last_step` on the same (step, head) pairs, with a 95%% interval from "
+            "a bootstrap over whole sequences (%d sequences; steps of one sequence are not "
+            "independent). Bold: the interval excludes zero.\n\n",
+            r->n_seq);
+    md_budget_header(f, r);
+    for (int m = 0; m < r->n_methods; m++) {
+        if (m == ref) continue;
+        fputs("| ", f);
+        ap_md_method(f, r->methods[m].name, r->methods[m].label);
+        fprintf(f, " | %s", ap_sel_kind_name(r->methods[m].kind));
+        for (int b = 0; b < r->n_budgets; b++) {
+            double d, lo, hi;
+            ap_replay_paired_diff(r, m, ref, b, &d, &lo, &hi);
+            if (!isfinite(d)) {
+                fputs(" | n/a", f);
+                continue;
+            }
+            int sure = r->n_seq > 1 && (lo > 0 || hi < 0);
+            fprintf(f, " | %s%+.2f [%+.2f, %+.2f]%s", sure ? "**" : "", 100.0 * d, 100.0 * lo,
+                    100.0 * hi, sure ? "**" : "");
+        }
+        fputs(" |\n", f);
+    }
+}
+
 static void md_cost(FILE *f, const ap_replay_result *r) {
     int any = 0;
     for (int m = 0; m < r->n_methods; m++) any |= r->methods[m].is_predictor != 0;
@@ -447,8 +539,9 @@ ap_status ap_replay_write_md(const ap_replay_result *r, const char *path, ap_err
     FILE *f = NULL;
     if ((st = ap_report_open(path, tmp, &f, err))) return st;
     md_header(f, r);
+    md_budgets(f, r);
     fputs("\n## Attention recovery (%, mean ± 95% CI)\n\n", f);
-    fputs("Columns: budget in tokens (compression ratio). Bold: the best method per budget, oracle "
+    fputs("Columns: budget in tokens (compression). Bold: the best method per budget, oracle "
           "excluded.\n\n",
           f);
     md_table(f, r, MD_RECOVERY);
@@ -459,6 +552,7 @@ ap_status ap_replay_write_md(const ap_replay_result *r, const char *path, ap_err
     fputs("Recovery / oracle recovery per (step, head): the paper's \"prediction accuracy\".\n\n", f);
     md_table(f, r, MD_RATIO);
     md_summary(f, r);
+    md_paired(f, r);
     md_cost(f, r);
     return ap_report_close(f, tmp, path, err);
 }
@@ -474,7 +568,8 @@ static ap_status png_recovery_lines(const ap_replay_result *r, const char *dir, 
     double *xy = malloc(sizeof(double) * (size_t)(nb + nm * nb));
     char(*labels)[96] = malloc(sizeof *labels * (size_t)(nm > 0 ? nm : 1));
     ap_plot_series *s = malloc(sizeof *s * (size_t)(nm > 0 ? nm : 1));
-    if (!xy || !labels || !s) {
+    ap_plot_style *sty = malloc(sizeof *sty * (size_t)(nm > 0 ? nm : 1));
+    if (!xy || !labels || !s || !sty) {
         st = ap_errf(err, AP_ERR_NOMEM, "%s: out of memory", path);
         goto cleanup;
     }
@@ -491,14 +586,22 @@ static ap_status png_recovery_lines(const ap_replay_result *r, const char *dir, 
         snprintf(labels[m], sizeof labels[m], "%.48s (%s%s)", r->methods[m].name,
                  ap_sel_kind_name(r->methods[m].kind), have ? "" : ", no data");
         s[m] = (ap_plot_series){.label = labels[m], .x = xy, .y = y, .n = nb};
+        /* The retrieval methods often lie within a point of each other:
+         * colour, marker and dash pattern all differ, so a line hidden
+         * under another still shows in its gaps and at its markers. */
+        sty[m] = ap_plot_style_distinct(m);
     }
-    /* Budgets are usually powers of two: a log axis spaces them evenly. */
+    /* Budgets are usually powers of two: a log axis spaces them evenly, and
+     * each budget run is a labelled tick. */
     ap_plot_opts o = {.title = "Attention recovery vs KV budget",
                       .xlabel = "KV budget (tokens, log scale)",
                       .ylabel = "attention recovery (%)",
                       .width = 900,
                       .height = 560,
-                      .log_x = 1};
+                      .log_x = 1,
+                      .styles = sty,
+                      .xticks = xy,
+                      .n_xticks = nb};
     if (nm == 0)
         st = ap_errf(err, AP_ERR_ARG, "%s: the replay result has no methods to plot", path);
     else
@@ -507,6 +610,7 @@ cleanup:
     free(xy);
     free(labels);
     free(s);
+    free(sty);
     return st;
 }
 
@@ -533,9 +637,14 @@ static ap_status png_gain_heatmap(const ap_replay_result *r, const char *dir, in
         double d = 100.0 * (p[i] - h[i]);
         g[i] = isfinite(d) ? (float)d : NAN;
     }
-    snprintf(title, sizeof title, "B=%d: %.40s - %.40s (pts); rows layer, cols head", r->budgets[b],
+    snprintf(title, sizeof title, "B=%d: %.40s - %.40s", r->budgets[b],
              r->methods[s.best_pred].name, r->methods[s.best_heur].name);
-    st = ap_plot_heatmap_diverging_png(path, title, g, r->n_layer, r->n_head, err);
+    const ap_plot_heatmap_opts ho = {.title = title,
+                                     .x = {.label = "query head", .step = 1},
+                                     .y = {.label = "layer", .step = 1},
+                                     .bar_label = "recovery gain (percentage points)",
+                                     .diverging = 1};
+    st = ap_plot_heatmap_ex_png(path, &ho, g, r->n_layer, r->n_head, err);
     free(g);
     return st;
 }

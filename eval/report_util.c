@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "common/util.h"
@@ -126,4 +127,65 @@ void ap_md_num(FILE *f, double v, int decimals) {
         fprintf(f, "%.*f", decimals, v);
     else
         fputs("n/a", f);
+}
+
+void ap_md_ratio(FILE *f, double v) {
+    fputs(" | ", f);
+    if (isfinite(v))
+        fprintf(f, "%.1fx", v);
+    else
+        fputs("n/a", f);
+}
+
+/* ---- bootstrap ------------------------------------------------------------ */
+
+static uint64_t boot_next(uint64_t *s) {
+    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+ap_status ap_boot_ci95(const double *num, const double *den, int n, uint64_t seed, double *est,
+                       double *lo, double *hi, ap_err *err) {
+    ap_status st = AP_OK;
+    const int R = AP_BOOT_RESAMPLES;
+    double *boot = NULL;
+    *est = *lo = *hi = NAN;
+    if (n <= 0) return AP_OK;
+    double sn = 0.0, sd = 0.0;
+    for (int i = 0; i < n; i++) {
+        sn += num[i];
+        sd += den ? den[i] : 1.0;
+    }
+    *est = sn / sd;
+    if (n == 1) {
+        *lo = *hi = *est;
+        return AP_OK;
+    }
+    if (!(boot = malloc((size_t)R * sizeof *boot))) {
+        *est = NAN;
+        st = ap_errf(err, AP_ERR_NOMEM, "bootstrap: out of memory");
+        goto cleanup;
+    }
+    for (int it = 0; it < R; it++) {
+        double a = 0.0, c = 0.0;
+        for (int i = 0; i < n; i++) {
+            int j = (int)(boot_next(&seed) % (uint64_t)n);
+            a += num[j];
+            c += den ? den[j] : 1.0;
+        }
+        boot[it] = a / c;
+    }
+    qsort(boot, (size_t)R, sizeof *boot, cmp_double);
+    *lo = boot[(int)(0.025 * R)];
+    *hi = boot[(int)(0.975 * R) - 1];
+cleanup:
+    free(boot);
+    return st;
 }

@@ -5,6 +5,7 @@
 #define AP_REPORT_UTIL_H
 
 #include <cjson/cJSON.h>
+#include <stdint.h>
 #include <stdio.h>
 
 #include "common/status.h"
@@ -52,7 +53,24 @@ ap_status ap_report_write_text(const char *path, const char *text, ap_err *err);
  * " | <v>" with `decimals` decimals or " | n/a" for a non-finite value. */
 void ap_md_text(FILE *f, const char *s);
 void ap_md_num(FILE *f, double v, int decimals);
+/* " | 4.6x" (one decimal), or " | n/a": compression and budget ratio cells. */
+void ap_md_ratio(FILE *f, double v);
 /* A method as "label (`name`)", or "`name`" when it has no other label. */
 void ap_md_method(FILE *f, const char *name, const char *label);
+
+/* Resamples of every bootstrap in the reports: enough for the 2.5% and
+ * 97.5% percentiles to move by well under their own sampling error. */
+#define AP_BOOT_RESAMPLES 2000
+
+/* Ratio-of-sums estimate *est = sum(num) / sum(den) over n units (den NULL:
+ * every unit weighs 1, so *est is the mean of num) and its 95% percentile
+ * bootstrap interval [*lo, *hi]: AP_BOOT_RESAMPLES resamples of n units
+ * with replacement, the unit indices drawn from a splitmix64 stream started
+ * at seed, so the same inputs and seed give the same interval. A paired
+ * bootstrap passes per-unit differences, which keeps each unit's pair
+ * together. n = 1: *lo = *hi = *est; n <= 0: all three NaN. Fails only for
+ * memory (AP_ERR_NOMEM; all three NaN). */
+ap_status ap_boot_ci95(const double *num, const double *den, int n, uint64_t seed, double *est,
+                       double *lo, double *hi, ap_err *err);
 
 #endif

@@ -8,6 +8,7 @@
 #include <time.h>
 
 #include "common/util.h"
+#include "train/fusion.h"
 #include "train/incremental.h"
 
 /* ------------------------------------------------------------ shared parts */
@@ -257,18 +258,9 @@ static ap_status quest_score(void *state, const ap_sel_step *st, float *scores, 
     const ap_sel_data *d = ((data_only *)state)->d;
     const int hd = d->head_dim, group = d->n_head / d->n_head_kv;
     for (int h = 0; h < d->n_head; h++) {
-        const float *q = d->query + ((size_t)st->s * d->n_head + h) * hd;
-        const size_t kv = (size_t)(h / group) * d->n_blocks;
-        for (int j = 0; j < st->W; j++) {
-            const float *lo = d->key_min + (kv + st->c0 + j) * hd;
-            const float *hi = d->key_max + (kv + st->c0 + j) * hd;
-            double acc = 0.0;
-            for (int e = 0; e < hd; e++) {
-                double a = (double)q[e] * lo[e], b = (double)q[e] * hi[e];
-                acc += a > b ? a : b;
-            }
-            scores[(size_t)h * st->W + j] = (float)acc;
-        }
+        const size_t at = ((size_t)(h / group) * d->n_blocks + st->c0) * hd;
+        ap_query_bound(d->query + ((size_t)st->s * d->n_head + h) * hd, d->key_min + at,
+                       d->key_max + at, hd, st->W, scores + (size_t)h * st->W);
     }
     return AP_OK;
 }
@@ -404,6 +396,10 @@ static void pred_free(void *state) {
 static ap_status pred_create(const ap_sel_data *d, const ap_sel_params *p, void **state,
                              ap_err *err) {
     if (!p->rt) return ap_errf(err, AP_ERR_ARG, "predictor method without a predictor");
+    if (ap_runtime_config(p->rt)->query_fusion && (!d->query || !d->key_min || !d->key_max))
+        return ap_errf(err, AP_ERR_ARG,
+                       "a query-fusion predictor needs query vectors and key bounds (capture "
+                       "without --no-quest)");
     ap_status st = AP_OK;
     pred_state *s = calloc(1, sizeof *s);
     if (!s) return ap_errf(err, AP_ERR_NOMEM, "out of memory");
@@ -502,28 +498,45 @@ static ap_status pred_observe(void *state, const ap_sel_step *st, const uint8_t 
 
 static void pred_cost(const void *state, ap_sel_cost *c) { *c = ((const pred_state *)state)->cost; }
 
+/* Query fusion (train/fusion.h): z(cnn) + w * z(query bound), per head. */
+static ap_status pred_finish(void *state, const ap_sel_step *st, float *scores, ap_err *err) {
+    pred_state *s = state;
+    const ap_sel_data *d = s->d;
+    if (!s->cfg->query_fusion) return AP_OK;
+    const int hd = d->head_dim, group = d->n_head / d->n_head_kv;
+    for (int h = 0; h < d->n_head; h++) {
+        const size_t at = ((size_t)(h / group) * d->n_blocks + st->c0) * hd;
+        ap_status rc = ap_runtime_fuse_query(s->p->rt, d->layer,
+                                             d->query + ((size_t)st->s * d->n_head + h) * hd,
+                                             d->key_min + at, d->key_max + at, hd, st->W,
+                                             scores + (size_t)h * st->W, err);
+        if (rc) return rc;
+    }
+    return AP_OK;
+}
+
 /* ---------------------------------------------------------------- registry */
 
 static const ap_selector BUILTIN[] = {
     {"oracle", "Oracle top-k (upper bound)", AP_SEL_BOUND, 0, 0, data_only_create, plain_free,
-     oracle_score, NULL, NULL},
+     oracle_score, NULL, NULL, NULL},
     {"streaming", "StreamingLLM (sink + recent)", AP_SEL_EVICTION, 0, 0, data_only_create,
-     plain_free, streaming_score, NULL, NULL},
+     plain_free, streaming_score, NULL, NULL, NULL},
     {"h2o", "H2O (accumulated attention)", AP_SEL_EVICTION, AP_SEL_NEEDS_COLSUM, 1, h2o_create,
-     h2o_free, h2o_score, h2o_observe, NULL},
+     h2o_free, h2o_score, h2o_observe, NULL, NULL},
     {"snapkv", "SnapKV (prefill vote, fixed)", AP_SEL_EVICTION, 0, 0, snapkv_create, snapkv_free,
-     snapkv_score, NULL, NULL},
+     snapkv_score, NULL, NULL, NULL},
     {"quest", "Quest (page key bounds x query)", AP_SEL_RETRIEVAL, AP_SEL_NEEDS_QUERY, 0,
-     quest_create, plain_free, quest_score, NULL, NULL},
+     quest_create, plain_free, quest_score, NULL, NULL, NULL},
     {"last_step", "Last step (sparse/calibrated history)", AP_SEL_RETRIEVAL, 0, 1, last_create,
-     last_free, last_score, last_observe, NULL},
+     last_free, last_score, last_observe, NULL, NULL},
     {"last_step_dense", "Last step, dense (needs dense attention every step)", AP_SEL_RETRIEVAL,
-     AP_SEL_DENSE_EVERY_STEP, 0, data_only_create, plain_free, last_dense_score, NULL, NULL},
+     AP_SEL_DENSE_EVERY_STEP, 0, data_only_create, plain_free, last_dense_score, NULL, NULL, NULL},
 };
 
 static const ap_selector PREDICTOR = {
     "attnpred", "AttentionPredictor", AP_SEL_RETRIEVAL, AP_SEL_NEEDS_PREDICTOR, 1, pred_create,
-    pred_free, pred_score, pred_observe, pred_cost};
+    pred_free, pred_score, pred_observe, pred_cost, pred_finish};
 
 const ap_selector *ap_selector_builtin(int i) {
     if (i < 0 || i >= (int)(sizeof BUILTIN / sizeof BUILTIN[0])) return NULL;
@@ -598,4 +611,107 @@ void ap_sel_choose(ap_kv_mode mode, int nh, int n_head_kv, const float *scores, 
         for (int h = g * group + 1; h < (g + 1) * group; h++)
             memcpy(chosen + (size_t)h * W, out, (size_t)k * sizeof(int));
     }
+}
+
+/* ------------------------------------------------------- predictor methods */
+
+static int name_char_ok(char ch) {
+    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+           ch == '_' || ch == '.' || ch == '+' || ch == '-';
+}
+
+static int ends_with(const char *s, const char *suffix) {
+    size_t n = strlen(s), k = strlen(suffix);
+    return n >= k && !strcmp(s + n - k, suffix);
+}
+
+ap_status ap_sel_predictor_names(const char *const *paths, const char *const *names, int n,
+                                 char (*out)[AP_REPLAY_PRED_NAME_MAX + 1], ap_err *err) {
+    if (n < 0 || n > AP_REPLAY_MAX_PREDICTORS)
+        return ap_errf(err, AP_ERR_ARG, "%d predictors given, at most %d", n,
+                       AP_REPLAY_MAX_PREDICTORS);
+    for (int p = 0; p < n; p++) {
+        const char *given = names ? names[p] : NULL;
+        char dflt[16];
+        if (p == 0)
+            snprintf(dflt, sizeof dflt, "attnpred");
+        else
+            snprintf(dflt, sizeof dflt, "attnpred%d", p + 1);
+        const char *name = given ? given : dflt;
+        if (!paths[p] || !paths[p][0])
+            return ap_errf(err, AP_ERR_ARG, "name '%s' has an empty path", name);
+        if (!name[0]) return ap_errf(err, AP_ERR_ARG, "empty name for %s", paths[p]);
+        if (strlen(name) > AP_REPLAY_PRED_NAME_MAX)
+            return ap_errf(err, AP_ERR_ARG, "name '%s' is longer than %d characters",
+                           name, AP_REPLAY_PRED_NAME_MAX);
+        for (const char *ch = name; *ch; ch++)
+            if (!name_char_ok(*ch))
+                return ap_errf(err, AP_ERR_ARG,
+                               "name '%s' may use only letters, digits and _ . + -",
+                               name);
+        if (ap_selector_find(name) || !strcmp(name, "full"))
+            return ap_errf(err, AP_ERR_ARG, "name '%s' is a built-in method's name",
+                           name);
+        if (ends_with(name, "_nocal"))
+            return ap_errf(err, AP_ERR_ARG,
+                           "name '%s' ends in _nocal, the suffix of the "
+                           "no-calibration variants",
+                           name);
+        for (int q = 0; q < p; q++)
+            if (!strcmp(out[q], name))
+                return ap_errf(err, AP_ERR_ARG, "name '%s' given twice (%s and %s)",
+                               name, paths[q], paths[p]);
+        snprintf(out[p], AP_REPLAY_PRED_NAME_MAX + 1, "%s", name);
+    }
+    return AP_OK;
+}
+
+int ap_sel_predictor_selected(const char *name, const char *pred_name, int nocal) {
+    if (!strcmp(name, nocal ? "attnpred_nocal" : "attnpred")) return 1;
+    size_t n = strlen(pred_name);
+    if (strncmp(name, pred_name, n)) return 0;
+    return !strcmp(name + n, nocal ? "_nocal" : "");
+}
+
+ap_status ap_sel_predictor_check_layers(ap_runtime *rt, const char *path, int n_layer,
+                                        const uint8_t *need_layer, ap_err *err) {
+    for (int l = 0; l < n_layer; l++)
+        if ((!need_layer || need_layer[l]) &&
+            ap_predictor_model_of_layer(ap_runtime_predictor(rt), l) < 0)
+            return ap_errf(err, AP_ERR_ARG,
+                           "%s: predictor has no model for layer %d (it covers %d layers)", path,
+                           l, ap_runtime_config(rt)->n_layers);
+    return AP_OK;
+}
+
+ap_status ap_sel_predictor_load(const char *path, int block, int max_history, int n_layer,
+                                const uint8_t *need_layer, const char *run, ap_runtime **out,
+                                ap_err *err) {
+    ap_runtime *rt = NULL;
+    ap_status st = ap_runtime_load(path, &rt, err);
+    if (st) goto cleanup;
+    const ap_pred_config *pc = ap_runtime_config(rt);
+    if (pc->block != block) {
+        st = ap_errf(err, AP_ERR_ARG, "%s: predictor block size %d, but %s has block size %d",
+                     path, pc->block, run, block);
+        goto cleanup;
+    }
+    /* The history starts from the last `history` prefill rows (method.md
+     * 4.2); rows the run does not have would be zeros the predictor's first
+     * windows never held in the method, so that mismatch is refused. Fewer
+     * rows than the run keeps are the newest of them, as in training with
+     * `attnpred train --history`. */
+    if (max_history > 0 && pc->history > max_history) {
+        st = ap_errf(err, AP_ERR_ARG,
+                     "%s: predictor history %d, but %s has history %d (prefill rows recorded)",
+                     path, pc->history, run, max_history);
+        goto cleanup;
+    }
+    if ((st = ap_sel_predictor_check_layers(rt, path, n_layer, need_layer, err))) goto cleanup;
+    ap_predictor_set_threads(ap_runtime_predictor(rt), 1);
+    *out = rt;
+    rt = NULL;
+cleanup:
+    ap_runtime_free(rt);
+    return st;
 }

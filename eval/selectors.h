@@ -103,6 +103,11 @@ typedef struct {
                          const double *kept_mass, ap_err *err);
     /* Predictor cost so far; NULL for non-predictor selectors. */
     void (*cost)(const void *state, ap_sel_cost *c);
+    /* Query-time part of scoring, after score(): reads the step's query,
+     * which a score() run a step ahead (live prefetch) cannot have. Called on
+     * the selecting thread for every scored step; NULL = nothing to do. The
+     * query-fusion predictor adds its z-scored query bound here. */
+    ap_status (*finish)(void *state, const ap_sel_step *st, float *scores, ap_err *err);
 } ap_selector;
 
 /* Builtin selectors in report order (oracle, streaming, h2o, snapkv, quest,
@@ -112,6 +117,42 @@ const ap_selector *ap_selector_builtin(int i);
 const ap_selector *ap_selector_find(const char *name);
 /* The CNN predictor method; the caller sets calib 0 for the _nocal variant. */
 const ap_selector *ap_selector_predictor(void);
+
+/* Predictor methods (docs/eval.md, "Predictors"). Each exported predictor
+ * runs as its own method under a name: names[p] when given (not NULL), else
+ * "attnpred" for p = 0 and "attnpred<p+1>" after it, so a lone bare path
+ * keeps the historical name. A name has 1..AP_REPLAY_PRED_NAME_MAX characters
+ * of [A-Za-z0-9_.+-], is no built-in method's name (those of
+ * ap_selector_find, and "full", the live evaluation's reference), does not
+ * end in "_nocal" (the suffix of each predictor's no-calibration variant)
+ * and is given once. Checks n (0..AP_REPLAY_MAX_PREDICTORS), the paths
+ * (non-empty) and the names and writes the resolved names to out; an
+ * AP_ERR_ARG message names the offending name or path. Reads no file, so
+ * callers can refuse bad input before any work. */
+ap_status ap_sel_predictor_names(const char *const *paths, const char *const *names, int n,
+                                 char (*out)[AP_REPLAY_PRED_NAME_MAX + 1], ap_err *err);
+/* 1 when `name` selects predictor `pred_name` (nocal: its _nocal variant):
+ * the predictor's own method name, or "attnpred" / "attnpred_nocal", which
+ * stand for every predictor. */
+int ap_sel_predictor_selected(const char *name, const char *pred_name, int nocal);
+
+/* Loads the exported predictor at path for a run over `block`-token blocks
+ * and n_layer layers (need_layer[l] == 0: layer l is not evaluated, may be
+ * NULL for all; n_layer 0 checks no layer, for a caller that checks them
+ * with ap_sel_predictor_check_layers once it knows the model), whose inputs
+ * hold at most max_history rows before the first decode step (0 = not
+ * checked). The run is described by `run` ("trace
+ * T.h5", "the eval") in the messages, which name the file and both values of
+ * a mismatch. The predictor is set to one thread (callers parallelise over
+ * tasks or prefetch workers). */
+ap_status ap_sel_predictor_load(const char *path, int block, int max_history, int n_layer,
+                                const uint8_t *need_layer, const char *run, ap_runtime **out,
+                                ap_err *err);
+
+/* AP_ERR_ARG naming path and the layer when a layer l < n_layer with
+ * need_layer[l] != 0 (NULL: every layer) has no model in rt. */
+ap_status ap_sel_predictor_check_layers(ap_runtime *rt, const char *path, int n_layer,
+                                        const uint8_t *need_layer, ap_err *err);
 
 /* The geometry of decode step t (query position n_prompt + t, recorded step
  * n_pre + t) for block size `block` and the params' sink/local cut; k = 0.

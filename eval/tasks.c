@@ -65,6 +65,13 @@ typedef struct {
     int n_ids;
 } sample_t;
 
+/* Estimated cost of one run of s, for the progress ETA: the full-KV run
+ * prefills and decodes, a method's run decodes from that prefill. Runs of
+ * long samples with long answers cost many times those of short ones. */
+static double run_work(const sample_t *s, int prefill, double fixed) {
+    return ap_work_run(s->n_ids, s->info.max_new_tokens, prefill, fixed);
+}
+
 static void sample_free(sample_t *s) {
     for (int i = 0; i < s->n_answers; i++) free(s->answers[i]);
     for (int i = 0; i < s->n_classes; i++) free(s->classes[i]);
@@ -157,61 +164,76 @@ cleanup:
     return st;
 }
 
-static ap_status load_samples(const ap_tasks_config *c, const ap_tokenizer *tok, sample_t **out,
-                              int *n_out, ap_err *err) {
+/* The task file's text -> samples (ap_tasks_parse). Each line is parsed from
+ * a NUL-terminated copy, so the text need not be terminated and cJSON never
+ * reads past the line. */
+static ap_status parse_samples(const ap_tasks_config *c, const ap_tokenizer *tok,
+                               const char *data, size_t len, const char *label, sample_t **out,
+                               int *n_out, ap_err *err) {
     ap_status st = AP_OK;
-    char *data = NULL;
-    size_t len = 0;
+    char *buf = NULL;
     sample_t *v = NULL;
     int n = 0, cap = 0, line = 0;
     *out = NULL;
     *n_out = 0;
-    if ((st = ap_read_file(c->tasks_file, &data, &len, err))) return st;
-    for (char *p = data; p && *p;) {
-        char *nl = strchr(p, '\n');
-        if (nl) *nl = 0;
+    for (size_t pos = 0; pos < len;) {
+        const char *p = data + pos;
+        const char *nl = memchr(p, '\n', len - pos);
+        size_t ln = nl ? (size_t)(nl - p) : len - pos;
+        pos += ln + (nl ? 1 : 0);
         line++;
-        char *q = p;
-        while (*q == ' ' || *q == '\t' || *q == '\r') q++;
-        if (*q) {
-            if (c->max_samples > 0 && n >= c->max_samples) break;
-            cJSON *o = cJSON_Parse(q);
-            if (!o || !cJSON_IsObject(o)) {
-                cJSON_Delete(o);
-                st = ap_errf(err, AP_ERR_FORMAT, "%s: line %d is not a JSON object", c->tasks_file,
-                             line);
-                goto cleanup;
-            }
-            if (n == cap) {
-                cap = cap ? 2 * cap : 16;
-                sample_t *nv = realloc(v, (size_t)cap * sizeof *v);
-                if (!nv) {
-                    cJSON_Delete(o);
-                    st = ap_errf(err, AP_ERR_NOMEM, "out of memory");
-                    goto cleanup;
-                }
-                v = nv;
-            }
-            memset(&v[n], 0, sizeof v[n]);
-            int skip = 0;
-            st = parse_sample(c, o, tok, &v[n], &skip, err);
-            cJSON_Delete(o);
-            if (st) {
-                char where[600];
-                snprintf(where, sizeof where, "%s: line %d", c->tasks_file, line);
-                sample_free(&v[n]);
-                ap_err_prefix(err, where);
-                goto cleanup;
-            }
-            if (skip)
-                sample_free(&v[n]);
-            else
-                n++;
+        size_t k = 0;
+        while (k < ln && (p[k] == ' ' || p[k] == '\t' || p[k] == '\r')) k++;
+        if (k == ln) continue;
+        if (c->max_samples > 0 && n >= c->max_samples) break;
+        if (memchr(p, '\0', ln)) {
+            st = ap_errf(err, AP_ERR_FORMAT, "%s: line %d contains a NUL byte", label, line);
+            goto cleanup;
         }
-        p = nl ? nl + 1 : NULL;
+        char *nb = realloc(buf, ln + 1);
+        if (!nb) {
+            st = ap_errf(err, AP_ERR_NOMEM, "out of memory");
+            goto cleanup;
+        }
+        buf = nb;
+        memcpy(buf, p, ln);
+        buf[ln] = '\0';
+        /* require_null_terminated: text after the object (a second object on
+         * the line, say) is an error, not silently dropped. */
+        cJSON *o = cJSON_ParseWithOpts(buf, NULL, 1);
+        if (!o || !cJSON_IsObject(o)) {
+            cJSON_Delete(o);
+            st = ap_errf(err, AP_ERR_FORMAT, "%s: line %d is not a JSON object", label, line);
+            goto cleanup;
+        }
+        if (n == cap) {
+            cap = cap ? 2 * cap : 16;
+            sample_t *nv = realloc(v, (size_t)cap * sizeof *v);
+            if (!nv) {
+                cJSON_Delete(o);
+                st = ap_errf(err, AP_ERR_NOMEM, "out of memory");
+                goto cleanup;
+            }
+            v = nv;
+        }
+        memset(&v[n], 0, sizeof v[n]);
+        int skip = 0;
+        st = parse_sample(c, o, tok, &v[n], &skip, err);
+        cJSON_Delete(o);
+        if (st) {
+            char where[600];
+            snprintf(where, sizeof where, "%s: line %d", label, line);
+            sample_free(&v[n]);
+            ap_err_prefix(err, where);
+            goto cleanup;
+        }
+        if (skip)
+            sample_free(&v[n]);
+        else
+            n++;
     }
     if (n == 0) {
-        st = ap_errf(err, AP_ERR_ARG, "%s: no sample matches the task filter", c->tasks_file);
+        st = ap_errf(err, AP_ERR_ARG, "%s: no sample matches the task filter", label);
         goto cleanup;
     }
     *out = v;
@@ -221,8 +243,43 @@ cleanup:
     if (v)
         for (int i = 0; i < n; i++) sample_free(&v[i]);
     free(v);
+    free(buf);
+    return st;
+}
+
+static ap_status load_samples(const ap_tasks_config *c, const ap_tokenizer *tok, sample_t **out,
+                              int *n_out, ap_err *err) {
+    char *data = NULL;
+    size_t len = 0;
+    *out = NULL;
+    *n_out = 0;
+    ap_status st = ap_read_file(c->tasks_file, &data, &len, err);
+    if (st) return st;
+    st = parse_samples(c, tok, data, len, c->tasks_file, out, n_out, err);
     free(data);
     return st;
+}
+
+ap_status ap_tasks_parse(const ap_tasks_config *c, const ap_tokenizer *tok, const char *data,
+                         size_t len, const char *label, ap_task_sample **out, int *n_out,
+                         ap_err *err) {
+    sample_t *smp = NULL;
+    int n = 0;
+    *out = NULL;
+    *n_out = 0;
+    ap_status st = parse_samples(c, tok, data, len, label ? label : "tasks", &smp, &n, err);
+    if (st) return st;
+    ap_task_sample *info = malloc((size_t)n * sizeof *info);
+    if (!info) st = ap_errf(err, AP_ERR_NOMEM, "out of memory");
+    for (int i = 0; i < n; i++) {
+        if (info) info[i] = smp[i].info;
+        sample_free(&smp[i]);
+    }
+    free(smp);
+    if (st) return st;
+    *out = info;
+    *n_out = n;
+    return AP_OK;
 }
 
 /* -------------------------------------------------------------- decoding */
@@ -380,10 +437,57 @@ typedef struct {
     ap_sel_params params;
 } run_method;
 
-static ap_status plan_methods(const ap_tasks_config *c, ap_runtime *rt, ap_tasks_result *r,
+/* Appends a method: a builtin (pred < 0) or predictor pred's (nocal: its
+ * variant without calibration rows). A method already planned is not added
+ * again: "attnpred" and a predictor's own name may both ask for it. */
+static ap_status add_method(const ap_tasks_config *c, ap_runtime *const *rts, ap_tasks_result *r,
+                            run_method *rm, const ap_selector *sel, int pred, int nocal,
+                            ap_err *err) {
+    char name[48];
+    if (pred >= 0)
+        snprintf(name, sizeof name, "%s%s", r->predictor_names[pred], nocal ? "_nocal" : "");
+    else
+        snprintf(name, sizeof name, "%s", sel->name);
+    for (int m = 1; m < r->n_methods; m++)
+        if (!strcmp(r->methods[m].name, name)) return AP_OK;
+    if (r->n_methods > AP_TASKS_MAX_METHODS)
+        return ap_errf(err, AP_ERR_ARG, "more than %d methods", AP_TASKS_MAX_METHODS);
+    int m = r->n_methods++;
+    ap_task_method *tm = &r->methods[m];
+    memset(tm, 0, sizeof *tm);
+    snprintf(tm->name, sizeof tm->name, "%s", name);
+    tm->kind = sel->kind;
+    int calib = nocal ? 0 : c->calib;
+    if (pred >= 0) {
+        /* The lone default predictor keeps its historical label. */
+        const char *pn = r->predictor_names[pred];
+        int plain = !strcmp(pn, "attnpred");
+        const char *fused = rts[pred] && ap_runtime_config(rts[pred])->query_fusion ? " + query"
+                                                                                    : "";
+        snprintf(tm->label, sizeof tm->label, "AttentionPredictor%s%s%s (calib %d)",
+                 plain ? "" : " ", plain ? "" : pn, fused, calib);
+    } else if (!strcmp(name, "last_step")) {
+        snprintf(tm->label, sizeof tm->label, "Last step (calib %d)", calib);
+    } else {
+        snprintf(tm->label, sizeof tm->label, "%s", sel->label);
+    }
+    run_method *x = &rm[m];
+    x->sel = sel;
+    memset(&x->params, 0, sizeof x->params);
+    x->params.calib = calib;
+    x->params.kv_mode = c->kv_mode;
+    x->params.snapkv_window = c->snapkv_window;
+    x->params.snapkv_pool = c->snapkv_pool;
+    x->params.rt = pred >= 0 ? rts[pred] : NULL;
+    x->params.incremental = 1;
+    return AP_OK;
+}
+
+static ap_status plan_methods(const ap_tasks_config *c, ap_runtime *const *rts, ap_tasks_result *r,
                               run_method *rm, ap_err *err) {
     const char *const *names = c->n_methods ? c->methods : k_default_methods;
     int n = c->n_methods ? c->n_methods : (int)(sizeof k_default_methods / sizeof *names);
+    ap_status st = AP_OK;
     r->n_methods = 1;
     ap_task_method *full = &r->methods[0];
     memset(full, 0, sizeof *full);
@@ -392,51 +496,36 @@ static ap_status plan_methods(const ap_tasks_config *c, ap_runtime *rt, ap_tasks
     full->is_full = 1;
     for (int i = 0; i < n; i++) {
         const char *name = names[i];
-        const ap_selector *sel = NULL;
-        int pred = !strcmp(name, "attnpred") || !strcmp(name, "attnpred_nocal");
         if (!strcmp(name, "full")) continue;
-        if (pred) {
-            if (!rt) {
-                if (c->n_methods)
-                    return ap_errf(err, AP_ERR_ARG, "method %s needs --predictor", name);
-                int k = r->n_dropped++;
-                snprintf(r->dropped[k], sizeof r->dropped[k], "%s", name);
-                snprintf(r->dropped_reason[k], sizeof r->dropped_reason[k],
-                         "no predictor given (--predictor P.safetensors)");
-                continue;
-            }
-            sel = ap_selector_predictor();
-        } else if (!(sel = ap_selector_find(name))) {
-            return ap_errf(err, AP_ERR_ARG,
-                           "unknown method '%s' (oracle, streaming, h2o, snapkv, quest, last_step, "
-                           "last_step_dense, attnpred, attnpred_nocal)",
-                           name);
+        const ap_selector *sel = ap_selector_find(name);
+        if (sel) {
+            if ((st = add_method(c, rts, r, rm, sel, -1, 0, err))) return st;
+            continue;
         }
-        for (int m = 1; m < r->n_methods; m++)
-            if (!strcmp(r->methods[m].name, name)) return ap_errf(err, AP_ERR_ARG, "method '%s' given twice", name);
-        if (r->n_methods > AP_TASKS_MAX_METHODS)
-            return ap_errf(err, AP_ERR_ARG, "more than %d methods", AP_TASKS_MAX_METHODS);
-        int m = r->n_methods++;
-        ap_task_method *tm = &r->methods[m];
-        memset(tm, 0, sizeof *tm);
-        snprintf(tm->name, sizeof tm->name, "%s", name);
-        tm->kind = sel->kind;
-        int calib = !strcmp(name, "attnpred_nocal") ? 0 : c->calib;
-        if (pred)
-            snprintf(tm->label, sizeof tm->label, "AttentionPredictor (calib %d)", calib);
-        else if (!strcmp(name, "last_step"))
-            snprintf(tm->label, sizeof tm->label, "Last step (calib %d)", calib);
-        else
-            snprintf(tm->label, sizeof tm->label, "%s", sel->label);
-        run_method *x = &rm[m];
-        x->sel = sel;
-        memset(&x->params, 0, sizeof x->params);
-        x->params.calib = calib;
-        x->params.kv_mode = c->kv_mode;
-        x->params.snapkv_window = c->snapkv_window;
-        x->params.snapkv_pool = c->snapkv_pool;
-        x->params.rt = pred ? rt : NULL;
-        x->params.incremental = 1;
+        int found = 0;
+        for (int p = 0; p < c->n_predictors; p++)
+            for (int nocal = 0; nocal < 2; nocal++)
+                if (ap_sel_predictor_selected(name, r->predictor_names[p], nocal)) {
+                    found = 1;
+                    if ((st = add_method(c, rts, r, rm, ap_selector_predictor(), p, nocal, err)))
+                        return st;
+                }
+        if (found) continue;
+        if (!strcmp(name, "attnpred") || !strcmp(name, "attnpred_nocal")) {
+            if (c->n_methods) return ap_errf(err, AP_ERR_ARG, "method %s needs --predictor", name);
+            int k = r->n_dropped++;
+            snprintf(r->dropped[k], sizeof r->dropped[k], "%s", name);
+            snprintf(r->dropped_reason[k], sizeof r->dropped_reason[k],
+                     "no predictor given (--predictor P.safetensors)");
+            continue;
+        }
+        char known[1024];
+        int len = snprintf(known, sizeof known, "oracle, streaming, h2o, snapkv, quest, last_step, "
+                                                "last_step_dense, attnpred, attnpred_nocal");
+        for (int p = 0; p < c->n_predictors && len < (int)sizeof known; p++)
+            len += snprintf(known + len, sizeof known - (size_t)len, ", %s, %s_nocal",
+                            r->predictor_names[p], r->predictor_names[p]);
+        return ap_errf(err, AP_ERR_ARG, "unknown method '%s' (%s)", name, known);
     }
     return AP_OK;
 }
@@ -468,7 +557,7 @@ ap_status ap_tasks_run(const ap_tasks_config *c, ap_tasks_result **out, ap_err *
     ap_gguf *g = NULL;
     ap_model *model = NULL;
     ap_tokenizer *tok = NULL;
-    ap_runtime *rt = NULL;
+    ap_runtime *rts[AP_REPLAY_MAX_PREDICTORS] = {0};
     ap_tasks_result *r = NULL;
     sample_t *smp = NULL;
     int n_smp = 0;
@@ -487,6 +576,17 @@ ap_status ap_tasks_run(const ap_tasks_config *c, ap_tasks_result **out, ap_err *
     r->config = *c;
     r->n_budgets = c->n_budgets;
     memcpy(r->budgets, c->budgets, sizeof r->budgets);
+    /* Predictors before the model: a bad name or a predictor made for
+     * another block size is refused without loading the model. */
+    if ((st = ap_sel_predictor_names(c->predictors, c->predictor_names, c->n_predictors,
+                                     r->predictor_names, err))) {
+        ap_err_prefix(err, "predictors");
+        goto cleanup;
+    }
+    for (int p = 0; p < c->n_predictors; p++)
+        if ((st = ap_sel_predictor_load(c->predictors[p], c->block, 0, 0, NULL, "the eval",
+                                        &rts[p], err)))
+            goto cleanup;
 
     if ((st = ap_gguf_open(c->model, &g, err))) goto cleanup;
     if ((st = ap_model_load(g, &model, err))) goto cleanup;
@@ -497,23 +597,11 @@ ap_status ap_tasks_run(const ap_tasks_config *c, ap_tasks_result **out, ap_err *
     r->n_head = hp->n_head;
     r->n_head_kv = hp->n_head_kv;
     r->head_dim = hp->head_dim;
-    if (c->predictor) {
-        if ((st = ap_runtime_load(c->predictor, &rt, err))) goto cleanup;
-        const ap_pred_config *pc = ap_runtime_config(rt);
-        if (pc->block != c->block) {
-            st = ap_errf(err, AP_ERR_ARG, "%s: predictor block size %d, but eval uses %d",
-                         c->predictor, pc->block, c->block);
+    /* Every layer decodes with the predictors' selection. */
+    for (int p = 0; p < c->n_predictors; p++)
+        if ((st = ap_sel_predictor_check_layers(rts[p], c->predictors[p], hp->n_layer, NULL, err)))
             goto cleanup;
-        }
-        for (int l = 0; l < hp->n_layer; l++)
-            if (ap_predictor_model_of_layer(ap_runtime_predictor(rt), l) < 0) {
-                st = ap_errf(err, AP_ERR_ARG, "%s: predictor has no model for layer %d",
-                             c->predictor, l);
-                goto cleanup;
-            }
-        ap_predictor_set_threads(ap_runtime_predictor(rt), 1);
-    }
-    if ((st = plan_methods(c, rt, r, rm, err))) goto cleanup;
+    if ((st = plan_methods(c, rts, r, rm, err))) goto cleanup;
     if ((st = load_samples(c, tok, &smp, &n_smp, err))) goto cleanup;
     int max_len = 0, max_new = 0;
     for (int i = 0; i < n_smp; i++) {
@@ -564,7 +652,12 @@ ap_status ap_tasks_run(const ap_tasks_config *c, ap_tasks_result **out, ap_err *
     const int hot_pool = c->hot_pool && !d.cm, gpu_pool = d.cm && c->kv_offload;
 
     const double total = (double)n_smp * (1 + (r->n_methods - 1) * r->n_budgets);
-    double done = 0;
+    const double fixed = ap_work_fixed(hp->n_layer, hp->n_embd, hp->n_head, hp->n_head_kv,
+                                       hp->head_dim, hp->n_ff, hp->n_vocab);
+    double done = 0, work = 0, work_total = 0;
+    for (int si = 0; si < n_smp; si++)
+        work_total += run_work(&smp[si], 1, fixed) +
+                      (double)(r->n_methods - 1) * r->n_budgets * run_work(&smp[si], 0, fixed);
     const double kv_tok_bytes = (double)hp->head_dim * 2 * sizeof(float);
     for (int si = 0; si < n_smp; si++) {
         sample_t *s = &smp[si];
@@ -572,7 +665,7 @@ ap_status ap_tasks_run(const ap_tasks_config *c, ap_tasks_result **out, ap_err *
         const int np = s->n_ids, mx = s->info.max_new_tokens;
         char what[200];
         snprintf(what, sizeof what, "%s full KV", s->info.id);
-        if (c->progress) c->progress(c->progress_user, done, total, what);
+        if (c->progress) c->progress(c->progress_user, done, total, work, work_total, what);
         /* Shared prefill. */
         ap_live_prefill_free(pf);
         pf = NULL;
@@ -615,12 +708,13 @@ ap_status ap_tasks_run(const ap_tasks_config *c, ap_tasks_result **out, ap_err *
         free(text);
         text = NULL;
         done += 1;
+        work += run_work(s, 1, fixed);
         for (int m = 1; m < r->n_methods; m++) {
             for (int b = 0; b < r->n_budgets; b++) {
                 ap_task_run *run = ap_tasks_run_at(r, si, m, b);
                 snprintf(what, sizeof what, "%s %s@%d", s->info.id, r->methods[m].name,
                          r->budgets[b]);
-                if (c->progress) c->progress(c->progress_user, done, total, what);
+                if (c->progress) c->progress(c->progress_user, done, total, work, work_total, what);
                 ap_live_opts lo = {.budget = r->budgets[b], .sink = c->sink_tokens,
                                    .local = c->local_tokens, .min_candidates = c->min_candidates,
                                    .prefetch = c->prefetch, .hot_pool = hot_pool,
@@ -712,6 +806,7 @@ ap_status ap_tasks_run(const ap_tasks_config *c, ap_tasks_result **out, ap_err *
                     if (ls.recovery_n) run->recovery = ls.recovery_sum / ls.recovery_n;
                 }
                 done += 1;
+                work += run_work(s, 0, fixed);
             }
         }
         eng_policy(&d, NULL, NULL);
@@ -723,7 +818,7 @@ ap_status ap_tasks_run(const ap_tasks_config *c, ap_tasks_result **out, ap_err *
         goto cleanup;
     }
     }
-    if (c->progress) c->progress(c->progress_user, total, total, "done");
+    if (c->progress) c->progress(c->progress_user, total, total, work_total, work_total, "done");
     r->seconds = ap_now_seconds() - t_start;
     *out = r;
     r = NULL;
@@ -741,7 +836,7 @@ cleanup:
     if (smp)
         for (int i = 0; i < n_smp; i++) sample_free(&smp[i]);
     free(smp);
-    ap_runtime_free(rt);
+    for (int p = 0; p < AP_REPLAY_MAX_PREDICTORS; p++) ap_runtime_free(rts[p]);
     ap_tokenizer_free(tok);
     ap_model_free(model);
     ap_gguf_free(g);

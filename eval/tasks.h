@@ -35,21 +35,34 @@
 #ifndef AP_TASKS_H
 #define AP_TASKS_H
 
+#include "capture/tokenizer.h"
 #include "common/status.h"
 #include "eval/replay.h"
 
-#define AP_TASKS_MAX_METHODS 12
+/* Seven builtins and every predictor with its _nocal variant. */
+#define AP_TASKS_MAX_METHODS (7 + 2 * AP_REPLAY_MAX_PREDICTORS)
 #define AP_TASKS_MAX_FILTER 32
 
-typedef void (*ap_tasks_progress_fn)(void *user, double done, double total, const char *what);
+/* done of total runs, their estimated cost (each run's tokens weighted by
+ * position: ap_work_run) for an honest ETA, and the run starting now. */
+typedef void (*ap_tasks_progress_fn)(void *user, double done, double total, double work_done,
+                                     double work_total, const char *what);
 
 typedef struct {
     const char *model;       /* GGUF path */
     const char *tasks_file;  /* JSONL task file (data/tasks/quick.jsonl) */
-    const char *predictor;   /* exported predictor (optional; method "attnpred") */
+    /* Exported predictors (optional) and their method names (NULL: the
+     * default, "attnpred", "attnpred2", ... by position; the rules are
+     * ap_sel_predictor_names'). Each is loaded once and runs as its own
+     * method <name> (and <name>_nocal when asked for), with its own live
+     * state and prefetch worker. A predictor's block must be config.block. */
+    const char *predictors[AP_REPLAY_MAX_PREDICTORS];
+    const char *predictor_names[AP_REPLAY_MAX_PREDICTORS];
+    int n_predictors;
     /* Methods besides full KV (always run): oracle, streaming, h2o, snapkv,
-     * quest, last_step, attnpred. n_methods = 0: all (attnpred only with a
-     * predictor). */
+     * quest, last_step, last_step_dense, a predictor's name or <name>_nocal,
+     * and attnpred / attnpred_nocal for every predictor. n_methods = 0: the
+     * default set, every predictor (without _nocal) included. */
     const char *methods[AP_TASKS_MAX_METHODS];
     int n_methods;
     int budgets[AP_REPLAY_MAX_BUDGETS]; /* tokens; default 256,512,1024,2048 */
@@ -121,7 +134,7 @@ typedef struct {
 } ap_task_sample;
 
 typedef struct {
-    char name[48];           /* "full", "attnpred", "quest", ... */
+    char name[48];           /* "full", "quest", a predictor's name, ... */
     char label[96];
     ap_sel_kind kind;        /* full KV: AP_SEL_BOUND is never used; see is_full */
     int is_full;
@@ -144,6 +157,8 @@ typedef struct {
     char dropped[AP_TASKS_MAX_METHODS][48];
     char dropped_reason[AP_TASKS_MAX_METHODS][160];
     double seconds;
+    /* The method name of each config.predictors[p], defaults resolved. */
+    char predictor_names[AP_REPLAY_MAX_PREDICTORS][AP_REPLAY_PRED_NAME_MAX + 1];
 } ap_tasks_result;
 
 static inline ap_task_run *ap_tasks_run_at(const ap_tasks_result *r, int s, int m, int b) {
@@ -152,6 +167,17 @@ static inline ap_task_run *ap_tasks_run_at(const ap_tasks_result *r, int s, int 
 
 ap_status ap_tasks_run(const ap_tasks_config *c, ap_tasks_result **out, ap_err *err);
 void ap_tasks_result_free(ap_tasks_result *r);
+
+/* The task-file reader ap_tasks_run uses, on text in memory (len bytes, need
+ * not be NUL-terminated; label names it in errors, "<label>: line N: ..."):
+ * one JSON object per non-blank line (docs/tasks.md), nothing after it on
+ * the line, no NUL byte; each sample's fields checked and its model input
+ * tokenized with tok (n_prompt). Only samples passing c->only_tasks are kept,
+ * at most c->max_samples (later lines are not read). On success *out holds
+ * *n_out >= 1 records (malloc'd, the caller frees); none is an error. */
+ap_status ap_tasks_parse(const ap_tasks_config *c, const ap_tokenizer *tok, const char *data,
+                         size_t len, const char *label, ap_task_sample **out, int *n_out,
+                         ap_err *err);
 
 /* Reports (eval/task_report.c), written under a temporary name and renamed.
  * JSON: config, model, samples (with every run), and `summary`: per (task,

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""PyTorch counterpart of bench/bench_train.c (CPU, or CUDA with --device cuda): the same CNN (method.md
-2.1: Conv2d 1->16 3x3, ReLU, Conv2d 16->32 3x3, ReLU, mean over time,
-Conv1d 32->1), the same batch shape and the same step (forward, MSE,
+"""PyTorch counterpart of bench/bench_train.c (CPU, or CUDA with --device cuda): the same CNN
+(docs/predictor.md, "Model": Conv2d 1->16 3x3, ReLU, Conv2d 16->32 3x3, ReLU, mean over
+time, Conv1d 32->1), the same batch shape and the same step (forward, MSE,
 backward, Adam), timed after two warm-up steps.
 
     .venv/bin/python scripts/bench_train_torch.py [--H 64] [--W 256]

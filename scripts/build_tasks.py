@@ -8,8 +8,10 @@ the task descriptions are in docs/tasks.md. The build is deterministic: the same
 package files and config give byte-identical files.
 
 Usage:
-    .venv/bin/python scripts/build_tasks.py             # write data/tasks/{full,quick}.jsonl + manifest.json
+    .venv/bin/python scripts/build_tasks.py             # write data/tasks/{full,quick,standard}.jsonl + manifest.json
     .venv/bin/python scripts/build_tasks.py --check     # rebuild in memory, compare with the files
+    python3 scripts/build_tasks.py --check-presets      # quick/standard vs their selection of full.jsonl
+                                                        # (no package files needed)
     python3 scripts/build_tasks.py --fetch              # first extract missing packages into .deps/debroot
     .venv/bin/python scripts/build_tasks.py --calibrate 1 [--tasks passkey,...]
         # greedy full-KV decoding with the transformers reference on the first N
@@ -710,15 +712,61 @@ def to_jsonl(recs):
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in recs).encode("utf-8")
 
 
-def select_quick(cfg, recs):
+def select_preset(cfg, recs, name):
+    """The records of a preset drawn from the full suite: "select" lists
+    [task, bucket, k] triples (kept in that order), "samples" maps task ->
+    bucket -> [k, ...] (kept in the full suite's order: task, bucket, k)."""
+    pre = cfg["presets"][name]
     by_id = {r["id"]: r for r in recs}
+    if "select" in pre:
+        want = [tuple(x) for x in pre["select"]]
+    else:
+        per = cfg["presets"]["full"]["per_bucket"]
+        tasks = [t["name"] for t in cfg["tasks"]]
+        buckets = [b["name"] for b in cfg["buckets"]]
+        for task, cells in pre["samples"].items():
+            bad = ([task] if task not in tasks else []) + [b for b in cells if b not in buckets]
+            bad += ["%s %s %r" % (task, b, ks) for b, ks in cells.items()
+                    if len(set(ks)) != len(ks) or any(not isinstance(k, int) or not 0 <= k < per for k in ks)]
+            if bad:
+                raise BuildError("%s preset: unknown task/bucket or bad sample indices (0..%d, each once): %s" % (
+                    name, per - 1, ", ".join(bad)))
+        want = [(t, b, k) for t in tasks for b in buckets for k in sorted(pre["samples"].get(t, {}).get(b, []))]
     out = []
-    for task, bucket, k in cfg["presets"]["quick"]["select"]:
+    for task, bucket, k in want:
         rid = "%s-%s-%02d" % (task, bucket, k)
         if rid not in by_id:
-            raise BuildError("quick preset names %s, which the full suite lacks" % rid)
+            raise BuildError("%s preset names %s, which the full suite lacks" % (name, rid))
         out.append(by_id[rid])
     return out
+
+
+def preset_blobs(cfg, recs):
+    """{file name: bytes} of the full suite and of every preset drawn from it."""
+    blobs = {Path(cfg["presets"]["full"]["file"]).name: to_jsonl(recs)}
+    for name, pre in cfg["presets"].items():
+        if name != "full":
+            blobs[Path(pre["file"]).name] = to_jsonl(select_preset(cfg, recs, name))
+    return blobs
+
+
+def check_presets(cfg, out):
+    """The presets' files against a selection from the committed full suite
+    (no package files needed): the bytes of each, and full.jsonl's own JSON
+    round trip. Returns a list of problems."""
+    full = out / Path(cfg["presets"]["full"]["file"]).name
+    if not full.is_file():
+        return ["%s (missing)" % full]
+    blob = full.read_bytes()
+    recs = [json.loads(ln) for ln in blob.decode("utf-8").splitlines()]
+    bad = [] if to_jsonl(recs) == blob else ["%s (not in the builder's JSON form)" % full]
+    for name, want in preset_blobs(cfg, recs).items():
+        f = out / name
+        if not f.is_file():
+            bad.append("%s (missing)" % f)
+        elif f.read_bytes() != want:
+            bad.append("%s (differs from its selection of %s)" % (f, full.name))
+    return bad
 
 
 def manifest(cfg, blobs, src, roots, counter):
@@ -829,6 +877,9 @@ def baselines(recs):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--check", action="store_true", help="rebuild in memory and compare with data/tasks")
+    ap.add_argument("--check-presets", action="store_true",
+                    help="compare the presets' files (quick, standard) with their selection of the "
+                         "committed full.jsonl; needs no package files")
     ap.add_argument("--fetch", action="store_true",
                     help="extract missing Debian packages into .deps/debroot (apt-get download, no install)")
     ap.add_argument("--no-count", action="store_true", help="do not count tokens even if the tokenizer is there")
@@ -852,6 +903,15 @@ def main(argv=None):
     roots = args.root or ["/", str(osrc.DEB_ROOT)]
     try:
         cfg = load_config(args.config)
+        if args.check_presets:
+            bad = check_presets(cfg, Path(args.out))
+            if bad:
+                log("build_tasks: differs: %s" % ", ".join(bad))
+                return 1
+            print("build_tasks: %s match their selection of %s" % (
+                ", ".join(Path(p["file"]).name for n, p in cfg["presets"].items() if n != "full"),
+                Path(cfg["presets"]["full"]["file"]).name))
+            return 0
         src = PackageSources(roots, FILES)
         missing = src.missing_packages()
         if missing and args.fetch:
@@ -886,8 +946,7 @@ def main(argv=None):
             if args.calibrate_json:
                 Path(args.calibrate_json).write_text(json.dumps(rows, indent=1, ensure_ascii=False) + "\n")
             return 0
-        quick = select_quick(cfg, recs)
-        blobs = {"full.jsonl": to_jsonl(recs), "quick.jsonl": to_jsonl(quick)}
+        blobs = preset_blobs(cfg, recs)
         out = Path(args.out)
         if args.check:
             bad = []

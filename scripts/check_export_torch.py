@@ -2,7 +2,7 @@
 """Check attnpred predictor exports against a plain PyTorch definition.
 
 The module below is written from the architecture description
-(docs: method.md section 2.1), not taken from any code:
+(docs/predictor.md, "Model"), not taken from any code:
   Conv2d(1->c1, 3x3, pad 1) + ReLU, Conv2d(c1->c2, 3x3, pad 1) + ReLU,
   mean over the time (H) axis, Conv1d(c2->1, kernel 1), squeeze.
 

@@ -7,13 +7,17 @@
 # decode the LongBench-style task suite with the KV cache really cut
 # (`attnpred eval tasks`) and write the reports.
 #
-#   bash scripts/main.sh [--quick | --full]
+#   bash scripts/main.sh [--quick | --standard | --full]
 #
-# Presets: configs/pipeline-quick.json (default, ~15 min on 2 cores) and
+# Presets: configs/pipeline-quick.json (default, ~15 min on 2 cores),
+# configs/pipeline-standard.json (quick's capture and training, a 63-sample
+# task set; under an hour on 2 cores, estimated) and
 # configs/pipeline-full.json (hours). Outputs: traces/<preset>.h5 and
 # runs/<preset>/ (predictor, training curves, replay.{json,md}, tasks.{json,md},
 # PNG plots, summary.md). Re-running resumes an interrupted capture or
-# training and skips finished steps (delete a file to redo its step).
+# training and skips steps whose inputs and options are unchanged (each
+# output has a .digest beside it; scripts/lib/steps.sh); a changed preset or
+# input reruns the steps it affects.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -22,9 +26,10 @@ preset=quick
 for a in "$@"; do
   case "$a" in
     --quick) preset=quick ;;
+    --standard) preset=standard ;;
     --full) preset=full ;;
-    -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) echo "main.sh: unknown option '$a' (use --quick or --full)" >&2; exit 2 ;;
+    -h|--help) sed -n '2,/^[^#]/{/^#/p}' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "main.sh: unknown option '$a' (use --quick, --standard or --full)" >&2; exit 2 ;;
   esac
 done
 cfg="configs/pipeline-$preset.json"
@@ -45,59 +50,97 @@ threads="$(nproc)"
 start=$(date +%s)
 stamp() { echo "main: [$(( $(date +%s) - start ))s] $*"; }
 
+. scripts/lib/steps.sh
 mkdir -p traces runs
 trace="traces/$preset.h5"
 run="runs/$preset"
-if [ -f "$trace" ]; then
-  stamp "$trace exists; delete it to capture again"
+shipped="data/predictors/smollm2-135m-instruct.safetensors"
+model_d="$(sha256sum "$model" | cut -c1-64)"
+
+# Capture: prompts, model and options decide the trace.
+d_cap=$(step_digest capture "$(file_digest "$cfg_capture_prompts")" "$model_d" \
+  "$cfg_capture_gen" "$cfg_capture_raw_layers")
+if step_fresh "$trace" "$d_cap"; then
+  stamp "$trace is up to date (delete it to capture again)"
 else
   stamp "capture $cfg_capture_prompts -> $trace"
   resume=()
-  [ -f "$trace.partial" ] && resume=(--resume)
+  if step_begin "$trace" "$d_cap" "$trace.partial" "$trace.partial.idx" && [ -f "$trace.partial" ]; then
+    resume=(--resume)
+  else
+    rm -f "$trace" "$trace.partial" "$trace.partial.idx"
+  fi
   ./build/attnpred capture --model "$model" --prompts "$cfg_capture_prompts" --out "$trace" \
     --gen "$cfg_capture_gen" --raw-layers "$cfg_capture_raw_layers" --threads "$threads" \
     --json "traces/$preset.capture.json" "${resume[@]}"
+  step_done "$trace" "$d_cap"
 fi
 ./build/attnpred inspect "$trace"
 ./build/attnpred inspect "$trace" --json > "traces/$preset.inspect.json"
 ./build/attnpred inspect "$trace" --png "traces/$preset-L15-H0.png" --seq 0 --layer 15 --head 0
 
-if [ -f "$run/predictor.safetensors" ]; then
-  stamp "$run/predictor.safetensors exists; delete $run to train again"
+# Train: the trace and the training options decide the predictor.
+d_train=$(step_digest train "$d_cap" "$cfg_train_epochs" "$cfg_train_max_train" \
+  "$cfg_train_max_val" "$cfg_train_batch" "$cfg_train_lr" "$cfg_train_loss" "$cfg_train_init" \
+  "$cfg_train_input_scale" "$cfg_train_target_scale" "$cfg_train_extra")
+if step_fresh "$run/predictor.safetensors" "$d_train"; then
+  stamp "$run/predictor.safetensors is up to date (delete it to train again)"
 else
   stamp "train -> $run"
-  resume=()
-  [ -f "$run/last.safetensors" ] && resume=(--resume)
+  mkdir -p "$run"
+  resume=(--force)
+  if step_begin "$run/predictor.safetensors" "$d_train" "$run/last.safetensors" && [ -f "$run/last.safetensors" ]; then
+    resume=(--resume)
+  fi
+  # shellcheck disable=SC2086 # cfg_train_extra is a list of options
   ./build/attnpred train --traces "$trace" --out "$run" --epochs "$cfg_train_epochs" \
     --max-train "$cfg_train_max_train" --max-val "$cfg_train_max_val" --batch "$cfg_train_batch" \
     --lr "$cfg_train_lr" --loss "$cfg_train_loss" --init "$cfg_train_init" \
     --input-scale "$cfg_train_input_scale" --target-scale "$cfg_train_target_scale" \
-    --budgets 256,512,1024 --threads "$threads" --json "$run/result.json" "${resume[@]}"
-  ./build/attnpred export --run "$run" --out "$run/predictor.safetensors"
+    $cfg_train_extra --threads "$threads" --json "$run/result.json" "${resume[@]}"
+  ./build/attnpred export --run "$run" --out "$run/predictor.safetensors" --force
+  step_done "$run/predictor.safetensors" "$d_train"
 fi
 
-if [ -f "$run/replay.json" ]; then
-  stamp "$run/replay.json exists; delete it to replay again"
+# The trained predictor next to the shipped one (docs/predictor.md).
+preds="attnpred=$run/predictor.safetensors"
+shipped_d=none
+if [ -f "$shipped" ]; then
+  preds="$preds,shipped=$shipped"
+  shipped_d=$(file_digest "$shipped")
+fi
+
+d_rep=$(step_digest replay "$d_cap" "$d_train" "$shipped_d" "$cfg_replay_budgets" \
+  "$cfg_replay_max_steps")
+if step_fresh "$run/replay.json" "$d_rep"; then
+  stamp "$run/replay.json is up to date (delete it to replay again)"
 else
   stamp "replay -> $run/replay.md"
-  ./build/attnpred eval replay --traces "$trace" --predictor "$run/predictor.safetensors" \
+  step_begin "$run/replay.json" "$d_rep" || true
+  ./build/attnpred eval replay --traces "$trace" --predictor "$preds" \
     --budget "$cfg_replay_budgets" --max-steps "$cfg_replay_max_steps" --threads "$threads" \
     --json "$run/replay.json" --md "$run/replay.md" --png "$run/replay"
+  step_done "$run/replay.json" "$d_rep"
 fi
 
-if [ -f "$run/tasks.json" ]; then
-  stamp "$run/tasks.json exists; delete it to run the tasks again"
+d_tasks=$(step_digest tasks "$model_d" "$d_train" "$shipped_d" "$(file_digest "$cfg_tasks_file")" \
+  "$cfg_tasks_budgets" "$cfg_tasks_methods")
+if step_fresh "$run/tasks.json" "$d_tasks"; then
+  stamp "$run/tasks.json is up to date (delete it to run the tasks again)"
 else
   stamp "eval tasks $cfg_tasks_file -> $run/tasks.md"
-  ./build/attnpred eval tasks --model "$model" --predictor "$run/predictor.safetensors" \
+  step_begin "$run/tasks.json" "$d_tasks" || true
+  ./build/attnpred eval tasks --model "$model" --predictor "$preds" \
     --tasks-file "$cfg_tasks_file" --budget "$cfg_tasks_budgets" --methods "$cfg_tasks_methods" \
     --threads "$threads" --json "$run/tasks.json" --md "$run/tasks.md" --png "$run/tasks"
+  step_done "$run/tasks.json" "$d_tasks"
 fi
 
 {
   echo "# attnpred main job ($preset preset)"
   echo
-  echo "Model: $model. Trace: $trace. Predictor: $run/predictor.safetensors."
+  echo "Model: $model. Trace: $trace. Predictors: $preds (\`shipped\`: the committed"
+  echo "predictor, data/predictors/README.md; \`attnpred\`: trained by this job)."
   echo
   echo "## Replay (attention recovery, from the trace)"
   echo

@@ -955,6 +955,83 @@ Test(dataset, sparse_rows_are_renormalised_restrictions) {
     unlink(path);
 }
 
+/* Several sparse budgets: every (sequence, layer) chunk builds its rows at
+ * one of them (drawn by a hash of the seed and the chunk), so each chunk's
+ * windows equal those of a dataset with that budget alone, and across chunks
+ * both budgets occur. */
+Test(dataset, sparse_budget_drawn_per_chunk) {
+    char path[512];
+    ap_synth_tmp_path(path, sizeof path, "ds_sparse_mix", ".h5");
+    gen_seq g[NSPEC];
+    write_trace(path, 0, NSPEC, HIST, BS, g);
+    const char *paths[] = {path};
+    ap_dataset_config c1, c2, cm;
+    base_config(&c1);
+    c1.batch_size = 1000;
+    c1.rows = AP_ROWS_SPARSE;
+    c2 = cm = c1;
+    c1.sparse_budget = 128 + 1 * BS; /* k = 1 */
+    c2.sparse_budget = 128 + 3 * BS; /* k = 3 */
+    cm.n_sparse_budgets = 2;
+    cm.sparse_budgets[0] = c1.sparse_budget;
+    cm.sparse_budgets[1] = c2.sparse_budget;
+    ap_dataset *d1 = NULL, *d2 = NULL, *dm = NULL;
+    ap_err err;
+    cr_assert_eq(ap_dataset_open(paths, 1, &c1, &d1, &err), AP_OK, "%s", err.msg);
+    cr_assert_eq(ap_dataset_open(paths, 1, &c2, &d2, &err), AP_OK, "%s", err.msg);
+    cr_assert_eq(ap_dataset_open(paths, 1, &cm, &dm, &err), AP_OK, "%s", err.msg);
+    ap_dataset_iter *i1 = NULL, *i2 = NULL, *im = NULL;
+    cr_assert_eq(ap_dataset_iter_create(d1, AP_SPLIT_ALL, 0, 0, &i1, &err), AP_OK);
+    cr_assert_eq(ap_dataset_iter_create(d2, AP_SPLIT_ALL, 0, 0, &i2, &err), AP_OK);
+    cr_assert_eq(ap_dataset_iter_create(dm, AP_SPLIT_ALL, 0, 0, &im, &err), AP_OK);
+    ap_batch b1, b2, bm;
+    cr_assert_eq(ap_batch_alloc(d1, &b1, &err), AP_OK);
+    cr_assert_eq(ap_batch_alloc(d2, &b2, &err), AP_OK);
+    cr_assert_eq(ap_batch_alloc(dm, &bm, &err), AP_OK);
+    /* which budget each (sequence, layer) chunk used: 0 unknown, 1, 2 */
+    int which[NSPEC][NL];
+    memset(which, 0, sizeof which);
+    int n_differ = 0;
+    for (;;) {
+        cr_assert_eq(ap_dataset_iter_next(i1, &b1, &err), AP_OK, "%s", err.msg);
+        cr_assert_eq(ap_dataset_iter_next(i2, &b2, &err), AP_OK, "%s", err.msg);
+        cr_assert_eq(ap_dataset_iter_next(im, &bm, &err), AP_OK, "%s", err.msg);
+        cr_assert_eq(bm.n, b1.n);
+        cr_assert_eq(bm.n, b2.n);
+        if (bm.n == 0) break;
+        size_t one = (size_t)bm.H * bm.W;
+        for (int i = 0; i < bm.n; i++) {
+            const float *xm = bm.x + i * one;
+            int is1 = !memcmp(xm, b1.x + i * one, one * sizeof(float));
+            int is2 = !memcmp(xm, b2.x + i * one, one * sizeof(float));
+            cr_assert(is1 || is2, "a window matches neither budget's");
+            n_differ += is1 != is2;
+            int *w = &which[bm.ref[i].seq][bm.ref[i].layer];
+            if (is1 != is2) {
+                int k = is1 ? 1 : 2;
+                cr_assert(*w == 0 || *w == k, "one chunk mixes two budgets");
+                *w = k;
+            }
+        }
+    }
+    int seen[3] = {0, 0, 0};
+    for (int s = 0; s < NSPEC; s++)
+        for (int l = 0; l < NL; l++) seen[which[s][l]]++;
+    cr_assert_gt(n_differ, 0);
+    cr_assert(seen[1] > 0 && seen[2] > 0, "both budgets occur (%d, %d chunks)", seen[1], seen[2]);
+    ap_batch_release(&b1);
+    ap_batch_release(&b2);
+    ap_batch_release(&bm);
+    ap_dataset_iter_free(i1);
+    ap_dataset_iter_free(i2);
+    ap_dataset_iter_free(im);
+    ap_dataset_free(d1);
+    ap_dataset_free(d2);
+    ap_dataset_free(dm);
+    for (int i = 0; i < NSPEC; i++) gen_free(&g[i]);
+    unlink(path);
+}
+
 /* A NaN in decode row t' = 10 also spoils the sparse rows whose selection
  * read it, up to the next calibration row (t' 14 with calib 5): rows 10..13
  * -> samples t = 10 (target) .. 13 + H, 12 of them, against 9 with dense
@@ -1007,6 +1084,7 @@ static void subset_pass(ap_dataset *ds, double f, uint64_t salt, int shuffle, in
     ap_dataset_iter *it = NULL;
     cr_assert_eq(ap_dataset_iter_create(ds, AP_SPLIT_ALL, epoch, shuffle, &it, &err), AP_OK);
     cr_assert_eq(ap_dataset_iter_set_subset(it, f, salt, &err), AP_OK, "%s", err.msg);
+    const long long planned = ap_dataset_iter_n_planned(it);
     ap_batch b;
     cr_assert_eq(ap_batch_alloc(ds, &b, &err), AP_OK);
     *set_hash = 0;
@@ -1020,7 +1098,15 @@ static void subset_pass(ap_dataset *ds, double f, uint64_t salt, int shuffle, in
             chunk_hit[b.ref[i].seq * NL + b.ref[i].layer] = 1;
         }
         *n += b.n;
+        /* A progress total of `planned` is never passed mid-pass. */
+        cr_assert_leq(*n, planned, "served %lld of a planned %lld", *n, planned);
     }
+    /* The count made when the subset was drawn is exactly what the pass
+     * served (this data has no bad rows to skip). */
+    ap_iter_stats ist;
+    ap_dataset_iter_get_stats(it, &ist);
+    cr_assert_eq(ist.n_skipped_nonfinite + ist.n_skipped_malformed, 0);
+    cr_assert_eq(*n, planned, "served %lld, planned %lld", *n, planned);
     ap_batch_release(&b);
     ap_dataset_iter_free(it);
 }
@@ -1060,6 +1146,7 @@ Test(dataset, subset_fixed_by_salt_and_spread) {
                 cr_assert(hit[s * NL + l], "chunk (%d, %d) never sampled", s, l);
     ap_dataset_iter *it = NULL;
     cr_assert_eq(ap_dataset_iter_create(ds, AP_SPLIT_ALL, 0, 1, &it, &err), AP_OK);
+    cr_assert_eq(ap_dataset_iter_n_planned(it), total, "no subset: every window");
     cr_assert_eq(ap_dataset_iter_set_subset(it, 0.0, 1, &err), AP_ERR_ARG);
     cr_assert_eq(ap_dataset_iter_set_subset(it, 1.5, 1, &err), AP_ERR_ARG);
     ap_dataset_iter_free(it);

@@ -10,6 +10,7 @@
 #include "capture/gguf.h"
 #include "capture/model.h"
 #include "common/tolerance.h"
+#include "common/util.h"
 #include "eval/live.h"
 #include "eval/tasks.h"
 #include "helpers/synth_ctx.h"
@@ -358,8 +359,27 @@ Test(live, prefetch_gives_the_same_choices) {
     ap_synth_ctx_close(&f);
 }
 
+typedef struct {
+    int n_calls, monotone;
+    double done, total, work, work_total;
+} tasks_progress_rec;
+
+static void on_tasks_progress_rec(void *user, double done, double total, double work,
+                                  double work_total, const char *what) {
+    tasks_progress_rec *p = user;
+    (void)what;
+    p->monotone &= done >= p->done && work >= p->work;
+    p->n_calls++;
+    p->done = done;
+    p->total = total;
+    p->work = work;
+    p->work_total = work_total;
+}
+
 /* End to end on a two-sample task file: full KV scores itself, a budget
- * above the context reproduces full KV exactly. */
+ * above the context reproduces full KV exactly. Progress counts runs and
+ * weighs each by its sample's tokens (ap_work_run: the full-KV run with its
+ * prefill), so the ETA follows the cost rather than the run count. */
 Test(live, tasks_run_end_to_end) {
     char model[256], tasks[256];
     ap_err err = {0};
@@ -380,10 +400,28 @@ Test(live, tasks_run_end_to_end) {
     c.budgets[0] = 160;
     c.budgets[1] = 2048;
     c.n_budgets = 2;
+    tasks_progress_rec pr = {.monotone = 1};
+    c.progress = on_tasks_progress_rec;
+    c.progress_user = &pr;
     ap_tasks_result *r = NULL;
     cr_assert_eq(ap_tasks_run(&c, &r, &err), AP_OK, "%s", err.msg);
     cr_assert_eq(r->n_samples, 2);
     cr_assert_eq(r->n_methods, 4);
+    const double fixed = ap_work_fixed(o.n_layer, o.n_embd, o.n_head, o.n_head_kv, o.head_dim,
+                                       o.n_ff, o.n_vocab);
+    double work_total = 0;
+    for (int s = 0; s < 2; s++) {
+        const ap_task_sample *x = &r->samples[s];
+        work_total += ap_work_run(x->n_prompt, x->max_new_tokens, 1, fixed) +
+                      3 * 2 * ap_work_run(x->n_prompt, x->max_new_tokens, 0, fixed);
+    }
+    cr_assert_gt(pr.n_calls, 2);
+    cr_assert(pr.monotone, "progress went backwards");
+    cr_assert_eq(pr.total, 2 * (1 + 3 * 2));
+    cr_assert_eq(pr.done, pr.total);
+    cr_assert_eq(pr.work, pr.work_total);
+    cr_assert(fabs(pr.work_total - work_total) <= 1e-9 * work_total, "work %.17g, expected %.17g",
+              pr.work_total, work_total);
     for (int s = 0; s < 2; s++) {
         ap_task_run *full = ap_tasks_run_at(r, s, 0, 0);
         cr_expect_eq(full->agreement, 1.0);
@@ -406,6 +444,173 @@ Test(live, tasks_run_end_to_end) {
     c.methods[0] = "nonsense";
     cr_expect_eq(ap_tasks_run(&c, &r, &err), AP_ERR_ARG);
     cr_expect(strstr(err.msg, "nonsense"));
+    unlink(model);
+    unlink(tasks);
+}
+
+/* Exports a random default-shaped predictor (history 64) of the given block. */
+static void export_predictor(const char *path, int block, uint64_t seed) {
+    ap_err e = {0};
+    ap_pred_config c;
+    ap_pred_config_default(&c);
+    c.block = block;
+    ap_predictor *p = NULL;
+    cr_assert_eq(ap_predictor_create(&c, seed, &p, &e), AP_OK, "%s", e.msg);
+    cr_assert_eq(ap_pred_export(path, NULL, &c, ap_predictor_params(p, NULL), &e), AP_OK, "%s",
+                 e.msg);
+    ap_predictor_free(p);
+}
+
+/* Several predictors in one run: the same file under two names gives two
+ * methods (each with its own live state and prefetch worker) whose runs are
+ * identical; "attnpred" stands for both. A predictor made for another block
+ * size is refused before the model is read. */
+Test(live, tasks_two_predictors_are_two_identical_methods) {
+    char model[256], tasks[256], pred[256], pred4[256];
+    ap_err err = {0};
+    ap_synth_opts o;
+    ap_synth_opts_default(&o);
+    ap_synth_tmp_path(model, sizeof model, "tasks2", ".gguf");
+    ap_synth_tmp_path(tasks, sizeof tasks, "tasks2", ".jsonl");
+    ap_synth_tmp_path(pred, sizeof pred, "tasks2", ".safetensors");
+    ap_synth_tmp_path(pred4, sizeof pred4, "tasks2b4", ".safetensors");
+    cr_assert_eq(ap_synth_model_write(model, &o, &err), AP_OK, "%s", err.msg);
+    ap_synth_task_file(tasks, 2, 6, 1);
+    export_predictor(pred, 16, 7);
+    export_predictor(pred4, 4, 7);
+    ap_tasks_config c;
+    ap_tasks_config_default(&c);
+    c.model = model;
+    c.tasks_file = tasks;
+    c.predictors[0] = c.predictors[1] = pred;
+    c.predictor_names[0] = "first";
+    c.predictor_names[1] = "second";
+    c.n_predictors = 2;
+    c.methods[0] = "attnpred";
+    c.methods[1] = "second_nocal";
+    c.n_methods = 2;
+    c.budgets[0] = 160;
+    c.n_budgets = 1;
+    ap_tasks_result *r = NULL;
+    cr_assert_eq(ap_tasks_run(&c, &r, &err), AP_OK, "%s", err.msg);
+    cr_assert_eq(r->n_methods, 4);
+    const char *want[] = {"full", "first", "second", "second_nocal"};
+    for (int m = 0; m < 4; m++) cr_assert_str_eq(r->methods[m].name, want[m]);
+    cr_expect(strstr(r->methods[2].label, "second") != NULL, "%s", r->methods[2].label);
+    for (int s = 0; s < 2; s++) {
+        const ap_task_run *a = ap_tasks_run_at(r, s, 1, 0), *b = ap_tasks_run_at(r, s, 2, 0);
+        cr_expect_str_eq(a->output, b->output, "sample %d", s);
+        cr_expect_eq(a->n_gen, b->n_gen);
+        cr_expect_eq(a->score, b->score);
+        cr_expect_eq(a->agreement, b->agreement);
+        cr_expect_eq(a->kl, b->kl);
+        cr_expect_eq(a->same, b->same);
+        cr_expect_eq(a->resident_kv_bytes, b->resident_kv_bytes);
+        cr_expect_eq(a->fetch_kv_bytes, b->fetch_kv_bytes);
+        cr_expect(a->recovery == b->recovery || (isnan(a->recovery) && isnan(b->recovery)));
+        cr_expect_lt(a->resident_kv_bytes, a->full_kv_bytes);
+        cr_expect_gt(a->prefetched, 0, "each predictor prefetches on its own worker");
+        cr_expect_gt(b->prefetched, 0);
+    }
+    ap_tasks_result_free(r);
+    r = NULL;
+    /* Refused before the model is loaded: the model path is not read. */
+    c.model = "/nonexistent/model.gguf";
+    c.predictors[1] = pred4;
+    cr_expect_eq(ap_tasks_run(&c, &r, &err), AP_ERR_ARG);
+    cr_expect(strstr(err.msg, pred4) && strstr(err.msg, "block size 4") &&
+                  strstr(err.msg, "block size 16"),
+              "%s", err.msg);
+    c.predictors[1] = pred;
+    c.predictor_names[1] = "first";
+    cr_expect_eq(ap_tasks_run(&c, &r, &err), AP_ERR_ARG);
+    cr_expect(strstr(err.msg, "'first' given twice") != NULL, "%s", err.msg);
+    cr_expect_null(r);
+    unlink(model);
+    unlink(tasks);
+    unlink(pred);
+    unlink(pred4);
+}
+
+/* The task-file reader on text in memory (ap_tasks_parse, what the runner
+ * uses). Found while adding tests/fuzz/fuzz_tasks: text after a line's
+ * object (a second object, say) was silently dropped, and a NUL byte ended
+ * the file early, silently dropping every later sample. Both are errors now. */
+Test(live, tasks_parse_reads_the_file_format) {
+    char model[256], tasks[256];
+    ap_err err = {0};
+    ap_synth_opts o;
+    ap_synth_opts_default(&o);
+    ap_synth_tmp_path(model, sizeof model, "tparse", ".gguf");
+    ap_synth_tmp_path(tasks, sizeof tasks, "tparse", ".jsonl");
+    cr_assert_eq(ap_synth_model_write(model, &o, &err), AP_OK, "%s", err.msg);
+    ap_synth_task_file(tasks, 3, 5, 1);
+    ap_gguf *g = NULL;
+    ap_tokenizer *tok = NULL;
+    cr_assert_eq(ap_gguf_open(model, &g, &err), AP_OK, "%s", err.msg);
+    cr_assert_eq(ap_tokenizer_from_gguf(g, &tok, &err), AP_OK, "%s", err.msg);
+    char *text = NULL;
+    size_t len = 0;
+    cr_assert_eq(ap_read_file(tasks, &text, &len, &err), AP_OK);
+    ap_tasks_config c;
+    ap_tasks_config_default(&c);
+    ap_task_sample *s = NULL;
+    int n = 0;
+    /* Not NUL-terminated: the length is what counts. */
+    char *exact = malloc(len);
+    memcpy(exact, text, len);
+    cr_assert_eq(ap_tasks_parse(&c, tok, exact, len, "t.jsonl", &s, &n, &err), AP_OK, "%s",
+                 err.msg);
+    cr_assert_eq(n, 3);
+    cr_expect_str_eq(s[1].id, "t-1");
+    cr_expect_str_eq(s[1].metric, "substring");
+    cr_expect_eq(s[1].max_new_tokens, 5);
+    cr_expect_gt(s[1].n_prompt, s[0].n_prompt); /* the chat wrapper */
+    free(s);
+    /* Filter and limit. */
+    c.only_tasks[0] = "t-2";
+    c.n_only_tasks = 1;
+    c.max_new_tokens = 2;
+    cr_assert_eq(ap_tasks_parse(&c, tok, exact, len, "t.jsonl", &s, &n, &err), AP_OK, "%s",
+                 err.msg);
+    cr_assert_eq(n, 1);
+    cr_expect_str_eq(s[0].id, "t-2");
+    cr_expect_eq(s[0].max_new_tokens, 2);
+    free(s);
+    c.only_tasks[0] = "nothing";
+    cr_expect_eq(ap_tasks_parse(&c, tok, exact, len, "t.jsonl", &s, &n, &err), AP_ERR_ARG);
+    cr_expect_null(s);
+    ap_tasks_config_default(&c);
+    /* Two objects on line 1: the first newline becomes a space. */
+    char *two = strdup(text);
+    *strchr(two, '\n') = ' ';
+    cr_expect_eq(ap_tasks_parse(&c, tok, two, strlen(two), "t.jsonl", &s, &n, &err),
+                 AP_ERR_FORMAT);
+    cr_expect(strstr(err.msg, "t.jsonl: line 1 is not a JSON object"), "%s", err.msg);
+    cr_expect_null(s);
+    cr_expect_eq(n, 0);
+    free(two);
+    /* A NUL byte on line 2: an error, not the end of the file. */
+    char *nul = malloc(len);
+    memcpy(nul, text, len);
+    nul[strchr(text, '\n') - text + 5] = '\0';
+    cr_expect_eq(ap_tasks_parse(&c, tok, nul, len, "t.jsonl", &s, &n, &err), AP_ERR_FORMAT);
+    cr_expect(strstr(err.msg, "t.jsonl: line 2 contains a NUL byte"), "%s", err.msg);
+    free(nul);
+    /* Trailing blanks and CRLF are fine; a bad line names its number. */
+    char buf[4096];
+    int k = snprintf(buf, sizeof buf, "\r\n%.*s\r\n \t\n", (int)(strchr(text, '\n') - text), text);
+    cr_assert_eq(ap_tasks_parse(&c, tok, buf, (size_t)k, "t.jsonl", &s, &n, &err), AP_OK, "%s",
+                 err.msg);
+    cr_expect_eq(n, 1);
+    free(s);
+    snprintf(buf, sizeof buf, "%.*s\n{\"id\": 3}\n", (int)(strchr(text, '\n') - text), text);
+    cr_expect_eq(ap_tasks_parse(&c, tok, buf, strlen(buf), "t.jsonl", &s, &n, &err), AP_ERR_FORMAT);
+    cr_expect(strstr(err.msg, "t.jsonl: line 2: missing or non-string \"id\""), "%s", err.msg);
+    free(exact);
+    free(text);
+    ap_tokenizer_free(tok);
+    ap_gguf_free(g);
     unlink(model);
     unlink(tasks);
 }

@@ -6,7 +6,6 @@
 #include <criterion/criterion.h>
 #include <dirent.h>
 #include <math.h>
-#include <png.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +13,7 @@
 #include <unistd.h>
 
 #include "common/plot.h"
+#include "helpers/png_probe.h"
 
 typedef struct {
     unsigned char *px; /* RGB */
@@ -56,16 +56,10 @@ static void out_path(char *buf, size_t n, const char *name) {
 }
 
 static image read_png(const char *path) {
-    png_image pi;
-    memset(&pi, 0, sizeof pi);
-    pi.version = PNG_IMAGE_VERSION;
-    cr_assert(png_image_begin_read_from_file(&pi, path), "cannot read %s: %s", path, pi.message);
-    pi.format = PNG_FORMAT_RGB;
-    image im = {malloc(PNG_IMAGE_SIZE(pi)), (int)pi.width, (int)pi.height};
-    cr_assert_not_null(im.px);
-    cr_assert(png_image_finish_read(&pi, NULL, im.px, 0, NULL), "decode %s: %s", path,
-              pi.message);
-    return im;
+    ap_png_image pi;
+    char msg[300];
+    cr_assert_eq(ap_png_read(path, &pi, msg, sizeof msg), 0, "%s", msg);
+    return (image){pi.px, pi.w, pi.h};
 }
 
 static const unsigned char *pixel(const image *im, int x, int y) {
@@ -291,6 +285,60 @@ Test(plot, unwritable_path_is_io_error_without_litter) {
     cr_assert_not(has_tmp_file(g_dir), "temporary file left behind");
 }
 
+/* Columns in which more than min_px pixels lean to blue (the first palette
+ * colour, blended with white or not), grouped into runs of adjacent
+ * columns: one run per vertical error bar. */
+static int bluish_column_runs(const image *im, int min_px) {
+    int runs = 0, prev = 0;
+    for (int x = 0; x < im->w; x++) {
+        int n = 0;
+        for (int y = 0; y < im->h; y++) {
+            const unsigned char *p = pixel(im, x, y);
+            n += p[2] > p[0] + 20;
+        }
+        int on = n > min_px;
+        runs += on && !prev;
+        prev = on;
+    }
+    return runs;
+}
+
+Test(plot, error_bars_span_the_interval) {
+    double x[5] = {0, 1, 2, 3, 4}, y[5] = {0.5, 0.5, 0.5, 0.5, 0.5};
+    double lo[5] = {0.2, 0.2, NAN, 0.2, 0.2}, hi[5] = {0.8, 0.8, 0.8, 0.8, 0.8};
+    ap_plot_series s = {"flat", x, y, 5};
+    ap_plot_yerr bars = {lo, hi}, none = {NULL, NULL};
+    ap_plot_opts o = {.title = "bars", .width = 500, .height = 400};
+    char with[1200], without[1200], plain[1200], empty[1200];
+    out_path(with, sizeof with, "bars.png");
+    out_path(without, sizeof without, "nobars.png");
+    out_path(plain, sizeof plain, "plain.png");
+    out_path(empty, sizeof empty, "emptybars.png");
+    ap_err err = {0};
+    cr_assert_eq(ap_plot_lines_err_png(with, &o, &s, &bars, 1, &err), AP_OK, "%s", err.msg);
+    cr_assert_eq(ap_plot_lines_err_png(without, &o, &s, NULL, 1, &err), AP_OK, "%s", err.msg);
+    cr_assert_eq(ap_plot_lines_err_png(empty, &o, &s, &none, 1, &err), AP_OK, "%s", err.msg);
+    cr_assert_eq(ap_plot_lines_png(plain, &o, &s, 1, &err), AP_OK, "%s", err.msg);
+    image a = read_png(with), b = read_png(without), c = read_png(plain), d = read_png(empty);
+    /* No bars: exactly the plain line chart. */
+    cr_assert_eq(memcmp(b.px, c.px, (size_t)c.w * c.h * 3), 0);
+    cr_assert_eq(memcmp(d.px, c.px, (size_t)c.w * c.h * 3), 0);
+    /* One tall bar per point with a finite interval (not at x = 2), each
+     * spanning most of the plot height: the y axis was widened to hold them. */
+    cr_assert_eq(bluish_column_runs(&a, a.h / 2), 4);
+    cr_assert_eq(bluish_column_runs(&c, 10), 0, "a flat line has no tall columns");
+    free(a.px);
+    free(b.px);
+    free(c.px);
+    free(d.px);
+    /* A bar needs both bounds. */
+    ap_plot_yerr half = {lo, NULL};
+    out_path(with, sizeof with, "half.png");
+    cr_assert_eq(ap_plot_lines_err_png(with, &o, &s, &half, 1, &err), AP_ERR_ARG);
+    cr_assert(strstr(err.msg, "flat"), "message: %s", err.msg);
+    cr_assert_eq(access(with, F_OK), -1, "nothing is written on argument errors");
+}
+
 Test(plot, colormap_endpoints) {
     unsigned char lo[3], hi[3], mid[3], below[3], above[3];
     ap_plot_colormap(0.0, lo);
@@ -372,4 +420,165 @@ Test(plot, heatmap_log_scale_and_degenerate) {
     cr_assert_eq(ap_plot_heatmap_png(path, "zeros", zeros, 2, 2, 0, &err), AP_OK, "%s", err.msg);
     cr_assert_eq(ap_plot_heatmap_png(path, "x", zeros, 0, 2, 0, &err), AP_ERR_ARG);
     cr_assert_eq(ap_plot_heatmap_png(path, "x", NULL, 2, 2, 0, &err), AP_ERR_ARG);
+}
+
+/* Tick marks below the plot frame (the frame is far wider than 100 px). */
+static int xticks_of(const char *path, int *xs, int max) {
+    ap_png_image im;
+    char msg[300];
+    cr_assert_eq(ap_png_read(path, &im, msg, sizeof msg), 0, "%s", msg);
+    int n = ap_png_xticks(&im, 100, xs, max);
+    ap_png_free(&im);
+    return n;
+}
+
+/* Epochs 1..3: ticks at whole numbers only (1, 2, 3), not 1.5 and 2.5. */
+Test(plot, integer_x_ticks_at_whole_numbers) {
+    double x[3] = {1, 2, 3}, y[3] = {0.3, 0.2, 0.15};
+    ap_plot_series s = {"loss", x, y, 3};
+    ap_plot_opts o = {.xlabel = "epoch", .width = 800, .height = 500};
+    char plain[1200], whole[1200];
+    out_path(plain, sizeof plain, "epochs_any.png");
+    out_path(whole, sizeof whole, "epochs_whole.png");
+    ap_err err = {0};
+    cr_assert_eq(ap_plot_lines_png(plain, &o, &s, 1, &err), AP_OK, "%s", err.msg);
+    o.x_integer = 1;
+    cr_assert_eq(ap_plot_lines_png(whole, &o, &s, 1, &err), AP_OK, "%s", err.msg);
+    cr_assert_eq(xticks_of(plain, NULL, 0), 5, "the default ticks every half epoch");
+    int xs[8];
+    cr_assert_eq(xticks_of(whole, xs, 8), 3);
+    /* Evenly spaced: one per epoch. */
+    cr_assert_leq(abs((xs[1] - xs[0]) - (xs[2] - xs[1])), 1);
+}
+
+/* Given ticks: every budget gets one, also 256 where the automatic log
+ * ticks (500, 1000, 2000) have none; values outside the range are skipped. */
+Test(plot, given_x_ticks_label_every_budget) {
+    double x[4] = {256, 512, 1024, 2048}, y[4] = {80, 90, 97, 99.5};
+    double t[5] = {256, 512, 1024, 2048, 1e6};
+    ap_plot_series s = {"oracle", x, y, 4};
+    ap_plot_opts o = {.width = 900, .height = 560, .log_x = 1};
+    char autop[1200], given[1200];
+    out_path(autop, sizeof autop, "budgets_auto.png");
+    out_path(given, sizeof given, "budgets_given.png");
+    ap_err err = {0};
+    cr_assert_eq(ap_plot_lines_png(autop, &o, &s, 1, &err), AP_OK, "%s", err.msg);
+    o.xticks = t;
+    o.n_xticks = 5;
+    cr_assert_eq(ap_plot_lines_png(given, &o, &s, 1, &err), AP_OK, "%s", err.msg);
+    cr_assert_eq(xticks_of(autop, NULL, 0), 3);
+    int xs[8];
+    cr_assert_eq(xticks_of(given, xs, 8), 4);
+    /* Equal steps on the log axis: the budgets double. */
+    cr_assert_leq(abs((xs[1] - xs[0]) - (xs[3] - xs[2])), 1);
+}
+
+/* Pixels near palette colour i (light blends with another line included). */
+static long series_pixels(const image *im, int i) {
+    unsigned char c[3];
+    ap_plot_palette_color(i, c);
+    ap_png_image pi = {im->px, im->w, im->h};
+    return ap_png_count_near(&pi, c, 40, 0, 0, im->w, im->h);
+}
+
+/* Two series with the same six points (as methods at six budgets): plain,
+ * the second covers the first, leaving only its legend sample (30 x 2 px);
+ * with distinct styles (and a wide dashed reference drawn first, behind)
+ * both stay visible along the line. */
+Test(plot, coinciding_lines_stay_distinguishable) {
+    double x[6], y[6];
+    for (int i = 0; i < 6; i++) {
+        x[i] = i;
+        y[i] = 0.25 + 0.1 * i;
+    }
+    ap_plot_series s[2] = {{"first", x, y, 6}, {"second", x, y, 6}};
+    ap_plot_opts o = {.width = 800, .height = 500};
+    char path[1200];
+    out_path(path, sizeof path, "same.png");
+    ap_err err = {0};
+    cr_assert_eq(ap_plot_lines_png(path, &o, s, 2, &err), AP_OK, "%s", err.msg);
+    image plain = read_png(path);
+    cr_assert_leq(series_pixels(&plain, 0), 100, "the first line shows: %ld px",
+                  series_pixels(&plain, 0));
+    free(plain.px);
+
+    ap_plot_style sty[2] = {ap_plot_style_distinct(0), ap_plot_style_distinct(1)};
+    o.styles = sty;
+    cr_assert_eq(ap_plot_lines_png(path, &o, s, 2, &err), AP_OK, "%s", err.msg);
+    image styled = read_png(path);
+    cr_assert_gt(series_pixels(&styled, 0), 300, "first: %ld px", series_pixels(&styled, 0));
+    cr_assert_gt(series_pixels(&styled, 1), 300, "second: %ld px", series_pixels(&styled, 1));
+    free(styled.px);
+
+    sty[0] = (ap_plot_style){.dash = AP_PLOT_DASHED, .color = 1, .wide = 1};
+    sty[1] = (ap_plot_style){.marker = AP_PLOT_MARK_CIRCLE, .color = 2};
+    cr_assert_eq(ap_plot_lines_png(path, &o, s, 2, &err), AP_OK, "%s", err.msg);
+    image ref = read_png(path);
+    cr_assert_gt(series_pixels(&ref, 0), 300, "reference: %ld px", series_pixels(&ref, 0));
+    cr_assert_gt(series_pixels(&ref, 1), 300, "on top: %ld px", series_pixels(&ref, 1));
+    free(ref.px);
+}
+
+/* Distinct styles: no two of the first 12 share marker and pattern. */
+Test(plot, distinct_styles) {
+    for (int i = 0; i < 12; i++)
+        for (int j = i + 1; j < 12; j++) {
+            ap_plot_style a = ap_plot_style_distinct(i), b = ap_plot_style_distinct(j);
+            cr_assert(a.marker != b.marker || a.dash != b.dash, "%d and %d", i, j);
+            cr_assert_neq(a.marker, AP_PLOT_MARK_NONE);
+        }
+}
+
+/* Heatmap with axes: tick marks under the map, values and a title left of
+ * and above it, a colour bar from the top colour to the bottom one with
+ * ticks, and the boundary line across the map. Without the options none of
+ * the axis parts is drawn. */
+Test(plot, heatmap_axes_colour_bar_and_mark) {
+    enum { R = 40, C = 60 };
+    static float v[R * C];
+    for (int i = 0; i < R * C; i++) v[i] = (float)(i % C) / C;
+    v[0] = NAN;
+    const ap_plot_heatmap_opts o = {.title = "trace.h5: seq 's' (#0), layer 1, head 2",
+                                    .x = {.label = "key block", .step = 1},
+                                    .y = {.label = "query position", .first = 1000, .step = 1},
+                                    .bar_label = "attention / row max",
+                                    .lo = 0.0,
+                                    .hi = 1.0,
+                                    .mark_row = 25};
+    char with[1200], plain[1200];
+    out_path(with, sizeof with, "heat_axes.png");
+    out_path(plain, sizeof plain, "heat_plain.png");
+    ap_err err = {0};
+    cr_assert_eq(ap_plot_heatmap_ex_png(with, &o, v, R, C, &err), AP_OK, "%s", err.msg);
+    cr_assert_eq(ap_plot_heatmap_png(plain, NULL, v, R, C, 0, &err), AP_OK, "%s", err.msg);
+    image a = read_png(with), b = read_png(plain);
+    ap_png_image pa = {a.px, a.w, a.h}, pb = {b.px, b.w, b.h};
+    int ax0 = 0, ax1 = 0, bx0 = 0, bx1 = 0;
+    int ay = ap_png_frame_bottom(&pa, 300, &ax0, &ax1);
+    int by = ap_png_frame_bottom(&pb, 300, &bx0, &bx1);
+    cr_assert_geq(ay, 0);
+    cr_assert_geq(by, 0);
+    /* The x axis: a tick every so many key blocks, values under them. */
+    int nt = ap_png_xticks(&pa, 300, NULL, 0);
+    cr_assert(nt >= 3 && nt <= 12, "%d x ticks", nt);
+    cr_assert_eq(ap_png_xticks(&pb, 300, NULL, 0), 0);
+    cr_assert_gt(count_dark(&a, ax0, ay + 4, ax1, a.h), 100, "x tick values and title");
+    /* The y axis: values and title left of the map. */
+    cr_assert_gt(count_dark(&a, 0, 0, ax0 - 2, ay), 100);
+    cr_assert_eq(count_dark(&b, 0, 0, bx0 - 2, by), 0);
+    /* The title above the map. */
+    cr_assert_gt(count_dark(&a, 0, 0, a.w, 30), 50);
+    /* The colour bar right of the map: top and bottom colours, tick marks. */
+    unsigned char top[3], bottom[3], mark[3] = {0, 255, 255}, axis[3] = {70, 70, 70};
+    ap_plot_colormap(1.0, top);
+    ap_plot_colormap(0.0, bottom);
+    cr_assert_geq(count_color(&a, top, ax1 + 4, 0, a.w, a.h), 15);
+    cr_assert_geq(count_color(&a, bottom, ax1 + 4, 0, a.w, a.h), 15);
+    cr_assert_geq(ap_png_count_near(&pa, axis, 0, ax1 + 30, 0, a.w, ay - 2), 3 * 4,
+                  "colour bar ticks");
+    /* The first decode step's line across the whole map. */
+    cr_assert_geq(count_color(&a, mark, ax0, 0, ax1, ay), ax1 - ax0 - 4);
+    cr_assert_eq(count_color(&b, mark, 0, 0, b.w, b.h), 0);
+    free(a.px);
+    free(b.px);
 }

@@ -1,6 +1,7 @@
-/* The spike probe (method.md 2.4) on hand-built one-channel predictors whose
- * answers follow from the convolution arithmetic, and on a random predictor
- * against the float64 reference forward. */
+/* The spike probe (docs/predictor.md, "Newest-row weighting") on hand-built
+ * one-channel predictors whose answers follow from the convolution
+ * arithmetic, and on a random predictor against the float64 reference
+ * forward. */
 #include <cjson/cJSON.h>
 #include <criterion/criterion.h>
 #include <math.h>
@@ -196,6 +197,20 @@ Test(probe, cli_inspect_predictor) {
     cr_assert_float_eq(cJSON_GetArrayItem(outs, 0)->valuedouble, 0.5 / H,
                        AP_TOL_KERNEL_REL * 0.5 / H);
     cJSON_Delete(j);
+    free(text);
+    /* The text form cites the probe's section in a document of the
+     * repository, which a user can open (not the notes outside it). */
+    snprintf(cmd, sizeof cmd, "'%s' inspect --predictor '%s' > '%s'", cli, st_path, out_path);
+    rc = system(cmd);
+    cr_assert(WIFEXITED(rc) && WEXITSTATUS(rc) == 0, "%s", cmd);
+    cr_assert_eq(ap_read_file(out_path, &text, &len, &err), AP_OK, "%s", err.msg);
+    cr_assert_not_null(strstr(text, "spike probe (docs/predictor.md, \"Newest-row weighting\")"),
+                       "%s", text);
+    cr_assert_null(strstr(text, "method.md"), "%s", text);
+    free(text);
+    cr_assert_eq(ap_read_file(AP_SOURCE_DIR "/docs/predictor.md", &text, &len, &err), AP_OK, "%s",
+                 err.msg);
+    cr_assert_not_null(strstr(text, "### Newest-row weighting"), "the cited section is gone");
     free(text);
     /* not a predictor: exit 1, the file named */
     /* the JSON written above is no predictor */

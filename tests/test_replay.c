@@ -336,6 +336,71 @@ Test(replay, quest_from_hand_set_query_and_bounds) {
     ap_tiny_seq_free(&s);
 }
 
+/* A query-fusion predictor whose CNN is constant (conv3 all zero) ranks by
+ * its z-scored query bound alone: it chooses exactly Quest's blocks, is
+ * labelled "+ query", and a trace without query vectors is refused. */
+Test(replay, query_fusion_with_a_flat_cnn_is_quest) {
+    ap_tiny_seq s;
+    tiny_init(&s, 1, 1, 1, PROMPT, GEN, 1, 0);
+    const int hd = 4, NB = s.NB;
+    for (int j = 0; j < NB; j++) {
+        s.key_min[(size_t)j * hd] = -(float)(NB - j);
+        s.key_max[(size_t)j * hd] = (float)((j * 7) % NB);
+        s.key_max[(size_t)j * hd + 1] = (float)((j * 3) % 5);
+    }
+    for (int t = 0; t < GEN; t++) {
+        s.query[(size_t)(s.n_pre + t) * hd] = t % 3 ? 1.0f : -1.0f;
+        s.query[(size_t)(s.n_pre + t) * hd + 1] = 0.5f * (float)(t % 4);
+    }
+    char path[1200], pp[1200];
+    tiny_write(&s, 1, "fq.h5", path, sizeof path);
+    path_in(pp, sizeof pp, "fq.safetensors");
+    ap_pred_config pc;
+    ap_pred_config_default(&pc);
+    pc.block = 4;
+    pc.history = 8;
+    pc.c1 = pc.c2 = 4;
+    pc.query_fusion = 1;
+    ap_predictor *p = NULL;
+    ap_err e;
+    cr_assert_eq(ap_predictor_create(&pc, 5, &p, &e), AP_OK, "%s", e.msg);
+    float *w = ap_predictor_params(p, NULL);
+    ap_pred_layout L;
+    ap_pred_layout_of(&pc, &L);
+    for (size_t i = L.w3; i < L.q; i++) w[i] = 0.0f;
+    w[L.q] = 1.0f;
+    cr_assert_eq(ap_pred_export(pp, NULL, &pc, w, &e), AP_OK, "%s", e.msg);
+    ap_predictor_free(p);
+    recorder rc;
+    rec_init(&rc);
+    ap_replay_config c;
+    tiny_config(&c, path, &rc);
+    c.predictors[0] = pp;
+    c.n_predictors = 1;
+    c.methods[0] = "quest";
+    c.methods[1] = "attnpred";
+    c.n_methods = 2;
+    ap_replay_result *r = run_ok(&c);
+    cr_assert(strstr(r->methods[1].label, "+ query"), "%s", r->methods[1].label);
+    for (int b = 0; b < r->n_budgets; b++)
+        cr_assert_eq(ap_replay_cell_at(r, 0, b)->recovery.mean,
+                     ap_replay_cell_at(r, 1, b)->recovery.mean, "budget %d", r->budgets[b]);
+    ap_replay_result_free(r);
+    rec_free(&rc);
+    ap_tiny_seq_free(&s);
+    /* without query vectors */
+    tiny_init(&s, 1, 1, 1, PROMPT, GEN, 0, 0);
+    tiny_write(&s, 1, "fq0.h5", path, sizeof path);
+    tiny_config(&c, path, NULL);
+    c.predictors[0] = pp;
+    c.n_predictors = 1;
+    c.methods[0] = "attnpred";
+    c.n_methods = 1;
+    cr_assert_neq(run_err(&c, &e), AP_OK);
+    cr_assert(strstr(e.msg, "query") && strstr(e.msg, "--no-quest"), "%s", e.msg);
+    ap_tiny_seq_free(&s);
+}
+
 /* Prefill's last row favours blocks 2 and 4; decode rows put most mass on
  * block 6 (steps 0-6), then on block 3 (steps 7+). The sparse history only
  * sees what was kept, so block 6 shows up only through the calibration row
@@ -443,6 +508,54 @@ static void random_trace(ap_tiny_seq *s, int query, int colsum, uint64_t seed) {
     }
     if (colsum)
         for (int i = 0; i < 2 * 4 * PROMPT; i++) s->colsum[i] = (float)(1 + i * 17 % 9);
+}
+
+typedef struct {
+    long long n_calls, done, total;
+    double work, work_total;
+    int monotone;
+} progress_rec;
+
+static void on_progress_rec(void *user, long long done, long long total, double work,
+                            double work_total) {
+    progress_rec *p = user;
+    p->monotone &= done >= p->done && work >= p->work;
+    p->n_calls++;
+    p->done = done;
+    p->total = total;
+    p->work = work;
+    p->work_total = work_total;
+}
+
+/* The progress callback reports steps and their work, each step weighing
+ * its context (later steps and longer sequences cost more, and the ETA
+ * divides by the rate of work): both reach their totals, and the work total
+ * is the cost model's, a step at position p costing p decode units. */
+Test(replay, progress_weighs_steps_by_context) {
+    ap_tiny_seq s;
+    random_trace(&s, 0, 0, 7);
+    char path[1200];
+    tiny_write(&s, 1, "prog.h5", path, sizeof path);
+    ap_replay_config c;
+    tiny_config(&c, path, NULL);
+    c.on_step = NULL;
+    c.threads = 2;
+    progress_rec pr = {.monotone = 1};
+    c.progress = on_progress_rec;
+    c.progress_user = &pr;
+    ap_replay_result *r = run_ok(&c);
+    cr_assert_gt(pr.n_calls, 0);
+    cr_assert(pr.monotone, "progress went backwards");
+    cr_assert_eq(pr.total, (long long)r->n_layer * r->n_decode_steps);
+    cr_assert_eq(pr.done, pr.total);
+    cr_assert_eq(pr.work, pr.work_total);
+    /* mean_context counts the query's own key: position + 1. */
+    double expect =
+        AP_WORK_DECODE_FACTOR * r->n_layer * (double)r->n_decode_steps * (r->mean_context - 1.0);
+    cr_assert(fabs(pr.work_total - expect) <= 1e-9 * expect, "work %.17g, expected %.17g",
+              pr.work_total, expect);
+    ap_replay_result_free(r);
+    ap_tiny_seq_free(&s);
 }
 
 Test(replay, budget_above_the_context_recovers_everything) {
@@ -672,10 +785,41 @@ Test(replay, errors_name_the_file_and_the_capture_option) {
     cr_assert_eq(run_err(&c, &e), AP_ERR_ARG);
     cr_assert(strstr(e.msg, p16) && strstr(e.msg, "block size"), "%s", e.msg);
     c.predictors[0] = pp;
-    c.predictor_labels[0] = "oracle";
+    c.predictor_names[0] = "oracle";
     cr_assert_eq(run_err(&c, &e), AP_ERR_ARG);
-    cr_assert(strstr(e.msg, "builtin") != NULL, "%s", e.msg);
-    c.predictor_labels[0] = "mine";
+    cr_assert(strstr(e.msg, "built-in") && strstr(e.msg, "oracle"), "%s", e.msg);
+    /* More rows than the trace recorded (history 8): refused, naming both. */
+    char p_h16[1200];
+    path_in(p_h16, sizeof p_h16, "p4h16.safetensors");
+    write_predictor(p_h16, 4, 16, 4, 4, 1);
+    c.predictors[0] = p_h16;
+    c.predictor_names[0] = NULL;
+    cr_assert_eq(run_err(&c, &e), AP_ERR_ARG);
+    cr_assert(strstr(e.msg, p_h16) && strstr(e.msg, "history 16") && strstr(e.msg, "history 8"),
+              "%s", e.msg);
+    /* Names: checked before any file is opened. */
+    const char *bad_names[][2] = {{"a", "a"}, {"a b", NULL}, {"x_nocal", NULL}, {"", NULL},
+                                  {"full", NULL}};
+    const char *name_err[] = {"given twice", "letters", "_nocal", "empty", "built-in"};
+    for (int i = 0; i < 5; i++) {
+        c.predictors[0] = c.predictors[1] = pp;
+        c.predictor_names[0] = bad_names[i][0];
+        c.predictor_names[1] = bad_names[i][1];
+        c.n_predictors = bad_names[i][1] ? 2 : 1;
+        cr_assert_eq(run_err(&c, &e), AP_ERR_ARG, "%s", bad_names[i][0]);
+        cr_assert(strstr(e.msg, name_err[i]) != NULL, "%s: %s", bad_names[i][0], e.msg);
+    }
+    /* The second bare path defaults to attnpred2: "attnpred2" given first clashes. */
+    c.predictor_names[0] = "attnpred2";
+    c.predictor_names[1] = NULL;
+    c.n_predictors = 2;
+    cr_assert_eq(run_err(&c, &e), AP_ERR_ARG);
+    cr_assert(strstr(e.msg, "'attnpred2' given twice") != NULL, "%s", e.msg);
+    c.n_predictors = AP_REPLAY_MAX_PREDICTORS + 1;
+    cr_assert_eq(run_err(&c, &e), AP_ERR_ARG);
+    cr_assert(strstr(e.msg, "at most") != NULL, "%s", e.msg);
+    c.n_predictors = 1;
+    c.predictor_names[0] = "mine";
     c.methods[0] = "mine_nocal";
     c.n_methods = 1;
     ap_replay_result *r = run_ok(&c);
@@ -691,6 +835,13 @@ Test(replay, errors_name_the_file_and_the_capture_option) {
     cr_assert_eq(run_err(&c, &e), AP_ERR_ARG);
     cr_assert(strstr(e.msg, "--sink") != NULL, "%s", e.msg);
     c.sink_tokens = 4;
+    /* A budget at sink + local (4 + 8) leaves no block to choose: every
+     * method would tie, so it is refused, naming the value and the bound. */
+    c.budgets[0] = 12;
+    cr_assert_eq(run_err(&c, &e), AP_ERR_ARG);
+    cr_assert(strstr(e.msg, "--budget 12 is not above sink + local = 12 tokens") != NULL, "%s",
+              e.msg);
+    c.budgets[0] = 20;
     c.dense_layers[0] = 3;
     c.n_dense_layers = 1;
     cr_assert_eq(run_err(&c, &e), AP_ERR_ARG);
@@ -717,6 +868,57 @@ Test(replay, errors_name_the_file_and_the_capture_option) {
         }
     }
     cr_assert_eq(seen, 7);
+    ap_replay_result_free(r);
+    ap_tiny_seq_free(&s);
+}
+
+/* The same file under two names: two predictors, each its own pair of
+ * methods, with identical numbers; "attnpred" selects both, a name one. */
+Test(replay, two_predictors_are_two_methods_with_the_same_numbers) {
+    ap_tiny_seq s;
+    random_trace(&s, 0, 0, 11);
+    char path[1200], pp[1200];
+    tiny_write(&s, 1, "two.h5", path, sizeof path);
+    path_in(pp, sizeof pp, "two.safetensors");
+    write_predictor(pp, 4, 8, 4, 4, 13);
+    ap_replay_config c;
+    tiny_config(&c, path, NULL);
+    c.on_step = NULL;
+    c.threads = 2;
+    c.predictors[0] = c.predictors[1] = pp;
+    c.predictor_names[0] = "a.v1";
+    c.predictor_names[1] = NULL; /* attnpred2 */
+    c.n_predictors = 2;
+    c.methods[0] = "attnpred";
+    c.methods[1] = "attnpred_nocal";
+    c.n_methods = 2;
+    ap_replay_result *r = run_ok(&c);
+    cr_assert_eq(r->n_methods, 4);
+    const char *want[] = {"a.v1", "attnpred2", "a.v1_nocal", "attnpred2_nocal"};
+    for (int m = 0; m < 4; m++) {
+        cr_assert_str_eq(r->methods[m].name, want[m]);
+        cr_assert(r->methods[m].is_predictor);
+    }
+    cr_assert_str_eq(r->predictor_names[1], "attnpred2");
+    for (int pair = 0; pair < 2; pair++) {
+        const ap_replay_cell *x = ap_replay_cell_at(r, 2 * pair, 0);
+        const ap_replay_cell *y = ap_replay_cell_at(r, 2 * pair + 1, 0);
+        cr_assert_gt(x->n, 0);
+        cr_assert_eq(x->n, y->n);
+        cr_assert_eq(x->recovery.mean, y->recovery.mean, "%s", want[2 * pair]);
+        cr_assert_eq(x->recovery.m2, y->recovery.m2);
+        cr_assert_eq(x->hit_rate.mean, y->hit_rate.mean);
+        cr_assert_eq(x->ratio.mean, y->ratio.mean);
+        for (int i = 0; i < r->n_layer * r->n_head; i++)
+            cr_assert(x->layer_head_recovery[i] == y->layer_head_recovery[i] ||
+                      (isnan(x->layer_head_recovery[i]) && isnan(y->layer_head_recovery[i])));
+    }
+    ap_replay_result_free(r);
+    c.methods[0] = "attnpred2_nocal";
+    c.n_methods = 1;
+    r = run_ok(&c);
+    cr_assert_eq(r->n_methods, 1);
+    cr_assert_str_eq(r->methods[0].name, "attnpred2_nocal");
     ap_replay_result_free(r);
     ap_tiny_seq_free(&s);
 }
@@ -894,7 +1096,7 @@ Test(replay, cli_end_to_end_on_a_synthetic_trace) {
     path_in(json, sizeof json, "r.json");
     path_in(md, sizeof md, "r.md");
     snprintf(cmd, sizeof cmd,
-             "'%s' eval replay --traces '%s' --predictor '%s=mine' --budget 192,256 --max-seqs 2 "
+             "'%s' eval replay --traces '%s' --predictor 'mine=%s' --budget 192,256 --max-seqs 2 "
              "--max-steps 8 --json '%s' --md '%s' 2>&1",
              ap, trace, pred, json, md);
     cr_assert_eq(run_cmd(cmd, out, sizeof out), 0, "%s", out);

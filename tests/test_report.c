@@ -18,8 +18,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "common/plot.h"
 #include "common/util.h"
 #include "eval/replay.h"
+#include "helpers/png_probe.h"
+#include "helpers/synth_trace.h"
 
 #define N_LAYER 4
 #define N_HEAD 3
@@ -97,8 +100,9 @@ static ap_replay_result *build_result(void) {
     r->config.traces[1] = "traces/b.h5";
     r->config.n_traces = 2;
     r->config.predictors[0] = "pred/p.safetensors";
-    r->config.predictor_labels[0] = NULL;
+    r->config.predictor_names[0] = NULL;
     r->config.n_predictors = 1;
+    snprintf(r->predictor_names[0], sizeof r->predictor_names[0], "attnpred");
     r->config.sink_tokens = 64;
     r->config.local_tokens = 64;
     r->config.calib = 5;
@@ -115,7 +119,11 @@ static ap_replay_result *build_result(void) {
     r->block = 16;
     r->n_seq = 3;
     r->n_decode_steps = 21;
-    r->mean_context = 1024.0; /* compression 4.0x at 256, 2.0x at 512 */
+    /* compression (context / kept tokens) 3.2x at 256, 2.0x at 512; budget
+     * ratio (context / budget) 4.0x and 2.0x */
+    r->mean_context = 1024.0;
+    r->mean_kept[0] = 320.0;
+    r->mean_kept[1] = 512.0;
     r->max_context = 1500.0;
     r->seconds = 2.5;
     r->n_skipped_nonfinite = 0;
@@ -235,6 +243,7 @@ Test(report, json_keys_values_and_summary) {
     cr_assert_str_eq(cJSON_GetArrayItem(tr, 1)->valuestring, "traces/b.h5");
     const cJSON *pr = cJSON_GetArrayItem(get(j, "predictors"), 0);
     cr_assert_str_eq(str(pr, "path"), "pred/p.safetensors");
+    cr_assert_str_eq(str(pr, "name"), "attnpred");
     cr_assert(cJSON_IsNull(get(pr, "label")));
 
     const cJSON *cf = get(j, "config");
@@ -289,7 +298,8 @@ Test(report, json_keys_values_and_summary) {
             cr_assert_str_eq(str(e, "kind"), m == M_ORACLE ? "bound"
                                              : m == M_QUEST || m == M_PRED ? "retrieval"
                                                                            : "eviction");
-            cr_assert_eq(num(e, "compression"), 1024.0 / k_budgets[b]);
+            cr_assert_eq(num(e, "compression"), 1024.0 / r->mean_kept[b]);
+            cr_assert_eq(num(e, "budget_ratio"), 1024.0 / k_budgets[b]);
             cr_assert_eq(num(e, "n_bypass"), m == M_SNAPKV ? 0 : 6);
             cr_assert_eq(num(e, "n"), m == M_SNAPKV ? 0 : 120);
             if (m == M_SNAPKV) { /* nothing counted: null, never a made-up 0 */
@@ -329,7 +339,9 @@ Test(report, json_keys_values_and_summary) {
     for (int b = 0; b < N_BUDGET; b++) {
         const cJSON *s = cJSON_GetArrayItem(sm, b);
         cr_assert_eq(num(s, "budget"), k_budgets[b]);
-        cr_assert_eq(num(s, "compression"), 1024.0 / k_budgets[b]);
+        cr_assert_eq(num(s, "compression"), 1024.0 / r->mean_kept[b]);
+        cr_assert_eq(num(s, "budget_ratio"), 1024.0 / k_budgets[b]);
+        cr_assert_eq(num(s, "kept_tokens"), r->mean_kept[b]);
         const cJSON *bh = get(s, "best_heuristic");
         cr_assert_str_eq(str(bh, "method"), want_heur[b]);
         cr_assert_eq(num(bh, "recovery"), k_rec[heur_idx[b]][b]);
@@ -387,7 +399,9 @@ Test(report, markdown_tables_summary_and_cost) {
     cr_assert_eq(ap_replay_write_md(r, path, &err), AP_OK, "%s", err.msg);
     char *md = read_text(path);
 
-    ASSERT_HAS(md, "| method | kind | 256 (4.0x) | 512 (2.0x) |");
+    ASSERT_HAS(md, "| method | kind | 256 (3.2x) | 512 (2.0x) |");
+    ASSERT_HAS(md, "| 256 | 320.0 | 3.2x | 4.0x |");
+    ASSERT_HAS(md, "| 512 | 512.0 | 2.0x | 2.0x |");
     /* recovery table: the best non-oracle method of each column in bold */
     ASSERT_HAS(md, "| Oracle (`oracle`) | bound | 93.75 ± 3.06 | 93.75 ± 3.06 |");
     ASSERT_HAS(md, "| H2O (`h2o`) | eviction | 75.00 ± 3.06 | 75.00 ± 3.06 |");
@@ -402,7 +416,7 @@ Test(report, markdown_tables_summary_and_cost) {
     cr_assert(rec_h && hit_h && rec_h < hit_h);
     cr_assert(strstr(md, "37.50 ± 1.53") > hit_h);
     /* summary lines */
-    ASSERT_HAS(md, "- **B = 256 (4.0x)**: best heuristic `h2o` 75.00%; oracle 93.75%; `attnpred` 81.25% "
+    ASSERT_HAS(md, "- **B = 256 (3.2x)**: best heuristic `h2o` 75.00%; oracle 93.75%; `attnpred` 81.25% "
                    "(+6.25 vs best heuristic, 12.50 below the oracle)");
     ASSERT_HAS(md, "- **B = 512 (2.0x)**: best heuristic `quest` 81.25%; oracle 93.75%; `attnpred` 87.50% "
                    "(+6.25 vs best heuristic, 6.25 below the oracle)");
@@ -413,6 +427,66 @@ Test(report, markdown_tables_summary_and_cost) {
     cr_assert_null(strstr(md, "nan"), "a NaN leaked into the Markdown");
     free(md);
     free_result(r);
+}
+
+/* Compression from a real replay, by hand: one sequence of a 300-token
+ * prompt and 8 decode steps (contexts 301..308, mean 304.5), block 16, sink
+ * and local 64. Candidates W = ceil(q / 16) - 8: 11 for q = 300..304, 12
+ * for q = 305..307.
+ *   B = 256: k = 8 < W: 256 tokens kept every step; both ratios 304.5 / 256.
+ *   B = 304: k = 11: all 11 candidates of the first 5 steps (their whole
+ *     context, 301..305), 304 of the last 3: 2427 / 8 tokens kept, so
+ *     compression 304.5 / 303.375 while the budget ratio is 304.5 / 304.
+ *   B = 4096, above the context: everything kept, compression exactly 1.0x,
+ *     budget ratio 304.5 / 4096. */
+Test(report, compression_counts_the_kept_set_from_a_replay) {
+    char trace[1200], path[1200];
+    ap_err err = {0};
+    ap_synth_trace_opts o;
+    ap_synth_trace_opts_default(&o);
+    o.n_seq = 1;
+    o.n_gen = 8;
+    o.min_prompt = o.max_prompt = 300;
+    path_in(trace, sizeof trace, "one.h5");
+    cr_assert_eq(ap_synth_trace_write(trace, &o, &err), AP_OK, "%s", err.msg);
+    ap_replay_config c;
+    ap_replay_config_default(&c);
+    c.traces[0] = trace;
+    c.n_traces = 1;
+    c.methods[0] = "oracle";
+    c.n_methods = 1;
+    const int budgets[3] = {256, 304, 4096};
+    memcpy(c.budgets, budgets, sizeof budgets);
+    c.n_budgets = 3;
+    ap_replay_result *r = NULL;
+    cr_assert_eq(ap_replay_run(&c, &r, &err), AP_OK, "%s", err.msg);
+    cr_assert_eq(r->n_decode_steps, 8);
+    cr_assert_eq(r->mean_context, 304.5);
+    const double kept[3] = {256.0, 2427.0 / 8, 304.5};
+    for (int b = 0; b < 3; b++) cr_assert_eq(r->mean_kept[b], kept[b], "budget %d", budgets[b]);
+
+    path_in(path, sizeof path, "one.json");
+    cr_assert_eq(ap_replay_write_json(r, path, &err), AP_OK, "%s", err.msg);
+    cJSON *j = load_json(path);
+    for (int b = 0; b < 3; b++) {
+        const cJSON *e = result_rec(get(j, "results"), "oracle", budgets[b]);
+        cr_assert_eq(num(e, "compression"), 304.5 / kept[b], "budget %d", budgets[b]);
+        cr_assert_eq(num(e, "budget_ratio"), 304.5 / budgets[b], "budget %d", budgets[b]);
+        const cJSON *s = cJSON_GetArrayItem(get(j, "summary"), b);
+        cr_assert_eq(num(s, "compression"), 304.5 / kept[b]);
+        cr_assert_eq(num(s, "kept_tokens"), kept[b]);
+    }
+    cr_assert_eq(num(result_rec(get(j, "results"), "oracle", 4096), "compression"), 1.0);
+    cJSON_Delete(j);
+
+    path_in(path, sizeof path, "one.md");
+    cr_assert_eq(ap_replay_write_md(r, path, &err), AP_OK, "%s", err.msg);
+    char *md = read_text(path);
+    ASSERT_HAS(md, "| method | kind | 256 (1.2x) | 304 (1.0x) | 4096 (1.0x) |");
+    ASSERT_HAS(md, "| 304 | 303.4 | 1.0x | 1.0x |");
+    ASSERT_HAS(md, "| 4096 | 304.5 | 1.0x | 0.1x |");
+    free(md);
+    ap_replay_result_free(r);
 }
 
 /* ---- PNG ---- */
@@ -506,6 +580,34 @@ Test(report, png_files_sizes_and_heatmap_colours) {
         /* one layer band each, about a quarter of the map */
         cr_assert(red_y1 - red_y0 < ih / 3 && blue_y1 - blue_y0 < ih / 3, "%s: bands too tall", p);
     }
+    free_result(r);
+}
+
+/* recovery_vs_budget.png: a labelled tick at every budget (256 has none
+ * among the automatic log ticks), and two methods with the same recovery
+ * both visible where their lines coincide (colour, marker and dash pattern
+ * differ; the later line is dashed): each far beyond its legend sample. */
+Test(report, recovery_plot_ticks_every_budget_and_shows_equal_methods) {
+    ap_replay_result *r = build_result();
+    for (int b = 0; b < N_BUDGET; b++)
+        ap_replay_cell_at(r, M_PRED, b)->recovery = ap_replay_cell_at(r, M_QUEST, b)->recovery;
+    char dir[1200], p[1400];
+    ap_err err = {0};
+    path_in(dir, sizeof dir, "equal");
+    cr_assert_eq(ap_replay_write_png(r, dir, &err), AP_OK, "%s", err.msg);
+    snprintf(p, sizeof p, "%s/recovery_vs_budget.png", dir);
+    ap_png_image im;
+    char msg[300];
+    cr_assert_eq(ap_png_read(p, &im, msg, sizeof msg), 0, "%s", msg);
+    cr_assert_eq(ap_png_xticks(&im, 100, NULL, 0), N_BUDGET);
+    unsigned char quest[3], pred[3];
+    ap_plot_palette_color(M_QUEST, quest);
+    ap_plot_palette_color(M_PRED, pred);
+    long nq = ap_png_count_near(&im, quest, 40, 0, 0, im.w, im.h);
+    long np = ap_png_count_near(&im, pred, 40, 0, 0, im.w, im.h);
+    cr_assert_gt(nq, 250, "quest under attnpred: %ld px", nq);
+    cr_assert_gt(np, 250, "attnpred: %ld px", np);
+    ap_png_free(&im);
     free_result(r);
 }
 

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -452,6 +453,51 @@ Test(runtime, rejects_wrong_tensors) {
                   err.msg);
     }
     ap_predictor_free(p);
+    rm_rf(dir);
+    free(dir);
+}
+
+/* Found by tests/fuzz/fuzz_safetensors: the predictor (sized by the metadata
+ * alone) was allocated and initialized before the tensors were checked
+ * against the metadata, so an 876-byte export claiming c1 = c2 = 4096 made
+ * `attnpred inspect --predictor` take 750 MB before refusing it (155 GB with
+ * 256 models). Now the tensors are checked first. */
+Test(runtime, checks_tensors_before_allocating) {
+    char *dir = make_tmpdir(), path[512];
+    snprintf(path, sizeof path, "%s/p.safetensors", dir);
+    ap_pred_config c;
+    ap_pred_config_default(&c);
+    ap_predictor *p = NULL;
+    cr_assert_eq(ap_predictor_create(&c, 1, &p, NULL), AP_OK);
+    cr_assert_eq(ap_pred_export(path, NULL, &c, ap_predictor_params(p, NULL), NULL), AP_OK);
+    ap_predictor_free(p);
+    ap_st_file *f = NULL;
+    cr_assert_eq(ap_st_open(path, &f, NULL), AP_OK);
+    /* The same tensors, the metadata now claiming 2048 channels (151 MB). */
+    ap_st_writer *w = NULL;
+    cr_assert_eq(ap_st_writer_create(&w, NULL), AP_OK);
+    for (int i = 0; i < ap_st_count(f); i++) {
+        const ap_st_tensor *t = ap_st_at(f, i);
+        cr_assert_eq(ap_st_writer_add(w, t->name, t->dtype, t->ndim, t->shape, t->data, NULL), AP_OK);
+    }
+    const char *keys[] = {"format", "version", "history", "block", "n_models", "layer_map"};
+    for (size_t k = 0; k < sizeof keys / sizeof keys[0]; k++)
+        cr_assert_eq(ap_st_writer_meta(w, keys[k], ap_st_meta(f, keys[k]), NULL), AP_OK);
+    cr_assert_eq(ap_st_writer_meta(w, "c1", "2048", NULL), AP_OK);
+    cr_assert_eq(ap_st_writer_meta(w, "c2", "2048", NULL), AP_OK);
+    cr_assert_eq(ap_st_writer_write(w, path, NULL), AP_OK);
+    ap_st_writer_free(w);
+    ap_st_free(f);
+    struct rusage before, after;
+    getrusage(RUSAGE_SELF, &before);
+    ap_runtime *rt = NULL;
+    ap_err err;
+    cr_assert_eq(ap_runtime_load(path, &rt, &err), AP_ERR_FORMAT);
+    getrusage(RUSAGE_SELF, &after);
+    cr_assert_null(rt);
+    cr_assert(strstr(err.msg, "conv1.weight has the wrong dtype or shape"), "%s", err.msg);
+    cr_assert_lt(after.ru_maxrss - before.ru_maxrss, 64 * 1024, "peak RSS grew by %ld KB",
+                 after.ru_maxrss - before.ru_maxrss);
     rm_rf(dir);
     free(dir);
 }

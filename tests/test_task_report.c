@@ -17,9 +17,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "common/plot.h"
 #include "common/util.h"
 #include "eval/task_report.h"
 #include "eval/tasks.h"
+#include "helpers/png_probe.h"
 
 #define N_SAMPLE 2
 #define N_METHOD 3
@@ -456,11 +458,13 @@ Test(task_report, markdown_tables) {
     ASSERT_HAS(md, "| **all** |  | 2 | 50.0 | 50.0 | 25.0 | 12.5 | 50.0 |");
     /* memory and speed, honestly labelled */
     ASSERT_HAS(md, "accounted from the kept sets, not measured");
-    ASSERT_HAS(md, "| Full KV cache (`full`) | full | - | 8.00 | 1.0x | 0.00 | 0.0 | 12.0 | 0.00 | "
+    /* budget ratio: full KV of 4 and 12 MiB at 512 bytes a token (2 layers x
+     * 2 KV heads x 16 x K and V x 4 bytes) = 16384 tokens on average */
+    ASSERT_HAS(md, "| Full KV cache (`full`) | full | - | 8.00 | 1.0x | n/a | 0.00 | 0.0 | 12.0 | 0.00 | "
                    "0.00 | - |");
-    ASSERT_HAS(md, "| Quest (`quest`) | retrieval | 256 | 2.00 | 4.0x | 8.00 | 1.0 | 9.6 | 0.50 | "
+    ASSERT_HAS(md, "| Quest (`quest`) | retrieval | 256 | 2.00 | 4.0x | 64.0x | 8.00 | 1.0 | 9.6 | 0.50 | "
                    "1.00 | 50% |");
-    ASSERT_HAS(md, "| StreamingLLM (`streaming`) | eviction | 512 | 4.00 | 2.0x | 0.00 | 0.0 | 20.0 | "
+    ASSERT_HAS(md, "| StreamingLLM (`streaming`) | eviction | 512 | 4.00 | 2.0x | 32.0x | 0.00 | 0.0 | 20.0 | "
                    "0.00 | 0.00 | - |");
     /* the sections come in order */
     const char *a = strstr(md, "## Overall"), *b = strstr(md, "## Per task"),
@@ -489,6 +493,64 @@ static void assert_png(const char *path) {
     cr_assert_arr_eq(sig, png_sig, 8, "%s does not start with the PNG signature", path);
 }
 
+/* The two ratios by hand, with contexts of 1024 and 3072 tokens (2048 on
+ * average; 512 bytes a token): at 256 each method holds 384 tokens, so
+ * compression = 2048 / 384 = 5.33x while the budget promises 2048 / 256 =
+ * 8x; at 4096, above every context, everything is resident: compression
+ * 1.0x, budget ratio 0.5x (0.25x and 0.75x per sample). */
+Test(task_report, compression_is_measured_budget_ratio_is_promised) {
+    ap_tasks_result *r = build_result();
+    const double tok = 512.0, ctx[N_SAMPLE] = {1024, 3072};
+    r->budgets[1] = r->config.budgets[1] = 4096;
+    for (int s = 0; s < N_SAMPLE; s++)
+        for (int m = 0; m < N_METHOD; m++)
+            for (int b = 0; b < N_BUDGET; b++) {
+                ap_task_run *x = ap_tasks_run_at(r, s, m, b);
+                x->full_kv_bytes = ctx[s] * tok;
+                x->resident_kv_bytes = m == M_FULL || b == 1 ? x->full_kv_bytes : 384 * tok;
+            }
+    ap_tasks_cell c;
+    ap_tasks_cell_of(r, NULL, NULL, M_QUEST, 0, &c);
+    NEAR(c.compression, 2048.0 / 384.0);
+    NEAR(c.budget_ratio, 8.0);
+    ap_tasks_cell_of(r, NULL, NULL, M_STREAM, 1, &c);
+    NEAR(c.compression, 1.0);
+    NEAR(c.budget_ratio, 0.5);
+    ap_tasks_cell_of(r, NULL, NULL, M_FULL, 0, &c);
+    NEAR(c.compression, 1.0);
+    cr_assert(isnan(c.budget_ratio), "full KV has no budget");
+
+    char path[1200];
+    ap_err err = {0};
+    path_in(path, sizeof path, "ratios.json");
+    cr_assert_eq(ap_tasks_write_json(r, path, &err), AP_OK, "%s", err.msg);
+    cJSON *j = load_json(path);
+    const cJSON *ov = get(get(j, "summary"), "overall");
+    const cJSON *q = find_cell(ov, NULL, "quest", 256);
+    NEAR(num(q, "compression"), 2048.0 / 384.0);
+    NEAR(num(q, "budget_ratio"), 8.0);
+    const cJSON *q4 = find_cell(ov, NULL, "quest", 4096);
+    NEAR(num(q4, "compression"), 1.0);
+    NEAR(num(q4, "budget_ratio"), 0.5);
+    is_null(find_cell(ov, NULL, "full", -1), "budget_ratio");
+    /* per run: sample 0's quest at 4096 (runs: full, then method x budget) */
+    const cJSON *run = cJSON_GetArrayItem(get(cJSON_GetArrayItem(get(j, "samples"), 0), "runs"),
+                                          1 + (M_QUEST - 1) * N_BUDGET + 1);
+    cr_assert_str_eq(str(run, "method"), "quest");
+    cr_assert_eq(num(run, "budget"), 4096);
+    NEAR(num(run, "compression"), 1.0);
+    NEAR(num(run, "budget_ratio"), 0.25);
+    cJSON_Delete(j);
+
+    path_in(path, sizeof path, "ratios.md");
+    cr_assert_eq(ap_tasks_write_md(r, path, &err), AP_OK, "%s", err.msg);
+    char *md = read_text(path);
+    ASSERT_HAS(md, "| Quest (`quest`) | retrieval | 256 | 0.19 | 5.3x | 8.0x |");
+    ASSERT_HAS(md, "| Quest (`quest`) | retrieval | 4096 | 1.00 | 1.0x | 0.5x |");
+    free(md);
+    ap_tasks_result_free(r);
+}
+
 Test(task_report, png_files) {
     ap_tasks_result *r = build_result();
     char dir[1200], p[1400];
@@ -500,6 +562,39 @@ Test(task_report, png_files) {
     assert_png(p);
     snprintf(p, sizeof p, "%s/agreement_vs_budget.png", dir);
     assert_png(p);
+    ap_tasks_result_free(r);
+}
+
+/* A method scoring exactly as full KV (the oracle usually does) lies on the
+ * full-KV reference line: the reference is drawn first, behind, so the
+ * method's line stays visible on top of it, and the reference (dashed, wide)
+ * still shows. Pixels are counted near each series' colour: the reference
+ * has the colour after the methods', quest the first. Scores are the same
+ * for every sample, so no error bar stands out of the line. */
+Test(task_report, reference_line_does_not_hide_an_equal_method) {
+    ap_tasks_result *r = build_result();
+    for (int s = 0; s < N_SAMPLE; s++)
+        for (int b = 0; b < N_BUDGET; b++) {
+            ap_tasks_run_at(r, s, M_FULL, b)->score = 1.0;
+            ap_tasks_run_at(r, s, M_QUEST, b)->score = 1.0;
+        }
+    char dir[1200], p[1400];
+    ap_err err = {0};
+    path_in(dir, sizeof dir, "equal");
+    cr_assert_eq(ap_tasks_write_png(r, dir, &err), AP_OK, "%s", err.msg);
+    snprintf(p, sizeof p, "%s/score_vs_compression.png", dir);
+    ap_png_image im;
+    char msg[300];
+    cr_assert_eq(ap_png_read(p, &im, msg, sizeof msg), 0, "%s", msg);
+    unsigned char quest[3], full[3];
+    ap_plot_palette_color(0, quest);
+    ap_plot_palette_color(N_METHOD - 1, full);
+    /* Far more than a legend sample (about 30 x 2 px) of each. */
+    long nq = ap_png_count_near(&im, quest, 40, 0, 0, im.w, im.h);
+    long nf = ap_png_count_near(&im, full, 40, 0, 0, im.w, im.h);
+    cr_assert_gt(nq, 300, "the method under the reference: %ld px", nq);
+    cr_assert_gt(nf, 300, "the reference: %ld px", nf);
+    ap_png_free(&im);
     ap_tasks_result_free(r);
 }
 
@@ -587,5 +682,345 @@ Test(task_report, bad_arguments) {
     cr_assert_not_null(strstr(err.msg, g_dir));
     r->n_budgets = N_BUDGET;
     cr_assert_eq(count_files(g_dir), 0);
+    ap_tasks_result_free(r);
+}
+
+/* ---- intervals, paired differences and the failed-task rule -------------- */
+
+/* A result of n samples for the methods named (the first is full KV), one
+ * budget of 256; every run scores 0 with agreement 1 and KL 0 until set.
+ * Sample s belongs to task tasks[s] (bucket "0-2k"). */
+static ap_tasks_result *small_result(int n, const char *const *tasks, const char *const *methods,
+                                     int n_methods) {
+    ap_tasks_result *r = calloc(1, sizeof *r);
+    cr_assert_not_null(r);
+    ap_tasks_config_default(&r->config);
+    r->config.tasks_file = "synthetic.jsonl";
+    snprintf(r->model_name, sizeof r->model_name, "%s", "Tiny-Test");
+    r->n_samples = n;
+    r->samples = calloc((size_t)n, sizeof *r->samples);
+    cr_assert_not_null(r->samples);
+    for (int s = 0; s < n; s++) {
+        char id[32];
+        snprintf(id, sizeof id, "%s-%d", tasks[s], s);
+        set_sample(&r->samples[s], id, tasks[s], "0-2k", "first_int", 1000);
+    }
+    r->n_methods = n_methods;
+    for (int m = 0; m < n_methods; m++)
+        set_method(&r->methods[m], methods[m], methods[m], m ? AP_SEL_RETRIEVAL : AP_SEL_BOUND, m == 0);
+    r->n_budgets = 1;
+    r->budgets[0] = 256;
+    r->runs = calloc((size_t)n * n_methods, sizeof *r->runs);
+    cr_assert_not_null(r->runs);
+    for (int i = 0; i < n * n_methods; i++) {
+        r->runs[i].agreement = 1.0;
+        r->runs[i].recovery = NAN;
+        r->runs[i].n_gen = 4;
+        r->runs[i].decode_seconds = 0.5;
+    }
+    return r;
+}
+
+static void set_run(ap_tasks_result *r, int s, int m, double score, double agree, double kl) {
+    ap_task_run *x = ap_tasks_run_at(r, s, m, 0);
+    x->score = score;
+    x->agreement = agree;
+    x->kl = kl;
+}
+
+/* The paired record (method, metric) at budget 256 in a report array. */
+static const cJSON *find_diff(const cJSON *arr, const char *method, const char *metric) {
+    const cJSON *e;
+    cJSON_ArrayForEach(e, arr) {
+        if (!strcmp(str(e, "method"), method) && !strcmp(str(e, "metric"), metric) &&
+            num(e, "budget") == 256)
+            return e;
+    }
+    cr_assert_fail("no paired record for %s %s", method, metric);
+    return NULL;
+}
+
+/* The Markdown line that starts with prefix (after a given heading). */
+static char *md_line(const char *md, const char *heading, const char *prefix) {
+    const char *h = strstr(md, heading);
+    cr_assert_not_null(h, "no heading %s", heading);
+    const char *p = strstr(h, prefix);
+    cr_assert_not_null(p, "no line %s under %s", prefix, heading);
+    const char *e = strchr(p, '\n');
+    size_t n = e ? (size_t)(e - p) : strlen(p);
+    char *line = malloc(n + 1);
+    cr_assert_not_null(line);
+    memcpy(line, p, n);
+    line[n] = 0;
+    return line;
+}
+
+enum { N_SMALL = 8 };
+static const char *const k_small_tasks[N_SMALL] = {"a", "a", "b", "b", "c", "c", "d", "d"};
+static const char *const k_small_methods[] = {"full", "last_step", "better", "one_off"};
+enum { S_FULL, S_LAST, S_BETTER, S_ONE_OFF, N_SMALL_METHODS };
+
+/* last_step: varied scores; "better" beats it on every sample (score +1/8
+ * to +1/4, agreement up, KL down); "one_off" equals it but on sample 3. */
+static ap_tasks_result *paired_result(void) {
+    ap_tasks_result *r = small_result(N_SMALL, k_small_tasks, k_small_methods, N_SMALL_METHODS);
+    for (int s = 0; s < N_SMALL; s++) {
+        double base = (s % 4) / 8.0, agree = 0.5 + (s % 3) / 8.0, kl = 0.25 + (s % 2) / 4.0;
+        set_run(r, s, S_FULL, 1.0, 1.0, 0.0);
+        set_run(r, s, S_LAST, base, agree, kl);
+        set_run(r, s, S_BETTER, base + (s % 2 ? 0.25 : 0.125), agree + 0.125, kl - 0.125);
+        set_run(r, s, S_ONE_OFF, base + (s == 3 ? 0.5 : 0.0), agree, kl);
+    }
+    return r;
+}
+
+Test(task_report, bootstrap_interval_contains_mean_and_is_deterministic) {
+    ap_tasks_result *r = paired_result();
+    ap_err err = {0};
+    for (int m = 0; m < N_SMALL_METHODS; m++)
+        for (int k = 0; k < AP_TASKS_N_METRICS; k++) {
+            ap_tasks_ci a, b;
+            cr_assert_eq(ap_tasks_interval(r, NULL, m, -1, 0, (ap_tasks_metric)k, &a, &err), AP_OK,
+                         "%s", err.msg);
+            cr_assert_eq(ap_tasks_interval(r, NULL, m, -1, 0, (ap_tasks_metric)k, &b, &err), AP_OK);
+            cr_assert_eq(a.n, N_SMALL);
+            cr_assert(a.lo <= a.mean && a.mean <= a.hi, "%s of %s: %g not in [%g, %g]",
+                      ap_tasks_metric_name((ap_tasks_metric)k), k_small_methods[m], a.mean, a.lo, a.hi);
+            /* bit for bit the same interval again */
+            cr_assert(a.mean == b.mean && a.lo == b.lo && a.hi == b.hi);
+            /* the mean is the cell's mean */
+            ap_tasks_cell c;
+            ap_tasks_cell_of(r, NULL, NULL, m, 0, &c);
+            NEAR(a.mean, k == AP_TASKS_SCORE ? c.score : k == AP_TASKS_AGREEMENT ? c.agreement : c.kl);
+        }
+    /* varied scores give a real interval, not a point */
+    ap_tasks_ci last;
+    cr_assert_eq(ap_tasks_interval(r, NULL, S_LAST, -1, 0, AP_TASKS_SCORE, &last, &err), AP_OK);
+    cr_assert(last.lo < last.mean && last.mean < last.hi);
+    /* the JSON carries the same interval, and writing twice gives the same file */
+    char p1[1200], p2[1200];
+    path_in(p1, sizeof p1, "a.json");
+    path_in(p2, sizeof p2, "b.json");
+    cr_assert_eq(ap_tasks_write_json(r, p1, &err), AP_OK, "%s", err.msg);
+    cr_assert_eq(ap_tasks_write_json(r, p2, &err), AP_OK, "%s", err.msg);
+    char *t1 = read_text(p1), *t2 = read_text(p2);
+    cr_assert_str_eq(t1, t2);
+    free(t1);
+    free(t2);
+    cJSON *j = load_json(p1);
+    const cJSON *e = find_cell(get(get(j, "summary"), "overall"), NULL, "last_step", 256);
+    cr_assert_eq(num(e, "score_ci95_lo"), last.lo);
+    cr_assert_eq(num(e, "score_ci95_hi"), last.hi);
+    cr_assert(num(e, "agreement_ci95_lo") <= num(e, "agreement") &&
+              num(e, "agreement") <= num(e, "agreement_ci95_hi"));
+    cr_assert(num(e, "kl_ci95_lo") <= num(e, "kl") && num(e, "kl") <= num(e, "kl_ci95_hi"));
+    const cJSON *iv = get(j, "intervals");
+    cr_assert_eq(num(iv, "resamples"), 2000);
+    cr_assert_eq(num(iv, "level"), 0.95);
+    cr_assert_eq(num(iv, "seed"), (double)AP_TASKS_BOOT_SEED);
+    cr_assert_eq(num(iv, "failed_full_score_below"), 0.5);
+    cJSON_Delete(j);
+    /* one sample: a zero-width interval at its value; none: NaN */
+    const ap_tasks_subset one = {.task = "c", .bucket = "0-2k"};
+    set_run(r, 5, S_LAST, NAN, 1, 0); /* a measure not taken is left out */
+    cr_assert_eq(ap_tasks_interval(r, &one, S_LAST, -1, 0, AP_TASKS_SCORE, &last, &err), AP_OK);
+    cr_assert_eq(last.n, 1);
+    cr_assert(last.lo == last.mean && last.hi == last.mean && last.mean == 0.0);
+    const ap_tasks_subset none = {.task = "zz"};
+    cr_assert_eq(ap_tasks_interval(r, &none, S_LAST, -1, 0, AP_TASKS_SCORE, &last, &err), AP_OK);
+    cr_assert(last.n == 0 && isnan(last.mean) && isnan(last.lo) && isnan(last.hi));
+    cr_assert_eq(ap_tasks_interval(r, NULL, N_SMALL_METHODS, -1, 0, AP_TASKS_SCORE, &last, &err),
+                 AP_ERR_ARG);
+    ap_tasks_result_free(r);
+}
+
+Test(task_report, paired_difference_with_itself_is_exactly_zero) {
+    ap_tasks_result *r = paired_result();
+    ap_err err = {0};
+    for (int m = 0; m < N_SMALL_METHODS; m++)
+        for (int k = 0; k < AP_TASKS_N_METRICS; k++) {
+            ap_tasks_ci d;
+            cr_assert_eq(ap_tasks_interval(r, NULL, m, m, 0, (ap_tasks_metric)k, &d, &err), AP_OK);
+            cr_assert_eq(d.n, N_SMALL);
+            cr_assert(d.mean == 0.0 && d.lo == 0.0 && d.hi == 0.0, "%s - itself: %g [%g, %g]",
+                      k_small_methods[m], d.mean, d.lo, d.hi);
+            cr_assert_null(ap_tasks_diff_verdict((ap_tasks_metric)k, &d));
+        }
+    ap_tasks_result_free(r);
+}
+
+Test(task_report, better_on_every_sample_is_marked_one_sample_is_not) {
+    ap_tasks_result *r = paired_result();
+    char path[1200], mdp[1200];
+    ap_err err = {0};
+    path_in(path, sizeof path, "paired.json");
+    path_in(mdp, sizeof mdp, "paired.md");
+    cr_assert_eq(ap_tasks_write_json(r, path, &err), AP_OK, "%s", err.msg);
+    cr_assert_eq(ap_tasks_write_md(r, mdp, &err), AP_OK, "%s", err.msg);
+    cJSON *j = load_json(path);
+    const cJSON *pl = get(j, "paired_vs_last_step");
+    cr_assert(cJSON_IsArray(pl));
+    /* full KV is the other reference, and last_step is not paired with itself:
+     * (better, one_off) x 1 budget x 3 metrics */
+    cr_assert_eq(cJSON_GetArraySize(pl), 2 * 3);
+
+    const cJSON *bs = find_diff(pl, "better", "score");
+    NEAR(num(bs, "diff"), 1.5 / 8.0);
+    cr_assert_eq(num(bs, "n"), N_SMALL);
+    cr_assert(num(bs, "ci95_lo") > 0, "lo = %g", num(bs, "ci95_lo"));
+    cr_assert(num(bs, "ci95_lo") <= num(bs, "diff") && num(bs, "diff") <= num(bs, "ci95_hi"));
+    cr_assert_str_eq(str(bs, "verdict"), "better");
+    const cJSON *bk = find_diff(pl, "better", "kl");
+    NEAR(num(bk, "diff"), -0.125);
+    cr_assert(num(bk, "ci95_hi") < 0);
+    cr_assert_str_eq(str(bk, "verdict"), "better"); /* lower KL is better */
+    cr_assert_str_eq(str(find_diff(pl, "better", "agreement"), "verdict"), "better");
+
+    const cJSON *os = find_diff(pl, "one_off", "score");
+    NEAR(num(os, "diff"), 0.5 / 8.0);
+    cr_assert(num(os, "ci95_lo") <= 0 && num(os, "ci95_hi") >= 0, "[%g, %g] excludes 0",
+              num(os, "ci95_lo"), num(os, "ci95_hi"));
+    is_null(os, "verdict");
+    const cJSON *oa = find_diff(pl, "one_off", "agreement");
+    cr_assert(num(oa, "diff") == 0 && num(oa, "ci95_lo") == 0 && num(oa, "ci95_hi") == 0);
+    is_null(oa, "verdict");
+
+    /* versus full KV: score only, every method but full */
+    const cJSON *pf = get(j, "paired_vs_full");
+    cr_assert_eq(cJSON_GetArraySize(pf), N_SMALL_METHODS - 1);
+    const cJSON *fs = find_diff(pf, "last_step", "score");
+    cr_assert(num(fs, "ci95_hi") < 0);
+    cr_assert_str_eq(str(fs, "verdict"), "worse");
+    cJSON_Delete(j);
+
+    char *md = read_text(mdp);
+    ASSERT_HAS(md, "## Difference from last step (paired by sample)");
+    ASSERT_HAS(md, "| method | kind | metric | B=256 |");
+    char *line = md_line(md, "## Difference from last step", "| `better` | retrieval | score |");
+    cr_assert_not_null(strstr(line, "| **+18.8 ["), "%s", line);
+    cr_assert_not_null(strstr(line, "]** better |"), "%s", line);
+    free(line);
+    line = md_line(md, "## Difference from last step", "| `better` | retrieval | kl |");
+    cr_assert_not_null(strstr(line, "| **-0.125 ["), "%s", line);
+    cr_assert_not_null(strstr(line, " better |"), "%s", line);
+    free(line);
+    line = md_line(md, "## Difference from last step", "| `one_off` | retrieval | score |");
+    cr_assert_not_null(strstr(line, "| +6.2 ["), "%s", line);
+    cr_assert_null(strstr(line, "**"), "unmarked, yet bold: %s", line);
+    cr_assert_null(strstr(line, "better"), "%s", line);
+    free(line);
+    line = md_line(md, "## Difference from full KV", "| `last_step` | retrieval | score |");
+    cr_assert_not_null(strstr(line, "** worse |"), "%s", line);
+    free(line);
+    /* bold appears only on marked differences (and the two row labels) */
+    int bold = 0;
+    for (const char *p = md; (p = strstr(p, "**")); p += 2) bold++;
+    int marked = 0;
+    for (const char *p = md; (p = strstr(p, "** better")); p += 2) marked++;
+    for (const char *p = md; (p = strstr(p, "** worse")); p += 2) marked++;
+    /* each marked cell opens and closes; **all**, **headline**, **Bold** in
+     * the text and the KV memory note add 2 each */
+    cr_assert_eq(bold, 2 * marked + 2 * 4, "%d bold markers for %d marked cells", bold, marked);
+    free(md);
+    ap_tasks_result_free(r);
+}
+
+/* Without last_step there is nothing to pair with: null, and a note. */
+Test(task_report, no_last_step_no_pairing) {
+    ap_tasks_result *r = build_result();
+    char path[1200], mdp[1200];
+    ap_err err = {0};
+    path_in(path, sizeof path, "nolast.json");
+    path_in(mdp, sizeof mdp, "nolast.md");
+    cr_assert_eq(ap_tasks_write_json(r, path, &err), AP_OK, "%s", err.msg);
+    cr_assert_eq(ap_tasks_write_md(r, mdp, &err), AP_OK, "%s", err.msg);
+    cJSON *j = load_json(path);
+    is_null(j, "paired_vs_last_step");
+    cr_assert_eq(cJSON_GetArraySize(get(j, "paired_vs_full")), (N_METHOD - 1) * N_BUDGET);
+    cJSON_Delete(j);
+    char *md = read_text(mdp);
+    ASSERT_HAS(md, "`last_step` was not run");
+    ASSERT_HAS(md, "## Difference from full KV (score, paired by sample)");
+    free(md);
+    ap_tasks_result_free(r);
+}
+
+Test(task_report, failed_tasks_leave_the_headline) {
+    /* full-KV means per task: a 0.25 (failed), b 0.5 (the rule is "below",
+     * so kept), c 0.875, d 0 (failed) */
+    static const double full[N_SMALL] = {0.5, 0, 0.5, 0.5, 1, 0.75, 0, 0};
+    static const char *const methods[] = {"full", "quest"};
+    ap_tasks_result *r = small_result(N_SMALL, k_small_tasks, methods, 2);
+    for (int s = 0; s < N_SMALL; s++) {
+        set_run(r, s, 0, full[s], 1, 0);
+        set_run(r, s, 1, s / 8.0, 1 - s / 16.0, s / 4.0);
+    }
+    cr_assert(ap_tasks_failed_at_full(r, "a", "0-2k"));
+    cr_assert_not(ap_tasks_failed_at_full(r, "b", "0-2k"));
+    cr_assert_not(ap_tasks_failed_at_full(r, "c", NULL));
+    cr_assert(ap_tasks_failed_at_full(r, "d", NULL));
+    cr_assert_not(ap_tasks_failed_at_full(r, "zz", NULL)); /* no samples: nothing failed */
+
+    /* the headline keeps exactly samples 2..5 (tasks b and c) */
+    const ap_tasks_subset head = {.exclude_failed = 1};
+    ap_tasks_cell c;
+    ap_tasks_cell_in(r, &head, 1, 0, &c);
+    cr_assert_eq(c.n, 4);
+    NEAR(c.score, (2 + 3 + 4 + 5) / 8.0 / 4);
+    NEAR(c.full_score, (0.5 + 0.5 + 1 + 0.75) / 4);
+    ap_tasks_ci ci;
+    ap_err err = {0};
+    cr_assert_eq(ap_tasks_interval(r, &head, 1, -1, 0, AP_TASKS_SCORE, &ci, &err), AP_OK);
+    cr_assert_eq(ci.n, 4);
+    NEAR(ci.mean, c.score);
+    cr_assert(ci.lo >= 2 / 8.0 && ci.hi <= 5 / 8.0, "[%g, %g] reaches a left-out sample", ci.lo, ci.hi);
+    ap_tasks_cell_of(r, NULL, NULL, 1, 0, &c);
+    cr_assert_eq(c.n, N_SMALL);
+
+    char path[1200], mdp[1200];
+    path_in(path, sizeof path, "failed.json");
+    path_in(mdp, sizeof mdp, "failed.md");
+    cr_assert_eq(ap_tasks_write_json(r, path, &err), AP_OK, "%s", err.msg);
+    cr_assert_eq(ap_tasks_write_md(r, mdp, &err), AP_OK, "%s", err.msg);
+    cJSON *j = load_json(path);
+    const cJSON *su = get(j, "summary");
+    const cJSON *hq = find_cell(get(su, "headline"), NULL, "quest", 256);
+    cr_assert_eq(num(hq, "n"), 4);
+    NEAR(num(hq, "score"), 14 / 32.0);
+    NEAR(num(hq, "score_ci95_lo"), ci.lo);
+    NEAR(num(hq, "score_ci95_hi"), ci.hi);
+    cr_assert_eq(num(find_cell(get(su, "overall"), NULL, "quest", 256), "n"), N_SMALL);
+    const cJSON *fa = get(su, "failed_at_full");
+    cr_assert_eq(cJSON_GetArraySize(fa), 2);
+    cr_assert_str_eq(str(cJSON_GetArrayItem(fa, 0), "task"), "a");
+    NEAR(num(cJSON_GetArrayItem(fa, 0), "full_score"), 0.25);
+    cr_assert_str_eq(str(cJSON_GetArrayItem(fa, 1), "task"), "d");
+    const cJSON *e;
+    int flagged = 0;
+    cJSON_ArrayForEach(e, get(su, "by_task")) {
+        int want = !strcmp(str(e, "task"), "a") || !strcmp(str(e, "task"), "d");
+        cr_assert_eq(cJSON_IsTrue(get(e, "failed_at_full")), want, "task %s", str(e, "task"));
+        flagged += want;
+    }
+    cr_assert_eq(flagged, 2 * 2); /* full + quest@256 for each of a and d */
+    cJSON_Delete(j);
+
+    char *md = read_text(mdp);
+    ASSERT_HAS(md, "- failed at full KV (a task and bucket whose full-KV mean score is below 50; "
+                   "left out of the headline means): a 0-2k, d 0-2k\n");
+    ASSERT_HAS(md, "| task | bucket | n | full | quest@256 | failed at full KV |");
+    ASSERT_HAS(md, "| a | 0-2k | 2 | 25.0 | 6.2 | failed |");
+    ASSERT_HAS(md, "| b | 0-2k | 2 | 50.0 | 31.2 |  |");
+    ASSERT_HAS(md, "| c | 0-2k | 2 | 87.5 | 56.2 |  |");
+    ASSERT_HAS(md, "| d | 0-2k | 2 | 0.0 | 81.2 | failed |");
+    ASSERT_HAS(md, "| **all** |  | 8 | 40.6 | 43.8 |  |");
+    ASSERT_HAS(md, "| **headline** | excluding failed | 4 | 68.8 | 43.8 |  |");
+    /* both means with their intervals */
+    char *line = md_line(md, "## Intervals", "| `quest` | retrieval | 256 | 8 | 43.8 [");
+    char want[160];
+    snprintf(want, sizeof want, "| 43.8 [%.1f, %.1f] |", 100 * ci.lo, 100 * ci.hi);
+    cr_assert_not_null(strstr(line, want), "%s lacks %s", line, want);
+    free(line);
+    free(md);
     ap_tasks_result_free(r);
 }

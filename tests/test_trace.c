@@ -22,7 +22,9 @@
 #include <unistd.h>
 
 #include "capture/trace.h"
+#include "common/plot.h"
 #include "common/util.h"
+#include "helpers/png_probe.h"
 
 /* ------------------------------------------------------------ fixtures -- */
 
@@ -920,10 +922,15 @@ Test(trace, cli_inspect_json_and_text) {
     std_free(ys, N_STD);
 }
 
-static uint32_t be32(const unsigned char *p) {
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+/* Dark (text) pixels in [x0,x1) x [y0,y1). */
+static long dark_pixels(const ap_png_image *im, int x0, int y0, int x1, int y1) {
+    static const unsigned char text[3] = {30, 30, 30};
+    return ap_png_count_near(im, text, 60, x0, y0, x1, y1);
 }
 
+/* The heatmap: a map framed in the middle, its title above (trace, sequence,
+ * layer, head, view), axis values and titles below and left of it, and a
+ * colour bar with its scale to the right. */
 Test(trace, cli_inspect_png) {
     const char *ap = cli();
     synth ys[N_STD];
@@ -938,20 +945,25 @@ Test(trace, cli_inspect_png) {
              "--log 2>&1",
              ap, path, png);
     cr_assert_eq(run_cmd(cmd, out, sizeof out), 0, "%s", out);
-    char *data = NULL;
-    size_t len = 0;
-    ap_err e;
-    cr_assert_eq(ap_read_file(png, &data, &len, &e), AP_OK, "%s", e.msg);
-    cr_assert(len > 33);
-    cr_assert_eq(memcmp(data, "\x89PNG\r\n\x1a\n", 8), 0, "not a PNG");
-    cr_assert_eq(memcmp(data + 12, "IHDR", 4), 0);
-    /* 25 steps x 2 blocks, cells scaled to min(16, 1024/NB) x min(16, 768/S). */
-    const ap_trace_seq *s = &ys[1].s;
-    int cw = 1024 / s->n_blocks > 16 ? 16 : 1024 / s->n_blocks;
-    int ch = 768 / s->n_steps > 16 ? 16 : 768 / s->n_steps;
-    cr_assert_eq(be32((unsigned char *)data + 16), (uint32_t)(s->n_blocks * cw));
-    cr_assert_eq(be32((unsigned char *)data + 20), (uint32_t)(s->n_steps * ch));
-    free(data);
+    ap_png_image im;
+    char msg[300];
+    cr_assert_eq(ap_png_read(png, &im, msg, sizeof msg), 0, "%s", msg);
+    int x0 = 0, x1 = 0, y = ap_png_frame_bottom(&im, 200, &x0, &x1);
+    cr_assert_geq(y, 0, "no framed map");
+    /* 25 steps x 2 blocks are upscaled to a readable map. */
+    cr_assert_geq(x1 - x0, 400);
+    cr_assert_geq(y, 400);
+    cr_assert_geq(ap_png_xticks(&im, 200, NULL, 0), 2, "no key block ticks");
+    cr_assert_gt(dark_pixels(&im, x0, y + 3, x1, im.h), 80, "no x axis values and title");
+    cr_assert_gt(dark_pixels(&im, 0, 0, x0 - 2, y), 80, "no y axis values and title");
+    cr_assert_gt(dark_pixels(&im, 0, 0, im.w, 32), 200, "no title");
+    unsigned char top[3], bottom[3];
+    ap_plot_colormap(1.0, top);
+    ap_plot_colormap(0.0, bottom);
+    cr_assert_geq(ap_png_count_near(&im, top, 0, x1 + 4, 0, im.w, y), 15, "no colour bar");
+    cr_assert_geq(ap_png_count_near(&im, bottom, 0, x1 + 4, 0, im.w, y), 15, "no colour bar");
+    cr_assert_gt(dark_pixels(&im, x1 + 30, 0, im.w, y), 100, "no colour bar scale");
+    ap_png_free(&im);
 
     /* By index, default layer/head. */
     snprintf(cmd, sizeof cmd, "'%s' inspect '%s' --png '%s' --seq 4 2>&1", ap, path, png);

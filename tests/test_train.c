@@ -12,6 +12,7 @@
 
 #include "common/tolerance.h"
 #include "common/util.h"
+#include "helpers/png_probe.h"
 #include "helpers/synth_model.h"
 #include "helpers/synth_trace.h"
 #include "train/checkpoint.h"
@@ -97,6 +98,16 @@ Test(train, learns_and_writes_the_run) {
     cr_assert_eq(ap_read_file(p, &log, &n, &err), AP_OK);
     cr_assert_not_null(strstr(log, "last_step_recovery"));
     free(log);
+    /* The curves tick whole epochs only: 1, 2, 3 (no 1.5). */
+    const char *plots[] = {"curves.png", "recovery.png"};
+    for (int i = 0; i < 2; i++) {
+        snprintf(p, sizeof p, "%s/%s", g_run, plots[i]);
+        ap_png_image im;
+        char msg[300];
+        cr_assert_eq(ap_png_read(p, &im, msg, sizeof msg), 0, "%s", msg);
+        cr_assert_eq(ap_png_xticks(&im, 100, NULL, 0), 3, "%s: not one tick per epoch", p);
+        ap_png_free(&im);
+    }
 }
 
 /* Kill-and-resume: 3 epochs straight vs 1 epoch + resume to 3. */
@@ -134,6 +145,37 @@ Test(train, resume_equals_uninterrupted) {
     free(vb);
     free(ja);
     free(jb);
+}
+
+/* Resuming from a checkpoint someone else wrote: weights without optimizer
+ * state is refused with a message (it used to dereference the missing
+ * moments), and a stored log whose epochs lack fields still resumes (the
+ * curves plot gaps; they used to crash). Found by tests/fuzz/fuzz_safetensors. */
+Test(train, resume_from_foreign_checkpoints) {
+    ap_err err;
+    ap_train_opts b = small_opts(g_run2);
+    b.stop_after = 1;
+    cr_assert_eq(ap_train_run(&b, NULL, &err), AP_OK, "%s", err.msg);
+    char pb[700];
+    snprintf(pb, sizeof pb, "%s/last.safetensors", g_run2);
+    ap_ckpt_info info;
+    float *x = NULL, *m = NULL, *v = NULL;
+    size_t n = 0;
+    cr_assert_eq(ap_checkpoint_load(pb, &info, &x, &m, &v, &n, NULL, &err), AP_OK, "%s", err.msg);
+    cr_assert(m && v);
+
+    cr_assert_eq(ap_checkpoint_save(pb, &info, x, NULL, NULL, n, "{\"epochs\": []}", &err), AP_OK);
+    b.stop_after = 0;
+    b.resume = 1;
+    cr_assert_neq(ap_train_run(&b, NULL, &err), AP_OK);
+    cr_assert(strstr(err.msg, "no optimizer state"), "%s", err.msg);
+
+    cr_assert_eq(ap_checkpoint_save(pb, &info, x, m, v, n, "{\"epochs\": [{\"epoch\": 1}]}", &err),
+                 AP_OK);
+    cr_assert_eq(ap_train_run(&b, NULL, &err), AP_OK, "%s", err.msg);
+    free(x);
+    free(m);
+    free(v);
 }
 
 Test(train, per_layer_and_ce_loss) {
@@ -343,6 +385,47 @@ Test(train, capped_epochs_draw_subsets) {
     free(log);
 }
 
+/* Every progress record "train epoch E/N: DONE/TOTAL win (P%)" in a log;
+ * checks each against its total and returns how many there were. */
+static int check_progress_records(const char *log, double *last_done, double *last_total) {
+    int n = 0;
+    for (const char *p = strstr(log, "train epoch "); p; p = strstr(p + 1, "train epoch ")) {
+        int e = 0, ne = 0;
+        double done = 0, total = 0, pct = 0;
+        if (sscanf(p, "train epoch %d/%d: %lf/%lf win (%lf%%)", &e, &ne, &done, &total, &pct) != 5)
+            continue;
+        cr_assert_leq(done, total, "progress past its total: %.80s", p);
+        cr_assert_leq(pct, 100.0, "progress past 100%%: %.80s", p);
+        *last_done = done;
+        *last_total = total;
+        n++;
+    }
+    return n;
+}
+
+/* --max-train draws each epoch's subset with probability cap / n per
+ * window, so it holds a few more or fewer windows than the cap: the
+ * progress total is the subset's exact size, and the line ends at 100%. */
+Test(train, capped_epoch_progress_ends_at_its_total) {
+    ap_err err;
+    ap_train_opts o = small_opts(g_run);
+    o.epochs = 2;
+    o.max_train_samples = 300;
+    o.max_val_samples = 200;
+    char *log = NULL;
+    size_t log_n = 0;
+    o.log = open_memstream(&log, &log_n);
+    cr_assert_not_null(o.log);
+    o.progress = 1;
+    cr_assert_eq(ap_train_run(&o, NULL, &err), AP_OK, "%s", err.msg);
+    fclose(o.log);
+    double done = -1, total = -1;
+    cr_assert_geq(check_progress_records(log, &done, &total), 2, "%s", log);
+    cr_assert_eq(done, total, "the last record is not the whole epoch: %s", log);
+    cr_assert(total > 200 && total < 400, "epoch of %.0f windows for a cap of 300", total);
+    free(log);
+}
+
 /* Column crops: the run trains (validation on whole windows stays within
  * the oracle) and a resumed run draws the same crops. */
 Test(train, crops_resume_exactly) {
@@ -391,6 +474,154 @@ Test(train, init_last_step_is_the_baseline) {
     cr_assert_geq(r.best_recovery, r.last_step_recovery - 1e-3);
 }
 
+/* --init last-mean:A is exactly "newest row + A x history mean": at a zero
+ * learning rate the saved model scores windows that way (raw units, after
+ * the scale fold), on windows where that differs from last-step. */
+Test(train, init_last_mean_is_newest_plus_mean) {
+    ap_err err;
+    ap_train_opts o = small_opts(g_run);
+    o.epochs = 1;
+    o.lr = 1e-12f;
+    o.init_last_step = 1;
+    o.init_mean_weight = 0.5f;
+    o.input_scale = 32.0f;
+    o.target_scale = 4.0f;
+    cr_assert_eq(ap_train_run(&o, NULL, &err), AP_OK, "%s", err.msg);
+    char path[700];
+    snprintf(path, sizeof path, "%s/best.safetensors", g_run);
+    ap_ckpt_info info;
+    float *params = NULL;
+    size_t n = 0, np = 0;
+    cr_assert_eq(ap_checkpoint_load(path, &info, &params, NULL, NULL, &n, NULL, &err), AP_OK,
+                 "%s", err.msg);
+    ap_predictor *p = NULL;
+    cr_assert_eq(ap_predictor_create(&info.cfg, 0, &p, &err), AP_OK, "%s", err.msg);
+    memcpy(ap_predictor_params(p, &np), params, n * sizeof(float));
+    enum { H = 16, W = 9 };
+    float x[H * W], y[W];
+    uint64_t z = 7;
+    for (int i = 0; i < H * W; i++) {
+        z = z * 6364136223846793005ull + 1442695040888963407ull;
+        x[i] = (float)((z >> 40) % 1000) * 1e-4f;
+    }
+    cr_assert_eq(ap_predictor_forward(p, 0, x, 1, H, W, y, &err), AP_OK, "%s", err.msg);
+    for (int j = 0; j < W; j++) {
+        double mean = 0.0;
+        for (int r = 0; r < H; r++) mean += x[r * W + j];
+        mean /= H;
+        double want = x[(H - 1) * W + j] + 0.5 * mean;
+        cr_assert(fabs(y[j] - want) <= 1e-5 * (1.0 + fabs(want)), "block %d: %g vs %g", j, y[j], want);
+    }
+    ap_predictor_free(p);
+    free(params);
+}
+
+/* Held out by source: --val-traces validates on exactly its sequences, and a
+ * training trace sharing a source (package) with --val-traces or --holdout
+ * is refused before anything is written, naming the shared source. */
+Test(train, validation_held_out_by_source) {
+    ap_err err;
+    char tv[512], th[512];
+    ap_synth_tmp_path(tv, sizeof tv, "trainval", ".h5");
+    ap_synth_tmp_path(th, sizeof th, "trainhold", ".h5");
+    ap_synth_trace_opts so;
+    ap_synth_trace_opts_default(&so);
+    so.source = "pkg-train:/usr/share/a.txt#0-10";
+    cr_assert_eq(ap_synth_trace_write(g_trace, &so, &err), AP_OK, "%s", err.msg);
+    so.n_seq = 2;
+    so.seed = 9;
+    so.source = "pkg-val:/usr/share/b.txt#0-10 ; generated: a pass key";
+    cr_assert_eq(ap_synth_trace_write(tv, &so, &err), AP_OK, "%s", err.msg);
+    so.source = "pkg-other:/x ; pkg-train:/usr/share/c.txt#5-9";
+    cr_assert_eq(ap_synth_trace_write(th, &so, &err), AP_OK, "%s", err.msg);
+
+    ap_train_opts o = small_opts(g_run);
+    o.epochs = 1;
+    const char *vals[1] = {tv}, *holds[1] = {th};
+    o.val_traces = vals;
+    o.n_val_traces = 1;
+    ap_train_result r;
+    cr_assert_eq(ap_train_run(&o, &r, &err), AP_OK, "%s", err.msg);
+    ap_dataset_config dc;
+    ap_dataset_config_default(&dc);
+    dc.history = 16;
+    dc.first_val_file = 1;
+    const char *both[2] = {g_trace, tv};
+    ap_dataset *ds = NULL;
+    cr_assert_eq(ap_dataset_open(both, 2, &dc, &ds, &err), AP_OK, "%s", err.msg);
+    ap_dataset_stats dst;
+    ap_dataset_get_stats(ds, &dst);
+    cr_assert_eq(dst.n_seq_train, 6);
+    cr_assert_eq(dst.n_seq_val, 2);
+    for (int i = 0; i < 2; i++) cr_assert_eq(ap_dataset_seq_split(ds, 1, i), AP_SPLIT_VAL);
+    for (int i = 0; i < 6; i++) cr_assert_eq(ap_dataset_seq_split(ds, 0, i), AP_SPLIT_TRAIN);
+    ap_dataset_free(ds);
+
+    o.holdout = holds;
+    o.n_holdout = 1;
+    o.run_dir = g_run2;
+    cr_assert_neq(ap_train_run(&o, &r, &err), AP_OK);
+    cr_assert(strstr(err.msg, "pkg-train") && strstr(err.msg, "--holdout"), "%s", err.msg);
+    cr_assert(!strstr(err.msg, "pkg-other") && !strstr(err.msg, "generated"), "%s", err.msg);
+    struct stat sb;
+    cr_assert(stat(g_run2, &sb) != 0, "a refused run must not create its directory");
+    /* the validation set may not share a source with the training set either */
+    o.holdout = NULL;
+    o.n_holdout = 0;
+    vals[0] = th;
+    cr_assert_neq(ap_train_run(&o, &r, &err), AP_OK);
+    cr_assert(strstr(err.msg, "--val-traces") && strstr(err.msg, "pkg-train"), "%s", err.msg);
+    unlink(tv);
+    unlink(th);
+}
+
+/* Query fusion on traces whose query knows the moving hot block a step
+ * before the history does: the fused model validates above the same run
+ * without fusion, its weight moved from the init, and a fused checkpoint
+ * refuses to resume as an unfused run. MSE cannot rank z-scores: refused. */
+Test(train, query_fusion_uses_the_query) {
+    ap_err err;
+    ap_synth_trace_opts so;
+    ap_synth_trace_opts_default(&so);
+    so.with_query = 1;
+    cr_assert_eq(ap_synth_trace_write(g_trace, &so, &err), AP_OK, "%s", err.msg);
+    ap_train_opts o = small_opts(g_run);
+    o.loss = AP_LOSS_RANK;
+    o.init_last_step = 1;
+    o.input_scale = 32.0f;
+    ap_train_result plain, fused;
+    cr_assert_eq(ap_train_run(&o, &plain, &err), AP_OK, "%s", err.msg);
+    o.query_fusion = 1;
+    o.run_dir = g_run2;
+    cr_assert_eq(ap_train_run(&o, &fused, &err), AP_OK, "%s", err.msg);
+    cr_assert_gt(fused.best_recovery, plain.best_recovery + 0.01, "fused %.4f vs plain %.4f",
+                 fused.best_recovery, plain.best_recovery);
+    char path[700];
+    snprintf(path, sizeof path, "%s/best.safetensors", g_run2);
+    ap_ckpt_info info;
+    float *params = NULL;
+    size_t n = 0;
+    cr_assert_eq(ap_checkpoint_load(path, &info, &params, NULL, NULL, &n, NULL, &err), AP_OK,
+                 "%s", err.msg);
+    cr_assert_eq(info.cfg.query_fusion, 1);
+    cr_assert_eq(n, 4834);
+    ap_pred_layout L;
+    ap_pred_layout_of(&info.cfg, &L);
+    cr_assert_neq(params[L.q], 1.0f, "the query weight learns");
+    free(params);
+    o.query_fusion = 0;
+    o.resume = 1;
+    o.epochs = 4;
+    cr_assert_neq(ap_train_run(&o, NULL, &err), AP_OK);
+    cr_assert(strstr(err.msg, "parameters"), "%s", err.msg);
+    o.resume = 0;
+    o.force = 1;
+    o.query_fusion = 1;
+    o.loss = AP_LOSS_MSE;
+    cr_assert_neq(ap_train_run(&o, NULL, &err), AP_OK);
+    cr_assert(strstr(err.msg, "--query-fusion"), "%s", err.msg);
+}
+
 /* Every objective's gradient against central differences of its own loss.
  * Scores are multiples of 2^-10 and the step 2^-8, so every perturbed score
  * is exact in float and the difference quotient only carries the O(h^2)
@@ -410,9 +641,9 @@ Test(train, loss_gradients_match_differences) {
             ysum[i] = j == W - 1 ? 0.0f : y[i] * (float)(1 + (j + s) % 3);
         }
     ysum[5] = ysum[6]; /* a tie in mass: weight 0 for that pair */
-    ap_loss_kind kinds[3] = {AP_LOSS_MSE, AP_LOSS_CE, AP_LOSS_RANK};
+    ap_loss_kind kinds[4] = {AP_LOSS_MSE, AP_LOSS_CE, AP_LOSS_RANK, AP_LOSS_MSE_MASS};
     const double h = 1.0 / 256.0;
-    for (int k = 0; k < 3; k++) {
+    for (int k = 0; k < 4; k++) {
         ap_train_opts o;
         ap_train_opts_default(&o);
         o.loss = kinds[k];

@@ -2,10 +2,12 @@
 #include "train/dataset.h"
 
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "capture/trace.h"
+#include "train/fusion.h"
 #include "train/metrics.h"
 
 /* Same bound the trace writer enforces on block_sum rows: loose enough for
@@ -34,6 +36,9 @@ typedef struct {
      * read */
     float *xmax;
     unsigned char *xbad;
+    /* query bound of every recorded step, head and block (NULL unless
+     * cfg.query_fusion): Quest's page bound with the step's query */
+    float *qb;
     size_t bytes;
     uint64_t tick;
 } ds_entry;
@@ -83,7 +88,8 @@ static int width_at(const ap_dataset *ds, const ds_seq *s, int t) {
 static size_t chunk_bytes(const ap_dataset *ds, const ds_seq *s) {
     size_t rows = (size_t)s->S * (size_t)ds->n_head;
     size_t arrays = ds->cfg.rows == AP_ROWS_SPARSE ? 3 : 2;
-    return rows * (size_t)s->NB * arrays * sizeof(float) + rows * (arrays - 1);
+    size_t floats = arrays + (ds->cfg.query_fusion ? 1 : 0);
+    return rows * (size_t)s->NB * floats * sizeof(float) + rows * (arrays - 1);
 }
 
 void ap_dataset_config_default(ap_dataset_config *c) {
@@ -122,6 +128,16 @@ static ap_status config_check(const ap_dataset_config *c, ap_err *err) {
         return ap_errf(err, AP_ERR_ARG, "dataset: cache_mb %g must be > 0", c->cache_mb);
     if (c->rows != AP_ROWS_DENSE && c->rows != AP_ROWS_SPARSE)
         return ap_errf(err, AP_ERR_ARG, "dataset: unknown row kind %d", (int)c->rows);
+    if (c->first_val_file < 0)
+        return ap_errf(err, AP_ERR_ARG, "dataset: first_val_file %d must be >= 0",
+                       c->first_val_file);
+    if (c->n_sparse_budgets < 0 || c->n_sparse_budgets > 8)
+        return ap_errf(err, AP_ERR_ARG, "dataset: %d sparse budgets (at most 8)",
+                       c->n_sparse_budgets);
+    for (int i = 0; i < c->n_sparse_budgets; i++)
+        if (c->sparse_budgets[i] < 1)
+            return ap_errf(err, AP_ERR_ARG, "dataset: sparse budget %d must be >= 1",
+                           c->sparse_budgets[i]);
     if (c->sparse_budget < 1 || c->calib < 0)
         return ap_errf(err, AP_ERR_ARG, "dataset: sparse_budget %d must be >= 1, calib %d >= 0",
                        c->sparse_budget, c->calib);
@@ -176,6 +192,16 @@ static ap_status index_file(ap_dataset *ds, int f, const char *path, ap_err *err
         ap_trace_seq_info in;
         st = ap_trace_seq_get_info(t, i, &in, err);
         if (st) goto cleanup;
+        if (ds->cfg.query_fusion && !in.has_query) {
+            /* Checked here, before the trainer creates its run directory, not
+             * when the first batch of this sequence loads. */
+            st = ap_errf(err, AP_ERR_ARG,
+                         "%s: sequence '%s' has no query vectors or key bounds, which query "
+                         "fusion (on in the default recipe) needs: capture without --no-quest, "
+                         "or train with --recipe cnn",
+                         path, in.id);
+            goto cleanup;
+        }
         ds_seq *s = &ds->seqs[ds->n_seqs++];
         memset(s, 0, sizeof *s);
         s->file = f;
@@ -217,6 +243,13 @@ static ap_status split_sequences(ap_dataset *ds, ap_err *err) {
     int n_good = 0;
     for (int i = 0; i < ds->n_seqs; i++) n_good += ds->seqs[i].split >= 0;
     if (n_good == 0) return AP_OK;
+    if (ds->cfg.first_val_file > 0) {
+        for (int i = 0; i < ds->n_seqs; i++)
+            if (ds->seqs[i].split >= 0)
+                ds->seqs[i].split =
+                    ds->seqs[i].file >= ds->cfg.first_val_file ? AP_SPLIT_VAL : AP_SPLIT_TRAIN;
+        return AP_OK;
+    }
     int *perm = malloc((size_t)n_good * sizeof *perm);
     if (!perm) return ap_errf(err, AP_ERR_NOMEM, "dataset: out of memory");
     int k = 0;
@@ -249,6 +282,9 @@ ap_status ap_dataset_open(const char *const *paths, int n_paths, const ap_datase
     st = config_check(cfg, err);
     if (st) return st;
     if (n_paths < 1) return ap_errf(err, AP_ERR_ARG, "dataset: no trace files given");
+    if (cfg->first_val_file >= n_paths)
+        return ap_errf(err, AP_ERR_ARG, "dataset: validation files start at %d of %d files",
+                       cfg->first_val_file, n_paths);
     ds = calloc(1, sizeof *ds);
     if (!ds) return ap_errf(err, AP_ERR_NOMEM, "dataset: out of memory");
     ds->cfg = *cfg;
@@ -334,6 +370,8 @@ static void entry_release(ds_entry *e) {
     free(e->bad);
     free(e->xmax);
     free(e->xbad);
+    free(e->qb);
+    e->qb = NULL;
     e->bmax = e->bsum = e->xmax = NULL;
     e->bad = e->xbad = NULL;
 }
@@ -418,7 +456,8 @@ static unsigned char row_check(const float *mx, const float *sm, int NB, int n_v
  * row -- itself sparse unless it was a calibration row -- with k from
  * sparse_budget; fewer than min_candidates candidates = the method's all-ones
  * scores, i.e. the first k. order: scratch of at least NB ints. */
-static void sparse_head(const ap_dataset *ds, const ds_seq *s, ds_entry *e, int h, int *order) {
+static void sparse_head(const ap_dataset *ds, const ds_seq *s, ds_entry *e, int h, int budget,
+                        int *order) {
     const int nh = ds->n_head, NB = s->NB, bs = ds->block;
     const int c0 = ds->cfg.sink_blocks, calib = ds->cfg.calib;
     const int local_tokens = ds->cfg.local_blocks * bs;
@@ -443,7 +482,7 @@ static void sparse_head(const ap_dataset *ds, const ds_seq *s, ds_entry *e, int 
         memset(out, 0, (size_t)NB * sizeof(float));
         for (int j = 0; j < n_valid; j++) out[j] = j < c0 || j >= lb0 ? 1.0f : 0.0f;
         if (W > 0) {
-            int k = ap_metrics_k_blocks(ds->cfg.sparse_budget, c0 * bs, local_tokens, bs, W);
+            int k = ap_metrics_k_blocks(budget, c0 * bs, local_tokens, bs, W);
             if (W < ds->cfg.min_candidates) {
                 for (int j = 0; j < W; j++) order[j] = j;
             } else {
@@ -460,6 +499,44 @@ static void sparse_head(const ap_dataset *ds, const ds_seq *s, ds_entry *e, int 
         unsigned char prev_bad = e->xbad[(size_t)(r - 1) * nh + h];
         e->xbad[fl] = e->bad[fl] > prev_bad ? e->bad[fl] : prev_bad;
     }
+}
+
+/* e->qb: the query bound of every recorded step and head over all blocks
+ * (the candidates of a step are a subset), from the traces' post-RoPE query
+ * and key bounds, exactly as the replay's query-fusion scores. */
+static ap_status load_query_bounds(ap_dataset *ds, const ds_seq *s, int layer, ds_entry *e,
+                                   ap_err *err) {
+    ap_status st = AP_OK;
+    const ap_trace_meta *m = ap_trace_get_meta(ds->files[s->file]);
+    const int nh = ds->n_head, kv = m->n_head_kv, hd = m->head_dim, NB = s->NB;
+    float *q = malloc((size_t)s->S * nh * hd * sizeof(float) + 1);
+    float *kmin = malloc((size_t)kv * NB * hd * sizeof(float) + 1);
+    float *kmax = malloc((size_t)kv * NB * hd * sizeof(float) + 1);
+    e->qb = malloc((size_t)s->S * nh * NB * sizeof(float) + 1);
+    if (!q || !kmin || !kmax || !e->qb) {
+        st = ap_errf(err, AP_ERR_NOMEM, "dataset: out of memory loading query bounds");
+        goto cleanup;
+    }
+    ap_trace *t = ds->files[s->file];
+    st = ap_trace_read_layer(t, s->seq, layer, "query", q, (size_t)s->S * nh * hd, err);
+    if (!st) st = ap_trace_read_layer(t, s->seq, layer, "key_min", kmin, (size_t)kv * NB * hd, err);
+    if (!st) st = ap_trace_read_layer(t, s->seq, layer, "key_max", kmax, (size_t)kv * NB * hd, err);
+    if (st) {
+        ap_err_prefix(err, "query fusion (on in the default recipe) needs query vectors and "
+                           "key bounds: capture without --no-quest, or train with --recipe cnn");
+        goto cleanup;
+    }
+    const int group = nh / (kv > 0 ? kv : 1);
+    for (int r = 0; r < s->S; r++)
+        for (int h = 0; h < nh; h++)
+            ap_query_bound(q + ((size_t)r * nh + h) * hd, kmin + (size_t)(h / group) * NB * hd,
+                           kmax + (size_t)(h / group) * NB * hd, hd, NB,
+                           e->qb + ((size_t)r * nh + h) * NB);
+cleanup:
+    free(q);
+    free(kmin);
+    free(kmax);
+    return st;
 }
 
 static ap_status chunk_load(ap_dataset *ds, int g, int layer, ds_entry *e, ap_err *err) {
@@ -497,8 +574,20 @@ static ap_status chunk_load(ap_dataset *ds, int g, int layer, ds_entry *e, ap_er
             st = ap_errf(err, AP_ERR_NOMEM, "dataset: out of memory building sparse rows");
             goto cleanup;
         }
-        for (int h = 0; h < ds->n_head; h++) sparse_head(ds, s, e, h, order);
+        int budget = ds->cfg.sparse_budget;
+        if (ds->cfg.n_sparse_budgets > 0) {
+            uint64_t z = ds->cfg.seed ^ 0xB0D6E75EEDull;
+            z ^= splitmix64(&z) + (uint64_t)(unsigned)s->file;
+            z ^= splitmix64(&z) + (uint64_t)(unsigned)s->seq;
+            z ^= splitmix64(&z) + (uint64_t)(unsigned)layer;
+            budget = ds->cfg.sparse_budgets[splitmix64(&z) % (uint64_t)ds->cfg.n_sparse_budgets];
+        }
+        for (int h = 0; h < ds->n_head; h++) sparse_head(ds, s, e, h, budget, order);
         free(order);
+    }
+    if (ds->cfg.query_fusion) {
+        st = load_query_bounds(ds, s, layer, e, err);
+        if (st) goto cleanup;
     }
     e->bytes = chunk_bytes(ds, s);
 cleanup:
@@ -575,6 +664,7 @@ struct ap_dataset_iter {
     ap_rows_kind rows;
     uint64_t keep_below; /* subset: keep a sample when its hash < this; UINT64_MAX = all */
     uint64_t keep_salt;
+    long long n_planned; /* samples the pass enumerates (bad rows are skipped later) */
     uint64_t rng;
     ds_chunk *chunks;
     int n_chunks, next_chunk;
@@ -596,6 +686,36 @@ void ap_dataset_iter_free(ap_dataset_iter *it) {
     free(it->items);
     free(it->spans);
     free(it);
+}
+
+static uint64_t sample_hash(uint64_t salt, const ds_seq *s, int layer, int head, int t) {
+    uint64_t z = salt;
+    z ^= splitmix64(&z) + (uint64_t)(unsigned)s->file;
+    z ^= splitmix64(&z) + (uint64_t)(unsigned)s->seq;
+    z ^= splitmix64(&z) + (uint64_t)(unsigned)layer;
+    z ^= splitmix64(&z) + (uint64_t)(unsigned)head;
+    z ^= splitmix64(&z) + (uint64_t)(unsigned)t;
+    return splitmix64(&z);
+}
+
+/* Whether the pass serves sample (layer, head, t) of s: the subset test,
+ * shared by the enumeration and by the count so the two cannot disagree. */
+static int keep_sample(const ap_dataset_iter *it, const ds_seq *s, int layer, int head, int t) {
+    return it->keep_below == UINT64_MAX ||
+           sample_hash(it->keep_salt, s, layer, head, t) < it->keep_below;
+}
+
+/* Samples of every chunk that the pass will enumerate: one hash per sample,
+ * cheap next to reading the rows. */
+static long long count_planned(const ap_dataset_iter *it) {
+    const ap_dataset *ds = it->ds;
+    long long n = 0;
+    for (int k = 0; k < it->n_chunks; k++) {
+        const ds_seq *s = &ds->seqs[it->chunks[k].seq];
+        for (int t = s->t0; t < s->n_gen; t++)
+            for (int h = 0; h < ds->n_head; h++) n += keep_sample(it, s, it->chunks[k].layer, h, t);
+    }
+    return n;
 }
 
 ap_status ap_dataset_iter_create(ap_dataset *ds, ap_split split, int epoch, int shuffle,
@@ -644,6 +764,7 @@ ap_status ap_dataset_iter_create(ap_dataset *ds, ap_split split, int epoch, int 
             it->chunks[i] = it->chunks[j];
             it->chunks[j] = tmp;
         }
+    it->n_planned = count_planned(it);
 cleanup:
     if (st) {
         ap_dataset_iter_free(it);
@@ -672,18 +793,13 @@ ap_status ap_dataset_iter_set_subset(ap_dataset_iter *it, double fraction, uint6
     it->keep_below = lim >= 18446744073709551615.0 ? UINT64_MAX : (uint64_t)lim;
     uint64_t z = it->ds->cfg.seed ^ 0xC0FFEE5EEDull;
     it->keep_salt = splitmix64(&z) ^ salt * 0x9E3779B97F4A7C15ull;
+    /* Counted once here, so a progress total is the subset's exact size
+     * rather than the fraction's expectation. */
+    it->n_planned = count_planned(it);
     return AP_OK;
 }
 
-static uint64_t sample_hash(uint64_t salt, const ds_seq *s, int layer, int head, int t) {
-    uint64_t z = salt;
-    z ^= splitmix64(&z) + (uint64_t)(unsigned)s->file;
-    z ^= splitmix64(&z) + (uint64_t)(unsigned)s->seq;
-    z ^= splitmix64(&z) + (uint64_t)(unsigned)layer;
-    z ^= splitmix64(&z) + (uint64_t)(unsigned)head;
-    z ^= splitmix64(&z) + (uint64_t)(unsigned)t;
-    return splitmix64(&z);
-}
+long long ap_dataset_iter_n_planned(const ap_dataset_iter *it) { return it->n_planned; }
 
 static int item_cmp(const void *pa, const void *pb) {
     const ds_item *a = pa, *b = pb;
@@ -727,9 +843,7 @@ static ap_status pool_next(ap_dataset_iter *it, int *got, ap_err *err) {
         for (int t = s->t0; t < s->n_gen; t++) {
             int W = width_at(ds, s, t);
             for (int h = 0; h < ds->n_head; h++) {
-                if (it->keep_below != UINT64_MAX &&
-                    sample_hash(it->keep_salt, s, it->pool[k].layer, h, t) >= it->keep_below)
-                    continue;
+                if (!keep_sample(it, s, it->pool[k].layer, h, t)) continue;
                 ds_item *x = &it->items[it->n_items];
                 x->group = group;
                 x->W = W;
@@ -814,6 +928,7 @@ static int fill_one(const ap_dataset *ds, const ds_entry *e, const ds_item *x, a
         if (j < c0 || j >= lb0) fixed += tsum[j];
     b->mass_fixed[i] = (float)fixed;
     b->ref[i] = (ap_sample_ref){s->file, s->seq, e->layer, x->head, x->t, q, x->group};
+    if (b->zq) ap_zscore(e->qb + toff + c0, W, b->zq + (size_t)i * W);
     return ROW_OK;
 }
 
@@ -880,7 +995,9 @@ ap_status ap_batch_alloc(const ap_dataset *ds, ap_batch *b, ap_err *err) {
     b->ysum = malloc(n * w * sizeof(float));
     b->mass_fixed = malloc(n * sizeof(float));
     b->ref = malloc(n * sizeof *b->ref);
-    if (!b->x || !b->y || !b->ysum || !b->mass_fixed || !b->ref) {
+    if (ds->cfg.query_fusion) b->zq = malloc(n * w * sizeof(float));
+    if (!b->x || !b->y || !b->ysum || !b->mass_fixed || !b->ref ||
+        (ds->cfg.query_fusion && !b->zq)) {
         ap_batch_release(b);
         return ap_errf(err, AP_ERR_NOMEM, "dataset: out of memory for a batch of %zu x %d x %zu",
                        n, ds->H, w);
@@ -895,6 +1012,105 @@ void ap_batch_release(ap_batch *b) {
     free(b->ysum);
     free(b->mass_fixed);
     free(b->ref);
-    b->x = b->y = b->ysum = b->mass_fixed = NULL;
+    free(b->zq);
+    b->x = b->y = b->ysum = b->mass_fixed = b->zq = NULL;
     b->ref = NULL;
+}
+
+/* ------------------------------------------------------ sources held out */
+
+typedef struct {
+    char (*key)[128];
+    int *file; /* index into the side's path list */
+    int n, cap;
+} src_keys;
+
+/* Appends the keys of one `source` attribute: "PKG:/path..." pieces give PKG
+ * (Debian package names: lowercase, digits, + - .); other text is one key. */
+static ap_status add_source_keys(src_keys *k, const char *src, int file, ap_err *err) {
+    const char *p = src;
+    while (*p) {
+        const char *e = strstr(p, " ; ");
+        size_t n = e ? (size_t)(e - p) : strlen(p);
+        size_t m = 0;
+        while (m < n && ((p[m] >= 'a' && p[m] <= 'z') || (p[m] >= '0' && p[m] <= '9') ||
+                         p[m] == '+' || p[m] == '-' || p[m] == '.'))
+            m++;
+        size_t klen = m > 0 && m + 1 < n && p[m] == ':' && p[m + 1] == '/' ? m : n;
+        if (klen > 0 && strncmp(p, "...", klen) && strncmp(p, "generated", 9)) {
+            if (k->n == k->cap) {
+                int cap = k->cap ? 2 * k->cap : 64;
+                void *nk = realloc(k->key, (size_t)cap * sizeof *k->key);
+                if (!nk) return ap_errf(err, AP_ERR_NOMEM, "out of memory reading sources");
+                k->key = nk;
+                void *nf = realloc(k->file, (size_t)cap * sizeof *k->file);
+                if (!nf) return ap_errf(err, AP_ERR_NOMEM, "out of memory reading sources");
+                k->file = nf;
+                k->cap = cap;
+            }
+            if (klen > 127) klen = 127;
+            memcpy(k->key[k->n], p, klen);
+            k->key[k->n][klen] = 0;
+            k->file[k->n++] = file;
+        }
+        p = e ? e + 3 : p + n;
+    }
+    return AP_OK;
+}
+
+static ap_status collect_sources(const char *const *paths, int n, src_keys *k, ap_err *err) {
+    ap_status st = AP_OK;
+    for (int f = 0; f < n && !st; f++) {
+        ap_trace *t = NULL;
+        st = ap_trace_open(paths[f], &t, err);
+        for (int i = 0; !st && i < ap_trace_n_seq(t); i++) {
+            ap_trace_seq_info in;
+            st = ap_trace_seq_get_info(t, i, &in, err);
+            if (!st) st = add_source_keys(k, in.source, f, err);
+        }
+        ap_trace_close(t);
+    }
+    return st;
+}
+
+ap_status ap_dataset_check_disjoint_sources(const char *const *a, int na, const char *what_a,
+                                            const char *const *b, int nb, const char *what_b,
+                                            ap_err *err) {
+    ap_status st = AP_OK;
+    src_keys ka = {0}, kb = {0};
+    char shared[600] = "";
+    int n_shared = 0, fa = -1, fb = -1;
+    st = collect_sources(a, na, &ka, err);
+    if (!st) st = collect_sources(b, nb, &kb, err);
+    if (st) goto cleanup;
+    for (int i = 0; i < ka.n; i++) {
+        int dup = 0;
+        for (int j = 0; j < i && !dup; j++) dup = !strcmp(ka.key[i], ka.key[j]);
+        for (int j = 0; j < kb.n && !dup; j++)
+            if (!strcmp(ka.key[i], kb.key[j])) {
+                if (n_shared < 8) {
+                    size_t len = strlen(shared);
+                    snprintf(shared + len, sizeof shared - len, "%s%s", n_shared ? ", " : "",
+                             ka.key[i]);
+                }
+                if (fa < 0) {
+                    fa = ka.file[i];
+                    fb = kb.file[j];
+                }
+                n_shared++;
+                break;
+            }
+    }
+    if (n_shared > 0)
+        st = ap_errf(err, AP_ERR_ARG,
+                     "%s and %s share %d source%s (%s%s), e.g. %s and %s: held-out data must come "
+                     "from other sources",
+                     what_a, what_b, n_shared, n_shared > 1 ? "s" : "", shared,
+                     n_shared > 8 ? ", ..." : "", a[fa], b[fb]);
+cleanup:
+    free(ka.key);
+    free(ka.file);
+    free(kb.key);
+    free(kb.file);
+    return st;
 }

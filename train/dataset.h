@@ -52,7 +52,11 @@ typedef struct {
     int sink_blocks;    /* always-kept leading blocks (4 = 64 tokens) */
     int local_blocks;   /* always-kept trailing blocks (4 = 64 tokens) */
     int min_candidates; /* fewer candidate blocks = predictor bypassed (3) */
-    double val_fraction;/* share of sequences held out for validation (0.1) */
+    double val_fraction;/* share of sequences held out for validation (0.1); unused
+                           when first_val_file > 0 */
+    int first_val_file; /* > 0: files [first_val_file, n_paths) are the validation
+                           split and the others training (held out by source, not
+                           by a random share of sequences); 0 = val_fraction */
     uint64_t seed;      /* split and shuffles */
     int batch_size;     /* samples per batch at most (256) */
     int pool_chunks;    /* (sequence, layer) chunks mixed per shuffle pool (8) */
@@ -67,8 +71,18 @@ typedef struct {
      * iterators may still ask for dense rows. */
     ap_rows_kind rows;
     int sparse_budget;  /* tokens of the simulated selection, sink + local included (1024) */
+    /* n_sparse_budgets > 0: each (sequence, layer) chunk draws its selection
+     * budget from sparse_budgets by a hash of (seed, file, sequence, layer),
+     * so training windows mix the sparsities of several replay budgets;
+     * sparse_budget is then unused. */
+    int n_sparse_budgets;
+    int sparse_budgets[8];
     int calib;          /* decode step t (0-based) keeps its dense row when
                            (t + 1) % calib == 0 (5, method.md 4.2); 0 = never */
+    /* 1: batches also carry zq, the z-scored query bound of every candidate
+     * (train/fusion.h) for the query-fusion predictor; chunks then read the
+     * traces' query and key bounds (refused when a trace lacks them). */
+    int query_fusion;
 } ap_dataset_config;
 
 void ap_dataset_config_default(ap_dataset_config *c);
@@ -136,6 +150,8 @@ typedef struct {
     float *ysum;        /* [n][W] */
     float *mass_fixed;  /* [n] */
     ap_sample_ref *ref; /* [n] */
+    float *zq;          /* [n][W] with cfg.query_fusion: z over the W candidates of
+                           the step's query bound; else NULL */
 } ap_batch;
 
 ap_status ap_batch_alloc(const ap_dataset *ds, ap_batch *b, ap_err *err);
@@ -165,6 +181,12 @@ ap_status ap_dataset_iter_set_rows(ap_dataset_iter *it, ap_rows_kind rows, ap_er
 ap_status ap_dataset_iter_set_subset(ap_dataset_iter *it, double fraction, uint64_t salt,
                                      ap_err *err);
 
+/* Windows this pass will serve, bad rows aside: every (chunk, step, head) of
+ * the split, or the exact size of the subset drawn by the last
+ * ap_dataset_iter_set_subset. A whole pass serves this many minus the
+ * windows it skips for bad rows (ap_iter_stats), never more. */
+long long ap_dataset_iter_n_planned(const ap_dataset_iter *it);
+
 /* Fill the next batch (b->n = 0 at the end). Samples whose window or target
  * row holds NaN/Inf, or a malformed row (negative value, non-zero past the
  * causal length, block_sum row not summing to 1), are skipped and counted.
@@ -180,5 +202,16 @@ typedef struct {
 } ap_iter_stats;
 
 void ap_dataset_iter_get_stats(const ap_dataset_iter *it, ap_iter_stats *st);
+
+/* Held out by source: the source key of a sequence is each Debian-package-like
+ * prefix "PKG:/..." of its `source` attribute (several joined by " ; "), or
+ * the whole attribute when it names no package. Fails with AP_ERR_ARG, naming
+ * up to 8 shared keys and one trace on each side, when a sequence of `a`
+ * shares a key with a sequence of `b` (what_a / what_b name the two sides in
+ * the message, e.g. "--traces" and "--holdout"). Sequences without a source
+ * attribute have no key and never clash. */
+ap_status ap_dataset_check_disjoint_sources(const char *const *a, int na, const char *what_a,
+                                            const char *const *b, int nb, const char *what_b,
+                                            ap_err *err);
 
 #endif

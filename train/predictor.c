@@ -51,6 +51,8 @@ ap_status ap_pred_config_validate(const ap_pred_config *c, ap_err *err) {
     if (c->c1 < 1 || c->c1 > 4096 || c->c2 < 1 || c->c2 > 4096)
         return ap_errf(err, AP_ERR_ARG, "predictor channels c1=%d c2=%d out of range [1, 4096]",
                        c->c1, c->c2);
+    if (c->query_fusion != 0 && c->query_fusion != 1)
+        return ap_errf(err, AP_ERR_ARG, "predictor query_fusion %d must be 0 or 1", c->query_fusion);
     if (c->n_layers < 0 || c->n_layers > AP_PRED_MAX_LAYERS)
         return ap_errf(err, AP_ERR_ARG, "predictor n_layers %d out of range [0, %d]", c->n_layers,
                        AP_PRED_MAX_LAYERS);
@@ -75,7 +77,8 @@ void ap_pred_layout_of(const ap_pred_config *c, ap_pred_layout *lay) {
     lay->b2 = lay->w2 + c2 * c1 * 9;
     lay->w3 = lay->b2 + c2;
     lay->b3 = lay->w3 + c2;
-    lay->total = lay->b3 + 1;
+    lay->q = lay->b3 + 1;
+    lay->total = lay->q + (c->query_fusion ? 1 : 0);
 }
 
 size_t ap_pred_param_count(const ap_pred_config *c) {
@@ -112,6 +115,7 @@ char *ap_pred_config_to_json(const ap_pred_config *c) {
         !cJSON_AddNumberToObject(o, "c1", c->c1) || !cJSON_AddNumberToObject(o, "c2", c->c2) ||
         !cJSON_AddNumberToObject(o, "n_models", c->n_models) ||
         !cJSON_AddNumberToObject(o, "n_layers", c->n_layers) ||
+        !cJSON_AddNumberToObject(o, "query_fusion", c->query_fusion) ||
         !cJSON_AddNumberToObject(o, "param_count", (double)ap_pred_param_count(c)))
         goto cleanup;
     cJSON_AddItemToObject(o, "layer_map", map);
@@ -155,6 +159,12 @@ ap_status ap_pred_config_from_json(const char *json, ap_pred_config *c, ap_err *
     if (tmp.n_layers < 0 || tmp.n_layers > AP_PRED_MAX_LAYERS) {
         st = ap_errf(err, AP_ERR_FORMAT, "predictor config: n_layers %d out of range [0, %d]",
                      tmp.n_layers, AP_PRED_MAX_LAYERS);
+        goto cleanup;
+    }
+    if (cJSON_GetObjectItemCaseSensitive(o, "query_fusion") &&
+        (!json_int(o, "query_fusion", &tmp.query_fusion) ||
+         (tmp.query_fusion != 0 && tmp.query_fusion != 1))) {
+        st = ap_errf(err, AP_ERR_FORMAT, "predictor config: \"query_fusion\" must be 0 or 1");
         goto cleanup;
     }
     const cJSON *map = cJSON_GetObjectItemCaseSensitive(o, "layer_map");
@@ -231,6 +241,9 @@ ap_status ap_predictor_create(const ap_pred_config *c, uint64_t seed, ap_predict
         fill_uniform(w + L->b2, L->w3 - L->b2, b2, &rng);
         fill_uniform(w + L->w3, L->b3 - L->w3, b3, &rng);
         fill_uniform(w + L->b3, 1, b3, &rng);
+        /* Equal say for the history and the query at the start (both
+         * z-scored); the prototype learned ~1.2 from there. */
+        if (c->query_fusion) w[L->q] = 1.0f;
     }
     *out = p;
     p = NULL;

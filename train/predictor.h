@@ -36,6 +36,11 @@ typedef struct {
     int local_blocks; /* trailing blocks cut off before the CNN (default 4) */
     int c1, c2;       /* channels of conv1 / conv2 (16, 32) */
     int n_models;     /* 1 = unified */
+    /* 1: the query-fusion variant (train/fusion.h): each model carries one
+     * more parameter, the weight of the z-scored query bound, stored after
+     * conv3.bias ("query_weight"). The CNN itself is unchanged. 0 = the
+     * paper's model. */
+    int query_fusion;
     int n_layers;     /* 0 = unified: every layer uses model 0 (n_models must be 1) */
     int layer_map[AP_PRED_MAX_LAYERS]; /* layer -> model, for l < n_layers */
 } ap_pred_config;
@@ -43,6 +48,7 @@ typedef struct {
 /* Offsets (in floats) of each state_dict tensor inside one model's slice. */
 typedef struct {
     size_t w1, b1, w2, b2, w3, b3;
+    size_t q;     /* query_weight (query_fusion only; else == total) */
     size_t total; /* parameters per model */
 } ap_pred_layout;
 
@@ -55,11 +61,11 @@ void ap_pred_config_groups(ap_pred_config *c, int n_layers, int n_groups);
 ap_status ap_pred_config_validate(const ap_pred_config *c, ap_err *err);
 
 void ap_pred_layout_of(const ap_pred_config *c, ap_pred_layout *lay);
-/* Parameters of one model (4,833 for the defaults). */
+/* Parameters of one model (4,833 for the defaults, 4,834 with query fusion). */
 size_t ap_pred_param_count(const ap_pred_config *c);
 
 /* JSON form of the config (keys: history, block, sink_blocks, local_blocks, c1,
- * c2, n_models, n_layers, layer_map). _to_json returns a malloc'd string the
+ * c2, n_models, n_layers, layer_map, query_fusion (optional on input, 0)). _to_json returns a malloc'd string the
  * caller frees (NULL when out of memory). _from_json validates. */
 char *ap_pred_config_to_json(const ap_pred_config *c);
 ap_status ap_pred_config_from_json(const char *json, ap_pred_config *c, ap_err *err);

@@ -359,10 +359,12 @@ extern "C" ap_status ap_pred_cuda_backward(ap_pred_cuda *g, const float *dy, flo
     TRY(dnn(cudnnConvolutionBackwardFilter(g->h, &one, g->tx, g->d_x, g->ta1, da1, g->conv3, k_bwf,
                                            g->d_ws, g->ws_bytes, &zero, g->fw1, gw + L->w1),
             "conv1 filter grad", err));
-    TRY(cu(cudaMemcpy(g->h_grad, gw, sizeof(float) * L->total, cudaMemcpyDeviceToHost),
+    /* Only the CNN's gradient comes from the device: a query-fusion weight
+     * after conv3.bias gets its gradient on the host (train/fusion.h). */
+    TRY(cu(cudaMemcpy(g->h_grad, gw, sizeof(float) * L->q, cudaMemcpyDeviceToHost),
            "download grad", err));
     float *dst = grad + (size_t)g->m * L->total;
-    for (size_t i = 0; i < L->total; i++) dst[i] += g->h_grad[i];
+    for (size_t i = 0; i < L->q; i++) dst[i] += g->h_grad[i];
     return AP_OK;
 }
 

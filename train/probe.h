@@ -1,6 +1,8 @@
-/* The spike probe of method.md 2.4: how strongly a trained predictor weights
- * each history row. The history is all zeros except one value `spike` at
- * column `col` in a single row r; the probe reads the output at `col`. A
+/* The spike probe (docs/predictor.md, "Newest-row weighting"; from section
+ * 2.4 of the project's method notes, shared/reference/method.md beside the
+ * repository, which the later method.md references here mean): how strongly
+ * a trained predictor weights each history row. The history is all zeros
+ * except one value `spike` at column `col` in a single row r; the probe reads the output at `col`. A
  * predictor that mostly copies the last step answers far more to a spike in
  * the newest row (r = H - 1) than in an interior one (the authors' released
  * weights: 75x and 500x).

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "common/util.h"
+#include "train/fusion.h"
 #include "train/safetensors.h"
 
 struct ap_runtime {
@@ -24,7 +25,9 @@ typedef struct {
     int64_t shape[4];
 } tensor_spec;
 
-static void model_specs(const ap_pred_config *c, tensor_spec s[6]) {
+/* The state_dict tensors of one model; returns how many (6, or 7 with the
+ * query-fusion weight). */
+static int model_specs(const ap_pred_config *c, tensor_spec s[7]) {
     ap_pred_layout L;
     ap_pred_layout_of(c, &L);
     int64_t c1 = c->c1, c2 = c->c2;
@@ -34,6 +37,9 @@ static void model_specs(const ap_pred_config *c, tensor_spec s[6]) {
     s[3] = (tensor_spec){"conv2.bias", L.b2, L.w3 - L.b2, 1, {c2}};
     s[4] = (tensor_spec){"conv3.weight", L.w3, L.b3 - L.w3, 3, {1, c2, 1}};
     s[5] = (tensor_spec){"conv3.bias", L.b3, 1, 1, {1}};
+    if (!c->query_fusion) return 6;
+    s[6] = (tensor_spec){"query_weight", L.q, 1, 1, {1}};
+    return 7;
 }
 
 static void tensor_name(char *buf, size_t n, const ap_pred_config *c, int m, const char *suffix) {
@@ -85,10 +91,10 @@ ap_status ap_pred_export(const char *st_path, const char *json_path, const ap_pr
                            st_path, i);
     st = ap_st_writer_create(&w, err);
     if (st != AP_OK) goto cleanup;
-    tensor_spec s[6];
-    model_specs(c, s);
+    tensor_spec s[7];
+    const int nt = model_specs(c, s);
     for (int m = 0; m < c->n_models && st == AP_OK; m++)
-        for (int k = 0; k < 6 && st == AP_OK; k++) {
+        for (int k = 0; k < nt && st == AP_OK; k++) {
             char name[64];
             tensor_name(name, sizeof name, c, m, s[k].suffix);
             st = ap_st_writer_add(w, name, "F32", s[k].ndim, s[k].shape,
@@ -113,12 +119,17 @@ ap_status ap_pred_export(const char *st_path, const char *json_path, const ap_pr
     if (st == AP_OK) st = put_int(w, j, "n_models", c->n_models, err);
     if (st == AP_OK) st = put_int(w, j, "n_layers", c->n_layers, err);
     if (st == AP_OK) st = put_int(w, j, "param_count", (long)P, err);
+    if (st == AP_OK && c->query_fusion) st = put_int(w, j, "query_fusion", 1, err);
     if (st == AP_OK) st = ap_st_writer_meta(w, "layer_map", map, err);
     if (st != AP_OK) goto cleanup;
     cJSON_AddItemToObject(j, "layer_map", cJSON_Parse(map));
     cJSON_AddStringToObject(j, "arch",
-                            "Conv2d(1,c1,3,p1)+ReLU, Conv2d(c1,c2,3,p1)+ReLU, mean over time, "
-                            "Conv1d(c2,1,1)");
+                            c->query_fusion
+                                ? "Conv2d(1,c1,3,p1)+ReLU, Conv2d(c1,c2,3,p1)+ReLU, mean over "
+                                  "time, Conv1d(c2,1,1); score = z(cnn) + query_weight * "
+                                  "z(query bound) over the candidates (query fusion)"
+                                : "Conv2d(1,c1,3,p1)+ReLU, Conv2d(c1,c2,3,p1)+ReLU, mean over "
+                                  "time, Conv1d(c2,1,1)");
     /* JSON first: if the safetensors write fails afterwards the pair may
      * disagree, but the safetensors file (what loaders read) stays whole. */
     if (json_path) {
@@ -181,6 +192,8 @@ ap_status ap_runtime_load(const char *path, ap_runtime **out, ap_err *err) {
     if (st == AP_OK && ap_st_meta(f, "sink_blocks")) st = meta_int(f, "sink_blocks", &c.sink_blocks, err);
     if (st == AP_OK && ap_st_meta(f, "local_blocks"))
         st = meta_int(f, "local_blocks", &c.local_blocks, err);
+    if (st == AP_OK && ap_st_meta(f, "query_fusion"))
+        st = meta_int(f, "query_fusion", &c.query_fusion, err);
     if (st != AP_OK) goto cleanup;
     const char *ms = ap_st_meta(f, "layer_map");
     map = cJSON_Parse(ms ? ms : "[]");
@@ -215,19 +228,14 @@ ap_status ap_runtime_load(const char *path, ap_runtime **out, ap_err *err) {
         if (err) err->status = st;
         goto cleanup;
     }
-    rt = calloc(1, sizeof *rt);
-    if (!rt) {
-        st = ap_errf(err, AP_ERR_NOMEM, "out of memory");
-        goto cleanup;
-    }
-    st = ap_predictor_create(&c, 0, &rt->pred, err);
-    if (st != AP_OK) goto cleanup;
-    float *params = ap_predictor_params(rt->pred, NULL);
-    size_t P = ap_pred_param_count(&c);
-    tensor_spec s[6];
-    model_specs(&c, s);
+    /* Every tensor is checked against the metadata before the predictor is
+     * allocated: that allocation is sized by the metadata alone (c1 = c2 =
+     * 4096 with 256 models asks for 155 GB), so a small corrupt file must be
+     * refused before it, not after. */
+    tensor_spec s[7];
+    const int nt = model_specs(&c, s);
     for (int m = 0; m < c.n_models; m++)
-        for (int k = 0; k < 6; k++) {
+        for (int k = 0; k < nt; k++) {
             char name[64];
             tensor_name(name, sizeof name, &c, m, s[k].suffix);
             const ap_st_tensor *t = ap_st_find(f, name);
@@ -248,13 +256,28 @@ ap_status ap_runtime_load(const char *path, ap_runtime **out, ap_err *err) {
                              t ? "has the wrong dtype or shape" : "is missing", want);
                 goto cleanup;
             }
-            memcpy(params + (size_t)m * P + s[k].off, t->data, sizeof(float) * s[k].numel);
         }
-    if (ap_st_count(f) != 6 * c.n_models) {
+    if (ap_st_count(f) != nt * c.n_models) {
         st = ap_errf(err, AP_ERR_FORMAT, "%s: %d tensors, expected %d (unknown tensor names)", path,
-                     ap_st_count(f), 6 * c.n_models);
+                     ap_st_count(f), nt * c.n_models);
         goto cleanup;
     }
+    rt = calloc(1, sizeof *rt);
+    if (!rt) {
+        st = ap_errf(err, AP_ERR_NOMEM, "out of memory");
+        goto cleanup;
+    }
+    st = ap_predictor_create(&c, 0, &rt->pred, err);
+    if (st != AP_OK) goto cleanup;
+    float *params = ap_predictor_params(rt->pred, NULL);
+    size_t P = ap_pred_param_count(&c);
+    for (int m = 0; m < c.n_models; m++)
+        for (int k = 0; k < nt; k++) {
+            char name[64];
+            tensor_name(name, sizeof name, &c, m, s[k].suffix);
+            memcpy(params + (size_t)m * P + s[k].off, ap_st_find(f, name)->data,
+                   sizeof(float) * s[k].numel);
+        }
     for (size_t i = 0; i < P * (size_t)c.n_models; i++)
         if (!isfinite(params[i])) {
             st = ap_errf(err, AP_ERR_NUMERIC, "%s: parameter %zu is not finite", path, i);
@@ -293,4 +316,27 @@ ap_status ap_runtime_predict_batch(const ap_runtime *rt, int layer, const float 
 ap_status ap_runtime_predict(const ap_runtime *rt, int layer, const float *hist, int H, int W,
                              float *scores, ap_err *err) {
     return ap_runtime_predict_batch(rt, layer, hist, 1, H, W, scores, err);
+}
+
+float ap_runtime_query_weight(const ap_runtime *rt, int layer) {
+    const ap_pred_config *c = ap_runtime_config(rt);
+    int m = ap_predictor_model_of_layer(rt->pred, layer);
+    if (!c->query_fusion || m < 0) return 0.0f;
+    ap_pred_layout L;
+    ap_pred_layout_of(c, &L);
+    return ap_predictor_params_const(rt->pred, NULL)[(size_t)m * L.total + L.q];
+}
+
+ap_status ap_runtime_fuse_query(const ap_runtime *rt, int layer, const float *q, const float *kmin,
+                                const float *kmax, int hd, int W, float *scores, ap_err *err) {
+    if (!ap_runtime_config(rt)->query_fusion) return AP_OK;
+    if (ap_predictor_model_of_layer(rt->pred, layer) < 0)
+        return ap_errf(err, AP_ERR_ARG, "runtime: layer %d has no model", layer);
+    float stack[512], *zq = W <= 512 ? stack : malloc((size_t)W * sizeof(float));
+    if (!zq) return ap_errf(err, AP_ERR_NOMEM, "out of memory");
+    ap_query_bound(q, kmin, kmax, hd, W, zq);
+    ap_zscore(zq, W, zq);
+    ap_fuse_scores(scores, zq, W, ap_runtime_query_weight(rt, layer), scores);
+    if (zq != stack) free(zq);
+    return AP_OK;
 }

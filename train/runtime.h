@@ -9,7 +9,9 @@
  * model each name is prefixed "layers.M." (M = model index; with one model
  * per layer M is the layer). Metadata: format "attnpred-predictor", version,
  * history, block, sink_blocks, local_blocks, c1, c2, n_models, n_layers,
- * layer_map (a JSON array string), param_count. */
+ * layer_map (a JSON array string), param_count. The query-fusion variant
+ * (train/fusion.h) adds a tensor "query_weight" [1] per model and the
+ * metadata query_fusion = 1; its scores need ap_runtime_fuse_query. */
 #ifndef AP_RUNTIME_H
 #define AP_RUNTIME_H
 
@@ -37,6 +39,15 @@ ap_status ap_runtime_predict(const ap_runtime *rt, int layer, const float *hist,
 /* Many heads of one layer: hist [N][H][W] -> scores [N][W]. */
 ap_status ap_runtime_predict_batch(const ap_runtime *rt, int layer, const float *hist, int N,
                                    int H, int W, float *scores, ap_err *err);
+
+/* The query-fusion weight of layer's model; 0 for the paper's predictor. */
+float ap_runtime_query_weight(const ap_runtime *rt, int layer);
+/* For a query-fusion predictor: turns the CNN's scores [W] of one head into
+ * the fused ones, z(scores) + w * z(bound), in place, with the step's query
+ * q [hd] and the candidates' key bounds kmin/kmax [W][hd] (Quest's page
+ * bounds of the query head's KV head). A no-op for the paper's predictor. */
+ap_status ap_runtime_fuse_query(const ap_runtime *rt, int layer, const float *q, const float *kmin,
+                                const float *kmax, int hd, int W, float *scores, ap_err *err);
 
 /* Write the export: st_path (safetensors, atomic) and, when json_path is not
  * NULL, a JSON config beside it (same fields as the metadata, atomic). params

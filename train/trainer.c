@@ -10,6 +10,7 @@
 #include "common/plot.h"
 #include "common/util.h"
 #include "train/checkpoint.h"
+#include "train/fusion.h"
 #include "train/dataset.h"
 #include "train/optim.h"
 #include "train/predictor.h"
@@ -133,11 +134,13 @@ static double batch_loss(const ap_train_opts *o, const float *pred, const float 
         }
         return loss / n;
     }
-    if (kind == AP_LOSS_MSE) {
-        /* The paper's objective: MSE against the raw max-pooled next row. */
+    if (kind == AP_LOSS_MSE || kind == AP_LOSS_MSE_MASS) {
+        /* The paper's objective: MSE against the raw max-pooled next row; or
+         * against the mass each block will receive (what recovery sums). */
+        const float *t = kind == AP_LOSS_MSE ? y : ysum;
         const double scale = 2.0 / ((double)n * W);
         for (long i = 0; i < (long)n * W; i++) {
-            double d = (double)pred[i] - ys * y[i];
+            double d = (double)pred[i] - ys * t[i];
             loss += d * d;
             dy[i] = (float)(scale * d);
         }
@@ -206,6 +209,7 @@ typedef struct {
     void *ws;
     size_t ws_bytes;
     float *yhat, *dy;
+    float *cnn;    /* [batch][width] the CNN's own scores (query fusion) */
     ap_batch batch;
     ap_progress *prog;
     long long n_avail_train, n_avail_val;
@@ -230,6 +234,10 @@ static void crop_batch(ap_batch *b, int N, int Wc, uint64_t seed, long step, int
         memmove(b->y + (size_t)i * Wc, b->y + (size_t)i * W + off[i], (size_t)Wc * sizeof(float));
         memmove(b->ysum + (size_t)i * Wc, b->ysum + (size_t)i * W + off[i],
                 (size_t)Wc * sizeof(float));
+        /* zq keeps the z-score of the whole window: the replay's */
+        if (b->zq)
+            memmove(b->zq + (size_t)i * Wc, b->zq + (size_t)i * W + off[i],
+                    (size_t)Wc * sizeof(float));
     }
 }
 
@@ -259,6 +267,10 @@ static ap_status run_pass(pass_ctx *pc, ap_split split, int epoch, int train, do
         if (st) goto cleanup;
         limit = 0;
     }
+    /* The windows this pass will serve, counted when the subset was drawn:
+     * a total of the cap itself would be passed by a subset drawn a little
+     * above it (the subset is limit +- a few sqrt(limit)). */
+    if (pc->prog) pc->prog->total = (double)ap_dataset_iter_n_planned(it);
     for (;;) {
         st = ap_dataset_iter_next(it, &pc->batch, err);
         if (st) goto cleanup;
@@ -292,9 +304,29 @@ static ap_status run_pass(pass_ctx *pc, ap_split split, int epoch, int train, do
         else
             st = ap_predictor_forward(pc->pred, m, b->x, N, H, W, pc->yhat, err);
         if (st) goto cleanup;
+        const ap_pred_config *pcfg = ap_predictor_config(pc->pred);
+        ap_pred_layout lay;
+        ap_pred_layout_of(pcfg, &lay);
+        float qw = 0.0f;
+        if (pcfg->query_fusion) {
+            /* The loss sees what the replay ranks: z(cnn) + w z(bound). Over
+             * a crop the CNN's z-score is the crop's (the bound's is the
+             * whole window's). */
+            qw = ap_predictor_params(pc->pred, NULL)[(size_t)m * lay.total + lay.q];
+            memcpy(pc->cnn, pc->yhat, (size_t)N * W * sizeof(float));
+            for (int i = 0; i < N; i++)
+                ap_fuse_scores(pc->cnn + (size_t)i * W, b->zq + (size_t)i * W, W, qw,
+                               pc->yhat + (size_t)i * W);
+        }
         double l = batch_loss(o, pc->yhat, b->y, b->ysum, N, W, o->target_scale, pc->scratch,
                               pc->dy);
-        if (o->loss == AP_LOSS_MSE) l /= (double)o->target_scale * o->target_scale;
+        if (o->loss == AP_LOSS_MSE || o->loss == AP_LOSS_MSE_MASS)
+            l /= (double)o->target_scale * o->target_scale;
+        double dqw = 0.0;
+        if (pcfg->query_fusion)
+            for (int i = 0; i < N; i++)
+                dqw += ap_fuse_scores_backward(pc->cnn + (size_t)i * W, b->zq + (size_t)i * W, W,
+                                               qw, pc->dy + (size_t)i * W, pc->dy + (size_t)i * W);
         if (W < W_full) {
             /* a crop's edge columns see zero padding where the real window has
              * neighbours: no gradient from them (real window edges keep it) */
@@ -321,14 +353,13 @@ static ap_status run_pass(pass_ctx *pc, ap_split split, int epoch, int train, do
                 st = ap_predictor_backward(pc->pred, m, b->x, N, H, W, pc->dy, pc->ws,
                                            pc->ws_bytes, pc->grad, err);
             if (st) goto cleanup;
+            if (pcfg->query_fusion) pc->grad[(size_t)m * lay.total + lay.q] += (float)dqw;
             size_t np = 0;
             float *params = ap_predictor_params(pc->pred, &np);
             /* A short run must not spend itself in warm-up. */
             long warm = o->warmup_steps < pc->total_steps / 10 ? o->warmup_steps
                                                                : pc->total_steps / 10;
             float lr = ap_lr_at(AP_LR_COSINE, o->lr, *pc->step, warm, pc->total_steps, 0.05f);
-            ap_pred_layout lay;
-            ap_pred_layout_of(ap_predictor_config(pc->pred), &lay);
             ap_adam_step_range(pc->adam, params, pc->grad, lr, (size_t)m * lay.total, lay.total);
             (*pc->step)++;
             if (pc->gpu) {
@@ -355,11 +386,20 @@ cleanup:
     return st;
 }
 
+static double num_or_nan(const cJSON *o, const char *key) {
+    const cJSON *v = cJSON_GetObjectItem(o, key);
+    return cJSON_IsNumber(v) ? v->valuedouble : NAN;
+}
+
+/* train_windows and optimizer_steps make learning curves over runs of
+ * different epoch sizes comparable (docs/predictor.md). */
 static void add_epoch_json(cJSON *epochs, int epoch, double train_loss, double val_loss,
                            const val_result *vr, const ap_train_opts *o, double secs,
-                           double sps) {
+                           double sps, long long n_train, long steps) {
     cJSON *e = cJSON_CreateObject();
     cJSON_AddNumberToObject(e, "epoch", epoch + 1);
+    cJSON_AddNumberToObject(e, "train_windows", (double)n_train);
+    cJSON_AddNumberToObject(e, "optimizer_steps", (double)steps);
     cJSON_AddNumberToObject(e, "train_loss", train_loss);
     cJSON_AddNumberToObject(e, "val_loss", val_loss);
     cJSON_AddNumberToObject(e, "val_samples", (double)vr->n);
@@ -392,21 +432,26 @@ static void plot_curves(const char *run_dir, const cJSON *epochs, FILE *log) {
     if (!x || !tl || !vl || !rec || !last || !orc) goto cleanup;
     for (int i = 0; i < n; i++) {
         const cJSON *e = cJSON_GetArrayItem(epochs, i);
-        x[i] = cJSON_GetObjectItem(e, "epoch")->valuedouble;
-        tl[i] = cJSON_GetObjectItem(e, "train_loss")->valuedouble;
-        vl[i] = cJSON_GetObjectItem(e, "val_loss")->valuedouble;
-        rec[i] = cJSON_GetObjectItem(e, "recovery_mean")->valuedouble;
-        last[i] = cJSON_GetObjectItem(e, "last_step_recovery_mean")->valuedouble;
-        orc[i] = cJSON_GetObjectItem(e, "oracle_recovery_mean")->valuedouble;
+        /* The log may come from a resumed checkpoint's metadata: a missing
+         * or non-numeric field plots as NAN (a gap), never a crash. */
+        x[i] = num_or_nan(e, "epoch");
+        tl[i] = num_or_nan(e, "train_loss");
+        vl[i] = num_or_nan(e, "val_loss");
+        rec[i] = num_or_nan(e, "recovery_mean");
+        last[i] = num_or_nan(e, "last_step_recovery_mean");
+        orc[i] = num_or_nan(e, "oracle_recovery_mean");
     }
     char path[4200];
     ap_err err;
+    /* Epochs are whole: a tick at 1.5 would name no epoch. */
     ap_plot_opts po = {.title = "validation attention recovery (mean over budgets)",
-                       .xlabel = "epoch", .ylabel = "recovery", .width = 800, .height = 500};
+                       .xlabel = "epoch", .ylabel = "recovery", .width = 800, .height = 500,
+                       .x_integer = 1};
     ap_plot_series s[3] = {{"predictor", x, rec, n}, {"last step", x, last, n}, {"oracle", x, orc, n}};
     snprintf(path, sizeof path, "%s/recovery.png", run_dir);
     if (ap_plot_lines_png(path, &po, s, 3, &err) && log) fprintf(log, "train: plot: %s\n", err.msg);
-    ap_plot_opts pl = {.title = "loss", .xlabel = "epoch", .ylabel = "loss", .width = 800, .height = 500};
+    ap_plot_opts pl = {.title = "loss", .xlabel = "epoch", .ylabel = "loss", .width = 800,
+                       .height = 500, .x_integer = 1};
     ap_plot_series sl[2] = {{"train", x, tl, n}, {"validation", x, vl, n}};
     snprintf(path, sizeof path, "%s/curves.png", run_dir);
     if (ap_plot_lines_png(path, &pl, sl, 2, &err) && log) fprintf(log, "train: plot: %s\n", err.msg);
@@ -423,14 +468,21 @@ static char *opts_json(const ap_train_opts *o) {
     cJSON *j = cJSON_CreateObject();
     cJSON *tr = cJSON_AddArrayToObject(j, "traces");
     for (int i = 0; i < o->n_traces; i++) cJSON_AddItemToArray(tr, cJSON_CreateString(o->traces[i]));
+    cJSON *vt = cJSON_AddArrayToObject(j, "val_traces");
+    for (int i = 0; i < o->n_val_traces; i++)
+        cJSON_AddItemToArray(vt, cJSON_CreateString(o->val_traces[i]));
+    cJSON *ht = cJSON_AddArrayToObject(j, "holdout");
+    for (int i = 0; i < o->n_holdout; i++) cJSON_AddItemToArray(ht, cJSON_CreateString(o->holdout[i]));
     cJSON_AddNumberToObject(j, "epochs", o->epochs);
     cJSON_AddNumberToObject(j, "batch_size", o->batch_size);
     cJSON_AddNumberToObject(j, "lr", o->lr);
     cJSON_AddNumberToObject(j, "weight_decay", o->weight_decay);
     cJSON_AddNumberToObject(j, "warmup_steps", o->warmup_steps);
     cJSON_AddStringToObject(j, "loss", o->loss == AP_LOSS_MSE ? "mse"
+                                       : o->loss == AP_LOSS_MSE_MASS ? "mse-mass"
                                        : o->loss == AP_LOSS_CE ? "ce" : "rank");
     cJSON_AddNumberToObject(j, "per_layer", o->per_layer);
+    cJSON_AddNumberToObject(j, "query_fusion", o->query_fusion);
     cJSON_AddNumberToObject(j, "layer_groups", o->layer_groups);
     cJSON_AddNumberToObject(j, "history", o->history);
     cJSON_AddNumberToObject(j, "block", o->block);
@@ -445,13 +497,20 @@ static char *opts_json(const ap_train_opts *o) {
     cJSON_AddStringToObject(j, "rows", o->rows == AP_ROWS_SPARSE ? "sparse" : "dense");
     int vrows = o->val_rows < 0 ? (int)o->rows : o->val_rows;
     cJSON_AddStringToObject(j, "val_rows", vrows == AP_ROWS_SPARSE ? "sparse" : "dense");
-    cJSON_AddNumberToObject(j, "sparse_budget", o->sparse_budget);
+    if (o->n_sparse_budgets > 0) {
+        cJSON *sb = cJSON_AddArrayToObject(j, "sparse_budgets");
+        for (int i = 0; i < o->n_sparse_budgets; i++)
+            cJSON_AddItemToArray(sb, cJSON_CreateNumber(o->sparse_budgets[i]));
+    } else {
+        cJSON_AddNumberToObject(j, "sparse_budget", o->sparse_budget);
+    }
     cJSON_AddNumberToObject(j, "calib", o->calib);
     cJSON_AddNumberToObject(j, "input_scale", o->input_scale);
     cJSON_AddNumberToObject(j, "target_scale", o->target_scale);
     cJSON_AddNumberToObject(j, "pool_chunks", o->pool_chunks);
     cJSON_AddNumberToObject(j, "crop", o->crop);
     cJSON_AddStringToObject(j, "init", o->init_last_step ? "last-step" : "default");
+    if (o->init_last_step) cJSON_AddNumberToObject(j, "init_mean_weight", o->init_mean_weight);
     cJSON *b = cJSON_AddArrayToObject(j, "budgets");
     for (int i = 0; i < o->n_budgets; i++) cJSON_AddItemToArray(b, cJSON_CreateNumber(o->budgets[i]));
     char *s = cJSON_Print(j);
@@ -467,8 +526,14 @@ static char *opts_json(const ap_train_opts *o) {
  * mean_h ReLU(d_h) - ReLU(-d_h) = mean_h (x[h] - x[h-1]) = x[H-1] / H, and
  * conv3 weights +-H (times target/input scale) give the newest row back.
  * Every other channel keeps its random init but starts with conv3 weight 0,
- * so training departs from last-step only where the loss asks for it. */
-static void init_last_step(const ap_pred_config *c, float *params, float in, float out) {
+ * so training departs from last-step only where the loss asks for it.
+ * mean_w > 0 (--init last-mean:A) adds A times the history mean: conv2
+ * channel 2 passes conv1 channel 0 (the row itself, >= 0), whose time mean
+ * is the mean of the window, with conv3 weight A; on the replay's sparse
+ * windows "newest row + 0.5 x mean" already beats the newest row alone
+ * (docs/predictor.md), so training starts from the better point. */
+static void init_last_step(const ap_pred_config *c, float *params, float in, float out,
+                           float mean_w) {
     ap_pred_layout L;
     ap_pred_layout_of(c, &L);
     const int c1 = c->c1, c2 = c->c2;
@@ -489,6 +554,13 @@ static void init_last_step(const ap_pred_config *c, float *params, float in, flo
         w[L.w3 + 0] = (float)c->history * out / in;
         w[L.w3 + 1] = -(float)c->history * out / in;
         w[L.b3] = 0.0f;
+        if (mean_w > 0.0f && c2 >= 3) {
+            float *wc = w + L.w2 + (size_t)2 * c1 * 9;
+            memset(wc, 0, (size_t)c1 * 9 * sizeof(float));
+            wc[0 * 9 + 4] = 1.0f;
+            w[L.b2 + 2] = 0.0f;
+            w[L.w3 + 2] = mean_w * out / in;
+        }
     }
 }
 
@@ -505,7 +577,36 @@ static void dataset_config_of(const ap_train_opts *o, ap_dataset_config *dc) {
     dc->rows = o->rows == AP_ROWS_SPARSE || o->val_rows == AP_ROWS_SPARSE ? AP_ROWS_SPARSE
                                                                         : AP_ROWS_DENSE;
     dc->sparse_budget = o->sparse_budget;
+    dc->n_sparse_budgets = o->n_sparse_budgets;
+    memcpy(dc->sparse_budgets, o->sparse_budgets, sizeof dc->sparse_budgets);
     dc->calib = o->calib;
+    dc->first_val_file = o->n_val_traces > 0 ? o->n_traces : 0;
+    dc->query_fusion = o->query_fusion;
+}
+
+/* The dataset's files: the training traces, then the validation traces. */
+static ap_status dataset_paths(const ap_train_opts *o, const char ***paths, int *n, ap_err *err) {
+    *n = o->n_traces + o->n_val_traces;
+    *paths = malloc((size_t)*n * sizeof **paths);
+    if (!*paths) return ap_errf(err, AP_ERR_NOMEM, "out of memory");
+    for (int i = 0; i < o->n_traces; i++) (*paths)[i] = o->traces[i];
+    for (int i = 0; i < o->n_val_traces; i++) (*paths)[o->n_traces + i] = o->val_traces[i];
+    return AP_OK;
+}
+
+/* Held out by source: refuse before anything is written. */
+static ap_status check_held_out(const ap_train_opts *o, ap_err *err) {
+    ap_status st = AP_OK;
+    if (o->n_val_traces > 0)
+        st = ap_dataset_check_disjoint_sources(o->traces, o->n_traces, "--traces", o->val_traces,
+                                               o->n_val_traces, "--val-traces", err);
+    if (!st && o->n_holdout > 0)
+        st = ap_dataset_check_disjoint_sources(o->traces, o->n_traces, "--traces", o->holdout,
+                                               o->n_holdout, "--holdout", err);
+    if (!st && o->n_holdout > 0 && o->n_val_traces > 0)
+        st = ap_dataset_check_disjoint_sources(o->val_traces, o->n_val_traces, "--val-traces",
+                                               o->holdout, o->n_holdout, "--holdout", err);
+    return st;
 }
 
 static void result_from(ap_train_result *res, const val_result *vr, const ap_train_opts *o) {
@@ -528,6 +629,8 @@ static ap_status eval_run(const ap_train_opts *o, ap_train_result *res, ap_err *
     ap_dataset *ds = NULL;
     ap_predictor *pred = NULL;
     float *params = NULL;
+    const char **paths = NULL;
+    int n_paths = 0;
     pass_ctx pc;
     memset(&pc, 0, sizeof pc);
     char path[4200];
@@ -547,7 +650,9 @@ static ap_status eval_run(const ap_train_opts *o, ap_train_result *res, ap_err *
     memcpy(ap_predictor_params(pred, &np), params, n * sizeof(float));
     ap_dataset_config dc;
     dataset_config_of(o, &dc);
-    st = ap_dataset_open(o->traces, o->n_traces, &dc, &ds, err);
+    dc.query_fusion = info.cfg.query_fusion; /* the checkpoint says what it scores with */
+    st = dataset_paths(o, &paths, &n_paths, err);
+    if (!st) st = ap_dataset_open(paths, n_paths, &dc, &ds, err);
     if (st) goto cleanup;
     if (info.cfg.n_layers > 0) {
         st = ap_dataset_set_layer_groups(ds, info.cfg.layer_map, info.cfg.n_layers, err);
@@ -564,8 +669,9 @@ static ap_status eval_run(const ap_train_opts *o, ap_train_result *res, ap_err *
     size_t cap = (size_t)pc.batch.cap_n * pc.batch.cap_w;
     pc.yhat = malloc(cap * sizeof(float));
     pc.dy = malloc(cap * sizeof(float));
+    pc.cnn = malloc(cap * sizeof(float));
     pc.scratch = malloc((size_t)pc.batch.cap_w * sizeof *pc.scratch);
-    if (!pc.yhat || !pc.dy || !pc.scratch) {
+    if (!pc.yhat || !pc.dy || !pc.cnn || !pc.scratch) {
         st = ap_errf(err, AP_ERR_NOMEM, "out of memory");
         goto cleanup;
     }
@@ -606,9 +712,11 @@ cleanup:
     ap_batch_release(&pc.batch);
     free(pc.yhat);
     free(pc.dy);
+    free(pc.cnn);
     free(pc.scratch);
     free(pc.ws);
     free(params);
+    free(paths);
     ap_predictor_free(pred);
     ap_dataset_free(ds);
     return st;
@@ -624,6 +732,8 @@ ap_status ap_train_run(const ap_train_opts *o, ap_train_result *res, ap_err *err
     float *grad = NULL, *folded = NULL, *ck_params = NULL, *ck_m = NULL, *ck_v = NULL;
     char *ck_json = NULL, *cfg_json = NULL, *log_text = NULL;
     cJSON *log_root = NULL;
+    const char **paths = NULL;
+    int n_paths = 0;
     pass_ctx pc;
     memset(&pc, 0, sizeof pc);
     ap_train_result local;
@@ -632,14 +742,23 @@ ap_status ap_train_run(const ap_train_opts *o, ap_train_result *res, ap_err *err
     char path[4200];
 
     if (o->n_traces < 1) return ap_errf(err, AP_ERR_ARG, "--traces: no trace file given");
+    st = check_held_out(o, err);
+    if (st) return st;
     if (o->eval_only) return eval_run(o, res, err);
     if (o->epochs < 1 || o->batch_size < 1 || !(o->lr > 0) || o->history < 1 || o->block < 1 ||
         o->sink_tokens % o->block || o->local_tokens % o->block || o->n_budgets < 1)
         return ap_errf(err, AP_ERR_ARG,
                        "bad training options (epochs, batch, lr, history, block >= 1; sink and "
                        "local multiples of the block; at least one budget)");
-    if (o->init_last_step && (o->c1 < 2 || o->c2 < 2))
-        return ap_errf(err, AP_ERR_ARG, "--init last-step needs at least 2 channels per conv");
+    if (o->query_fusion && o->loss != AP_LOSS_RANK && o->loss != AP_LOSS_CE)
+        return ap_errf(err, AP_ERR_ARG,
+                       "--query-fusion (on in the default recipe) ranks z-scores: use --loss rank "
+                       "or ce, or --no-query-fusion / --recipe paper (MSE targets are in "
+                       "attention units)");
+    if (o->init_last_step && (o->c1 < 2 || o->c2 < (o->init_mean_weight > 0 ? 3 : 2)))
+        return ap_errf(err, AP_ERR_ARG,
+                       "--init last-step needs at least 2 channels per conv (last-mean: 3 in "
+                       "conv2)");
     if (!is_pow2(o->input_scale) || !is_pow2(o->target_scale))
         return ap_errf(err, AP_ERR_ARG,
                        "input scale %g and target scale %g must be powers of two (exact to fold "
@@ -651,8 +770,6 @@ ap_status ap_train_run(const ap_train_opts *o, ap_train_result *res, ap_err *err
         return ap_errf(err, AP_ERR_ARG,
                        "bad data options (rows dense|sparse, calib >= 0, sparse budget >= 1, "
                        "pool chunks >= 1, crop 0 or >= 8)");
-    st = ap_mkdir_p(o->run_dir, err);
-    if (st) return st;
     snprintf(path, sizeof path, "%s/%s", o->run_dir, AP_CKPT_NAME_LAST);
     int have_last = ap_file_exists(path);
     if (have_last && !o->resume && !o->force)
@@ -666,7 +783,8 @@ ap_status ap_train_run(const ap_train_opts *o, ap_train_result *res, ap_err *err
 
     ap_dataset_config dc;
     dataset_config_of(o, &dc);
-    st = ap_dataset_open(o->traces, o->n_traces, &dc, &ds, err);
+    st = dataset_paths(o, &paths, &n_paths, err);
+    if (!st) st = ap_dataset_open(paths, n_paths, &dc, &ds, err);
     if (st) goto cleanup;
     ap_dataset_stats dst;
     ap_dataset_get_stats(ds, &dst);
@@ -678,6 +796,10 @@ ap_status ap_train_run(const ap_train_opts *o, ap_train_result *res, ap_err *err
                      dst.n_seq_val);
         goto cleanup;
     }
+    /* Only now, with readable data, does the run directory appear: a missing
+     * or corrupt trace leaves nothing behind. */
+    st = ap_mkdir_p(o->run_dir, err);
+    if (st) goto cleanup;
 
     ap_pred_config pcfg;
     ap_pred_config_default(&pcfg);
@@ -691,6 +813,7 @@ ap_status ap_train_run(const ap_train_opts *o, ap_train_result *res, ap_err *err
     pcfg.local_blocks = o->local_tokens / o->block;
     pcfg.c1 = o->c1;
     pcfg.c2 = o->c2;
+    pcfg.query_fusion = o->query_fusion;
     st = ap_pred_config_validate(&pcfg, err);
     if (st) goto cleanup;
     if (pcfg.n_layers > 0) {
@@ -702,7 +825,8 @@ ap_status ap_train_run(const ap_train_opts *o, ap_train_result *res, ap_err *err
     ap_predictor_set_threads(pred, o->threads);
     size_t np = 0;
     float *params = ap_predictor_params(pred, &np);
-    if (o->init_last_step) init_last_step(&pcfg, params, o->input_scale, o->target_scale);
+    if (o->init_last_step)
+        init_last_step(&pcfg, params, o->input_scale, o->target_scale, o->init_mean_weight);
     res->n_params = (long long)np; /* all models */
 
     ap_adam_config ac;
@@ -741,6 +865,15 @@ ap_status ap_train_run(const ap_train_opts *o, ap_train_result *res, ap_err *err
         }
         memcpy(params, ck_params, np * sizeof(float));
         fold_scales(&pcfg, params, o->input_scale, o->target_scale, -1);
+        if (!ck_m || !ck_v) {
+            /* A weights-only file (best.safetensors, a fixture) has no moments:
+             * resuming from it would not continue the same run. */
+            st = ap_errf(err, AP_ERR_FORMAT,
+                         "%s: no optimizer state (adam_m/adam_v) in the checkpoint, so the run "
+                         "cannot continue; start over with --force",
+                         path);
+            goto cleanup;
+        }
         memcpy(adam.m, ck_m, np * sizeof(float));
         memcpy(adam.v, ck_v, np * sizeof(float));
         adam.step = ck.step;
@@ -807,7 +940,8 @@ ap_status ap_train_run(const ap_train_opts *o, ap_train_result *res, ap_err *err
     size_t cap = (size_t)pc.batch.cap_n * pc.batch.cap_w;
     pc.yhat = malloc(cap * sizeof(float));
     pc.dy = malloc(cap * sizeof(float));
-    if (!pc.yhat || !pc.dy || !pc.crop_off || !pc.scratch) {
+    pc.cnn = malloc(cap * sizeof(float));
+    if (!pc.yhat || !pc.dy || !pc.cnn || !pc.crop_off || !pc.scratch) {
         st = ap_errf(err, AP_ERR_NOMEM, "out of memory");
         goto cleanup;
     }
@@ -844,7 +978,8 @@ ap_status ap_train_run(const ap_train_opts *o, ap_train_result *res, ap_err *err
         double last = mean_over(vr.last.recovery, o->n_budgets);
         double orc = mean_over(vr.model.oracle, o->n_budgets);
         double sps = n_train / (t1 - t0 + 1e-12);
-        add_epoch_json(epochs_json, epoch, train_loss, val_loss, &vr, o, ap_now_seconds() - t0, sps);
+        add_epoch_json(epochs_json, epoch, train_loss, val_loss, &vr, o, ap_now_seconds() - t0, sps,
+                       n_train, adam.step);
         if (o->log)
             fprintf(o->log,
                     "train: epoch %d/%d loss %.4g val %.4g | val recovery %.4f (last-step %.4f, "
@@ -893,6 +1028,7 @@ cleanup:
     ap_batch_release(&pc.batch);
     free(pc.yhat);
     free(pc.dy);
+    free(pc.cnn);
     free(pc.crop_off);
     free(pc.scratch);
     free(pc.ws);
@@ -905,6 +1041,7 @@ cleanup:
     free(cfg_json);
     free(log_text);
     cJSON_Delete(log_root);
+    free(paths);
     ap_adam_release(&adam);
     ap_pred_cuda_free(gpu);
     ap_predictor_free(pred);

@@ -30,12 +30,25 @@
  * scores against the true mass distribution over the candidates. RANK:
  * mass-weighted pairwise logistic loss between the top-k blocks (by true
  * mass, k of each validation budget) and the rest (trainer.c). */
-typedef enum { AP_LOSS_MSE = 0, AP_LOSS_CE = 1, AP_LOSS_RANK = 2 } ap_loss_kind;
+/* MSE_MASS: squared error against the next step's attention mass per block
+ * (block_sum, 0 inside the local window): its minimiser is the conditional
+ * mean of the mass, whose top-k maximises expected recovery at every budget
+ * at once (docs/predictor.md). */
+typedef enum { AP_LOSS_MSE = 0, AP_LOSS_CE = 1, AP_LOSS_RANK = 2, AP_LOSS_MSE_MASS = 3 } ap_loss_kind;
 typedef enum { AP_DEV_CPU = 0, AP_DEV_CUDA = 1, AP_DEV_AUTO = 2 } ap_device_kind;
 
 typedef struct {
     const char *const *traces;
     int n_traces;
+    /* Validation traces held out by source (n_val_traces > 0): every sequence
+     * of them validates, every sequence of `traces` trains, val_fraction is
+     * unused; their sources must not overlap the training traces'. */
+    const char *const *val_traces;
+    int n_val_traces;
+    /* Test traces never used here: only checked to share no source with the
+     * training traces (ap_dataset_check_disjoint_sources). */
+    const char *const *holdout;
+    int n_holdout;
     const char *run_dir;
     int epochs;              /* 30, as the paper */
     int batch_size;          /* 256 */
@@ -45,6 +58,9 @@ typedef struct {
     ap_loss_kind loss;       /* MSE (the paper's), CE or RANK (see ap_loss_kind) */
     ap_device_kind device;
     int per_layer;           /* one model per layer */
+    int query_fusion;        /* the query-fusion variant (train/fusion.h): scores
+                                z(cnn) + w z(query bound), w learned; needs the
+                                traces' query vectors; rank or ce loss */
     int layer_groups;        /* >1: one model per group of consecutive layers */
     int history;             /* 64 */
     int block;               /* 16 */
@@ -59,6 +75,8 @@ typedef struct {
     ap_rows_kind rows;       /* training window rows: dense (default) or sparse */
     int val_rows;            /* validation window rows (ap_rows_kind); -1 = as rows */
     int sparse_budget;       /* tokens of the selection that builds sparse rows (1024) */
+    int n_sparse_budgets;    /* > 0: each (sequence, layer) draws one of these instead */
+    int sparse_budgets[8];
     int calib;               /* dense row every calib decode steps in sparse rows (5) */
     float input_scale;       /* x is multiplied by this while training (1; power of 2) */
     float target_scale;      /* MSE targets multiplied by this (1; power of 2); with
@@ -77,6 +95,8 @@ typedef struct {
     int resume;
     int init_last_step;      /* start as the last-step predictor (trainer.c:
                                 init_last_step); 0 = PyTorch's default init */
+    float init_mean_weight;  /* with init_last_step: start as newest row + this
+                                times the history mean (0 = plain last-step) */
     int eval_only;           /* validate RUN_DIR/best.safetensors once, write nothing */
     int force;               /* reuse a non-empty run dir */
     FILE *log;

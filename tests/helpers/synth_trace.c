@@ -31,7 +31,7 @@ static double rnd(uint64_t *s) {
 ap_status ap_synth_trace_write(const char *path, const ap_synth_trace_opts *o, ap_err *err) {
     ap_status st = AP_OK;
     ap_trace_writer *w = NULL;
-    float *bmax = NULL, *bsum = NULL, *row = NULL;
+    float *bmax = NULL, *bsum = NULL, *row = NULL, *qv = NULL, *kmin = NULL, *kmax = NULL;
     int32_t *tokens = NULL, *pos = NULL;
     ap_trace_meta meta;
     memset(&meta, 0, sizeof meta);
@@ -60,6 +60,28 @@ ap_status ap_synth_trace_write(const char *path, const ap_synth_trace_opts *o, a
         free(pos);
         bmax = calloc(nv, sizeof(float));
         bsum = calloc(nv, sizeof(float));
+        const int hd = meta.head_dim;
+        free(qv);
+        free(kmin);
+        free(kmax);
+        qv = kmin = kmax = NULL;
+        if (o->with_query) {
+            qv = calloc((size_t)o->n_layer * S * o->n_head * hd, sizeof(float));
+            kmin = calloc((size_t)o->n_layer * o->n_head * NB * hd, sizeof(float));
+            kmax = calloc((size_t)o->n_layer * o->n_head * NB * hd, sizeof(float));
+            if (!qv || !kmin || !kmax) {
+                st = ap_errf(err, AP_ERR_NOMEM, "out of memory");
+                goto cleanup;
+            }
+            /* Block j's keys span [0, v_j] with v_j a fixed random vector;
+             * the query of a step is v of the block its hot token is in, so
+             * the bound sum_d max(0, q_d v_jd) is largest there. */
+            for (size_t i = 0; i < (size_t)o->n_layer * o->n_head * NB * hd; i++) {
+                float v = (float)(2.0 * rnd(&rs) - 1.0);
+                kmin[i] = v < 0 ? v : 0.0f;
+                kmax[i] = v > 0 ? v : 0.0f;
+            }
+        }
         row = calloc((size_t)T, sizeof(float));
         tokens = calloc((size_t)T, sizeof(int32_t));
         pos = calloc((size_t)S, sizeof(int32_t));
@@ -82,6 +104,12 @@ ap_status ap_synth_trace_write(const char *path, const ap_synth_trace_opts *o, a
                     if (fb < len) row[fb] += 1.5f;
                     int mv = (8 + s / period) * o->block + 3;  /* moving hot token */
                     if (mv < len - 64) row[mv] += 2.5f;
+                    if (qv) {
+                        int bq = mv / o->block < NB ? mv / o->block : NB - 1;
+                        size_t at = (((size_t)l * o->n_head + h) * NB + bq) * hd;
+                        float *qq = qv + (((size_t)l * S + s) * o->n_head + h) * hd;
+                        for (int e = 0; e < hd; e++) qq[e] = kmin[at + e] + kmax[at + e];
+                    }
                     for (int k = 0; k < len; k++) tot += row[k];
                     for (int k = 0; k < len; k++) row[k] = (float)(row[k] / tot);
                     size_t off = (((size_t)l * S + s) * o->n_head + h) * NB;
@@ -90,9 +118,10 @@ ap_status ap_synth_trace_write(const char *path, const ap_synth_trace_opts *o, a
             }
         char id[32];
         snprintf(id, sizeof id, "syn%02d", q);
-        ap_trace_seq seq = {.id = id, .task = "synthetic", .n_prompt = n_prompt,
+        ap_trace_seq seq = {.id = id, .task = "synthetic", .source = o->source, .n_prompt = n_prompt,
                             .n_gen = o->n_gen, .tokens = tokens, .n_steps = S, .step_pos = pos,
-                            .n_blocks = NB, .block_max = bmax, .block_sum = bsum};
+                            .n_blocks = NB, .block_max = bmax, .block_sum = bsum,
+                            .query = qv, .key_min = kmin, .key_max = kmax};
         st = ap_trace_writer_add(w, &seq, err);
         if (st) goto cleanup;
     }
@@ -104,5 +133,8 @@ cleanup:
     free(row);
     free(tokens);
     free(pos);
+    free(qv);
+    free(kmin);
+    free(kmax);
     return st;
 }

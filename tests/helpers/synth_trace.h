@@ -14,6 +14,11 @@ typedef struct {
     int n_seq, n_layer, n_head, history, block, n_gen;
     int min_prompt, max_prompt; /* prompt lengths, spread over sequences */
     uint64_t seed;
+    const char *source; /* every sequence's `source` attribute (NULL: none) */
+    /* 1: also write query vectors and key bounds (head_dim 8) whose Quest
+     * bound peaks on the block of the moving hot token the step attends:
+     * information the history only has a step late. */
+    int with_query;
 } ap_synth_trace_opts;
 
 /* 6 sequences, 2 layers, 3 heads, history 16, block 16, 40 generated,
