@@ -99,7 +99,7 @@ static void close_id(hid_t id) {
 /* Sequence ids are free text; HDF5 names cannot hold '/' and '.' is special, so
  * groups are named with every byte outside [A-Za-z0-9_-] written as %XX. The
  * original id is kept in the group's `id` attribute. */
-static void escape_id(const char *id, char *out, size_t n) {
+void ap_trace_group_name(const char *id, char *out, size_t n) {
     static const char hex[] = "0123456789ABCDEF";
     size_t o = 0;
     for (const unsigned char *p = (const unsigned char *)id; *p && o + 4 < n; p++) {
@@ -732,7 +732,7 @@ static hid_t open_logged_group(hid_t file, const idx_entry *e) {
     char id[256], esc[ESC_NAME_MAX];
     if (attr_read_int(g, "complete", &c) != 1 || c != 1) goto fail;
     if (attr_read_str(g, "id", id, sizeof id) != 1) goto fail;
-    escape_id(id, esc, sizeof esc);
+    ap_trace_group_name(id, esc, sizeof esc);
     if (strcmp(esc, e->name) != 0) goto fail;
     return g;
 fail:
@@ -1043,7 +1043,7 @@ cleanup:
 int ap_trace_writer_has(const ap_trace_writer *w, const char *id) {
     if (!w || w->seqs < 0 || !id) return 0;
     char name[ESC_NAME_MAX];
-    escape_id(id, name, sizeof name);
+    ap_trace_group_name(id, name, sizeof name);
     return group_complete(w->seqs, name);
 }
 
@@ -1220,7 +1220,7 @@ ap_status ap_trace_writer_add(ap_trace_writer *w, const ap_trace_seq *s, ap_err 
     if (!w || w->file < 0) return ap_errf(err, AP_ERR_ARG, "trace writer is closed");
     st = seq_check(&w->meta, s, w->partial, err);
     if (st) return st;
-    escape_id(s->id, name, sizeof name);
+    ap_trace_group_name(s->id, name, sizeof name);
     htri_t ex = H5Lexists(w->seqs, name, H5P_DEFAULT);
     if (ex < 0) return h5_fail(err, AP_ERR_IO, w->partial, "cannot look up sequence '%s'", s->id);
     if (ex)

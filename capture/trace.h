@@ -102,6 +102,9 @@ int ap_trace_n_seq(const ap_trace *t);
 int ap_trace_is_complete(const ap_trace *t);
 /* Index of the sequence with this id, or -1. */
 int ap_trace_find(const ap_trace *t, const char *id);
+/* The HDF5 group name of sequence `id` (every byte outside [A-Za-z0-9_-] as
+ * %XX), truncated to fit n bytes; for tools that write traces themselves. */
+void ap_trace_group_name(const char *id, char *out, size_t n);
 ap_status ap_trace_seq_get_info(const ap_trace *t, int i, ap_trace_seq_info *info, ap_err *err);
 /* name: "tokens" (int32 [T]), "step_pos" (int32 [S]). */
 ap_status ap_trace_read_i32(const ap_trace *t, int i, const char *name, int32_t *buf,

@@ -666,6 +666,17 @@ static void md_overall(FILE *f, const ap_tasks_result *r) {
     }
 }
 
+/* "| method | kind | budget" of a table row; full KV (method 0) has no budget. */
+static void md_row_head(FILE *f, const ap_tasks_result *r, int m, int b) {
+    fputs("| ", f);
+    ap_md_method(f, r->methods[m].name, r->methods[m].label);
+    fprintf(f, " | %s | ", ap_tasks_kind_name(&r->methods[m]));
+    if (m == 0)
+        fputs("-", f);
+    else
+        fprintf(f, "%d", r->budgets[b]);
+}
+
 /* " | mean [lo, hi]" scaled, or " | n/a". */
 static void md_ci(FILE *f, const ap_tasks_ci *c, double scale, int decimals) {
     if (!isfinite(c->mean)) {
@@ -699,13 +710,7 @@ static ap_status md_intervals(FILE *f, const ap_tasks_result *r, ap_err *err) {
                 (st = ap_tasks_interval(r, NULL, m, -1, b, AP_TASKS_AGREEMENT, &ag, err)) ||
                 (st = ap_tasks_interval(r, NULL, m, -1, b, AP_TASKS_KL, &kl, err)))
                 return st;
-            fputs("| ", f);
-            ap_md_method(f, r->methods[m].name, r->methods[m].label);
-            fprintf(f, " | %s | ", ap_tasks_kind_name(&r->methods[m]));
-            if (m == 0)
-                fputs("-", f);
-            else
-                fprintf(f, "%d", r->budgets[b]);
+            md_row_head(f, r, m, b);
             fprintf(f, " | %d", sc.n);
             md_ci(f, &sc, 100.0, 1);
             md_ci(f, &hs, 100.0, 1);
@@ -869,13 +874,7 @@ static void md_memory(FILE *f, const ap_tasks_result *r) {
         for (int b = 0; b < (m == 0 ? 1 : r->n_budgets); b++) {
             ap_tasks_cell c;
             ap_tasks_cell_of(r, NULL, NULL, m, b, &c);
-            fputs("| ", f);
-            ap_md_method(f, r->methods[m].name, r->methods[m].label);
-            fprintf(f, " | %s | ", ap_tasks_kind_name(&r->methods[m]));
-            if (m == 0)
-                fputs("-", f);
-            else
-                fprintf(f, "%d", r->budgets[b]);
+            md_row_head(f, r, m, b);
             ap_md_num(f, c.resident_kv_bytes / MIB, 2);
             ap_md_ratio(f, c.compression);
             ap_md_ratio(f, c.budget_ratio);

@@ -29,14 +29,18 @@ def by_budget(res):
 
 
 def cumulative(log):
-    """(windows seen, optimizer steps, epoch record) after each epoch."""
+    """(windows seen, optimizer steps or None, epoch record) after each epoch."""
     out, seen = [], 0.0
     for e in log.get("epochs", []):
         w = e.get("train_windows")
         if w is None:  # logs written before train_windows existed
             w = e.get("seconds", 0.0) * e.get("train_samples_per_s", 0.0)
         seen += w
-        steps = e.get("optimizer_steps", seen / 256.0)
+        # The trainer's adam_step (older logs: optimizer_steps) advances twice
+        # per batch (docs/predictor.md, "Known defect"); logs without it get
+        # full batches of 256, which subsampled runs do not have.
+        raw = e.get("adam_step", e.get("optimizer_steps"))
+        steps = raw / 2.0 if raw is not None else None
         out.append((seen, steps, e))
     return out
 
@@ -140,12 +144,14 @@ def main():
     for ax, xkey in zip(axes, ("windows", "steps")):
         for r in rows:
             pts = [((w if xkey == "windows" else st), 100 * (b["recovery"] - b["last_step_recovery"]))
-                   for w, st, e in r["curve"] for b in e.get("budgets", []) if b["budget"] == 256]
+                   for w, st, e in r["curve"] for b in e.get("budgets", [])
+                   if b["budget"] == 256 and (xkey == "windows" or st is not None)]
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, label=r["name"])
         ax.axhline(0.0, color="black", lw=0.8, ls="--")
         ax.set_xscale("log")
-        ax.set_xlabel("training windows seen (log)" if xkey == "windows" else "optimizer steps (log)")
+        ax.set_xlabel("training windows seen (log)" if xkey == "windows"
+                      else "optimizer steps = batches (log; runs whose log has no count left out)")
         ax.set_ylabel("val recovery - last_step at budget 256 (points)")
         ax.set_title("learning curves, validation split (trainer's windows)")
         ax.grid(alpha=0.3)

@@ -391,15 +391,16 @@ static double num_or_nan(const cJSON *o, const char *key) {
     return cJSON_IsNumber(v) ? v->valuedouble : NAN;
 }
 
-/* train_windows and optimizer_steps make learning curves over runs of
- * different epoch sizes comparable (docs/predictor.md). */
+/* train_windows and adam_step make learning curves over runs of different
+ * epoch sizes comparable (docs/predictor.md). adam_step is the optimizer's
+ * counter, which today advances twice per batch ("Known defect" there). */
 static void add_epoch_json(cJSON *epochs, int epoch, double train_loss, double val_loss,
                            const val_result *vr, const ap_train_opts *o, double secs,
                            double sps, long long n_train, long steps) {
     cJSON *e = cJSON_CreateObject();
     cJSON_AddNumberToObject(e, "epoch", epoch + 1);
     cJSON_AddNumberToObject(e, "train_windows", (double)n_train);
-    cJSON_AddNumberToObject(e, "optimizer_steps", (double)steps);
+    cJSON_AddNumberToObject(e, "adam_step", (double)steps);
     cJSON_AddNumberToObject(e, "train_loss", train_loss);
     cJSON_AddNumberToObject(e, "val_loss", val_loss);
     cJSON_AddNumberToObject(e, "val_samples", (double)vr->n);

@@ -434,24 +434,6 @@ typedef struct {
     seq_plan seq[MAX_SEQ];
 } plan_t;
 
-/* The writer's escaping of ids into group names (capture/trace.c). */
-static void escape(const char *id, char *out, size_t n) {
-    static const char hex[] = "0123456789ABCDEF";
-    size_t o = 0;
-    for (const unsigned char *p = (const unsigned char *)id; *p && o + 4 < n; p++) {
-        unsigned char c = *p;
-        if ((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-            c == '_' || c == '-') {
-            out[o++] = (char)c;
-        } else {
-            out[o++] = '%';
-            out[o++] = hex[c >> 4];
-            out[o++] = hex[c & 15];
-        }
-    }
-    out[o] = '\0';
-}
-
 static hid_t group_crt_order(hid_t loc, const char *name) {
     hid_t gcpl = H5Pcreate(H5P_GROUP_CREATE);
     H5Pset_obj_track_times(gcpl, 0);
@@ -479,7 +461,7 @@ static void write_seq(hid_t seqs, const ap_trace_meta *m, seq_plan *q, int k, sr
         take(s, q->id, sizeof q->id, 2);
         s->mutated = 1;
     }
-    escape(q->id, q->gname, sizeof q->gname);
+    ap_trace_group_name(q->id, q->gname, sizeof q->gname);
     if (fl & 16) {
         take(s, q->gname, sizeof q->gname, 1);
         s->mutated = 1;
