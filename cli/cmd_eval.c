@@ -75,7 +75,11 @@ static void replay_usage(FILE *out) {
         "  --max-steps N        first N decode steps of each sequence (default all)\n"
         "  --threads N          worker threads over (sequence, layer) tasks (default 2)\n"
         "  --naive              recompute the whole CNN every step instead of updating it\n"
-        "                       incrementally (same scores to ~1e-6; slower; for checks)\n"
+        "                       incrementally (same scores to ~1e-6; slower; for checks)\n"        "  --pred-stride S      run the predictor's CNN every S decode steps and reuse its\n"
+        "                       scores between (query fusion still every step; default 1)\n"
+        "  --pred-per-kv        one CNN per KV head, on the mean history of its query heads\n"
+        "                       (default: one per query head, the method as published)\n"
+
         "  --json PATH          write every aggregate as JSON (required)\n"
         "  --md PATH            write a Markdown table\n"
         "  --png DIR            write plots into DIR (created if missing)\n"
@@ -271,7 +275,7 @@ static int cmd_replay(int argc, char **argv) {
     ap_replay_result *r = NULL;
     enum { O_TRACES = 256, O_PRED, O_BUDGET, O_METHODS, O_SINK, O_LOCAL, O_CALIB, O_KV, O_DENSE,
            O_SKW, O_SKP, O_MAXSEQ, O_MAXSTEP, O_THREADS, O_NAIVE, O_JSON, O_MD, O_PNG, O_QUIET,
-           O_HELP };
+           O_HELP, O_PSTRIDE, O_PKV };
     static const struct option lo[] = {
         {"traces", 1, 0, O_TRACES},        {"predictor", 1, 0, O_PRED},
         {"budget", 1, 0, O_BUDGET},        {"budgets", 1, 0, O_BUDGET},
@@ -283,7 +287,8 @@ static int cmd_replay(int argc, char **argv) {
         {"threads", 1, 0, O_THREADS},      {"naive", 0, 0, O_NAIVE},
         {"json", 1, 0, O_JSON},            {"md", 1, 0, O_MD},
         {"png", 1, 0, O_PNG},              {"quiet", 0, 0, O_QUIET},
-        {"help", 0, 0, O_HELP},            {0, 0, 0, 0}};
+        {"help", 0, 0, O_HELP},            {"pred-stride", 1, 0, O_PSTRIDE},
+        {"pred-per-kv", 0, 0, O_PKV},      {0, 0, 0, 0}};
     optind = 1;
     opterr = 0;
     int o, li = -1;
@@ -333,6 +338,8 @@ static int cmd_replay(int argc, char **argv) {
         case O_MAXSTEP: if (!parse_int(optarg, 1, 1 << 30, &c.max_steps)) goto bad; break;
         case O_THREADS: if (!parse_int(optarg, 1, 256, &c.threads)) goto bad; break;
         case O_NAIVE: c.incremental = 0; break;
+        case O_PSTRIDE: if (!parse_int(optarg, 1, 4096, &c.pred_stride)) goto bad; break;
+        case O_PKV: c.pred_per_kv = 1; break;
         case O_JSON: json = optarg; break;
         case O_MD: md = optarg; break;
         case O_PNG: png = optarg; break;
@@ -481,6 +488,10 @@ static void tasks_usage(FILE *out) {
         "  --kv-mode M          qhead: each query head selects (the method; default);\n"
         "                       sum: scores summed over a KV head's group, one set per\n"
         "                       KV head; union: round-robin union of the group's rankings\n"
+        "  --pred-stride S      run the predictor's CNN every S decode steps and reuse its\n"
+        "                       scores between (query fusion still every step; default 1)\n"
+        "  --pred-per-kv        one CNN per KV head, on the mean history of its query heads\n"
+        "                       (default: one per query head, the method as published)\n"
         "  --no-prefetch        score attnpred's next step on the decoding thread instead\n"
         "                       of a prefetch worker (to measure what prefetch hides)\n"
         "  --prefetch-threads N worker threads of the prefetch (default 1; on a GPU run the\n"
@@ -588,7 +599,7 @@ static int cmd_tasks(int argc, char **argv) {
     ap_tasks_result *r = NULL;
     enum { O_MODEL = 256, O_PRED, O_QUICK, O_FULL, O_TFILE, O_TASKS, O_BUDGET, O_METHODS, O_MAXS,
            O_MAXNEW, O_CALIB, O_KV, O_NOTF, O_NOPF, O_NOHP, O_THREADS, O_JSON, O_MD, O_PNG, O_QUIET, O_HELP,
-           O_DEVICE, O_OFFLOAD, O_PFTH };
+           O_DEVICE, O_OFFLOAD, O_PFTH, O_PSTRIDE, O_PKV };
     static const struct option lo[] = {
         {"model", 1, 0, O_MODEL},          {"predictor", 1, 0, O_PRED},
         {"quick", 0, 0, O_QUICK},          {"full", 0, 0, O_FULL},
@@ -602,7 +613,8 @@ static int cmd_tasks(int argc, char **argv) {
         {"md", 1, 0, O_MD},                {"png", 1, 0, O_PNG},
         {"quiet", 0, 0, O_QUIET},          {"help", 0, 0, O_HELP},
         {"device", 1, 0, O_DEVICE},        {"kv-offload", 0, 0, O_OFFLOAD},
-        {"prefetch-threads", 1, 0, O_PFTH},
+        {"prefetch-threads", 1, 0, O_PFTH}, {"pred-stride", 1, 0, O_PSTRIDE},
+        {"pred-per-kv", 0, 0, O_PKV},
         {0, 0, 0, 0}};
     optind = 1;
     opterr = 0;
@@ -658,6 +670,8 @@ static int cmd_tasks(int argc, char **argv) {
         case O_NOTF: c.teacher_forced = 0; break;
         case O_NOPF: c.prefetch = 0; break;
         case O_NOHP: c.hot_pool = 0; break;
+        case O_PSTRIDE: if (!parse_int(optarg, 1, 4096, &c.pred_stride)) goto bad; break;
+        case O_PKV: c.pred_per_kv = 1; break;
         case O_THREADS: if (!parse_int(optarg, 1, 256, &c.threads)) goto bad; break;
         case O_JSON: json = optarg; break;
         case O_MD: md = optarg; break;

@@ -42,6 +42,7 @@ void ap_replay_config_default(ap_replay_config *c) {
     c->snapkv_pool = 1;
     c->threads = 2;
     c->incremental = 1;
+    c->pred_stride = 1;
 }
 
 void ap_replay_result_free(ap_replay_result *r) {
@@ -279,6 +280,15 @@ static const char *missing_need(unsigned needs, int has_query, int has_colsum) {
     return NULL;
 }
 
+/* What a method reads from the trace: its selector's needs, plus the query
+ * and key bounds for a query-fusion predictor. */
+static unsigned method_needs(const run_ctx *x, const ap_selector *sel, int predictor) {
+    unsigned needs = sel->needs;
+    if (predictor >= 0 && x->rts[predictor] && ap_runtime_config(x->rts[predictor])->query_fusion)
+        needs |= AP_SEL_NEEDS_QUERY;
+    return needs;
+}
+
 static ap_status add_method(run_ctx *x, const ap_selector *sel, int predictor, int nocal,
                             ap_err *err) {
     const ap_replay_config *c = x->cfg;
@@ -290,10 +300,12 @@ static ap_status add_method(run_ctx *x, const ap_selector *sel, int predictor, i
         const char *fused =
             x->rts[predictor] && ap_runtime_config(x->rts[predictor])->query_fusion ? " + query"
                                                                                   : "";
+        char variant[48];
+        ap_sel_predictor_variant(c->pred_stride, c->pred_per_kv, variant, sizeof variant);
         if (nocal)
-            snprintf(label, sizeof label, "%s%s, no calibration", base, fused);
+            snprintf(label, sizeof label, "%s%s, no calibration%s", base, fused, variant);
         else
-            snprintf(label, sizeof label, "%s%s (calib %d)", base, fused, c->calib);
+            snprintf(label, sizeof label, "%s%s (calib %d)%s", base, fused, c->calib, variant);
     } else {
         snprintf(name, sizeof name, "%s", sel->name);
         if (!strcmp(sel->name, "last_step"))
@@ -320,6 +332,8 @@ static ap_status add_method(run_ctx *x, const ap_selector *sel, int predictor, i
     pp->snapkv_pool = c->snapkv_pool;
     pp->rt = predictor >= 0 ? x->rts[predictor] : NULL;
     pp->incremental = c->incremental;
+    pp->pred_stride = c->pred_stride;
+    pp->pred_per_kv = c->pred_per_kv;
     ap_replay_method *rm = &r->methods[m];
     memset(rm, 0, sizeof *rm);
     snprintf(rm->name, sizeof rm->name, "%s", name);
@@ -328,8 +342,9 @@ static ap_status add_method(run_ctx *x, const ap_selector *sel, int predictor, i
     rm->is_predictor = predictor >= 0;
     rm->dense_every_step = (sel->needs & AP_SEL_DENSE_EVERY_STEP) != 0;
     if (predictor >= 0) snprintf(rm->source, sizeof rm->source, "%s", c->predictors[predictor]);
-    if (sel->needs & AP_SEL_NEEDS_QUERY) x->need_query = 1;
-    if (sel->needs & AP_SEL_NEEDS_COLSUM) x->need_colsum = 1;
+    const unsigned needs = method_needs(x, sel, predictor);
+    if (needs & AP_SEL_NEEDS_QUERY) x->need_query = 1;
+    if (needs & AP_SEL_NEEDS_COLSUM) x->need_colsum = 1;
     return AP_OK;
 }
 
@@ -370,9 +385,19 @@ static ap_status plan_methods(run_ctx *x, ap_err *err) {
             if ((st = add_method(x, sel, -1, 0, err))) return st;
         }
         if (c->n_predictors == 0) add_dropped(r, "attnpred", "no predictor given (--predictor)");
-        for (int p = 0; p < c->n_predictors; p++)
+        for (int p = 0; p < c->n_predictors; p++) {
+            const char *what = NULL;
+            int f = trace_missing(x, method_needs(x, ap_selector_predictor(), p), &what);
+            if (f >= 0) {
+                char why[160];
+                snprintf(why, sizeof why, "%s lacks %s (query-fusion predictor)", c->traces[f],
+                         what);
+                add_dropped(r, r->predictor_names[p], why);
+                continue;
+            }
             for (int nocal = 0; nocal < 2; nocal++)
                 if ((st = add_method(x, ap_selector_predictor(), p, nocal, err))) return st;
+        }
         return AP_OK;
     }
     for (int i = 0; i < c->n_methods; i++) {
@@ -393,6 +418,12 @@ static ap_status plan_methods(run_ctx *x, ap_err *err) {
             for (int nocal = 0; nocal < 2; nocal++)
                 if (ap_sel_predictor_selected(name, r->predictor_names[p], nocal)) {
                     found = 1;
+                    const char *what = NULL;
+                    int f = trace_missing(x, method_needs(x, ap_selector_predictor(), p), &what);
+                    if (f >= 0)
+                        return ap_errf(err, AP_ERR_ARG,
+                                       "%s: method %s (a query-fusion predictor) needs %s",
+                                       c->traces[f], name, what);
                     if ((st = add_method(x, ap_selector_predictor(), p, nocal, err))) return st;
                 }
         if (found) continue;

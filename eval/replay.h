@@ -113,6 +113,9 @@ typedef struct {
      * when threads > 1 (use threads = 1 for calls in task order). */
     ap_replay_step_fn on_step;
     void *on_step_user;
+    /* Added with issue 14: the predictor's cost options (ap_sel_params). */
+    int pred_stride;      /* 1 (default): the CNN every step; s: every s-th step */
+    int pred_per_kv;      /* 0 (default): one CNN per query head; 1: per KV head */
 } ap_replay_config;
 
 void ap_replay_config_default(ap_replay_config *c);

@@ -125,6 +125,8 @@ static void json_header(ap_jbuild *j, cJSON *root, const ap_replay_result *r) {
     ap_jadd_num(j, cf, "snapkv_window", c->snapkv_window);
     ap_jadd_num(j, cf, "snapkv_pool", c->snapkv_pool);
     ap_jadd_num(j, cf, "incremental", c->incremental);
+    ap_jadd_num(j, cf, "pred_stride", c->pred_stride > 1 ? c->pred_stride : 1);
+    ap_jadd_bool(j, cf, "pred_per_kv", c->pred_per_kv);
     ap_jadd_num(j, cf, "max_seqs", c->max_seqs);
     ap_jadd_num(j, cf, "max_steps", c->max_steps);
 

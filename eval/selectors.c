@@ -353,9 +353,17 @@ typedef struct {
     const ap_sel_params *p;
     const ap_pred_config *cfg;
     int H;
-    pred_hist *hist; /* [n_head] */
-    float *x;        /* [n_head][H][max W] window batch (full recomputation) */
+    int n_hist;      /* histories: n_head, or n_head_kv with pred_per_kv */
+    int group;       /* query heads per history */
+    pred_hist *hist; /* [n_hist] */
+    float *x;        /* [n_hist][H][max W] window batch (full recomputation) */
     float *row;      /* [NB] scratch */
+    float *acc;      /* [NB] scratch: the group's mean row (pred_per_kv) */
+    /* The last CNN scores, global blocks [cache_c0, cache_c1) of each
+     * history, reused between strided evaluations. */
+    float *cache;    /* [n_hist][NB] */
+    int cache_c0, cache_c1;
+    long n_scored;   /* score() calls so far */
     ap_sel_cost cost;
 } pred_state;
 
@@ -383,13 +391,15 @@ static void pred_free(void *state) {
     pred_state *s = state;
     if (!s) return;
     if (s->hist)
-        for (int h = 0; h < s->d->n_head; h++) {
+        for (int h = 0; h < s->n_hist; h++) {
             free(s->hist[h].rows);
             ap_incr_free(s->hist[h].incr);
         }
     free(s->hist);
     free(s->x);
     free(s->row);
+    free(s->acc);
+    free(s->cache);
     free(s);
 }
 
@@ -410,14 +420,22 @@ static ap_status pred_create(const ap_sel_data *d, const ap_sel_params *p, void 
     const int H = s->H, NB = d->n_blocks > 0 ? d->n_blocks : 1;
     const ap_predictor *pred = ap_runtime_predictor(p->rt);
     const int model = ap_predictor_model_of_layer(pred, d->layer);
-    s->hist = calloc((size_t)d->n_head, sizeof *s->hist);
+    if (p->pred_stride < 0) {
+        st = ap_errf(err, AP_ERR_ARG, "predictor stride %d: must be at least 1", p->pred_stride);
+        goto cleanup;
+    }
+    s->n_hist = p->pred_per_kv ? d->n_head_kv : d->n_head;
+    s->group = d->n_head / s->n_hist;
+    s->hist = calloc((size_t)s->n_hist, sizeof *s->hist);
     s->row = malloc((size_t)NB * sizeof(float));
-    if (!p->incremental) s->x = malloc((size_t)d->n_head * H * NB * sizeof(float));
-    if (!s->hist || !s->row || (!p->incremental && !s->x)) {
+    s->acc = malloc((size_t)NB * sizeof(float));
+    s->cache = malloc((size_t)s->n_hist * NB * sizeof(float));
+    if (!p->incremental) s->x = malloc((size_t)s->n_hist * H * NB * sizeof(float));
+    if (!s->hist || !s->row || !s->acc || !s->cache || (!p->incremental && !s->x)) {
         st = ap_errf(err, AP_ERR_NOMEM, "out of memory for predictor histories");
         goto cleanup;
     }
-    for (int h = 0; h < d->n_head; h++) {
+    for (int h = 0; h < s->n_hist; h++) {
         if (p->incremental) {
             if ((st = ap_incr_create(pred, model, &s->hist[h].incr, err))) goto cleanup;
         } else if (!(s->hist[h].rows = calloc((size_t)H * NB, sizeof(float)))) {
@@ -428,11 +446,19 @@ static ap_status pred_create(const ap_sel_data *d, const ap_sel_params *p, void 
     /* The history starts from the last H recorded prefill rows (dense). */
     int first = d->n_pre - H;
     if (first < 0) first = 0;
-    for (int h = 0; h < d->n_head; h++)
+    for (int h = 0; h < s->n_hist; h++)
         for (int srow = first; srow < d->n_pre; srow++) {
             int width = (d->n_prompt - d->n_pre + srow) / d->block + 1;
-            st = hist_push(&s->hist[h], H, d->n_blocks, row_at(d->block_max, d, srow, h), width,
-                           err);
+            const float *r = row_at(d->block_max, d, srow, h * s->group);
+            if (s->group > 1) {
+                for (int j = 0; j < NB && j < d->n_blocks; j++) s->acc[j] = 0.0f;
+                for (int g = 0; g < s->group; g++) {
+                    const float *rg = row_at(d->block_max, d, srow, h * s->group + g);
+                    for (int j = 0; j < d->n_blocks; j++) s->acc[j] += rg[j] / (float)s->group;
+                }
+                r = s->acc;
+            }
+            st = hist_push(&s->hist[h], H, d->n_blocks, r, width, err);
             if (st) goto cleanup;
         }
     *state = s;
@@ -442,28 +468,64 @@ cleanup:
     return st;
 }
 
-/* Scores of every head of the layer for candidates [c0, c1). */
-static ap_status layer_predict(pred_state *s, int c0, int c1, float *scores, ap_err *err) {
+/* CNN scores of every history for candidates [c0, c1): out[n_hist][W]. */
+static ap_status layer_predict(pred_state *s, int c0, int c1, float *out, ap_err *err) {
     const ap_sel_data *d = s->d;
     const int H = s->H, NB = d->n_blocks, W = c1 - c0;
-    const double naive = ap_sel_naive_macs(s->cfg, H, W);
     if (s->p->incremental) {
-        for (int h = 0; h < d->n_head; h++) {
-            ap_status st = ap_incr_predict(s->hist[h].incr, c0, c1, scores + (size_t)h * W, err);
+        for (int h = 0; h < s->n_hist; h++) {
+            ap_status st = ap_incr_predict(s->hist[h].incr, c0, c1, out + (size_t)h * W, err);
             if (st) return st;
             s->cost.run_macs += ap_incr_last_macs(s->hist[h].incr);
         }
-        s->cost.naive_macs += naive * d->n_head;
         return AP_OK;
     }
-    for (int h = 0; h < d->n_head; h++)
+    for (int h = 0; h < s->n_hist; h++)
         hist_window(&s->hist[h], H, NB, c0, c1, s->x + (size_t)h * H * W);
-    ap_status st = ap_runtime_predict_batch(s->p->rt, d->layer, s->x, d->n_head, H, W, scores, err);
-    if (st == AP_OK) {
-        s->cost.naive_macs += naive * d->n_head;
-        s->cost.run_macs += naive * d->n_head;
-    }
+    ap_status st = ap_runtime_predict_batch(s->p->rt, d->layer, s->x, s->n_hist, H, W, out, err);
+    if (st == AP_OK) s->cost.run_macs += ap_sel_naive_macs(s->cfg, H, W) * s->n_hist;
     return st;
+}
+
+/* Scores of every query head for the step: a fresh CNN evaluation at every
+ * pred_stride-th call (and whenever the sink cut moved), else the cached
+ * one; blocks newer than the cache (they are in the local window, always
+ * kept) get the history's highest cached score. With pred_per_kv each
+ * history's scores go to every query head of its group. */
+static ap_status layer_scores(pred_state *s, const ap_sel_step *st, float *scores, ap_err *err) {
+    const ap_sel_data *d = s->d;
+    const int NB = d->n_blocks, W = st->W;
+    const int stride = s->p->pred_stride > 1 ? s->p->pred_stride : 1;
+    const int fresh = s->n_scored % stride == 0 || st->c0 != s->cache_c0 ||
+                      st->c1 < s->cache_c1 || s->cache_c1 <= s->cache_c0;
+    s->n_scored++;
+    /* Costs are per (step, query head): naive = the full CNN for each query
+     * head at every step (the method as published), run = what was spent. */
+    s->cost.n += d->n_head;
+    s->cost.naive_macs += ap_sel_naive_macs(s->cfg, s->H, W) * d->n_head;
+    if (fresh) {
+        /* The first n_hist rows of scores serve as the output buffer;
+         * every query head's row is then filled from the cache. */
+        ap_status rc = layer_predict(s, st->c0, st->c1, scores, err);
+        if (rc) return rc;
+        for (int h = 0; h < s->n_hist; h++)
+            memcpy(s->cache + (size_t)h * NB + st->c0, scores + (size_t)h * W,
+                   (size_t)W * sizeof(float));
+        s->cache_c0 = st->c0;
+        s->cache_c1 = st->c1;
+    }
+    for (int qh = 0; qh < d->n_head; qh++) {
+        const float *c = s->cache + (size_t)(qh / s->group) * NB;
+        float top = -INFINITY;
+        if (st->c1 > s->cache_c1)
+            for (int b = s->cache_c0; b < s->cache_c1; b++) top = c[b] > top ? c[b] : top;
+        float *o = scores + (size_t)qh * W;
+        for (int j = 0; j < W; j++) {
+            const int b = st->c0 + j;
+            o[j] = b < s->cache_c1 ? c[b] : top;
+        }
+    }
+    return AP_OK;
 }
 
 /* CPU time of the calling thread: the predictor runs single-threaded inside
@@ -478,9 +540,8 @@ static double thread_cpu_seconds(void) {
 static ap_status pred_score(void *state, const ap_sel_step *st, float *scores, ap_err *err) {
     pred_state *s = state;
     double t0 = thread_cpu_seconds();
-    ap_status rc = layer_predict(s, st->c0, st->c1, scores, err);
+    ap_status rc = layer_scores(s, st, scores, err);
     s->cost.seconds += thread_cpu_seconds() - t0;
-    s->cost.n += s->d->n_head;
     return rc;
 }
 
@@ -488,9 +549,17 @@ static ap_status pred_observe(void *state, const ap_sel_step *st, const uint8_t 
                               const double *kept_mass, ap_err *err) {
     pred_state *s = state;
     const int NB = s->d->n_blocks;
-    for (int h = 0; h < s->d->n_head; h++) {
-        history_row(s->d, st, s->p->calib, h, kept + (size_t)h * NB, kept_mass[h], s->row);
-        ap_status rc = hist_push(&s->hist[h], s->H, NB, s->row, st->n_valid, err);
+    for (int h = 0; h < s->n_hist; h++) {
+        float *r = s->group > 1 ? s->acc : s->row;
+        for (int g = 0; g < s->group; g++) {
+            const int qh = h * s->group + g;
+            history_row(s->d, st, s->p->calib, qh, kept + (size_t)qh * NB, kept_mass[qh],
+                        s->row);
+            if (s->group == 1) break;
+            for (int j = 0; j < NB; j++)
+                s->acc[j] = (g ? s->acc[j] : 0.0f) + s->row[j] / (float)s->group;
+        }
+        ap_status rc = hist_push(&s->hist[h], s->H, NB, r, st->n_valid, err);
         if (rc) return rc;
     }
     return AP_OK;
@@ -513,6 +582,14 @@ static ap_status pred_finish(void *state, const ap_sel_step *st, float *scores, 
         if (rc) return rc;
     }
     return AP_OK;
+}
+
+void ap_sel_predictor_variant(int pred_stride, int pred_per_kv, char *buf, size_t n) {
+    if (!buf || n == 0) return;
+    int k = 0;
+    buf[0] = 0;
+    if (pred_stride > 1) k = snprintf(buf, n, ", stride %d", pred_stride);
+    if (pred_per_kv && k >= 0 && (size_t)k < n) snprintf(buf + k, n - (size_t)k, ", per KV head");
 }
 
 /* ---------------------------------------------------------------- registry */

@@ -63,6 +63,13 @@ typedef struct {
     int snapkv_pool;      /* odd; max-pooling of the vote over blocks, 1 = none */
     ap_runtime *rt;       /* predictor methods (read only); its predictor runs with 1 thread */
     int incremental;      /* predictor: incremental evaluation instead of full recomputation */
+    /* Cheaper predictor evaluation (issue 14; docs/eval.md, "Predictor
+     * cost options"); the defaults (1, 0) are the method as published. */
+    int pred_stride;      /* the CNN runs at every pred_stride-th scored step (0 or 1: every
+                           * step); steps between reuse its last scores (query fusion still
+                           * per step) */
+    int pred_per_kv;      /* 1: one CNN per KV head on the mean of its query heads' history
+                           * rows, its scores shared by the group */
 } ap_sel_params;
 
 /* Geometry of one decode step (docs/eval.md, "Blocks of a step"). */
@@ -79,8 +86,8 @@ typedef struct {
 
 /* Predictor cost accumulated by a state. */
 typedef struct {
-    long long n;       /* (step, head) predictions */
-    double naive_macs; /* summed multiply-adds of the full CNN on each window */
+    long long n;       /* (step, query head) scores given */
+    double naive_macs; /* summed multiply-adds of the full CNN on each (step, query head) window */
     double run_macs;   /* summed multiply-adds actually spent */
     double seconds;    /* summed CPU time of the predictor calls (one thread each) */
 } ap_sel_cost;
@@ -117,6 +124,10 @@ const ap_selector *ap_selector_builtin(int i);
 const ap_selector *ap_selector_find(const char *name);
 /* The CNN predictor method; the caller sets calib 0 for the _nocal variant. */
 const ap_selector *ap_selector_predictor(void);
+
+/* The label suffix of a predictor run with cost options: ", stride S",
+ * ", per KV head", both, or "" for the method as published. */
+void ap_sel_predictor_variant(int pred_stride, int pred_per_kv, char *buf, size_t n);
 
 /* Predictor methods (docs/eval.md, "Predictors"). Each exported predictor
  * runs as its own method under a name: names[p] when given (not NULL), else

@@ -293,6 +293,8 @@ static void json_header(ap_jbuild *j, cJSON *root, const ap_tasks_result *r) {
     ap_jadd_num(j, cf, "snapkv_pool", c->snapkv_pool);
     ap_jadd_bool(j, cf, "teacher_forced", c->teacher_forced);
     ap_jadd_bool(j, cf, "prefetch", c->prefetch);
+    ap_jadd_num(j, cf, "pred_stride", c->pred_stride > 1 ? c->pred_stride : 1);
+    ap_jadd_bool(j, cf, "pred_per_kv", c->pred_per_kv);
     ap_jadd_num(j, cf, "threads", c->threads);
     ap_jadd_num(j, cf, "prefetch_threads", c->prefetch_threads);
     ap_jadd_str(j, cf, "device", c->device == 1 ? "cuda" : "cpu");

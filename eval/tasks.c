@@ -38,6 +38,7 @@ void ap_tasks_config_default(ap_tasks_config *c) {
     c->prefetch = 1;
     c->hot_pool = 1;
     c->prefetch_threads = 1;
+    c->pred_stride = 1;
 }
 
 void ap_tasks_result_free(ap_tasks_result *r) {
@@ -464,8 +465,10 @@ static ap_status add_method(const ap_tasks_config *c, ap_runtime *const *rts, ap
         int plain = !strcmp(pn, "attnpred");
         const char *fused = rts[pred] && ap_runtime_config(rts[pred])->query_fusion ? " + query"
                                                                                     : "";
-        snprintf(tm->label, sizeof tm->label, "AttentionPredictor%s%s%s (calib %d)",
-                 plain ? "" : " ", plain ? "" : pn, fused, calib);
+        char variant[48];
+        ap_sel_predictor_variant(c->pred_stride, c->pred_per_kv, variant, sizeof variant);
+        snprintf(tm->label, sizeof tm->label, "AttentionPredictor%s%s%s (calib %d)%s",
+                 plain ? "" : " ", plain ? "" : pn, fused, calib, variant);
     } else if (!strcmp(name, "last_step")) {
         snprintf(tm->label, sizeof tm->label, "Last step (calib %d)", calib);
     } else {
@@ -480,6 +483,8 @@ static ap_status add_method(const ap_tasks_config *c, ap_runtime *const *rts, ap
     x->params.snapkv_pool = c->snapkv_pool;
     x->params.rt = pred >= 0 ? rts[pred] : NULL;
     x->params.incremental = 1;
+    x->params.pred_stride = c->pred_stride;
+    x->params.pred_per_kv = c->pred_per_kv;
     return AP_OK;
 }
 

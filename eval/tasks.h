@@ -92,6 +92,9 @@ typedef struct {
     int kv_offload;
     ap_tasks_progress_fn progress; /* may be NULL; called from the calling thread */
     void *progress_user;
+    /* Added with issue 14: the predictor's cost options (eval/selectors.h). */
+    int pred_stride;         /* 1 (default): the CNN every step; s: every s-th step */
+    int pred_per_kv;         /* 0 (default): one CNN per query head; 1: per KV head */
 } ap_tasks_config;
 
 void ap_tasks_config_default(ap_tasks_config *c);

@@ -140,14 +140,21 @@ def main():
     # Budget 256 only: the trainer's sparse rows are drawn at 256 or 512, so at
     # larger validation budgets last_step's newest row is too sparse to fill
     # the budget and the difference measures that, not the predictor.
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+    fig, axes = plt.subplots(1, 2, figsize=(13.5, 4.6))
+    # One colour and marker per run, the same in both panels: more runs than
+    # matplotlib's default cycle has colours.
+    cmap = plt.get_cmap("tab20")
+    markers = "osD^vP*Xh<>"
+    style = {r["name"]: dict(color=cmap(i % 20), marker=markers[i % len(markers)])
+             for i, r in enumerate(rows)}
     for ax, xkey in zip(axes, ("windows", "steps")):
         for r in rows:
             pts = [((w if xkey == "windows" else st), 100 * (b["recovery"] - b["last_step_recovery"]))
                    for w, st, e in r["curve"] for b in e.get("budgets", [])
                    if b["budget"] == 256 and (xkey == "windows" or st is not None)]
             if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, label=r["name"])
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], ms=4, label=r["name"],
+                        **style[r["name"]])
         ax.axhline(0.0, color="black", lw=0.8, ls="--")
         ax.set_xscale("log")
         ax.set_xlabel("training windows seen (log)" if xkey == "windows"
@@ -155,8 +162,9 @@ def main():
         ax.set_ylabel("val recovery - last_step at budget 256 (points)")
         ax.set_title("learning curves, validation split (trainer's windows)")
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=7, loc="best")
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, fontsize=8, loc="center right")
+    fig.tight_layout(rect=(0, 0, 0.88, 1))
     out_png = os.path.join(root, "curves.png")
     fig.savefig(out_png + ".tmp.png", dpi=110)
     os.replace(out_png + ".tmp.png", out_png)

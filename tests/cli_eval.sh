@@ -51,6 +51,7 @@ expect 2 "--traces and --json are required" -- "$ap" eval replay --json "$j"
 expect 2 "--traces and --json are required" -- "$ap" eval replay --traces x.h5
 expect 2 "bad value 'abc' for --budget" -- "$ap" eval replay --traces x.h5 --json "$j" --budget abc
 expect 2 "bad value '256,0' for --budget" -- "$ap" eval replay --traces x.h5 --json "$j" --budget 256,0
+expect 2 "bad value '0' for --pred-stride" -- "$ap" eval replay --traces x.h5 --json "$j" --pred-stride 0
 # A budget at or below sink + local leaves no block to choose (every method
 # would tie): refused as a usage error before the trace (missing here) is read.
 expect 2 "--budget 100 is not above sink + local = 128 tokens (budgets must exceed 128)" -- \
@@ -94,6 +95,7 @@ expect 2 "--model and --json are required" -- "$ap" eval tasks --model m.gguf
 expect 2 "--model and --json are required" -- "$ap" eval tasks --json "$j"
 expect 2 "bad value 'abc' for --budget" -- "$ap" eval tasks --model m.gguf --json "$j" --budget abc
 expect 2 "bad value '256,0' for --budget" -- "$ap" eval tasks --model m.gguf --json "$j" --budget 256,0
+expect 2 "bad value 'x' for --pred-stride" -- "$ap" eval tasks --model m.gguf --json "$j" --pred-stride x
 expect 2 "--budget 64 is below sink + local = 128" -- \
     "$ap" eval tasks --model m.gguf --json "$j" --budget 64,256
 expect 2 "unknown method 'bogus'" -- "$ap" eval tasks --model m.gguf --json "$j" --methods quest,bogus

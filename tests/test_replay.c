@@ -144,7 +144,7 @@ static void tiny_config(ap_replay_config *c, const char *trace, recorder *r) {
     c->budgets[0] = 20;
     c->n_budgets = 1;
     c->threads = 1;
-    c->on_step = on_step;
+    c->on_step = r ? on_step : NULL;
     c->on_step_user = r;
 }
 
@@ -385,6 +385,19 @@ Test(replay, query_fusion_with_a_flat_cnn_is_quest) {
     for (int b = 0; b < r->n_budgets; b++)
         cr_assert_eq(ap_replay_cell_at(r, 0, b)->recovery.mean,
                      ap_replay_cell_at(r, 1, b)->recovery.mean, "budget %d", r->budgets[b]);
+    /* Alone, without quest in the run to ask for them, the predictor still
+     * gets the query vectors it fuses. */
+    tiny_config(&c, path, NULL);
+    c.predictors[0] = pp;
+    c.n_predictors = 1;
+    c.methods[0] = "attnpred";
+    c.n_methods = 1;
+    ap_replay_result *alone = run_ok(&c);
+    for (int b = 0; b < r->n_budgets; b++)
+        cr_assert_eq(ap_replay_cell_at(r, 0, b)->recovery.mean,
+                     ap_replay_cell_at(alone, 0, b)->recovery.mean, "alone, budget %d",
+                     r->budgets[b]);
+    ap_replay_result_free(alone);
     ap_replay_result_free(r);
     rec_free(&rc);
     ap_tiny_seq_free(&s);
@@ -398,6 +411,16 @@ Test(replay, query_fusion_with_a_flat_cnn_is_quest) {
     c.n_methods = 1;
     cr_assert_neq(run_err(&c, &e), AP_OK);
     cr_assert(strstr(e.msg, "query") && strstr(e.msg, "--no-quest"), "%s", e.msg);
+    /* The default method list drops it, with the reason, as it drops quest. */
+    c.n_methods = 0;
+    r = run_ok(&c);
+    for (int m = 0; m < r->n_methods; m++)
+        cr_assert(!r->methods[m].is_predictor, "%s kept", r->methods[m].name);
+    int dropped = 0;
+    for (int i = 0; i < r->n_dropped; i++)
+        if (strstr(r->dropped_reason[i], "query-fusion")) dropped = 1;
+    cr_assert(dropped, "the fused predictor is not listed as dropped");
+    ap_replay_result_free(r);
     ap_tiny_seq_free(&s);
 }
 

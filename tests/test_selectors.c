@@ -428,3 +428,111 @@ Test(selectors, predictor_windows_match_float64_reference) {
     ap_predictor_free(keep);
     ap_tiny_seq_free(&s);
 }
+
+/* The cost options (issue 14): a strided predictor gives the base
+ * predictor's scores at every stride-th step and repeats them between (new
+ * columns get the row's top cached score); a per-KV-head predictor runs the
+ * CNN on the mean of the group's history rows and gives the group one set
+ * of scores. Both keep the (step, query head) accounting of the base. */
+Test(selectors, predictor_stride_and_per_kv_head) {
+    ap_tiny_seq s;
+    make_seq(&s, 2, 1);
+    for (int r = 0; r < s.S; r++)
+        for (int h = 0; h < 2; h++) ap_tiny_add(&s, 0, r, h, 2 + (r * 5 + 3 * h) % 7, 3.0 + r);
+    ap_tiny_finish(&s);
+    ap_sel_data d = data_of(&s);
+    ap_predictor *keep = NULL;
+    const int H = 12, S = 3;
+    ap_runtime *rt = small_runtime(H, &keep);
+    const ap_selector *ps = ap_selector_predictor();
+    ap_sel_params pb = params_of(AP_KV_PER_QHEAD, 3), pst = pb, pkv = pb;
+    pb.rt = pst.rt = pkv.rt = rt;
+    pb.incremental = pst.incremental = pkv.incremental = 1;
+    pst.pred_stride = S;
+    pkv.pred_per_kv = 1;
+    void *base = NULL, *str = NULL, *kv = NULL;
+    cr_assert_eq(ps->create(&d, &pb, &base, NULL), AP_OK);
+    cr_assert_eq(ps->create(&d, &pst, &str, NULL), AP_OK);
+    cr_assert_eq(ps->create(&d, &pkv, &kv, NULL), AP_OK);
+    double mean[64][16];
+    memset(mean, 0, sizeof mean);
+    int n_rows = 0;
+    for (int r = 0; r < s.n_pre; r++, n_rows++)
+        for (int h = 0; h < 2; h++)
+            for (int j = 0; j < s.NB; j++)
+                mean[n_rows][j] += 0.5 * s.block_max[((size_t)r * 2 + h) * s.NB + j];
+    float fresh[2][16];
+    int fresh_c1 = 0;
+    for (int t = 0; t < GEN; t++) {
+        ap_sel_step st = step_of(&s, t);
+        float sb[2 * 16], ss[2 * 16], sk[2 * 16];
+        cr_assert_eq(ps->score(base, &st, sb, NULL), AP_OK);
+        cr_assert_eq(ps->score(str, &st, ss, NULL), AP_OK);
+        cr_assert_eq(ps->score(kv, &st, sk, NULL), AP_OK);
+        if (t % S == 0) {
+            for (int h = 0; h < 2; h++) {
+                double e = ap_rel_err_f32(ss + h * st.W, sb + h * st.W, st.W);
+                cr_assert(e <= AP_TOL_INCR_REL, "t %d head %d: strided vs base rel err %g", t, h, e);
+                for (int j = 0; j < st.W; j++) fresh[h][st.c0 + j] = ss[h * st.W + j];
+            }
+            fresh_c1 = st.c1;
+        } else {
+            for (int h = 0; h < 2; h++) {
+                float top = -INFINITY;
+                for (int b = st.c0; b < fresh_c1; b++) top = fresh[h][b] > top ? fresh[h][b] : top;
+                for (int j = 0; j < st.W; j++) {
+                    const int b = st.c0 + j;
+                    cr_assert_eq(ss[h * st.W + j], b < fresh_c1 ? fresh[h][b] : top,
+                                 "t %d head %d block %d: not the cached score", t, h, b);
+                }
+            }
+        }
+        double y[16];
+        ref_scores(keep, mean, n_rows, H, st.c0, st.c1, y);
+        float yf[16];
+        for (int j = 0; j < st.W; j++) yf[j] = (float)y[j];
+        for (int h = 0; h < 2; h++) {
+            double e = ap_rel_err_f32(sk + h * st.W, yf, st.W);
+            cr_assert(e <= AP_TOL_FORWARD_REL, "t %d head %d: per-KV vs float64 rel err %g", t, h, e);
+        }
+        int chosen[2] = {1 + t % st.W, 1 + (t * 3 + 1) % st.W};
+        if (chosen[1] == chosen[0]) chosen[1] = 1 + (chosen[0] % st.W);
+        uint8_t kept[2 * 16];
+        double mass[2];
+        for (int j = 0; j < s.NB; j++) mean[n_rows][j] = 0.0;
+        for (int h = 0; h < 2; h++) {
+            kept_of(&s, &st, chosen, 2, kept + h * s.NB, &mass[h], h);
+            const float *bm = s.block_max + ((size_t)st.s * 2 + h) * s.NB;
+            const int dense = (t + 1) % 3 == 0;
+            for (int j = 0; j < s.NB; j++)
+                mean[n_rows][j] +=
+                    0.5 * (dense ? bm[j] : (kept[h * s.NB + j] ? bm[j] / mass[h] : 0.0));
+        }
+        n_rows++;
+        cr_assert_eq(ps->observe(base, &st, kept, mass, NULL), AP_OK);
+        cr_assert_eq(ps->observe(str, &st, kept, mass, NULL), AP_OK);
+        cr_assert_eq(ps->observe(kv, &st, kept, mass, NULL), AP_OK);
+    }
+    ap_sel_cost cb, cs, ck;
+    ps->cost(base, &cb);
+    ps->cost(str, &cs);
+    ps->cost(kv, &ck);
+    cr_assert_eq(cs.n, cb.n);
+    cr_assert_eq(ck.n, cb.n);
+    cr_assert_eq(cs.naive_macs, cb.naive_macs);
+    cr_assert_lt(cs.run_macs, 0.6 * cb.run_macs, "stride %d: %g vs %g MACs", S, cs.run_macs,
+                 cb.run_macs);
+    cr_assert_lt(ck.run_macs, 0.6 * cb.run_macs, "per KV head: %g vs %g MACs", ck.run_macs,
+                 cb.run_macs);
+    char v[48];
+    ap_sel_predictor_variant(4, 1, v, sizeof v);
+    cr_assert_str_eq(v, ", stride 4, per KV head");
+    ap_sel_predictor_variant(1, 0, v, sizeof v);
+    cr_assert_str_eq(v, "");
+    ps->destroy(base);
+    ps->destroy(str);
+    ps->destroy(kv);
+    ap_runtime_free(rt);
+    ap_predictor_free(keep);
+    ap_tiny_seq_free(&s);
+}
