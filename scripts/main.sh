@@ -11,7 +11,7 @@
 #
 # Presets: configs/pipeline-quick.json (default, ~15 min on 2 cores),
 # configs/pipeline-standard.json (quick's capture and training, a 63-sample
-# task set; under an hour on 2 cores, estimated) and
+# task set; ~40 min on 2 cores) and
 # configs/pipeline-full.json (hours). Outputs: traces/<preset>.h5 and
 # runs/<preset>/ (predictor, training curves, replay.{json,md}, tasks.{json,md},
 # PNG plots, summary.md). Re-running resumes an interrupted capture or

@@ -1,0 +1,349 @@
+/* bench-live: live compressed decoding against full KV at growing contexts
+ * (issue 14), one line per (context, method):
+ *
+ *   ctx=8192 method=attnpred budget=512 tps=31.2 full_tps=12.9 speedup=2.42x
+ *     agreement=98.1 predictor_ms=1.3 step_ms=32.0
+ *
+ *   bench-live [--model M.gguf] [--predictor P.safetensors] [--contexts 2048,8192,max]
+ *              [--budget 512] [--methods last_step,attnpred,quest] [--gen 64]
+ *              [--threads 2] [--pred-stride S] [--pred-per-kv] [--no-prefetch] [--json OUT]
+ *
+ * Each context is one sample of plain text (the prompts of data/tasks/full.jsonl
+ * joined, cut so that prompt + --gen tokens is the context; "max" is the
+ * model's context_length) decoded through eval/tasks.h exactly as
+ * `attnpred eval tasks` does: one shared prefill, full KV's free-running
+ * decode, then each method's free run (timed) and its teacher-forced pass on
+ * full KV's tokens (agreement). tps and step_ms come from the free run's wall
+ * time; predictor_ms is the method's scoring work per token (predictor CNN,
+ * ranking), whichever thread ran it (the prefetch worker hides part of it);
+ * the speedup is against full KV in the same process, so machine noise hits
+ * both alike. A free run that stops early (end of text) is timed on the
+ * tokens it made. */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
+
+#include "capture/gguf.h"
+#include "capture/tokenizer.h"
+#include "common/util.h"
+#include "eval/tasks.h"
+
+#ifndef AP_SOURCE_DIR
+#define AP_SOURCE_DIR "."
+#endif
+
+#define MAX_CTX 8
+
+static int parse_ints(const char *s, int *out, int cap, int max_ctx) {
+    int n = 0;
+    char *copy = strdup(s), *save = NULL;
+    if (!copy) return -1;
+    for (char *t = strtok_r(copy, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        if (n >= cap) n = -1;
+        if (n < 0) break;
+        if (!strcmp(t, "max")) {
+            out[n++] = max_ctx;
+            continue;
+        }
+        char *end = NULL;
+        long v = strtol(t, &end, 10);
+        if (!end || *end || v < 256 || v > max_ctx) {
+            n = -1;
+            break;
+        }
+        out[n++] = (int)v;
+    }
+    free(copy);
+    return n;
+}
+
+/* The prompts of a task file joined: plain text to cut contexts from. */
+static char *source_text(const char *path, size_t want, size_t *len) {
+    FILE *f = fopen(path, "r");
+    if (!f) return NULL;
+    size_t cap = want + 1, n = 0;
+    char *out = malloc(cap), *line = NULL;
+    size_t lcap = 0;
+    ssize_t got;
+    while (out && n < want && (got = getline(&line, &lcap, f)) > 0) {
+        cJSON *o = cJSON_Parse(line);
+        const cJSON *p = o ? cJSON_GetObjectItemCaseSensitive(o, "prompt") : NULL;
+        if (cJSON_IsString(p)) {
+            size_t k = strlen(p->valuestring);
+            if (n + k + 2 > cap) {
+                char *t = realloc(out, n + k + 2);
+                if (!t) {
+                    free(out);
+                    out = NULL;
+                } else {
+                    out = t;
+                    cap = n + k + 2;
+                }
+            }
+            if (out) {
+                memcpy(out + n, p->valuestring, k);
+                n += k;
+                out[n++] = '\n';
+            }
+        }
+        cJSON_Delete(o);
+    }
+    free(line);
+    fclose(f);
+    if (out) out[n] = 0;
+    *len = n;
+    return out;
+}
+
+int main(int argc, char **argv) {
+    const char *model = AP_SOURCE_DIR "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
+    const char *pred = AP_SOURCE_DIR "/data/predictors/smollm2-135m-instruct.safetensors";
+    const char *text_file = AP_SOURCE_DIR "/data/tasks/full.jsonl";
+    const char *ctx_arg = "2048,8192,max", *methods_arg = "last_step,attnpred,quest";
+    const char *json_out = NULL;
+    int budget = 512, gen = 64, threads = 2, stride = 1, per_kv = 0, prefetch = 1;
+    static const struct option lo[] = {
+        {"model", 1, 0, 'm'},  {"predictor", 1, 0, 'p'},   {"contexts", 1, 0, 'c'},
+        {"budget", 1, 0, 'b'}, {"methods", 1, 0, 'M'},     {"gen", 1, 0, 'g'},
+        {"threads", 1, 0, 't'}, {"pred-stride", 1, 0, 's'}, {"pred-per-kv", 0, 0, 'k'},
+        {"no-prefetch", 0, 0, 'n'}, {"json", 1, 0, 'j'},   {"text", 1, 0, 'x'},
+        {"help", 0, 0, 'h'},   {0, 0, 0, 0}};
+    int o;
+    opterr = 0;
+    while ((o = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+        switch (o) {
+        case 'm': model = optarg; break;
+        case 'p': pred = optarg; break;
+        case 'c': ctx_arg = optarg; break;
+        case 'b': budget = atoi(optarg); break;
+        case 'M': methods_arg = optarg; break;
+        case 'g': gen = atoi(optarg); break;
+        case 't': threads = atoi(optarg); break;
+        case 's': stride = atoi(optarg); break;
+        case 'k': per_kv = 1; break;
+        case 'n': prefetch = 0; break;
+        case 'j': json_out = optarg; break;
+        case 'x': text_file = optarg; break;
+        case 'h':
+            printf("usage: bench-live [--model M.gguf] [--predictor P.safetensors]\n"
+                   "                  [--contexts 2048,8192,max] [--budget 512]\n"
+                   "                  [--methods last_step,attnpred,quest] [--gen 64] [--threads 2]\n"
+                   "                  [--pred-stride S] [--pred-per-kv] [--no-prefetch]\n"
+                   "                  [--text TASKS.jsonl] [--json OUT]\n"
+                   "Live compressed decoding vs full KV at each context (plain text cut from\n"
+                   "the task prompts; max = the model's context_length), one line per\n"
+                   "(context, method): tok/s, full KV's tok/s in the same run, the speedup,\n"
+                   "teacher-forced agreement with full KV, predictor and step ms per token.\n");
+            return 0;
+        default:
+            fprintf(stderr, "bench-live: unknown or incomplete option '%s' (see --help)\n",
+                    argv[optind - 1]);
+            return 2;
+        }
+    }
+    if (budget < 1 || gen < 1 || gen > 4096 || threads < 1 || stride < 1) {
+        fprintf(stderr, "bench-live: --budget, --gen, --threads and --pred-stride must be "
+                        "positive (--gen at most 4096)\n");
+        return 2;
+    }
+    int rc = 1;
+    ap_err e;
+    ap_err_clear(&e);
+    ap_gguf *g = NULL;
+    ap_tokenizer *tok = NULL;
+    ap_tasks_result *r = NULL;
+    char *text = NULL, *methods_copy = NULL, *tmp_path = NULL;
+    int32_t *ids = NULL;
+    cJSON *root = NULL;
+    FILE *tf = NULL;
+    if (ap_gguf_open(model, &g, &e) || ap_tokenizer_from_gguf(g, &tok, &e)) {
+        fprintf(stderr, "bench-live: %s\n", e.msg);
+        goto cleanup;
+    }
+    int64_t ctx_max = 0;
+    {
+        const char *arch = NULL;
+        size_t al = 0;
+        char key[96];
+        if (ap_gguf_get_str(g, "general.architecture", &arch, &al, &e)) {
+            fprintf(stderr, "bench-live: %s\n", e.msg);
+            goto cleanup;
+        }
+        snprintf(key, sizeof key, "%.*s.context_length", (int)al, arch);
+        if (ap_gguf_get_int(g, key, &ctx_max, &e)) {
+            fprintf(stderr, "bench-live: %s\n", e.msg);
+            goto cleanup;
+        }
+    }
+    int ctxs[MAX_CTX];
+    int n_ctx = parse_ints(ctx_arg, ctxs, MAX_CTX, (int)ctx_max);
+    if (n_ctx <= 0) {
+        fprintf(stderr,
+                "bench-live: bad value '%s' for --contexts (at most %d of 256..%lld or max)\n",
+                ctx_arg, MAX_CTX, (long long)ctx_max);
+        rc = 2;
+        goto cleanup;
+    }
+    int longest = 0;
+    for (int i = 0; i < n_ctx; i++) longest = ctxs[i] > longest ? ctxs[i] : longest;
+    size_t tlen = 0;
+    /* ~4 characters per token in English text; 6 leaves room for code. */
+    if (!(text = source_text(text_file, (size_t)longest * 6, &tlen)) || tlen == 0) {
+        fprintf(stderr, "bench-live: %s: cannot read prompts to cut contexts from\n", text_file);
+        goto cleanup;
+    }
+    size_t n_ids = 0;
+    if (ap_tokenizer_encode(tok, text, tlen, 0, &ids, &n_ids, &e)) {
+        fprintf(stderr, "bench-live: %s\n", e.msg);
+        goto cleanup;
+    }
+    if ((int)n_ids < longest) {
+        fprintf(stderr, "bench-live: %s: only %zu tokens of text for a %d-token context\n",
+                text_file, n_ids, longest);
+        goto cleanup;
+    }
+    /* One sample per context: the first ctx - gen tokens decoded back to text
+     * (the runner tokenizes it again; the JSON reports the count it got). */
+    char tmpl[] = "/tmp/bench-live-XXXXXX";
+    int fd = mkstemp(tmpl);
+    if (fd < 0 || !(tf = fdopen(fd, "w"))) {
+        fprintf(stderr, "bench-live: cannot create a temporary task file\n");
+        goto cleanup;
+    }
+    tmp_path = strdup(tmpl);
+    for (int i = 0; i < n_ctx; i++) {
+        const int n_prompt = ctxs[i] - gen - 8; /* a few tokens of slack for re-tokenization */
+        if (n_prompt < 64) {
+            fprintf(stderr, "bench-live: context %d too small for --gen %d\n", ctxs[i], gen);
+            rc = 2;
+            goto cleanup;
+        }
+        char *piece = NULL;
+        size_t plen = 0;
+        if (ap_tokenizer_decode(tok, ids, (size_t)n_prompt, &piece, &plen, &e)) {
+            fprintf(stderr, "bench-live: %s\n", e.msg);
+            goto cleanup;
+        }
+        cJSON *s = cJSON_CreateObject();
+        char id[32];
+        snprintf(id, sizeof id, "ctx-%d", ctxs[i]);
+        cJSON_AddStringToObject(s, "id", id);
+        cJSON_AddStringToObject(s, "task", "bench");
+        cJSON_AddStringToObject(s, "category", "bench");
+        cJSON_AddStringToObject(s, "bucket", id);
+        cJSON_AddStringToObject(s, "metric", "substring");
+        cJSON_AddNumberToObject(s, "max_new_tokens", gen);
+        cJSON_AddBoolToObject(s, "chat", 0);
+        cJSON_AddStringToObject(s, "prompt", piece);
+        cJSON *ans = cJSON_AddArrayToObject(s, "answers");
+        cJSON_AddItemToArray(ans, cJSON_CreateString("-"));
+        char *line = cJSON_PrintUnformatted(s);
+        if (line) fprintf(tf, "%s\n", line);
+        free(line);
+        cJSON_Delete(s);
+        free(piece);
+    }
+    if (fclose(tf) != 0) {
+        tf = NULL;
+        fprintf(stderr, "bench-live: cannot write %s\n", tmp_path);
+        goto cleanup;
+    }
+    tf = NULL;
+
+    ap_tasks_config c;
+    ap_tasks_config_default(&c);
+    c.model = model;
+    c.tasks_file = tmp_path;
+    c.budgets[0] = budget;
+    c.n_budgets = 1;
+    c.threads = threads;
+    c.prefetch = prefetch;
+    c.pred_stride = stride;
+    c.pred_per_kv = per_kv;
+    methods_copy = strdup(methods_arg);
+    int uses_pred = 0;
+    for (char *save = NULL, *t = strtok_r(methods_copy, ",", &save); t;
+         t = strtok_r(NULL, ",", &save)) {
+        if (c.n_methods >= AP_TASKS_MAX_METHODS) break;
+        c.methods[c.n_methods++] = t;
+        if (!strncmp(t, "attnpred", 8)) uses_pred = 1;
+    }
+    if (uses_pred) {
+        c.predictors[0] = pred;
+        c.n_predictors = 1;
+    }
+    if (ap_tasks_run(&c, &r, &e)) {
+        fprintf(stderr, "bench-live: %s\n", e.msg);
+        goto cleanup;
+    }
+    root = cJSON_CreateObject();
+    cJSON_AddStringToObject(root, "model", model);
+    cJSON_AddNumberToObject(root, "threads", threads);
+    cJSON_AddNumberToObject(root, "budget", budget);
+    cJSON_AddNumberToObject(root, "pred_stride", stride);
+    cJSON_AddBoolToObject(root, "pred_per_kv", per_kv);
+    cJSON_AddBoolToObject(root, "prefetch", prefetch);
+    cJSON *rows = cJSON_AddArrayToObject(root, "rows");
+    for (int s = 0; s < r->n_samples; s++) {
+        const ap_task_run *full = ap_tasks_run_at(r, s, 0, 0);
+        const double full_tps = full->decode_seconds > 0 ? full->n_gen / full->decode_seconds : 0;
+        for (int m = 1; m < r->n_methods; m++) {
+            const ap_task_run *x = ap_tasks_run_at(r, s, m, 0);
+            const int n = x->n_gen > 0 ? x->n_gen : 1;
+            const double tps = x->decode_seconds > 0 ? x->n_gen / x->decode_seconds : 0;
+            const double pred_ms = 1e3 * x->score_seconds / n, step_ms = 1e3 * x->decode_seconds / n;
+            printf("ctx=%d method=%s budget=%d tps=%.1f full_tps=%.1f speedup=%.2fx "
+                   "agreement=%.1f predictor_ms=%.2f step_ms=%.2f\n",
+                   ctxs[s], r->methods[m].name, budget, tps, full_tps,
+                   full_tps > 0 ? tps / full_tps : 0.0, 100.0 * x->agreement, pred_ms, step_ms);
+            cJSON *o = cJSON_CreateObject();
+            cJSON_AddNumberToObject(o, "ctx", ctxs[s]);
+            cJSON_AddNumberToObject(o, "n_prompt", r->samples[s].n_prompt);
+            cJSON_AddStringToObject(o, "method", r->methods[m].name);
+            cJSON_AddStringToObject(o, "label", r->methods[m].label);
+            cJSON_AddNumberToObject(o, "n_gen", x->n_gen);
+            cJSON_AddNumberToObject(o, "tps", tps);
+            cJSON_AddNumberToObject(o, "full_tps", full_tps);
+            cJSON_AddNumberToObject(o, "speedup", full_tps > 0 ? tps / full_tps : 0.0);
+            cJSON_AddNumberToObject(o, "agreement", x->agreement);
+            cJSON_AddNumberToObject(o, "kl", x->kl);
+            cJSON_AddNumberToObject(o, "predictor_ms", pred_ms);
+            cJSON_AddNumberToObject(o, "prefetch_wait_ms", 1e3 * x->prefetch_wait_seconds / n);
+            cJSON_AddNumberToObject(o, "step_ms", step_ms);
+            cJSON_AddNumberToObject(o, "resident_kv_mb", x->resident_kv_bytes / 1e6);
+            cJSON_AddNumberToObject(o, "full_kv_mb", x->full_kv_bytes / 1e6);
+            cJSON_AddItemToArray(rows, o);
+        }
+    }
+    if (json_out) {
+        char *s = cJSON_Print(root);
+        char tmp[4200];
+        snprintf(tmp, sizeof tmp, "%s.tmp", json_out);
+        FILE *f = s ? fopen(tmp, "w") : NULL;
+        int ok = f && fputs(s, f) >= 0;
+        if (f && fclose(f) != 0) ok = 0;
+        free(s);
+        if (!ok || rename(tmp, json_out) != 0) {
+            fprintf(stderr, "bench-live: cannot write %s\n", json_out);
+            remove(tmp);
+            goto cleanup;
+        }
+    }
+    rc = 0;
+cleanup:
+    if (tf) fclose(tf);
+    if (tmp_path) remove(tmp_path);
+    free(tmp_path);
+    cJSON_Delete(root);
+    ap_tasks_result_free(r);
+    free(methods_copy);
+    free(ids);
+    free(text);
+    ap_tokenizer_free(tok);
+    ap_gguf_free(g);
+    return rc;
+}
