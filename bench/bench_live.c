@@ -4,7 +4,7 @@
  *   ctx=8192 method=attnpred budget=512 tps=31.2 full_tps=12.9 speedup=2.42x
  *     agreement=98.1 predictor_ms=1.3 step_ms=32.0
  *
- *   bench-live [--model M.gguf] [--predictor P.safetensors] [--contexts 2048,8192,max]
+ *   bench-live [--model M.gguf] [--predictor P.safetensors] [--contexts 2048,4096,max]
  *              [--budget 512] [--methods last_step,attnpred,quest] [--gen 64]
  *              [--threads 2] [--pred-stride S] [--pred-per-kv] [--no-prefetch] [--json OUT]
  *
@@ -43,8 +43,10 @@ static int parse_ints(const char *s, int *out, int cap, int max_ctx) {
     char *copy = strdup(s), *save = NULL;
     if (!copy) return -1;
     for (char *t = strtok_r(copy, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
-        if (n >= cap) n = -1;
-        if (n < 0) break;
+        if (n >= cap) {
+            n = -1;
+            break;
+        }
         if (!strcmp(t, "max")) {
             out[n++] = max_ctx;
             continue;
@@ -103,7 +105,7 @@ int main(int argc, char **argv) {
     const char *model = AP_SOURCE_DIR "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
     const char *pred = AP_SOURCE_DIR "/data/predictors/smollm2-135m-instruct.safetensors";
     const char *text_file = AP_SOURCE_DIR "/data/tasks/full.jsonl";
-    const char *ctx_arg = "2048,8192,max", *methods_arg = "last_step,attnpred,quest";
+    const char *ctx_arg = "2048,4096,max", *methods_arg = "last_step,attnpred,quest";
     const char *json_out = NULL;
     int budget = 512, gen = 64, threads = 2, stride = 1, per_kv = 0, prefetch = 1;
     static const struct option lo[] = {
@@ -130,7 +132,7 @@ int main(int argc, char **argv) {
         case 'x': text_file = optarg; break;
         case 'h':
             printf("usage: bench-live [--model M.gguf] [--predictor P.safetensors]\n"
-                   "                  [--contexts 2048,8192,max] [--budget 512]\n"
+                   "                  [--contexts 2048,4096,max] [--budget 512]\n"
                    "                  [--methods last_step,attnpred,quest] [--gen 64] [--threads 2]\n"
                    "                  [--pred-stride S] [--pred-per-kv] [--no-prefetch]\n"
                    "                  [--text TASKS.jsonl] [--json OUT]\n"
