@@ -72,7 +72,7 @@ static void replay_usage(FILE *out) {
         "  --snapkv-window N    SnapKV observation window, prefill rows (default 32)\n"
         "  --snapkv-pool N      SnapKV vote max-pooling over N blocks, odd (default 1)\n"
         "  --max-seqs N         first N sequences of each trace (default all)\n"
-        "  --max-steps N        first N decode steps of each sequence (default all)\n"
+        "  --max-steps N        first N decode steps of each sequence (default 0: all)\n"
         "  --threads N          worker threads over (sequence, layer) tasks (default 2)\n"
         "  --naive              recompute the whole CNN every step instead of updating it\n"
         "                       incrementally (same scores to ~1e-6; slower; for checks)\n"        "  --pred-stride S      run the predictor's CNN every S decode steps and reuse its\n"
@@ -335,7 +335,7 @@ static int cmd_replay(int argc, char **argv) {
             if (!parse_int(optarg, 1, 1023, &c.snapkv_pool) || c.snapkv_pool % 2 == 0) goto bad;
             break;
         case O_MAXSEQ: if (!parse_int(optarg, 1, 1 << 30, &c.max_seqs)) goto bad; break;
-        case O_MAXSTEP: if (!parse_int(optarg, 1, 1 << 30, &c.max_steps)) goto bad; break;
+        case O_MAXSTEP: if (!parse_int(optarg, 0, 1 << 30, &c.max_steps)) goto bad; break;
         case O_THREADS: if (!parse_int(optarg, 1, 256, &c.threads)) goto bad; break;
         case O_NAIVE: c.incremental = 0; break;
         case O_PSTRIDE: if (!parse_int(optarg, 1, 4096, &c.pred_stride)) goto bad; break;

@@ -52,6 +52,10 @@ expect 2 "--traces and --json are required" -- "$ap" eval replay --traces x.h5
 expect 2 "bad value 'abc' for --budget" -- "$ap" eval replay --traces x.h5 --json "$j" --budget abc
 expect 2 "bad value '256,0' for --budget" -- "$ap" eval replay --traces x.h5 --json "$j" --budget 256,0
 expect 2 "bad value '0' for --pred-stride" -- "$ap" eval replay --traces x.h5 --json "$j" --pred-stride 0
+# --max-steps 0 means every step (configs/pipeline-full.json uses it): past
+# option parsing, so the missing trace is what stops it.
+expect 1 "--traces: $tmp/none.h5: no such file" -- "$ap" eval replay --traces "$tmp/none.h5" --json "$j" --max-steps 0
+expect 2 "bad value '-1' for --max-steps" -- "$ap" eval replay --traces x.h5 --json "$j" --max-steps -1
 # A budget at or below sink + local leaves no block to choose (every method
 # would tie): refused as a usage error before the trace (missing here) is read.
 expect 2 "--budget 100 is not above sink + local = 128 tokens (budgets must exceed 128)" -- \
