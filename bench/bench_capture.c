@@ -165,13 +165,7 @@ int main(int argc, char **argv) {
         char path[512];
         snprintf(path, sizeof path, "%s/ctx%d.h5", tmpdir, N);
         ap_trace_meta meta;
-        memset(&meta, 0, sizeof meta);
-        meta.n_layer = hp->n_layer;
-        meta.n_head = hp->n_head;
-        meta.n_head_kv = hp->n_head_kv;
-        meta.head_dim = hp->head_dim;
-        meta.block_size = 16;
-        meta.history = 64;
+        if (ap_capture_trace_meta(hp, 16, 64, &meta, &err)) return fail(&err);
         snprintf(meta.model_name, sizeof meta.model_name, "%s", hp->name);
         snprintf(meta.model_sha256, sizeof meta.model_sha256, "%s", "bench");
         snprintf(meta.attnpred_version, sizeof meta.attnpred_version, "%s", AP_VERSION_STRING);

@@ -3,7 +3,8 @@
  * process, so every number comes with a ratio immune to machine noise.
  *
  *   bench-engine [--model M.gguf] [--contexts 1024,4096,8192] [--gen 16]
- *                [--reps 2] [--threads 2] [--engines quant,f32] [--json OUT]
+ *                [--reps 2] [--threads 2] [--engines quant,f32]
+ *                [--variants quant,...] [--rewind] [--json OUT]
  *
  * Both engines live side by side, each with one context filled in ascending
  * steps: at each context N the cache is prefilled up to N minus the decode
@@ -16,6 +17,11 @@
  *     activations (opt-in mode); decode with the BLAS attention path;
  *   f32 engine (f32_weights): the pre-qmatvec engine (sgemv + BLAS
  *     attention); and float32 sgemv with the streaming attention.
+ * --variants keeps only the named decode variants (quant, quant_q8act,
+ * quant_blasattn, f32, f32_streamattn). --rewind makes each context N a
+ * decode depth: the cache is prefilled to exactly N and rewound to N after
+ * every decode run, so every variant and rep decodes keys N .. N + gen (what
+ * llama-bench -d N -n gen measures; scripts/bench_llamacpp.sh uses it).
  * Limits: streaming read / copy / triad bandwidth over 3 x 512 MiB arrays
  * (beyond any cache) and AVX2 FMA throughput, each on 1 thread and on
  * --threads threads. Decode is reported as bytes read per token (weights +
@@ -265,10 +271,13 @@ static void engine_close(engine_t *E) {
 
 /* Engines side by side: prefill chunks and decode reps alternate between
  * them, so a load change on a shared machine hits both alike. */
-static int run_engines(const ap_gguf *g, const int *want, const int *ctxs, int n_ctx, int gen,
-                       int reps, int threads, const int32_t *stream, row_t *rows, engine_t *eng,
-                       ap_err *err) {
-    const int max_ctx = ctxs[n_ctx - 1];
+static int run_engines(const ap_gguf *g, const int *want, const int *vwant, int rewind,
+                       const int *ctxs, int n_ctx, int gen, int reps, int threads,
+                       const int32_t *stream, row_t *rows, engine_t *eng, ap_err *err) {
+    const int max_ctx = ctxs[n_ctx - 1] + (rewind ? gen : 0);
+    int nvars[2] = {0, 0}; /* decode variants run per engine */
+    for (int e = 0; e < 2; e++)
+        for (int vi = 0; vi < ENGINE_NVARS[e]; vi++) nvars[e] += vwant[ENGINE_VARS[e][vi]];
     float *logits = NULL;
     int rc = 1;
     double t0 = ap_now_seconds();
@@ -291,7 +300,8 @@ static int run_engines(const ap_gguf *g, const int *want, const int *ctxs, int n
             for (int e = 0; e < 2; e++) {
                 if (!want[e]) continue;
                 engine_t *E = &eng[e];
-                int target = ctxs[r] - ENGINE_NVARS[e] * reps * gen, at = ap_ctx_n_past(E->c);
+                int target = ctxs[r] - (rewind ? 0 : nvars[e] * reps * gen);
+                int at = ap_ctx_n_past(E->c);
                 if (target <= at) continue;
                 int n = target - at < 512 ? target - at : 512;
                 double t = ap_now_seconds();
@@ -310,6 +320,7 @@ static int run_engines(const ap_gguf *g, const int *want, const int *ctxs, int n
                 engine_t *E = &eng[e];
                 for (int vi = 0; vi < ENGINE_NVARS[e]; vi++) {
                     variant v = ENGINE_VARS[e][vi];
+                    if (!vwant[v]) continue;
                     int q8 = v == V_Q8, blas = v == V_QUANT_BLAS || v == V_F32_OLD;
                     if (ap_ctx_set_exec(E->c, q8, blas, err)) goto cleanup;
                     int p = ap_ctx_n_past(E->c);
@@ -318,6 +329,7 @@ static int run_engines(const ap_gguf *g, const int *want, const int *ctxs, int n
                         if (ap_ctx_eval(E->c, stream + p + i, 1, logits, 0, NULL, err))
                             goto cleanup;
                     double dt = ap_now_seconds() - t;
+                    if (rewind && ap_ctx_truncate(E->c, p, err)) goto cleanup;
                     if (dt < best[v]) {
                         best[v] = dt;
                         keys[v] = p + (gen + 1) / 2.0; /* mean keys per step */
@@ -333,6 +345,7 @@ static int run_engines(const ap_gguf *g, const int *want, const int *ctxs, int n
             rows[r].prefill_gflops[e] = E->pre_flops / E->pre_time / 1e9;
             for (int vi = 0; vi < ENGINE_NVARS[e]; vi++) {
                 variant v = ENGINE_VARS[e][vi];
+                if (!vwant[v]) continue;
                 rows[r].decode_tps[v] = gen / best[v];
                 /* Weights, plus the K and V rows of every layer (float32). */
                 rows[r].decode_bytes[v] =
@@ -356,11 +369,13 @@ int main(int argc, char **argv) {
     const char *model_path = AP_SOURCE_DIR "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
     const char *json_path = NULL;
     char contexts_arg[256] = "1024,4096,8192", engines_arg[64] = "quant,f32";
-    int gen = 16, threads = 2, reps = 2, skip_limits = 0;
+    char variants_arg[256] = "";
+    int gen = 16, threads = 2, reps = 2, skip_limits = 0, rewind = 0;
     static const struct option lo[] = {{"model", 1, 0, 'm'},   {"contexts", 1, 0, 'c'},
                                        {"gen", 1, 0, 'g'},     {"threads", 1, 0, 't'},
                                        {"json", 1, 0, 'j'},    {"reps", 1, 0, 'r'},
                                        {"engines", 1, 0, 'e'}, {"no-limits", 0, 0, 'n'},
+                                       {"variants", 1, 0, 'v'}, {"rewind", 0, 0, 'w'},
                                        {"help", 0, 0, 'h'},    {0, 0, 0, 0}};
     int opt;
     while ((opt = getopt_long(argc, argv, "", lo, NULL)) != -1) {
@@ -373,15 +388,21 @@ int main(int argc, char **argv) {
         case 'r': reps = atoi(optarg); break;
         case 'e': snprintf(engines_arg, sizeof engines_arg, "%s", optarg); break;
         case 'n': skip_limits = 1; break;
+        case 'v': snprintf(variants_arg, sizeof variants_arg, "%s", optarg); break;
+        case 'w': rewind = 1; break;
         case 'h':
             printf("usage: bench-engine [--model M] [--contexts 1024,4096,8192] [--gen N]\n"
                    "                    [--reps N] [--threads N] [--engines quant,f32]\n"
-                   "                    [--no-limits] [--json OUT]\n"
+                   "                    [--variants V,...] [--rewind] [--no-limits] [--json OUT]\n"
                    "Prefill and decode tokens/s of the quantized engine (default weights) and\n"
                    "the float32 engine (f32_weights + BLAS attention) on one model, with this\n"
                    "machine's memory bandwidth and AVX2 FMA peak measured in the same run.\n"
                    "--gen decode tokens per variant and rep (default 16), best of --reps\n"
-                   "(default 2). Run it under nice on a shared machine; compare ratios.\n");
+                   "(default 2). Run it under nice on a shared machine; compare ratios.\n"
+                   "--variants: decode variants to run (quant, quant_q8act, quant_blasattn,\n"
+                   "f32, f32_streamattn; default all of the chosen engines). --rewind: each\n"
+                   "context is a decode depth: prefill exactly N tokens, every decode run\n"
+                   "starts at N (the cache is rewound after each), as llama-bench -d N.\n");
             return 0;
         default: fprintf(stderr, "bench-engine: bad option (see --help)\n"); return 2;
         }
@@ -413,12 +434,41 @@ int main(int argc, char **argv) {
         fprintf(stderr, "bench-engine: --engines takes quant and/or f32\n");
         return 2;
     }
+    int vwant[N_VARIANTS];
+    for (int v = 0; v < N_VARIANTS; v++) vwant[v] = variants_arg[0] == '\0';
+    for (char *save = NULL, *t = strtok_r(variants_arg, ",", &save); t;
+         t = strtok_r(NULL, ",", &save)) {
+        int v = 0;
+        while (v < N_VARIANTS && strcmp(t, VNAME[v]) != 0) v++;
+        if (v == N_VARIANTS) {
+            fprintf(stderr,
+                    "bench-engine: unknown variant '%s' (quant, quant_q8act, quant_blasattn, f32, "
+                    "f32_streamattn)\n",
+                    t);
+            return 2;
+        }
+        vwant[v] = 1;
+    }
+    for (int e = 0; e < 2; e++) {
+        int any = 0;
+        for (int vi = 0; vi < ENGINE_NVARS[e]; vi++) any |= vwant[ENGINE_VARS[e][vi]];
+        if (want[e] && !any) {
+            fprintf(stderr, "bench-engine: --variants names no variant of the %s engine\n",
+                    ENAME[e]);
+            return 2;
+        }
+        if (!want[e] && any && variants_arg[0]) {
+            fprintf(stderr, "bench-engine: --variants names a %s variant, --engines excludes it\n",
+                    ENAME[e]);
+            return 2;
+        }
+    }
 
     ap_err err;
     ap_err_clear(&err);
     ap_gguf *g = NULL;
     if (ap_gguf_open(model_path, &g, &err)) return fail(&err);
-    int max_ctx = ctxs[n_ctx - 1];
+    int max_ctx = ctxs[n_ctx - 1] + gen; /* --rewind decodes past the last context */
     int32_t *stream = malloc(sizeof(int32_t) * (size_t)max_ctx);
     row_t rows[MAX_CTX];
     memset(rows, 0, sizeof rows);
@@ -437,7 +487,8 @@ int main(int argc, char **argv) {
     }
     (void)touch;
     engine_t eng[2];
-    int rc = run_engines(g, want, ctxs, n_ctx, gen, reps, threads, stream, rows, eng, &err);
+    int rc = run_engines(g, want, vwant, rewind, ctxs, n_ctx, gen, reps, threads, stream, rows, eng,
+                         &err);
     const double peak_mb = (double)ap_peak_rss_bytes() / 1e6;
     for (int e = 0; e < 2; e++) engine_close(&eng[e]);
     if (rc) return fail(&err);
@@ -494,6 +545,7 @@ int main(int argc, char **argv) {
         cJSON_AddNumberToObject(root, "threads", threads);
         cJSON_AddNumberToObject(root, "gen", gen);
         cJSON_AddNumberToObject(root, "reps", reps);
+        cJSON_AddBoolToObject(root, "rewind", rewind);
         cJSON_AddNumberToObject(root, "peak_rss_mb", peak_mb);
         for (int e = 0; e < 2; e++) {
             if (!want[e]) continue;

@@ -480,13 +480,8 @@ ap_status ap_capture_run(const ap_capture_opts *o, ap_capture_stats *stats, ap_e
     }
 
     ap_trace_meta meta;
-    memset(&meta, 0, sizeof meta);
-    meta.n_layer = hp->n_layer;
-    meta.n_head = hp->n_head;
-    meta.n_head_kv = hp->n_head_kv;
-    meta.head_dim = hp->head_dim;
-    meta.block_size = o->block_size;
-    meta.history = o->history;
+    st = ap_capture_trace_meta(hp, o->block_size, o->history, &meta, err);
+    if (st) goto cleanup;
     snprintf(meta.model_name, sizeof meta.model_name, "%s", hp->name[0] ? hp->name : "unnamed");
     snprintf(meta.attnpred_version, sizeof meta.attnpred_version, "%s", AP_VERSION_STRING);
     st = ap_sha256_file(o->model_path, meta.model_sha256, err);
@@ -567,4 +562,22 @@ cleanup:
     ap_gguf_free(g);
     ap_prompts_free(ps);
     return st;
+}
+
+ap_status ap_capture_trace_meta(const ap_hparams *hp, int block_size, int history,
+                                ap_trace_meta *meta, ap_err *err) {
+    memset(meta, 0, sizeof *meta);
+    if (hp->n_layer < 1 || hp->n_layer > AP_TRACE_MAX_LAYERS)
+        return ap_errf(err, AP_ERR_UNSUPPORTED, "capture: %d layers (a trace holds 1..%d)",
+                       hp->n_layer, AP_TRACE_MAX_LAYERS);
+    meta->n_layer = hp->n_layer;
+    meta->n_head = hp->n_head;
+    meta->n_head_kv = hp->n_head_kv;
+    meta->head_dim = hp->head_dim;
+    meta->block_size = block_size;
+    meta->history = history;
+    snprintf(meta->arch, sizeof meta->arch, "%s", hp->arch);
+    for (int l = 0; l < hp->n_layer; l++)
+        meta->layer_window[l] = ap_hparams_layer_swa(hp, l) ? hp->swa_window : 0;
+    return AP_OK;
 }

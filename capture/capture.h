@@ -84,4 +84,12 @@ ap_status ap_capture_sequence_cuda(ap_cuda_model *cm, const ap_hparams *hp,
                                    ap_trace_writer *w, ap_capture_seq_stats *stats, ap_err *err);
 ap_status ap_capture_run(const ap_capture_opts *o, ap_capture_stats *stats, ap_err *err);
 
+/* The trace meta of a model's captures: shape, block size, history,
+ * architecture and each layer's attention window (hp->swa_window on the
+ * sliding-window layers, 0 on the full ones). model_name, model_sha256 and
+ * attnpred_version are left to the caller (zeroed). AP_ERR_UNSUPPORTED when
+ * the model has more layers than a trace may hold (AP_TRACE_MAX_LAYERS). */
+ap_status ap_capture_trace_meta(const ap_hparams *hp, int block_size, int history,
+                                ap_trace_meta *meta, ap_err *err);
+
 #endif

@@ -82,10 +82,14 @@ typedef struct {
 typedef struct {
     float *attn_norm; /* [n_embd] */
     wmat wq, wk, wv;  /* [n_head hd | n_head_kv hd][n_embd] */
+    float *bqkv;      /* qkv_bias: [n_head hd + 2 n_head_kv hd], q | k | v; else NULL */
+    float *q_norm, *k_norm; /* qk_norm: [head_dim]; else NULL */
     wmat wo;          /* [n_embd][n_head hd] */
+    float *post_attn_norm; /* post_norms: [n_embd]; else NULL */
     float *ffn_norm;  /* [n_embd] */
     wmat wg, wu;      /* [n_ff][n_embd] */
     wmat wd;          /* [n_embd][n_ff] */
+    float *post_ffw_norm; /* post_norms: [n_embd]; else NULL */
 } layer_w;
 
 struct ap_model {
@@ -94,6 +98,7 @@ struct ap_model {
     wmat tok_embd;   /* [n_vocab][n_embd] */
     float *out_norm; /* [n_embd] */
     wmat output;     /* [n_vocab][n_embd]; a view of tok_embd when tied */
+    float *rope_freqs; /* hp.rope_freqs: [head_dim / 2] frequency divisors; else NULL */
     layer_w *layers;
     size_t weight_bytes; /* bytes of the matrices one decode step reads */
 };
@@ -127,6 +132,31 @@ static ap_status check_range(const char *key, int64_t v, int64_t lo, int64_t hi,
     return AP_OK;
 }
 
+int ap_hparams_layer_swa(const ap_hparams *hp, int layer) {
+    if (hp->swa_window <= 0) return 0;
+    return hp->swa_pattern <= 0 || (layer + 1) % hp->swa_pattern != 0;
+}
+
+int ap_hparams_n_full_layers(const ap_hparams *hp) {
+    int n = 0;
+    for (int l = 0; l < hp->n_layer; l++) n += !ap_hparams_layer_swa(hp, l);
+    return n;
+}
+
+/* What each general.architecture switches on (ap_hparams). */
+typedef struct {
+    const char *name;
+    ap_arch id;
+    int rope_neox, qkv_bias, qk_norm, post_norms, ffn_gelu, embd_scale_sqrt, swa;
+} arch_desc;
+
+static const arch_desc ARCHES[] = {
+    {"llama", AP_ARCH_LLAMA, 0, 0, 0, 0, 0, 0, 0},
+    {"qwen2", AP_ARCH_QWEN2, 1, 1, 0, 0, 0, 0, 0},
+    {"qwen3", AP_ARCH_QWEN3, 1, 0, 1, 0, 0, 0, 0},
+    {"gemma3", AP_ARCH_GEMMA3, 1, 0, 1, 1, 1, 1, 1},
+};
+
 static ap_status read_hparams(const ap_gguf *g, ap_hparams *hp, ap_err *err) {
     ap_status st;
     const char *s;
@@ -134,14 +164,25 @@ static ap_status read_hparams(const ap_gguf *g, ap_hparams *hp, ap_err *err) {
     int64_t v;
     double d;
     char key[128];
+    const arch_desc *ad = NULL;
 
     memset(hp, 0, sizeof *hp);
     if ((st = ap_gguf_get_str(g, "general.architecture", &s, &len, err))) return st;
-    if (len != 5 || memcmp(s, "llama", 5) != 0)
+    for (size_t i = 0; i < sizeof ARCHES / sizeof ARCHES[0]; i++)
+        if (strlen(ARCHES[i].name) == len && memcmp(s, ARCHES[i].name, len) == 0) ad = &ARCHES[i];
+    if (!ad)
         return ap_errf(err, AP_ERR_UNSUPPORTED,
-                       "architecture '%.*s' is not supported (only llama)",
+                       "general.architecture '%.*s' is not supported (supported: llama, which "
+                       "covers Llama 1-3.x and Mistral files, qwen2, qwen3, gemma3)",
                        (int)(len > 64 ? 64 : len), s);
-    memcpy(hp->arch, "llama", 6);
+    const char *arch = ad->name;
+    snprintf(hp->arch, sizeof hp->arch, "%s", arch);
+    hp->arch_id = ad->id;
+    hp->rope_neox = ad->rope_neox;
+    hp->qkv_bias = ad->qkv_bias;
+    hp->qk_norm = ad->qk_norm;
+    hp->post_norms = ad->post_norms;
+    hp->ffn_gelu = ad->ffn_gelu;
     if (ap_gguf_find_key(g, "general.name") >= 0 &&
         ap_gguf_get_str(g, "general.name", &s, &len, NULL) == AP_OK) {
         if (len >= sizeof hp->name) len = sizeof hp->name - 1;
@@ -149,7 +190,7 @@ static ap_status read_hparams(const ap_gguf *g, ap_hparams *hp, ap_err *err) {
         hp->name[len] = '\0';
     }
 
-#define KEY(suffix) (snprintf(key, sizeof key, "llama.%s", suffix), key)
+#define KEY(suffix) (snprintf(key, sizeof key, "%s.%s", arch, suffix), key)
 #define REQ_INT(suffix, lo, hi, field)                                                         \
     do {                                                                                       \
         if ((st = ap_gguf_get_int(g, KEY(suffix), &v, err))) return st;                        \
@@ -165,7 +206,7 @@ static ap_status read_hparams(const ap_gguf *g, ap_hparams *hp, ap_err *err) {
     if ((st = check_range(key, v, 1, hp->n_head, &hp->n_head_kv, err))) return st;
     if (hp->n_head % hp->n_head_kv != 0)
         return ap_errf(err, AP_ERR_FORMAT,
-                       "attention.head_count %d is not a multiple of head_count_kv %d",
+                       "%s.attention.head_count %d is not a multiple of head_count_kv %d", arch,
                        hp->n_head, hp->n_head_kv);
 #undef REQ_INT
 
@@ -179,21 +220,22 @@ static ap_status read_hparams(const ap_gguf *g, ap_hparams *hp, ap_err *err) {
     else if (rot > 0) hd = rot;
     if (hd <= 0)
         return ap_errf(err, AP_ERR_FORMAT,
-                       "head_dim unknown: embedding_length %d is not a multiple of head_count %d "
-                       "and neither rope.dimension_count nor attention.key_length is set",
-                       hp->n_embd, hp->n_head);
+                       "head_dim unknown: %s.embedding_length %d is not a multiple of head_count "
+                       "%d and neither rope.dimension_count nor attention.key_length is set",
+                       arch, hp->n_embd, hp->n_head);
     if (rot > 0 && rot != hd)
         return ap_errf(err, AP_ERR_UNSUPPORTED,
-                       "partial rotary embedding (rope.dimension_count %lld, head_dim %lld) is "
+                       "partial rotary embedding (%s.rope.dimension_count %lld, head_dim %lld) is "
                        "not supported",
-                       (long long)rot, (long long)hd);
+                       arch, (long long)rot, (long long)hd);
     if (vlen > 0 && vlen != hd)
         return ap_errf(err, AP_ERR_UNSUPPORTED,
-                       "attention.value_length %lld differs from key_length %lld",
+                       "%s.attention.value_length %lld differs from key_length %lld", arch,
                        (long long)vlen, (long long)hd);
     if ((st = check_range("head_dim", hd, 2, 4096, &hp->head_dim, err))) return st;
     if (hp->head_dim % 2)
         return ap_errf(err, AP_ERR_FORMAT, "head_dim %d is odd: RoPE needs pairs", hp->head_dim);
+    hp->attn_scale = 1.0f / sqrtf((float)hp->head_dim);
 
     if ((st = get_float_opt(g, KEY("rope.freq_base"), 10000.0, &d, err))) return st;
     if (!(d > 0.0 && isfinite(d)))
@@ -204,20 +246,62 @@ static ap_status read_hparams(const ap_gguf *g, ap_hparams *hp, ap_err *err) {
         return ap_errf(err, AP_ERR_FORMAT, "metadata %s = %g is not a positive number", key, d);
     hp->rms_eps = (float)d;
 
+    /* RoPE scaling: none, linear (positions / factor), or Llama 3.x's
+     * per-frequency factors (the rope_freqs.weight tensor, checked at load). */
+    int linear = 0;
     if (ap_gguf_find_key(g, KEY("rope.scaling.type")) >= 0) {
         if ((st = ap_gguf_get_str(g, key, &s, &len, err))) return st;
-        if (!(len == 0 || (len == 4 && memcmp(s, "none", 4) == 0)))
-            return ap_errf(err, AP_ERR_UNSUPPORTED, "rope scaling '%.*s' is not supported",
-                           (int)(len > 64 ? 64 : len), s);
+        if (len == 6 && memcmp(s, "linear", 6) == 0) linear = 1;
+        else if (!(len == 0 || (len == 4 && memcmp(s, "none", 4) == 0)))
+            return ap_errf(err, AP_ERR_UNSUPPORTED,
+                           "metadata %s = '%.*s': RoPE scaling of this type is not supported "
+                           "(supported: none, linear, and Llama 3.x rope_freqs)",
+                           key, (int)(len > 64 ? 64 : len), s);
     }
     if ((st = get_float_opt(g, KEY("rope.scaling.factor"), 1.0, &d, err))) return st;
-    if (d != 1.0 && d != 0.0)
-        return ap_errf(err, AP_ERR_UNSUPPORTED, "rope scaling factor %g is not supported", d);
-    if (ap_gguf_find_tensor(g, "rope_freqs.weight"))
+    if (!(d >= 0.0 && isfinite(d)))
+        return ap_errf(err, AP_ERR_FORMAT, "metadata %s = %g is not a non-negative number", key, d);
+    hp->rope_freq_scale = 1.0f;
+    if (d != 0.0 && d != 1.0) {
+        if (!linear)
+            return ap_errf(err, AP_ERR_UNSUPPORTED,
+                           "metadata %s = %g without %s.rope.scaling.type = linear is not "
+                           "supported",
+                           key, d, arch);
+        hp->rope_freq_scale = (float)(1.0 / d);
+    }
+    hp->rope_freqs = ap_gguf_find_tensor(g, "rope_freqs.weight") != NULL;
+    if (hp->rope_freqs && ad->id != AP_ARCH_LLAMA)
         return ap_errf(err, AP_ERR_UNSUPPORTED,
-                       "tensor 'rope_freqs.weight' (llama3 rope scaling) is not supported");
+                       "tensor 'rope_freqs.weight' in a %s file is not supported (only llama)",
+                       arch);
 
-    /* Vocabulary size: the embedding matrix decides; llama.vocab_size, when
+    /* Gemma 3: embeddings times sqrt(n_embd); sliding-window layers with
+     * their own RoPE base. llama.cpp writes the window but not the layer
+     * pattern or the local base (it fixes them to 6 and 1e4); a file that
+     * carries them wins. */
+    hp->embd_scale = ad->embd_scale_sqrt ? sqrtf((float)hp->n_embd) : 1.0f;
+    hp->rope_base_swa = hp->rope_base;
+    if (ad->swa) {
+        if ((st = get_int_opt(g, KEY("attention.sliding_window"), 0, &v, err))) return st;
+        if ((st = check_range(key, v, 0, 1 << 24, &hp->swa_window, err))) return st;
+        if ((st = get_int_opt(g, KEY("attention.sliding_window_pattern"), 6, &v, err))) return st;
+        if ((st = check_range(key, v, 1, MAX_LAYERS, &hp->swa_pattern, err))) return st;
+        if ((st = get_float_opt(g, KEY("rope.freq_base_swa"), 10000.0, &d, err))) return st;
+        if (!(d > 0.0 && isfinite(d)))
+            return ap_errf(err, AP_ERR_FORMAT, "metadata %s = %g is not a positive number", key,
+                           d);
+        hp->rope_base_swa = (float)d;
+    }
+    static const char *const softcaps[] = {"attn_logit_softcapping", "final_logit_softcapping"};
+    for (int i = 0; i < 2; i++) {
+        if ((st = get_float_opt(g, KEY(softcaps[i]), 0.0, &d, err))) return st;
+        if (d != 0.0)
+            return ap_errf(err, AP_ERR_UNSUPPORTED,
+                           "metadata %s = %g: logit soft-capping is not supported", key, d);
+    }
+
+    /* Vocabulary size: the embedding matrix decides; ARCH.vocab_size, when
      * present, must agree. */
     const ap_gguf_tensor *te = ap_gguf_find_tensor(g, "token_embd.weight");
     if (!te) return ap_errf(err, AP_ERR_FORMAT, "missing tensor 'token_embd.weight'");
@@ -227,10 +311,12 @@ static ap_status read_hparams(const ap_gguf *g, ap_hparams *hp, ap_err *err) {
     if ((st = get_int_opt(g, KEY("vocab_size"), hp->n_vocab, &v, err))) return st;
     if (v != hp->n_vocab)
         return ap_errf(err, AP_ERR_FORMAT,
-                       "llama.vocab_size %lld differs from token_embd.weight rows %d",
+                       "%s.vocab_size %lld differs from token_embd.weight rows %d", arch,
                        (long long)v, hp->n_vocab);
 #undef KEY
     hp->tied_output = ap_gguf_find_tensor(g, "output.weight") == NULL;
+    /* Some llama-architecture files carry QKV biases too. */
+    if (ap_gguf_find_tensor(g, "blk.0.attn_q.bias")) hp->qkv_bias = 1;
     return AP_OK;
 }
 /* Find tensor `name`, check it has shape [ne0, ne1] (ne1 = 1 for a vector),
@@ -292,15 +378,21 @@ static float *alloc_floats_aligned(size_t n) {
     return aligned_alloc(64, bytes);
 }
 
-/* A vector (norm weights), always float32. */
-static ap_status load_vec(const ap_gguf *g, const char *name, int64_t ne0, float **dst,
-                          ap_err *err) {
+/* A vector (norms, biases), always float32, into dst (ne0 floats). */
+static ap_status load_vec_at(const ap_gguf *g, const char *name, int64_t ne0, float *dst,
+                             ap_err *err) {
     const ap_gguf_tensor *t = NULL;
     ap_status st = find_tensor(g, name, 1, ne0, 1, &t, err);
     if (st) return st;
+    return decode_row(t, name, ne0, 0, dst, err);
+}
+
+/* The same into a new allocation (*dst, owned by the caller). */
+static ap_status load_vec(const ap_gguf *g, const char *name, int64_t ne0, float **dst,
+                          ap_err *err) {
     if (!(*dst = alloc_floats((size_t)ne0)))
         return ap_errf(err, AP_ERR_NOMEM, "out of memory for tensor '%s'", name);
-    return decode_row(t, name, ne0, 0, *dst, err);
+    return load_vec_at(g, name, ne0, *dst, err);
 }
 
 /* A matrix of ne1 rows of ne0: float32 (dequantized) in f32_weights mode
@@ -349,6 +441,11 @@ void ap_model_free(ap_model *m) {
             layer_w *w = &m->layers[l];
             free(w->attn_norm);
             free(w->ffn_norm);
+            free(w->bqkv);
+            free(w->q_norm);
+            free(w->k_norm);
+            free(w->post_attn_norm);
+            free(w->post_ffw_norm);
             free(w->wq.owned);
             free(w->wk.owned);
             free(w->wv.owned);
@@ -362,6 +459,7 @@ void ap_model_free(ap_model *m) {
     free(m->output.owned);
     free(m->tok_embd.owned);
     free(m->out_norm);
+    free(m->rope_freqs);
     free(m);
 }
 
@@ -403,6 +501,17 @@ ap_status ap_model_load_opts(const ap_gguf *g, const ap_model_opts *opts, ap_mod
                        err)))
         goto cleanup;
     if ((st = load_vec(g, "output_norm.weight", (int64_t)E, &m->out_norm, err))) goto cleanup;
+    if (hp->rope_freqs) {
+        if ((st = load_vec(g, "rope_freqs.weight", (int64_t)hd / 2, &m->rope_freqs, err)))
+            goto cleanup;
+        for (size_t i = 0; i < hd / 2; i++)
+            if (!(m->rope_freqs[i] > 0.0f)) {
+                st = ap_errf(err, AP_ERR_FORMAT,
+                             "tensor 'rope_freqs.weight' has a non-positive factor %g at %zu",
+                             (double)m->rope_freqs[i], i);
+                goto cleanup;
+            }
+    }
     if (hp->tied_output) {
         m->output.q = m->tok_embd.q;
     } else if ((st = load_mat(g, o, "output.weight", (int64_t)E, (int64_t)V, scratch, &m->output,
@@ -421,17 +530,36 @@ ap_status ap_model_load_opts(const ap_gguf *g, const ap_model_opts *opts, ap_mod
             goto cleanup;                                                                      \
         m->weight_bytes += wmat_bytes(dst);                                                    \
     } while (0)
-        if ((st = load_vec(g, NAME("attn_norm.weight"), (int64_t)E, &w->attn_norm, err)))
-            goto cleanup;
+#define VEC(suffix, n, dst)                                                                    \
+    do {                                                                                       \
+        if ((st = load_vec(g, NAME(suffix), (int64_t)(n), dst, err))) goto cleanup;            \
+    } while (0)
+        VEC("attn_norm.weight", E, &w->attn_norm);
         MAT("attn_q.weight", E, qd, &w->wq);
         MAT("attn_k.weight", E, kvd, &w->wk);
         MAT("attn_v.weight", E, kvd, &w->wv);
+        if (hp->qkv_bias) {
+            if (!(w->bqkv = alloc_floats(qd + 2 * kvd))) {
+                st = ap_errf(err, AP_ERR_NOMEM, "out of memory for QKV biases");
+                goto cleanup;
+            }
+            if ((st = load_vec_at(g, NAME("attn_q.bias"), (int64_t)qd, w->bqkv, err)) ||
+                (st = load_vec_at(g, NAME("attn_k.bias"), (int64_t)kvd, w->bqkv + qd, err)) ||
+                (st = load_vec_at(g, NAME("attn_v.bias"), (int64_t)kvd, w->bqkv + qd + kvd, err)))
+                goto cleanup;
+        }
+        if (hp->qk_norm) {
+            VEC("attn_q_norm.weight", hd, &w->q_norm);
+            VEC("attn_k_norm.weight", hd, &w->k_norm);
+        }
         MAT("attn_output.weight", qd, E, &w->wo);
-        if ((st = load_vec(g, NAME("ffn_norm.weight"), (int64_t)E, &w->ffn_norm, err)))
-            goto cleanup;
+        if (hp->post_norms) VEC("post_attention_norm.weight", E, &w->post_attn_norm);
+        VEC("ffn_norm.weight", E, &w->ffn_norm);
         MAT("ffn_gate.weight", E, F, &w->wg);
         MAT("ffn_up.weight", E, F, &w->wu);
         MAT("ffn_down.weight", F, E, &w->wd);
+        if (hp->post_norms) VEC("post_ffw_norm.weight", E, &w->post_ffw_norm);
+#undef VEC
 #undef MAT
 #undef NAME
     }
@@ -568,6 +696,7 @@ struct ap_ctx {
     ap_qisa isa;
     float *kcache, *vcache; /* [n_layer][n_ctx][kv_dim] */
     float *rope_cs;         /* [n_ctx][head_dim] */
+    float *rope_cs_swa;     /* the sliding-window layers' table, or NULL (no such layers) */
     float *x, *xn, *qkv, *att, *gu; /* micro-batch activations */
     float *attn_scratch;    /* [n_threads][ATTN_CHUNK * n_ctx] */
     size_t attn_scratch_per_thread;
@@ -635,6 +764,7 @@ void ap_ctx_free(ap_ctx *c) {
     free(c->kcache);
     free(c->vcache);
     free(c->rope_cs);
+    free(c->rope_cs_swa);
     free(c->x);
     free(c->xn);
     free(c->qkv);
@@ -672,8 +802,8 @@ ap_status ap_ctx_create(const ap_model *m, int n_ctx, int n_threads, ap_ctx **ou
     *out = NULL;
     const ap_hparams *hp = &m->hp;
     if (n_ctx < 1 || n_ctx > hp->n_ctx_train) {
-        st = ap_errf(err, AP_ERR_RANGE, "context length %d is outside [1, %d] (llama.context_length)",
-                     n_ctx, hp->n_ctx_train);
+        st = ap_errf(err, AP_ERR_RANGE, "context length %d is outside [1, %d] (%s.context_length)",
+                     n_ctx, hp->n_ctx_train, hp->arch);
         goto cleanup;
     }
     if (n_threads < 1 || n_threads > 256) {
@@ -706,6 +836,10 @@ ap_status ap_ctx_create(const ap_model *m, int n_ctx, int n_threads, ap_ctx **ou
     c->kcache = alloc_floats_aligned(cache);
     c->vcache = alloc_floats_aligned(cache);
     c->rope_cs = alloc_floats((size_t)n_ctx * hd);
+    if (hp->swa_window > 0 && !(c->rope_cs_swa = alloc_floats((size_t)n_ctx * hd))) {
+        st = ap_errf(err, AP_ERR_NOMEM, "out of memory for a %d-token RoPE table", n_ctx);
+        goto cleanup;
+    }
     c->x = alloc_floats(U * E);
     c->xn = alloc_floats(U * E);
     c->qkv = alloc_floats(U * c->qkv_dim);
@@ -739,7 +873,10 @@ ap_status ap_ctx_create(const ap_model *m, int n_ctx, int n_threads, ap_ctx **ou
         }
     }
     c->decode_attn_blas = m->opts.decode_attn_blas;
-    ap_rope_table(c->rope_cs, 0, n_ctx, hp->head_dim, hp->rope_base);
+    ap_rope_table_scaled(c->rope_cs, 0, n_ctx, hp->head_dim, hp->rope_base, hp->rope_freq_scale,
+                         m->rope_freqs);
+    /* Local layers rotate without scaling (transformers' rope_local_base_freq). */
+    if (c->rope_cs_swa) ap_rope_table(c->rope_cs_swa, 0, n_ctx, hp->head_dim, hp->rope_base_swa);
     /* Process-wide, hence here and only here: see the note at the top. */
     openblas_set_num_threads(1);
     if ((st = pool_create(c, n_threads - 1, err))) goto cleanup;
@@ -936,6 +1073,7 @@ typedef struct {
     const float *x;
     const ap_qmat *wg, *wu;
     int T, n_embd, n_ff, tile;
+    int gelu; /* GeGLU (tanh) instead of SwiGLU */
     atomic_int next;
 } gu_job;
 
@@ -949,7 +1087,10 @@ static void gu_run(void *arg, int ith) {
         int b = a + j->tile < j->n_ff ? a + j->tile : j->n_ff;
         wmat_rows(j->c, ith, j->wg, j->gu, ld, j->x, E, j->T, a, b, 0);
         wmat_rows(j->c, ith, j->wu, j->gu + j->n_ff, ld, j->x, E, j->T, a, b, 0);
-        ap_swiglu(j->gu + a, ld, j->gu + a, ld, j->gu + j->n_ff + a, ld, j->T, b - a);
+        if (j->gelu)
+            ap_geglu_tanh(j->gu + a, ld, j->gu + a, ld, j->gu + j->n_ff + a, ld, j->T, b - a);
+        else
+            ap_swiglu(j->gu + a, ld, j->gu + a, ld, j->gu + j->n_ff + a, ld, j->T, b - a);
     }
 }
 
@@ -1008,7 +1149,7 @@ static void attn_run(void *arg, int ith) {
             .n_heads = per_unit,
             .pos0 = j->pos0,
             .head_dim = hd,
-            .scale = 1.0f / sqrtf((float)hd),
+            .scale = hp->attn_scale,
             .q = q,
             .ldq = c->qkv_dim,
             .k = c->kcache + layer_off + (size_t)g * hd,
@@ -1021,6 +1162,7 @@ static void attn_run(void *arg, int ith) {
             .on_row = obs && obs->on_row ? row_cb : NULL,
             .user = &th,
             .rows_from = obs ? obs->rows_from : 0,
+            .window = ap_hparams_layer_swa(hp, j->layer) ? hp->swa_window : 0,
         };
         ap_attn(&a, scratch, chunk);
     }
@@ -1039,6 +1181,7 @@ static int kv_chunk(int nk) {
 typedef struct {
     ap_ctx *c;
     int layer, pos, chunk, n_chunks;
+    int lo; /* first key attended (> 0 in a sliding-window layer) */
     const ap_attn_observer *obs;
     double *colsum; /* this layer's [n_head][n_ctx] block, or NULL */
     atomic_int next;
@@ -1053,13 +1196,14 @@ static void dattn_run(void *arg, int ith) {
     const int hd = hp->head_dim, G = hp->n_head / hp->n_head_kv, nk = j->pos + 1;
     const size_t kvd = c->kv_dim, lds = (size_t)c->n_ctx, mc = (size_t)c->max_chunks;
     const size_t layer_off = (size_t)j->layer * (size_t)c->n_ctx * kvd;
-    const float scale = 1.0f / sqrtf((float)hd);
+    const float scale = hp->attn_scale;
+    /* Chunks tile keys lo..pos; dscore keeps absolute key positions. */
     (void)ith;
     for (;;) {
         int u = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
         if (u >= hp->n_head_kv * j->n_chunks) break;
         int g = u / j->n_chunks, ch = u % j->n_chunks, h0 = g * G;
-        int j0 = ch * j->chunk, nj = nk - j0 < j->chunk ? nk - j0 : j->chunk;
+        int j0 = j->lo + ch * j->chunk, nj = nk - j0 < j->chunk ? nk - j0 : j->chunk;
         float *s = c->dscore + (size_t)h0 * lds + j0;
         const size_t at = layer_off + (size_t)j0 * kvd + (size_t)g * hd;
         ap_kv_scores(c->qkv + (size_t)h0 * hd, G, hd, c->kcache + at, kvd, nj, scale, s, lds,
@@ -1107,9 +1251,10 @@ static void dattn_combine(dattn_job *j, int h) {
     if (!want_row && !j->colsum) return;
     float *row = c->dscore + (size_t)h * c->n_ctx;
     double *cs = j->colsum ? j->colsum + (size_t)h * c->n_ctx : NULL;
+    if (j->lo) memset(row, 0, (size_t)j->lo * sizeof *row);
     for (int ch = 0; ch < j->n_chunks; ch++) {
         const float f = fac[ch] * inv;
-        const int j0 = ch * j->chunk, j1 = nk - j0 < j->chunk ? nk : j0 + j->chunk;
+        const int j0 = j->lo + ch * j->chunk, j1 = nk - j0 < j->chunk ? nk : j0 + j->chunk;
         for (int k = j0; k < j1; k++) row[k] *= f;
         if (cs)
             for (int k = j0; k < j1; k++) cs[k] += row[k];
@@ -1129,9 +1274,12 @@ static void dcombine_run(void *arg, int ith) {
 
 static void decode_attention(ap_ctx *c, int layer, int pos, const ap_attn_observer *obs,
                              double *colsum) {
+    const ap_hparams *hp = &c->m->hp;
     dattn_job j = {.c = c, .layer = layer, .pos = pos, .obs = obs, .colsum = colsum};
-    j.chunk = kv_chunk(pos + 1);
-    j.n_chunks = (pos + j.chunk) / j.chunk;
+    if (ap_hparams_layer_swa(hp, layer) && pos + 1 > hp->swa_window) j.lo = pos + 1 - hp->swa_window;
+    const int nk = pos + 1 - j.lo;
+    j.chunk = kv_chunk(nk);
+    j.n_chunks = (nk + j.chunk - 1) / j.chunk;
     atomic_init(&j.next, 0);
     pool_run(c->pool, dattn_run, &j);
     if (obs || colsum) {
@@ -1175,7 +1323,7 @@ static void sattn_run(void *arg, int ith) {
         const size_t u0 = (size_t)g * G;
         ap_sparse_attn_args a = {
             .n_groups = 1, .n_heads = G, .head_dim = hd, .n_keys = j->pos + 1,
-            .scale = 1.0f / sqrtf((float)hd), .q = c->qkv + u0 * hd,
+            .scale = hp->attn_scale, .q = c->qkv + u0 * hd,
             .k = c->kcache + layer_off + (size_t)g * hd, .v = c->vcache + layer_off + (size_t)g * hd,
             .ldkv = c->kv_dim, .group_stride = (size_t)hd, .out = c->att + u0 * hd,
             .block = p->block, .sink = p->sink, .local = p->local, .per_q_head = p->per_q_head,
@@ -1278,6 +1426,12 @@ static ap_status policy_attention(ap_ctx *c, int layer, int pos, ap_err *err) {
 
 /* ---------------------------------------------------------------- forward */
 
+/* x += rmsnorm(y) * g over T rows of n (y is overwritten). */
+static void add_normed(float *x, float *y, const float *g, int T, int n, float eps) {
+    ap_rmsnorm(y, (size_t)n, y, (size_t)n, g, T, n, eps);
+    for (size_t i = 0; i < (size_t)T * (size_t)n; i++) x[i] += y[i];
+}
+
 /* T tokens at positions pos0..pos0+T-1 through every layer; leaves the
  * final hidden states (before output_norm) in c->x. */
 static ap_status forward_ubatch(ap_ctx *c, const int32_t *tokens, int T, int pos0,
@@ -1288,18 +1442,37 @@ static ap_status forward_ubatch(ap_ctx *c, const int32_t *tokens, int T, int pos
     const size_t qd = (size_t)hp->n_head * hd, kvd = c->kv_dim;
     const ap_qmat *emb = &m->tok_embd.q;
 
-    for (int t = 0; t < T; t++)
+    for (int t = 0; t < T; t++) {
+        float *xt = c->x + (size_t)t * E;
         ap_dequant_row(emb->type, (const uint8_t *)emb->data + (size_t)tokens[t] * emb->row_bytes,
-                       c->x + (size_t)t * E, (int64_t)E, NULL);
+                       xt, (int64_t)E, NULL);
+        if (hp->embd_scale != 1.0f)
+            for (size_t i = 0; i < E; i++) xt[i] *= hp->embd_scale;
+    }
 
     for (int l = 0; l < hp->n_layer; l++) {
         const layer_w *w = &m->layers[l];
+        const int swa = ap_hparams_layer_swa(hp, l);
         ap_rmsnorm(c->xn, E, c->x, E, w->attn_norm, T, (int)E, hp->rms_eps);
         const ap_qmat *qkv[3] = {&w->wq.q, &w->wk.q, &w->wv.q};
         par_matmul(c, c->qkv, c->qkv_dim, c->xn, E, qkv, 3, T, 0);
+        for (int t = 0; w->bqkv && t < T; t++) {
+            float *row = c->qkv + (size_t)t * c->qkv_dim;
+            for (size_t i = 0; i < c->qkv_dim; i++) row[i] += w->bqkv[i];
+        }
+        if (w->q_norm) {
+            /* Each head is a row of head_dim: q heads, then k heads. */
+            for (int t = 0; t < T; t++) {
+                float *row = c->qkv + (size_t)t * c->qkv_dim;
+                ap_rmsnorm(row, hd, row, hd, w->q_norm, hp->n_head, (int)hd, hp->rms_eps);
+                ap_rmsnorm(row + qd, hd, row + qd, hd, w->k_norm, hp->n_head_kv, (int)hd,
+                           hp->rms_eps);
+            }
+        }
         /* q heads and k heads are adjacent in a qkv row: one pass ropes both. */
-        ap_rope(c->qkv, c->qkv_dim, T, hp->n_head + hp->n_head_kv, (int)hd,
-                c->rope_cs + (size_t)pos0 * hd);
+        const float *cs = swa ? c->rope_cs_swa : c->rope_cs;
+        ap_rope_styled(c->qkv, c->qkv_dim, T, hp->n_head + hp->n_head_kv, (int)hd,
+                       cs + (size_t)pos0 * hd, hp->rope_neox ? AP_ROPE_NEOX : AP_ROPE_NORM);
         const size_t layer_off = (size_t)l * (size_t)c->n_ctx * kvd;
         for (int t = 0; t < T; t++) {
             const float *row = c->qkv + (size_t)t * c->qkv_dim;
@@ -1317,7 +1490,9 @@ static ap_status forward_ubatch(ap_ctx *c, const int32_t *tokens, int T, int pos
         double *colsum = (obs && obs->on_colsum)
                              ? c->colsum + (size_t)l * (size_t)hp->n_head * (size_t)c->n_ctx
                              : NULL;
-        if (T == 1 && c->kvp) {
+        /* Sliding-window layers keep a bounded KV already: the policy
+         * selects in the full-attention layers only. */
+        if (T == 1 && c->kvp && !swa) {
             ap_status st = policy_attention(c, l, pos0, err);
             if (st) return st;
         } else if (T == 1 && !c->decode_attn_blas) {
@@ -1328,18 +1503,30 @@ static ap_status forward_ubatch(ap_ctx *c, const int32_t *tokens, int T, int pos
             pool_run(c->pool, attn_run, &aj);
         }
 
+        /* Gemma's post-norms normalise each block's output before the
+         * residual add, so the product cannot accumulate into x directly. */
         const ap_qmat *wo[1] = {&w->wo.q};
-        par_matmul(c, c->x, E, c->att, qd, wo, 1, T, 1);
+        if (w->post_attn_norm) {
+            par_matmul(c, c->xn, E, c->att, qd, wo, 1, T, 0);
+            add_normed(c->x, c->xn, w->post_attn_norm, T, (int)E, hp->rms_eps);
+        } else {
+            par_matmul(c, c->x, E, c->att, qd, wo, 1, T, 1);
+        }
         ap_rmsnorm(c->xn, E, c->x, E, w->ffn_norm, T, (int)E, hp->rms_eps);
         const ap_qmat *wgu[2] = {&w->wg.q, &w->wu.q};
         prep_rows(c, c->xn, E, T, (int)E, wgu, 2);
         gu_job gj = {.c = c, .gu = c->gu, .x = c->xn, .wg = &w->wg.q, .wu = &w->wu.q, .T = T,
-                     .n_embd = (int)E, .n_ff = hp->n_ff,
+                     .n_embd = (int)E, .n_ff = hp->n_ff, .gelu = hp->ffn_gelu,
                      .tile = tile_width(hp->n_ff, c->n_threads)};
         atomic_init(&gj.next, 0);
         pool_run(c->pool, gu_run, &gj);
         const ap_qmat *wd[1] = {&w->wd.q};
-        par_matmul(c, c->x, E, c->gu, 2 * (size_t)hp->n_ff, wd, 1, T, 1);
+        if (w->post_ffw_norm) {
+            par_matmul(c, c->xn, E, c->gu, 2 * (size_t)hp->n_ff, wd, 1, T, 0);
+            add_normed(c->x, c->xn, w->post_ffw_norm, T, (int)E, hp->rms_eps);
+        } else {
+            par_matmul(c, c->x, E, c->gu, 2 * (size_t)hp->n_ff, wd, 1, T, 1);
+        }
     }
     return AP_OK;
 }

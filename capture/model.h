@@ -24,8 +24,13 @@
 #include "common/status.h"
 #include "kernels/qmatvec.h"
 
+/* The architectures the engine runs: one forward pass, these switches
+ * (read_hparams in model.c sets them per general.architecture). Mistral
+ * files are "llama". */
+typedef enum { AP_ARCH_LLAMA = 0, AP_ARCH_QWEN2, AP_ARCH_QWEN3, AP_ARCH_GEMMA3 } ap_arch;
+
 typedef struct {
-    char arch[32];         /* "llama" */
+    char arch[32];         /* general.architecture: llama, qwen2, qwen3, gemma3 */
     char name[128];        /* general.name, may be empty */
     int n_layer;
     int n_embd;
@@ -38,7 +43,28 @@ typedef struct {
     float rope_base;
     float rms_eps;
     int tied_output;       /* no output.weight: logits use token_embd */
+    ap_arch arch_id;
+    int rope_neox;         /* 1: pairs (i, i + head_dim/2) (AP_ROPE_NEOX); 0: adjacent */
+    float rope_freq_scale; /* linear RoPE scaling: 1 / rope.scaling.factor; 1 = none */
+    int rope_freqs;        /* 1: rope_freqs.weight divides each pair's frequency (Llama 3.x) */
+    int qkv_bias;          /* 1: attn_{q,k,v}.bias added after the projections (qwen2) */
+    int qk_norm;           /* 1: RMSNorm of each q and k head before RoPE (qwen3, gemma3) */
+    int post_norms;        /* 1: RMSNorm of the attention and FFN outputs before the residual
+                              add (gemma3: post_attention_norm, post_ffw_norm) */
+    int ffn_gelu;          /* 1: GeGLU with tanh GELU (gemma3); 0: SwiGLU */
+    float embd_scale;      /* token embeddings are multiplied by this (gemma3: sqrt(n_embd)) */
+    float attn_scale;      /* q·k scale, 1/sqrt(head_dim) unless the architecture says otherwise */
+    int swa_window;        /* > 0: sliding-window layers attend the last swa_window keys */
+    int swa_pattern;       /* with swa_window: layer l is full attention iff (l + 1) % swa_pattern
+                              == 0 (gemma3: 6), else sliding (ap_hparams_layer_swa) */
+    float rope_base_swa;   /* RoPE base of the sliding-window layers */
 } ap_hparams;
+
+/* 1 when layer l attends through a sliding window (bounded KV), else 0. */
+int ap_hparams_layer_swa(const ap_hparams *hp, int layer);
+/* Number of layers that attend to every earlier key (what KV selection can
+ * cut); n_layer when the model has no sliding-window layers. */
+int ap_hparams_n_full_layers(const ap_hparams *hp);
 
 typedef struct ap_model ap_model;
 typedef struct ap_ctx ap_ctx;
@@ -250,7 +276,9 @@ typedef struct {
 
 /* Install a policy (borrowed: it must outlive its use; NULL = dense decode,
  * the default). AP_ERR_ARG for a bad geometry; AP_ERR_NOMEM leaves the ctx
- * dense. */
+ * dense. The policy acts in the full-attention layers only: sliding-window
+ * layers (ap_hparams_layer_swa) decode densely over their window and never
+ * call it (their KV is bounded already). */
 ap_status ap_ctx_set_kv_policy(ap_ctx *c, const ap_kv_policy *p, ap_err *err);
 
 /* Greedy (temperature <= 0, or rng NULL): the arg max, lowest index on ties.

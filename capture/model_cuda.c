@@ -424,12 +424,21 @@ ap_status ap_cuda_model_create_opts(const ap_gguf *g, const ap_model *m, int n_c
     const ap_hparams *hp = ap_model_hparams(m);
     if (n_ctx < 1 || n_ctx > hp->n_ctx_train)
         return ap_errf(err, AP_ERR_RANGE,
-                       "CUDA engine: context length %d is outside [1, %d] (llama.context_length)",
-                       n_ctx, hp->n_ctx_train);
+                       "CUDA engine: context length %d is outside [1, %d] (%s.context_length)",
+                       n_ctx, hp->n_ctx_train, hp->arch);
     if (hp->head_dim > 256)
         return ap_errf(err, AP_ERR_UNSUPPORTED,
                        "CUDA engine: head_dim %d is above the attention kernels' 256",
                        hp->head_dim);
+    /* The CUDA forward is the llama one: every other switch of ap_hparams
+     * would silently compute another model. */
+    if (hp->arch_id != AP_ARCH_LLAMA || hp->rope_neox || hp->qkv_bias || hp->qk_norm ||
+        hp->post_norms || hp->ffn_gelu || hp->swa_window > 0 || hp->rope_freqs ||
+        hp->rope_freq_scale != 1.0f || hp->embd_scale != 1.0f)
+        return ap_errf(err, AP_ERR_UNSUPPORTED,
+                       "CUDA engine: %s files (or llama files with RoPE scaling or QKV biases) "
+                       "run on the CPU engine only for now (--device cpu)",
+                       hp->arch);
 
     if (!(cm = calloc(1, sizeof *cm))) {
         st = ap_errf(err, AP_ERR_NOMEM, "out of memory for the CUDA engine");

@@ -1,4 +1,4 @@
-/* Byte-level BPE tokenizer: see tokenizer.h.
+/* Tokenizers: see tokenizer.h.
  *
  * Pipeline of ap_tokenizer_encode, the same one llama.cpp and HF tokenizers
  * run for tokenizer.ggml.model = "gpt2":
@@ -10,7 +10,21 @@
  *      rank with a binary heap over adjacent pairs (O(m log m) per piece).
  *
  * The regex alternations are ordered (first alternative that matches wins,
- * not the longest), and the matchers below keep that order. */
+ * not the longest), and the matchers below keep that order.
+ *
+ * SentencePiece BPE (tokenizer.ggml.model = "llama") shares steps 1 and 3:
+ * there is no pre-tokenizer (each text segment between special tokens is one
+ * piece, spaces spelled U+2581), the initial symbols are code points (a code
+ * point that is not a token becomes its <0xXX> byte tokens), and the merge
+ * table is derived from the vocabulary at creation: every split of a token
+ * into two tokens is a merge, ranked by the token's score, highest first.
+ * That is SentencePiece's "merge the adjacent pair whose concatenation scores
+ * highest", with ties broken as transformers' generate_merges sorts them
+ * (longer left part, then longer right part, then token id) and then
+ * leftmost, as HF's BPE does; llama.cpp breaks every tie leftmost. With
+ * distinct scores the two orders can only differ when two different splits
+ * of one token are mergeable at the same time, which needs contrived
+ * vocabularies. */
 #include "capture/tokenizer.h"
 
 #include <limits.h>
@@ -66,7 +80,15 @@ struct ap_tokenizer {
     int32_t bos_id, eos_id;
     int add_bos;
     int chat_format;
+
+    ap_tok_model model;
+    int add_space_prefix; /* SPM */
+    int32_t unk_id; /* SPM, -1 none */
 };
+
+/* U+2581 LOWER ONE EIGHTH BLOCK, SentencePiece's spelling of a space. */
+#define SPM_SPACE "\xe2\x96\x81"
+#define SPM_SPACE_LEN 3
 
 /* ---------------------------------------------------------------------- */
 /* GPT-2 byte alphabet                                                      */
@@ -166,6 +188,21 @@ static size_t utf8_put(uint32_t c, char *out) {
 
 /* ---------------------------------------------------------------------- */
 /* hash maps                                                                */
+
+static int grow(void **p, size_t *cap, size_t need, size_t elem) {
+    if (need <= *cap) return 1;
+    size_t nc = *cap ? *cap : 16;
+    while (nc < need) {
+        if (nc > SIZE_MAX / 2) return 0;
+        nc *= 2;
+    }
+    if (nc > SIZE_MAX / elem) return 0;
+    void *q = realloc(*p, nc * elem);
+    if (!q) return 0;
+    *p = q;
+    *cap = nc;
+    return 1;
+}
 
 static uint64_t hash_bytes(const char *s, size_t n) {
     uint64_t h = 1469598103934665603ull; /* FNV-1a */
@@ -293,10 +330,64 @@ static size_t decode_token_text(const int16_t *cp_byte, const char *s, size_t n,
     return o;
 }
 
+/* Byte of an SPM byte token "<0xXX>" (upper-case hex, as SentencePiece and
+ * HF's byte fallback spell it), or -1. */
+static int spm_byte_token(const char *s, size_t n) {
+    if (n != 6 || memcmp(s, "<0x", 3) != 0 || s[5] != '>') return -1;
+    int v = 0;
+    for (int k = 3; k < 5; k++) {
+        char c = s[k];
+        int d = c >= '0' && c <= '9' ? c - '0' : c >= 'A' && c <= 'F' ? c - 'A' + 10 : -1;
+        if (d < 0) return -1;
+        v = v * 16 + d;
+    }
+    return v;
+}
+
+/* Decoded bytes of a normal SPM token: U+2581 is a space, a byte token its
+ * byte (HF's Replace + ByteFallback decoders), everything else verbatim. */
+static size_t decode_spm_text(const char *s, size_t n, char *out) {
+    int b = spm_byte_token(s, n);
+    if (b >= 0) {
+        out[0] = (char)b;
+        return 1;
+    }
+    size_t o = 0;
+    for (size_t i = 0; i < n;) {
+        if (n - i >= SPM_SPACE_LEN && memcmp(s + i, SPM_SPACE, SPM_SPACE_LEN) == 0) {
+            out[o++] = ' ';
+            i += SPM_SPACE_LEN;
+        } else {
+            out[o++] = s[i++];
+        }
+    }
+    return o;
+}
+
 typedef struct {
     size_t len;
     int32_t id;
 } special_key;
+
+/* One derived SPM merge: token `tok` = left + right. */
+typedef struct {
+    float score;
+    int32_t len_l, len_r; /* code points */
+    int32_t tok, left, right;
+} spm_merge;
+
+/* generate_merges' order: score descending, then longer left part, longer
+ * right part; equal keys keep their listing order (token id, then left and
+ * right ids), as Python's stable sort does. */
+static int cmp_spm_merge(const void *pa, const void *pb) {
+    const spm_merge *a = pa, *b = pb;
+    if (a->score != b->score) return a->score > b->score ? -1 : 1;
+    if (a->len_l != b->len_l) return a->len_l > b->len_l ? -1 : 1;
+    if (a->len_r != b->len_r) return a->len_r > b->len_r ? -1 : 1;
+    if (a->tok != b->tok) return a->tok < b->tok ? -1 : 1;
+    if (a->left != b->left) return a->left < b->left ? -1 : 1;
+    return a->right < b->right ? -1 : a->right > b->right;
+}
 
 static ap_status out_of_memory(ap_err *err, const char *what) {
     return ap_errf(err, AP_ERR_NOMEM, "%s: out of memory", what);
@@ -308,10 +399,139 @@ static int cmp_special_len(const void *pa, const void *pb) {
     return a->id < b->id ? -1 : a->id > b->id;
 }
 
+/* SPM: byte-fallback tokens, and the merge table derived from the
+ * vocabulary (see the top of this file). Every token takes part, whatever its
+ * type, as in transformers; a later duplicate of a token's text owns it. */
+static ap_status spm_build_merges(ap_tokenizer *t, const float *scores, ap_err *err) {
+    ap_status st = AP_OK;
+    spm_merge *m = NULL;
+    size_t nm = 0, cap = 0;
+    size_t *cut = NULL; /* byte offset of each code point boundary of one token */
+    size_t cut_cap = 0;
+    for (unsigned b = 0; b < 256; b++) {
+        char name[8];
+        snprintf(name, sizeof name, "<0x%02X>", b);
+        t->byte_tok[b] = vocab_find(t, name, 6);
+        t->byte_cp[b] = 0;
+    }
+    for (int64_t i = 0; i < t->n_vocab; i++) {
+        const char *s = t->text + t->text_off[i];
+        size_t len = t->text_off[i + 1] - t->text_off[i];
+        if (len < 2 || vocab_find(t, s, len) != (int32_t)i) continue;
+        size_t ncut = 0;
+        for (size_t k = 0; k < len;) {
+            uint32_t c;
+            k += utf8_next((const unsigned char *)s + k, len - k, &c);
+            if (!grow((void **)&cut, &cut_cap, ncut + 1, sizeof *cut)) goto nomem;
+            cut[ncut++] = k;
+        }
+        /* cut[ncut - 1] == len: splits are at cut[0 .. ncut - 2]. */
+        for (size_t k = 0; k + 1 < ncut; k++) {
+            int32_t a = vocab_find(t, s, cut[k]);
+            if (a < 0) continue;
+            int32_t b = vocab_find(t, s + cut[k], len - cut[k]);
+            if (b < 0) continue;
+            if (!grow((void **)&m, &cap, nm + 1, sizeof *m)) goto nomem;
+            m[nm].score = scores ? scores[i] : -(float)i;
+            m[nm].len_l = (int32_t)(k + 1);
+            m[nm].len_r = (int32_t)(ncut - k - 1);
+            m[nm].tok = (int32_t)i;
+            m[nm].left = a;
+            m[nm].right = b;
+            nm++;
+        }
+    }
+    if (nm > INT32_MAX) {
+        st = ap_errf(err, AP_ERR_RANGE, "tokenizer: %zu derived merges are too many", nm);
+        goto cleanup;
+    }
+    if (nm) qsort(m, nm, sizeof *m, cmp_spm_merge);
+    size_t msize = table_size_for(nm > 0 ? (int64_t)nm : 1);
+    t->mkey = malloc(msize * sizeof *t->mkey);
+    t->mrank = malloc(msize * sizeof *t->mrank);
+    t->mres = malloc(msize * sizeof *t->mres);
+    if (!t->mkey || !t->mrank || !t->mres) goto nomem;
+    memset(t->mrank, 0xFF, msize * sizeof *t->mrank);
+    t->mmap_mask = msize - 1;
+    for (size_t r = 0; r < nm; r++) merge_insert(t, m[r].left, m[r].right, (int32_t)r, m[r].tok);
+    goto cleanup;
+nomem:
+    st = out_of_memory(err, "tokenizer");
+cleanup:
+    free(m);
+    free(cut);
+    return st;
+}
+
+/* Byte-level BPE: each byte's one-symbol token, and the ranked merges of the
+ * spec. */
+static ap_status bpe_build_merges(ap_tokenizer *t, const ap_tokenizer_spec *spec, ap_err *err) {
+    ap_status st = AP_OK;
+    char *mapped = NULL;
+    /* Each byte's one-symbol token. */
+    for (unsigned b = 0; b < 256; b++) {
+        char buf[4];
+        t->byte_cp[b] = (uint16_t)ap_tokenizer_byte_to_unicode((uint8_t)b);
+        size_t k = utf8_put(t->byte_cp[b], buf);
+        t->byte_tok[b] = vocab_find(t, buf, k);
+    }
+
+    /* Merges "A B" -> (id A, id B) -> (rank, id AB). The split is at the first
+     * space after position 0, as llama.cpp does, so a left part can never be
+     * empty. Merges naming strings outside the vocabulary can never fire and
+     * are dropped. */
+    size_t msize = table_size_for(spec->n_merges > 0 ? spec->n_merges : 1);
+    t->mkey = malloc(msize * sizeof *t->mkey);
+    t->mrank = malloc(msize * sizeof *t->mrank);
+    t->mres = malloc(msize * sizeof *t->mres);
+    if (!t->mkey || !t->mrank || !t->mres) {
+        st = out_of_memory(err, "tokenizer");
+        goto done;
+    }
+    memset(t->mrank, 0xFF, msize * sizeof *t->mrank);
+    t->mmap_mask = msize - 1;
+    size_t mapped_cap = 0;
+    for (int64_t r = 0; r < spec->n_merges; r++) {
+        const char *m = spec->merges[r];
+        if (!m) {
+            st = ap_errf(err, AP_ERR_ARG, "tokenizer: merge %lld is NULL", (long long)r);
+            goto done;
+        }
+        size_t len = spec->merge_lens ? spec->merge_lens[r] : strlen(m);
+        const char *sp = len > 1 ? memchr(m + 1, ' ', len - 1) : NULL;
+        if (!sp) {
+            st = ap_errf(err, AP_ERR_FORMAT,
+                         "tokenizer: merge %lld (\"%.*s\") has no space separator", (long long)r,
+                         (int)(len > 64 ? 64 : len), m);
+            goto done;
+        }
+        size_t la = (size_t)(sp - m), lb = len - la - 1;
+        int32_t a = vocab_find(t, m, la);
+        int32_t b = vocab_find(t, sp + 1, lb);
+        if (a < 0 || b < 0) continue;
+        if (la + lb > mapped_cap) {
+            char *nb = realloc(mapped, la + lb);
+            if (!nb) {
+                st = out_of_memory(err, "tokenizer");
+                goto done;
+            }
+            mapped = nb;
+            mapped_cap = la + lb;
+        }
+        memcpy(mapped, m, la);
+        memcpy(mapped + la, sp + 1, lb);
+        int32_t ab = vocab_find(t, mapped, la + lb);
+        if (ab < 0) continue;
+        merge_insert(t, a, b, (int32_t)r, ab);
+    }
+done:
+    free(mapped);
+    return st;
+}
+
 ap_status ap_tokenizer_create(const ap_tokenizer_spec *spec, ap_tokenizer **out, ap_err *err) {
     ap_status st = AP_OK;
     ap_tokenizer *t = NULL;
-    char *mapped = NULL;
     special_key *keys = NULL;
     int16_t cp_byte[256 + 68];
     if (!out) return ap_errf(err, AP_ERR_ARG, "tokenizer: no output pointer");
@@ -328,8 +548,19 @@ ap_status ap_tokenizer_create(const ap_tokenizer_spec *spec, ap_tokenizer **out,
                      (long long)spec->n_merges);
         goto cleanup;
     }
-    if (spec->pre != AP_PRE_GPT2 && spec->pre != AP_PRE_SMOLLM && spec->pre != AP_PRE_LLAMA3) {
+    if (spec->model != AP_TOK_BPE && spec->model != AP_TOK_SPM) {
+        st = ap_errf(err, AP_ERR_ARG, "tokenizer: unknown tokenizer model %d", (int)spec->model);
+        goto cleanup;
+    }
+    if (spec->model == AP_TOK_BPE && spec->pre != AP_PRE_GPT2 && spec->pre != AP_PRE_SMOLLM &&
+        spec->pre != AP_PRE_LLAMA3 && spec->pre != AP_PRE_QWEN2) {
         st = ap_errf(err, AP_ERR_ARG, "tokenizer: unknown pre-tokenizer %d", (int)spec->pre);
+        goto cleanup;
+    }
+    if (spec->model == AP_TOK_SPM && (spec->unk_id < -1 || spec->unk_id >= spec->n_vocab)) {
+        st = ap_errf(err, AP_ERR_RANGE,
+                     "tokenizer: unknown-token id %d outside the vocabulary of %lld",
+                     (int)spec->unk_id, (long long)spec->n_vocab);
         goto cleanup;
     }
     if (spec->bos_id < -1 || spec->bos_id >= spec->n_vocab || spec->eos_id < -1 ||
@@ -356,6 +587,9 @@ ap_status ap_tokenizer_create(const ap_tokenizer_spec *spec, ap_tokenizer **out,
     t->eos_id = spec->eos_id;
     t->add_bos = spec->add_bos != 0;
     t->chat_format = spec->chat_format;
+    t->model = spec->model;
+    t->add_space_prefix = spec->model == AP_TOK_SPM && spec->add_space_prefix != 0;
+    t->unk_id = spec->model == AP_TOK_SPM ? spec->unk_id : -1;
 
     /* Token text, copied into one arena. */
     size_t total = 0;
@@ -394,6 +628,8 @@ ap_status ap_tokenizer_create(const ap_tokenizer_spec *spec, ap_tokenizer **out,
         if (t->attr[i] & TOK_SPECIAL) {
             memcpy(t->dec + dpos, spec->tokens[i], len);
             dpos += len;
+        } else if (t->model == AP_TOK_SPM) {
+            dpos += decode_spm_text(spec->tokens[i], len, t->dec + dpos);
         } else {
             dpos += decode_token_text(cp_byte, spec->tokens[i], len, t->dec + dpos);
         }
@@ -413,62 +649,9 @@ ap_status ap_tokenizer_create(const ap_tokenizer_spec *spec, ap_tokenizer **out,
     t->vmap_mask = vsize - 1;
     for (int64_t i = 0; i < n; i++) vocab_insert(t, (int32_t)i);
 
-    /* Each byte's one-symbol token. */
-    for (unsigned b = 0; b < 256; b++) {
-        char buf[4];
-        t->byte_cp[b] = (uint16_t)ap_tokenizer_byte_to_unicode((uint8_t)b);
-        size_t k = utf8_put(t->byte_cp[b], buf);
-        t->byte_tok[b] = vocab_find(t, buf, k);
-    }
-
-    /* Merges "A B" -> (id A, id B) -> (rank, id AB). The split is at the first
-     * space after position 0, as llama.cpp does, so a left part can never be
-     * empty. Merges naming strings outside the vocabulary can never fire and
-     * are dropped. */
-    size_t msize = table_size_for(spec->n_merges > 0 ? spec->n_merges : 1);
-    t->mkey = malloc(msize * sizeof *t->mkey);
-    t->mrank = malloc(msize * sizeof *t->mrank);
-    t->mres = malloc(msize * sizeof *t->mres);
-    if (!t->mkey || !t->mrank || !t->mres) {
-        st = out_of_memory(err, "tokenizer");
-        goto cleanup;
-    }
-    memset(t->mrank, 0xFF, msize * sizeof *t->mrank);
-    t->mmap_mask = msize - 1;
-    size_t mapped_cap = 0;
-    for (int64_t r = 0; r < spec->n_merges; r++) {
-        const char *m = spec->merges[r];
-        if (!m) {
-            st = ap_errf(err, AP_ERR_ARG, "tokenizer: merge %lld is NULL", (long long)r);
-            goto cleanup;
-        }
-        size_t len = spec->merge_lens ? spec->merge_lens[r] : strlen(m);
-        const char *sp = len > 1 ? memchr(m + 1, ' ', len - 1) : NULL;
-        if (!sp) {
-            st = ap_errf(err, AP_ERR_FORMAT,
-                         "tokenizer: merge %lld (\"%.*s\") has no space separator", (long long)r,
-                         (int)(len > 64 ? 64 : len), m);
-            goto cleanup;
-        }
-        size_t la = (size_t)(sp - m), lb = len - la - 1;
-        int32_t a = vocab_find(t, m, la);
-        int32_t b = vocab_find(t, sp + 1, lb);
-        if (a < 0 || b < 0) continue;
-        if (la + lb > mapped_cap) {
-            char *nb = realloc(mapped, la + lb);
-            if (!nb) {
-                st = out_of_memory(err, "tokenizer");
-                goto cleanup;
-            }
-            mapped = nb;
-            mapped_cap = la + lb;
-        }
-        memcpy(mapped, m, la);
-        memcpy(mapped + la, sp + 1, lb);
-        int32_t ab = vocab_find(t, mapped, la + lb);
-        if (ab < 0) continue;
-        merge_insert(t, a, b, (int32_t)r, ab);
-    }
+    st = t->model == AP_TOK_SPM ? spm_build_merges(t, spec->scores, err)
+                                : bpe_build_merges(t, spec, err);
+    if (st != AP_OK) goto cleanup;
 
     /* Special tokens, longest first so the first match at a position is the
      * longest (leftmost-longest, as HF's added-token matcher). */
@@ -500,7 +683,6 @@ ap_status ap_tokenizer_create(const ap_tokenizer_spec *spec, ap_tokenizer **out,
     *out = t;
     t = NULL;
 cleanup:
-    free(mapped);
     free(keys);
     ap_tokenizer_free(t);
     return st;
@@ -517,11 +699,60 @@ int32_t ap_tokenizer_find(const ap_tokenizer *t, const char *text, size_t len) {
 /* ---------------------------------------------------------------------- */
 /* from GGUF                                                                */
 
+/* transformers' gemma_tokenizer: a token made only of whitespace that holds a
+ * space ("  ", stored with real spaces and typed user-defined) is spelled
+ * U+2581 once per code point and becomes an ordinary token. The spec's token
+ * and type arrays are the caller's; both are patched in place (types must be
+ * writable: from_gguf owns them), and the new spellings live in *arena. */
+/* Code points of token s[0..n) when it is made only of whitespace and holds
+ * a space (what gemma_respell_spaces respells), else 0. */
+static size_t space_token_cps(const char *s, size_t n) {
+    size_t ncp = 0;
+    int space = 0, ws = n > 0;
+    for (size_t k = 0; k < n && ws;) {
+        uint32_t c;
+        k += utf8_next((const unsigned char *)s + k, n - k, &c);
+        space |= c == ' ';
+        /* Python's str.strip(): Unicode White_Space, plus the C0
+         * separators \x1c-\x1f it also strips. */
+        ws = c < CP_INVALID_BASE &&
+             ((ap_unicode_class(c) & AP_UCLASS_WS) || (c >= 0x1C && c <= 0x1F));
+        ncp++;
+    }
+    return ws && space ? ncp : 0;
+}
+
+static ap_status gemma_respell_spaces(ap_tokenizer_spec *spec, char **arena, ap_err *err) {
+    size_t need = 0;
+    int32_t *types = (int32_t *)spec->token_types;
+    for (int64_t i = 0; i < spec->n_vocab; i++) {
+        size_t ncp = space_token_cps(spec->tokens[i], spec->token_lens[i]);
+        if (ncp) need += ncp * SPM_SPACE_LEN + 1;
+    }
+    if (!need) return AP_OK;
+    char *p = malloc(need);
+    if (!p) return out_of_memory(err, "tokenizer");
+    *arena = p;
+    const char **tokens = (const char **)spec->tokens;
+    size_t *lens = (size_t *)spec->token_lens;
+    for (int64_t i = 0; i < spec->n_vocab; i++) {
+        size_t ncp = space_token_cps(spec->tokens[i], spec->token_lens[i]);
+        if (!ncp) continue;
+        tokens[i] = p;
+        lens[i] = ncp * SPM_SPACE_LEN;
+        for (size_t k = 0; k < ncp; k++, p += SPM_SPACE_LEN) memcpy(p, SPM_SPACE, SPM_SPACE_LEN);
+        *p++ = '\0';
+        if (types && types[i] == 4) types[i] = 1;
+    }
+    return AP_OK;
+}
+
 ap_status ap_tokenizer_from_gguf(const ap_gguf *g, ap_tokenizer **out, ap_err *err) {
     ap_status st = AP_OK;
     const char **tokens = NULL, **merges = NULL;
     size_t *token_lens = NULL, *merge_lens = NULL;
     int32_t *types = NULL;
+    char *respelled = NULL;
     ap_tokenizer *t = NULL;
     const char *path = g ? ap_gguf_path(g) : "gguf";
     if (!out || !g) return ap_errf(err, AP_ERR_ARG, "tokenizer: no gguf or output pointer");
@@ -534,16 +765,38 @@ ap_status ap_tokenizer_from_gguf(const ap_gguf *g, ap_tokenizer **out, ap_err *e
     size_t slen;
     st = ap_gguf_get_str(g, "tokenizer.ggml.model", &s, &slen, err);
     if (st != AP_OK) goto cleanup;
-    if (slen != 4 || memcmp(s, "gpt2", 4) != 0) {
+#define STR_IS(lit) (slen == sizeof(lit) - 1 && memcmp(s, lit, slen) == 0)
+    if (STR_IS("gpt2")) {
+        spec.model = AP_TOK_BPE;
+    } else if (STR_IS("llama")) {
+        spec.model = AP_TOK_SPM;
+    } else {
         st = ap_errf(err, AP_ERR_UNSUPPORTED,
-                     "%s: tokenizer.ggml.model is \"%.*s\"; only \"gpt2\" (byte-level BPE) is "
-                     "supported",
+                     "%s: tokenizer.ggml.model is \"%.*s\"; supported: \"gpt2\" (byte-level BPE), "
+                     "\"llama\" (SentencePiece BPE)",
                      path, (int)(slen > 64 ? 64 : slen), s);
         goto cleanup;
     }
 
+    /* transformers builds Gemma's tokenizer from a GGUF with GemmaTokenizer:
+     * merges ranked by file order (Gemma's stored scores put its user-defined
+     * tokens at -1000, not where they merge), no space prefix whatever the
+     * file says, and the user-defined tokens made only of whitespace with a
+     * space respelled with U+2581 so they take part in merges instead of being
+     * matched literally. llama.cpp ranks by the stored scores and matches those
+     * tokens literally, longest first; the two differ on runs of spaces longer
+     * than the longest space token (40 spaces: transformers gives the tokens of
+     * 16 + 24 spaces, llama.cpp 31 + 9). We follow transformers. */
+    int gemma = 0;
+    if (ap_gguf_find_key(g, "general.architecture") >= 0) {
+        st = ap_gguf_get_str(g, "general.architecture", &s, &slen, err);
+        if (st != AP_OK) goto cleanup;
+        gemma = STR_IS("gemma") || STR_IS("gemma2") || STR_IS("gemma3");
+    }
+#undef STR_IS
+
     spec.pre = AP_PRE_GPT2;
-    if (ap_gguf_find_key(g, "tokenizer.ggml.pre") >= 0) {
+    if (spec.model == AP_TOK_BPE && ap_gguf_find_key(g, "tokenizer.ggml.pre") >= 0) {
         st = ap_gguf_get_str(g, "tokenizer.ggml.pre", &s, &slen, err);
         if (st != AP_OK) goto cleanup;
 #define PRE_IS(lit) (slen == sizeof(lit) - 1 && memcmp(s, lit, slen) == 0)
@@ -551,12 +804,14 @@ ap_status ap_tokenizer_from_gguf(const ap_gguf *g, ap_tokenizer **out, ap_err *e
             spec.pre = AP_PRE_SMOLLM;
         else if (PRE_IS("llama-bpe") || PRE_IS("llama3"))
             spec.pre = AP_PRE_LLAMA3;
+        else if (PRE_IS("qwen2"))
+            spec.pre = AP_PRE_QWEN2;
         else if (PRE_IS("gpt2") || PRE_IS("default"))
             spec.pre = AP_PRE_GPT2;
         else {
             st = ap_errf(err, AP_ERR_UNSUPPORTED,
                          "%s: tokenizer.ggml.pre \"%.*s\" is not supported (supported: smollm, "
-                         "llama-bpe, llama3, gpt2, default)",
+                         "llama-bpe, llama3, qwen2, gpt2, default)",
                          path, (int)(slen > 64 ? 64 : slen), s);
             goto cleanup;
         }
@@ -612,31 +867,36 @@ ap_status ap_tokenizer_from_gguf(const ap_gguf *g, ap_tokenizer **out, ap_err *e
         spec.token_types = types;
     }
 
-    uint64_t nm;
-    st = ap_gguf_get_arr(g, "tokenizer.ggml.merges", &et, &nm, err);
-    if (st != AP_OK) goto cleanup;
-    if (et != AP_GGUF_STRING || nm > INT32_MAX) {
-        st = ap_errf(err, AP_ERR_FORMAT, "%s: tokenizer.ggml.merges must be a string array", path);
-        goto cleanup;
-    }
-    merges = malloc((nm ? nm : 1) * sizeof *merges);
-    merge_lens = malloc((nm ? nm : 1) * sizeof *merge_lens);
-    if (!merges || !merge_lens) {
-        st = out_of_memory(err, path);
-        goto cleanup;
-    }
-    for (uint64_t i = 0; i < nm; i++) {
-        st = ap_gguf_arr_str(g, "tokenizer.ggml.merges", i, &merges[i], &merge_lens[i], err);
+    uint64_t nm = 0;
+    /* SentencePiece merges are derived from the vocabulary instead. */
+    if (spec.model == AP_TOK_BPE) {
+        st = ap_gguf_get_arr(g, "tokenizer.ggml.merges", &et, &nm, err);
         if (st != AP_OK) goto cleanup;
+        if (et != AP_GGUF_STRING || nm > INT32_MAX) {
+            st = ap_errf(err, AP_ERR_FORMAT, "%s: tokenizer.ggml.merges must be a string array",
+                         path);
+            goto cleanup;
+        }
+        merges = malloc((nm ? nm : 1) * sizeof *merges);
+        merge_lens = malloc((nm ? nm : 1) * sizeof *merge_lens);
+        if (!merges || !merge_lens) {
+            st = out_of_memory(err, path);
+            goto cleanup;
+        }
+        for (uint64_t i = 0; i < nm; i++) {
+            st = ap_gguf_arr_str(g, "tokenizer.ggml.merges", i, &merges[i], &merge_lens[i], err);
+            if (st != AP_OK) goto cleanup;
+        }
+        spec.merges = merges;
+        spec.merge_lens = merge_lens;
+        spec.n_merges = (int64_t)nm;
     }
-    spec.merges = merges;
-    spec.merge_lens = merge_lens;
-    spec.n_merges = (int64_t)nm;
 
-    spec.bos_id = spec.eos_id = -1;
-    const char *id_keys[2] = {"tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id"};
-    int32_t *id_dst[2] = {&spec.bos_id, &spec.eos_id};
-    for (int k = 0; k < 2; k++) {
+    spec.bos_id = spec.eos_id = spec.unk_id = -1;
+    const char *id_keys[3] = {"tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id",
+                              "tokenizer.ggml.unknown_token_id"};
+    int32_t *id_dst[3] = {&spec.bos_id, &spec.eos_id, &spec.unk_id};
+    for (int k = 0; k < 3; k++) {
         if (ap_gguf_find_key(g, id_keys[k]) < 0) continue;
         int64_t v;
         st = ap_gguf_get_int(g, id_keys[k], &v, err);
@@ -648,9 +908,32 @@ ap_status ap_tokenizer_from_gguf(const ap_gguf *g, ap_tokenizer **out, ap_err *e
         }
         *id_dst[k] = (int32_t)v;
     }
+    /* A SentencePiece vocabulary that does not say gets BOS (transformers and
+     * llama.cpp agree); byte-level BPE does not. */
+    spec.add_bos = spec.model == AP_TOK_SPM;
     if (ap_gguf_find_key(g, "tokenizer.ggml.add_bos_token") >= 0) {
         st = ap_gguf_get_bool(g, "tokenizer.ggml.add_bos_token", &spec.add_bos, err);
         if (st != AP_OK) goto cleanup;
+    }
+    if (spec.model == AP_TOK_SPM) {
+        /* Absent means a prefix (SentencePiece's default, transformers' too). */
+        spec.add_space_prefix = !gemma;
+        if (!gemma && ap_gguf_find_key(g, "tokenizer.ggml.add_space_prefix") >= 0) {
+            st =
+                ap_gguf_get_bool(g, "tokenizer.ggml.add_space_prefix", &spec.add_space_prefix, err);
+            if (st != AP_OK) goto cleanup;
+        }
+        /* Scores: Gemma ranks by file order (above). Other SentencePiece files
+         * should rank by tokenizer.ggml.scores, but the GGUF reader has no
+         * accessor for float array elements yet, so they rank by file order
+         * too: the same order for vocabularies SentencePiece's BPE trainer
+         * wrote (scores fall with the id), different where byte/control
+         * tokens carry score 0. */
+        spec.scores = NULL;
+        if (gemma) {
+            st = gemma_respell_spaces(&spec, &respelled, err);
+            if (st != AP_OK) goto cleanup;
+        }
     }
 
     st = ap_tokenizer_create(&spec, &t, err);
@@ -670,6 +953,7 @@ cleanup:
     free(merges);
     free(merge_lens);
     free(types);
+    free(respelled);
     ap_tokenizer_free(t);
     return st;
 }
@@ -707,21 +991,6 @@ typedef struct {
     size_t *ends;
     size_t n_ends, ends_cap;
 } enc_state;
-
-static int grow(void **p, size_t *cap, size_t need, size_t elem) {
-    if (need <= *cap) return 1;
-    size_t nc = *cap ? *cap : 16;
-    while (nc < need) {
-        if (nc > SIZE_MAX / 2) return 0;
-        nc *= 2;
-    }
-    if (nc > SIZE_MAX / elem) return 0;
-    void *q = realloc(*p, nc * elem);
-    if (!q) return 0;
-    *p = q;
-    *cap = nc;
-    return 1;
-}
 
 static int push_id(enc_state *e, int32_t id) {
     if (!grow((void **)&e->ids, &e->ids_cap, e->n_ids + 1, sizeof *e->ids)) return 0;
@@ -777,6 +1046,9 @@ static int push_pair(enc_state *e, int32_t left, int32_t right) {
     return heap_push(e, c);
 }
 
+static int grow_symbols(enc_state *e, size_t m);
+static int merge_symbols(enc_state *e, size_t m);
+
 /* BPE over one pre-tokenized piece of m bytes. Returns 0 on allocation
  * failure. Bytes whose symbol is missing from the vocabulary are dropped (HF
  * does the same when there is no unknown token). */
@@ -789,6 +1061,8 @@ static int bpe_piece(enc_state *e, const unsigned char *s, size_t m) {
     /* Llama 3 (ignore_merges): a piece that is itself a token is taken whole,
      * even where the merges would split it differently. */
     if (t->pre == AP_PRE_LLAMA3) {
+        /* (Not for Qwen 2: transformers' GGUF loader builds it without
+         * ignore_merges.) */
         if (!grow((void **)&e->mapped, &e->mapped_cap, 2 * m, 1)) return 0;
         size_t k = 0;
         for (size_t i = 0; i < m; i++) k += utf8_put(t->byte_cp[s[i]], e->mapped + k);
@@ -796,22 +1070,32 @@ static int bpe_piece(enc_state *e, const unsigned char *s, size_t m) {
         if (id >= 0) return push_id(e, id);
     }
 
-    if (m > e->sym_cap) {
-        /* sym, prev and next share one capacity. */
-        size_t cap = e->sym_cap;
-        if (!grow((void **)&e->sym, &cap, m, sizeof *e->sym)) return 0;
-        int32_t *np = realloc(e->prev, cap * sizeof *np);
-        if (!np) return 0;
-        e->prev = np;
-        int32_t *nn = realloc(e->next, cap * sizeof *nn);
-        if (!nn) return 0;
-        e->next = nn;
-        e->sym_cap = cap;
-    }
+    if (!grow_symbols(e, m)) return 0;
+    for (size_t i = 0; i < m; i++) e->sym[i] = t->byte_tok[s[i]];
+    return merge_symbols(e, m);
+}
 
+/* sym, prev and next share one capacity. */
+static int grow_symbols(enc_state *e, size_t m) {
+    if (m <= e->sym_cap) return 1;
+    size_t cap = e->sym_cap;
+    if (!grow((void **)&e->sym, &cap, m, sizeof *e->sym)) return 0;
+    int32_t *np = realloc(e->prev, cap * sizeof *np);
+    if (!np) return 0;
+    e->prev = np;
+    int32_t *nn = realloc(e->next, cap * sizeof *nn);
+    if (!nn) return 0;
+    e->next = nn;
+    e->sym_cap = cap;
+    return 1;
+}
+
+/* Merge sym[0..m) by rank, leftmost first on equal ranks, and emit the
+ * result. Symbols < 0 (a byte without a token) never merge and are dropped. */
+static int merge_symbols(enc_state *e, size_t m) {
+    if (m == 0) return 1;
     e->heap_n = 0;
     for (size_t i = 0; i < m; i++) {
-        e->sym[i] = t->byte_tok[s[i]];
         e->prev[i] = (int32_t)i - 1;
         e->next[i] = i + 1 < m ? (int32_t)i + 1 : -1;
     }
@@ -894,8 +1178,10 @@ static uint32_t fold_ascii(uint32_t c) {
 }
 
 /* (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}
- * | ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+ */
-static size_t match_llama3(const uint32_t *cp, const uint8_t *cls, size_t i, size_t lim) {
+ * | ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+
+ * with max_digits 3; Qwen 2's pattern is the same with \p{N} (max_digits 1). */
+static size_t match_llama3(const uint32_t *cp, const uint8_t *cls, size_t i, size_t lim,
+                           size_t max_digits) {
     uint32_t c = cp[i];
     if (c == '\'' && i + 1 < lim) {
         uint32_t c1 = fold_ascii(cp[i + 1]);
@@ -912,7 +1198,7 @@ static size_t match_llama3(const uint32_t *cp, const uint8_t *cls, size_t i, siz
     if (cls[i] & CL_L) return run_of(cls, i, lim, CL_L) - i;
     if (cls[i] & CL_N) {
         size_t j = i + 1;
-        while (j < lim && j < i + 3 && (cls[j] & CL_N)) j++;
+        while (j < lim && j < i + max_digits && (cls[j] & CL_N)) j++;
         return j - i;
     }
     size_t st = (c == ' ' && i + 1 < lim && cls[i + 1] == 0) ? i + 1 : i;
@@ -975,13 +1261,69 @@ static int encode_segment(enc_state *e, const unsigned char *s, size_t n) {
             while (lim < ncp && !(e->cls[lim] & CL_N)) lim++;
         }
         while (i < lim) {
-            size_t k = t->pre == AP_PRE_LLAMA3 ? match_llama3(e->cp, e->cls, i, lim)
-                                               : match_gpt2(e->cp, e->cls, i, lim);
+            size_t k = t->pre == AP_PRE_LLAMA3  ? match_llama3(e->cp, e->cls, i, lim, 3)
+                       : t->pre == AP_PRE_QWEN2 ? match_llama3(e->cp, e->cls, i, lim, 1)
+                                                : match_gpt2(e->cp, e->cls, i, lim);
             if (!bpe_piece(e, s + e->off[i], e->off[i + k] - e->off[i])) return 0;
             i += k;
         }
     }
     return 1;
+}
+
+/* SPM: one segment (text between special tokens) is one piece. Spaces become
+ * U+2581; with add_space_prefix a segment at the start of the input gets one
+ * in front unless it starts with one (HF Metaspace, prepend_scheme "first";
+ * llama.cpp also prefixes segments after a special token, and prefixes even
+ * text that starts with a space). Symbols are code points; one that is not a
+ * token becomes its byte tokens if all exist, else the unknown token, runs of
+ * which are fused (HF BPE byte_fallback + fuse_unk). */
+static int encode_spm_segment(enc_state *e, const unsigned char *s, size_t n, int at_start) {
+    const ap_tokenizer *t = e->t;
+    if (n == 0) return 1;
+    if (e->record) return push_end(e, (size_t)(s - e->base) + n);
+    int prefix = t->add_space_prefix && at_start && s[0] != ' ' &&
+                 !(n >= SPM_SPACE_LEN && memcmp(s, SPM_SPACE, SPM_SPACE_LEN) == 0);
+    size_t spaces = 0;
+    for (size_t i = 0; i < n; i++) spaces += s[i] == ' ';
+    size_t m = n + (spaces + (size_t)prefix) * (SPM_SPACE_LEN - 1) + (size_t)prefix;
+    if (!grow((void **)&e->mapped, &e->mapped_cap, m, 1)) return 0;
+    char *q = e->mapped;
+    size_t k = 0;
+    if (prefix) {
+        memcpy(q, SPM_SPACE, SPM_SPACE_LEN);
+        k = SPM_SPACE_LEN;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == ' ') {
+            memcpy(q + k, SPM_SPACE, SPM_SPACE_LEN);
+            k += SPM_SPACE_LEN;
+        } else {
+            q[k++] = (char)s[i];
+        }
+    }
+    /* At most one symbol per byte. */
+    if (!grow_symbols(e, k)) return 0;
+    size_t ns = 0;
+    for (size_t i = 0; i < k;) {
+        uint32_t c;
+        size_t len = utf8_next((const unsigned char *)q + i, k - i, &c);
+        int32_t id = c < CP_INVALID_BASE ? vocab_find(t, q + i, len) : -1;
+        if (id >= 0) {
+            e->sym[ns++] = id;
+        } else {
+            int all = 1;
+            for (size_t b = 0; b < len; b++) all &= t->byte_tok[(unsigned char)q[i + b]] >= 0;
+            if (all) {
+                for (size_t b = 0; b < len; b++)
+                    e->sym[ns++] = t->byte_tok[(unsigned char)q[i + b]];
+            } else if (t->unk_id >= 0 && !(ns > 0 && e->sym[ns - 1] == t->unk_id)) {
+                e->sym[ns++] = t->unk_id;
+            }
+        }
+        i += len;
+    }
+    return merge_symbols(e, ns);
 }
 
 /* Length of the special token at s[0..n), 0 if none; *id set on a match. */
@@ -1012,6 +1354,11 @@ static void enc_state_free(enc_state *e) {
     free(e->ends);
 }
 
+static int encode_any_segment(enc_state *e, const unsigned char *s, size_t n, int at_start) {
+    return e->t->model == AP_TOK_SPM ? encode_spm_segment(e, s, n, at_start)
+                                     : encode_segment(e, s, n);
+}
+
 /* Special-token split, then pre-tokenize and BPE (or record) each segment. */
 static int run_encode(enc_state *e, const unsigned char *s, size_t len, int parse_special) {
     const ap_tokenizer *t = e->t;
@@ -1026,13 +1373,13 @@ static int run_encode(enc_state *e, const unsigned char *s, size_t len, int pars
                 p++;
                 continue;
             }
-            if (!encode_segment(e, s + seg, p - seg)) return 0;
+            if (!encode_any_segment(e, s + seg, p - seg, seg == 0)) return 0;
             if (e->record ? !push_end(e, p + k) : !push_id(e, sid)) return 0;
             p += k;
             seg = p;
         }
     }
-    return encode_segment(e, s + seg, len - seg);
+    return encode_any_segment(e, s + seg, len - seg, seg == 0);
 }
 
 ap_status ap_tokenizer_encode(const ap_tokenizer *t, const char *text, size_t len,
@@ -1140,6 +1487,9 @@ ap_status ap_tokenizer_decode(const ap_tokenizer *t, const int32_t *ids, size_t 
         memcpy(buf + o, t->dec + t->dec_off[ids[i]], k);
         o += k;
     }
+    /* HF's decoder for a prefixed SentencePiece vocabulary (Strip left 1)
+     * drops one leading space of the whole text. */
+    if (t->add_space_prefix && o > 0 && buf[0] == ' ') memmove(buf, buf + 1, o--);
     buf[o] = '\0';
     *text = buf;
     if (len) *len = o;

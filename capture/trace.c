@@ -389,9 +389,41 @@ static ap_status meta_check(const ap_trace_meta *m, const char *file, ap_err *er
                        file, m->n_head, m->n_head_kv);
     if (!memchr(m->model_name, 0, sizeof m->model_name) ||
         !memchr(m->model_sha256, 0, sizeof m->model_sha256) ||
-        !memchr(m->attnpred_version, 0, sizeof m->attnpred_version))
+        !memchr(m->attnpred_version, 0, sizeof m->attnpred_version) ||
+        !memchr(m->arch, 0, sizeof m->arch))
         return ap_errf(err, AP_ERR_ARG, "%s: unterminated string in trace meta", file);
+    if (m->n_layer > AP_TRACE_MAX_LAYERS)
+        return ap_errf(err, AP_ERR_FORMAT, "%s: n_layer %d exceeds the %d layers a trace may have",
+                       file, m->n_layer, AP_TRACE_MAX_LAYERS);
+    for (int l = 0; l < m->n_layer; l++)
+        if (m->layer_window[l] < 0)
+            return ap_errf(err, AP_ERR_FORMAT, "%s: layer_window[%d] is %d (0 = full attention, "
+                           "> 0 = sliding window)", file, l, m->layer_window[l]);
     return AP_OK;
+}
+
+int ap_trace_layer_is_full(const ap_trace_meta *m, int layer) {
+    if (!m || layer < 0 || layer >= m->n_layer || layer >= AP_TRACE_MAX_LAYERS) return 0;
+    return m->layer_window[layer] == 0;
+}
+
+int ap_trace_n_full_layers(const ap_trace_meta *m) {
+    int n = 0;
+    for (int l = 0; m && l < m->n_layer && l < AP_TRACE_MAX_LAYERS; l++) n += m->layer_window[l] == 0;
+    return n;
+}
+
+int ap_trace_sliding_window(const ap_trace_meta *m) {
+    int w = 0;
+    for (int l = 0; m && l < m->n_layer && l < AP_TRACE_MAX_LAYERS; l++) {
+        int x = m->layer_window[l];
+        if (x == 0) continue;
+        if (w == 0)
+            w = x;
+        else if (x != w)
+            return -1;
+    }
+    return w;
 }
 
 /* Describes every field that differs ("n_head 9 vs 8, model_sha256 ab.. vs cd..")
@@ -421,6 +453,13 @@ static int meta_diff(const ap_trace_meta *a, const ap_trace_meta *b, char *buf, 
     DIFF_STR(model_name)
     DIFF_STR(model_sha256)
     DIFF_STR(attnpred_version)
+    DIFF_STR(arch)
+    for (int l = 0; l < a->n_layer && l < b->n_layer && l < AP_TRACE_MAX_LAYERS; l++)
+        if (a->layer_window[l] != b->layer_window[l] && o < n) {
+            o += (size_t)snprintf(buf + o, n - o, "%slayer_window[%d] %d vs %d", nd ? ", " : "", l,
+                                  a->layer_window[l], b->layer_window[l]);
+            nd++;
+        }
 #undef DIFF_INT
 #undef DIFF_STR
     return nd;
@@ -437,14 +476,17 @@ static herr_t meta_write(hid_t file, const ap_trace_meta *m) {
         attr_write_int(file, "history", m->history) < 0 ||
         attr_write_str(file, "model_name", m->model_name) < 0 ||
         attr_write_str(file, "model_sha256", m->model_sha256) < 0 ||
-        attr_write_str(file, "attnpred_version", m->attnpred_version) < 0)
+        attr_write_str(file, "attnpred_version", m->attnpred_version) < 0 ||
+        attr_write_str(file, "architecture", m->arch) < 0 ||
+        attr_write_ints(file, "layer_window", m->layer_window, (hsize_t)m->n_layer, 0) < 0)
         return -1;
     return 0;
 }
 
-/* Reads and validates the root: format, version, meta; *complete = root flag. */
+/* Reads and validates the root: format, version, meta; *complete = root flag,
+ * *version = its format_version. */
 static ap_status meta_read(hid_t file, const char *path, ap_trace_meta *m, int *complete,
-                           ap_err *err) {
+                           int *version, ap_err *err) {
     char fmt[64];
     int rc = attr_read_str(file, "format", fmt, sizeof fmt);
     if (rc == -1)
@@ -460,11 +502,12 @@ static ap_status meta_read(hid_t file, const char *path, ap_trace_meta *m, int *
         return ap_errf(err, AP_ERR_FORMAT,
                        "%s: missing or malformed root attribute format_version (expected %d)",
                        path, AP_TRACE_FORMAT_VERSION);
-    if (ver != AP_TRACE_FORMAT_VERSION)
+    if (ver < AP_TRACE_FORMAT_VERSION_MIN || ver > AP_TRACE_FORMAT_VERSION)
         return ap_errf(err, AP_ERR_FORMAT,
                        "%s: trace format_version %d is not supported: this attnpred (%s) reads "
-                       "format_version %d only",
-                       path, ver, AP_VERSION_STRING, AP_TRACE_FORMAT_VERSION);
+                       "format_version %d to %d",
+                       path, ver, AP_VERSION_STRING, AP_TRACE_FORMAT_VERSION_MIN,
+                       AP_TRACE_FORMAT_VERSION);
     memset(m, 0, sizeof *m);
     struct {
         const char *name;
@@ -488,12 +531,36 @@ static ap_status meta_read(hid_t file, const char *path, ap_trace_meta *m, int *
             return ap_errf(err, AP_ERR_FORMAT,
                            "%s: missing, malformed or too long root attribute %s", path,
                            strs[i].name);
+    if (ver == 1) {
+        /* Version 1 predates the attribute; its writer ran llama models only,
+         * whose layers all attend every key (layer_window stays 0). */
+        snprintf(m->arch, sizeof m->arch, "llama");
+    } else {
+        if (attr_read_str(file, "architecture", m->arch, sizeof m->arch) != 1)
+            return ap_errf(err, AP_ERR_FORMAT,
+                           "%s: missing, malformed or too long root attribute architecture "
+                           "(format_version %d)",
+                           path, ver);
+        if (m->n_layer < 1 || m->n_layer > AP_TRACE_MAX_LAYERS)
+            return ap_errf(err, AP_ERR_FORMAT, "%s: n_layer %d out of range [1, %d]", path,
+                           m->n_layer, AP_TRACE_MAX_LAYERS);
+        int count = 0;
+        int rc2 = attr_read_ints(file, "layer_window", m->layer_window, m->n_layer, &count);
+        if (rc2 != 1 || count != m->n_layer)
+            return ap_errf(err, AP_ERR_FORMAT,
+                           "%s: root attribute layer_window is %s (expected int32 [n_layer = "
+                           "%d], format_version %d)",
+                           path, rc2 == 0 ? "missing" : rc2 == 1 ? "of the wrong length"
+                                                               : "malformed or too long",
+                           m->n_layer, ver);
+    }
     ap_status st = meta_check(m, path, err);
     if (st) return st;
     int c = 0;
     rc = attr_read_int(file, "complete", &c);
     if (rc < 0) return ap_errf(err, AP_ERR_FORMAT, "%s: malformed root attribute complete", path);
     *complete = rc == 1 && c == 1;
+    *version = ver;
     return AP_OK;
 }
 
@@ -941,8 +1008,18 @@ static ap_status writer_resume(ap_trace_writer *w, ap_err *err) {
     if (st) goto cleanup;
     st = h5_open_file(w->partial, 1, &w->file, err);
     if (st) goto cleanup;
-    st = meta_read(w->file, w->partial, &fm, &complete, err);
+    int version = 0;
+    st = meta_read(w->file, w->partial, &fm, &complete, &version, err);
     if (st) goto cleanup;
+    /* Appending to an older-version file would leave a file whose root says
+     * one version and whose content another. */
+    if (version != AP_TRACE_FORMAT_VERSION) {
+        st = ap_errf(err, AP_ERR_FORMAT,
+                     "%s: cannot resume: the partial trace has format_version %d, this attnpred "
+                     "writes %d (start over with --force)",
+                     w->partial, version, AP_TRACE_FORMAT_VERSION);
+        goto cleanup;
+    }
     char diff[AP_ERR_MSG_MAX / 2];
     if (meta_diff(&fm, &w->meta, diff, sizeof diff)) {
         st = ap_errf(err, AP_ERR_FORMAT,
@@ -1378,6 +1455,7 @@ struct ap_trace {
     char *path;
     ap_trace_meta meta;
     int complete;
+    int version;               /* format_version of the file */
     int n_seq;
     char **gname;              /* escaped group names of the complete sequences */
     ap_trace_seq_info *info;
@@ -1473,7 +1551,7 @@ ap_status ap_trace_open(const char *path, ap_trace **out, ap_err *err) {
     if (st) goto cleanup;
     st = h5_open_file(path, 0, &t->file, err);
     if (st) goto cleanup;
-    st = meta_read(t->file, path, &t->meta, &t->complete, err);
+    st = meta_read(t->file, path, &t->meta, &t->complete, &t->version, err);
     if (st) goto cleanup;
     seqs = H5Gopen2(t->file, SEQ_ROOT, H5P_DEFAULT);
     if (seqs < 0) {
@@ -1525,6 +1603,7 @@ void ap_trace_close(ap_trace *t) {
 const ap_trace_meta *ap_trace_get_meta(const ap_trace *t) { return &t->meta; }
 int ap_trace_n_seq(const ap_trace *t) { return t ? t->n_seq : 0; }
 int ap_trace_is_complete(const ap_trace *t) { return t ? t->complete : 0; }
+int ap_trace_format_version(const ap_trace *t) { return t ? t->version : 0; }
 
 int ap_trace_find(const ap_trace *t, const char *id) {
     if (!t || !id) return -1;

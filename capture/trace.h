@@ -19,7 +19,12 @@
 #include "common/status.h"
 
 #define AP_TRACE_FORMAT "attnpred-trace"
-#define AP_TRACE_FORMAT_VERSION 1
+#define AP_TRACE_FORMAT_VERSION 2
+/* The oldest format_version the reader still reads (docs/trace-format.md,
+ * "Version history"). */
+#define AP_TRACE_FORMAT_VERSION_MIN 1
+/* Most layers a trace may have (the size of ap_trace_meta.layer_window). */
+#define AP_TRACE_MAX_LAYERS 256
 
 typedef struct {
     int n_layer;
@@ -31,7 +36,22 @@ typedef struct {
     char model_name[128];
     char model_sha256[65];
     char attnpred_version[32];
+    /* format_version 2 (issue 13). A meta zeroed by memset is a model whose
+     * layers are all full attention, as every format_version 1 trace is. */
+    char arch[32];      /* general.architecture ("llama", "gemma3"); "llama" for a
+                           format_version 1 file (attnpred 0.1.0 ran llama only) */
+    /* [n_layer] keys a layer attends: 0 = full attention (every earlier key),
+     * w > 0 = sliding window of the last w keys. Entries past n_layer are 0. */
+    int layer_window[AP_TRACE_MAX_LAYERS];
 } ap_trace_meta;
+
+/* Consumers select KV blocks only in full-attention layers: a sliding-window
+ * layer's cache is already bounded by its window. */
+int ap_trace_layer_is_full(const ap_trace_meta *m, int layer); /* 0 outside [0, n_layer) */
+int ap_trace_n_full_layers(const ap_trace_meta *m);
+/* The window the sliding-window layers share; 0 when there are none, -1 when
+ * they differ (reports then list layer_window). */
+int ap_trace_sliding_window(const ap_trace_meta *m);
 
 /* One captured sequence, as handed to the writer (borrowed pointers).
  * S = n_steps, NB = n_blocks = ceil((n_prompt + n_gen) / block_size),
@@ -92,7 +112,8 @@ typedef struct {
     int chat;
 } ap_trace_seq_info;
 
-/* Refuses files whose format/format_version differ, naming the expected one. */
+/* Reads format_version 1 and 2 (1 as arch "llama", every layer full
+ * attention); refuses another format or version, naming the versions it reads. */
 ap_status ap_trace_open(const char *path, ap_trace **out, ap_err *err);
 void ap_trace_close(ap_trace *t);
 const ap_trace_meta *ap_trace_get_meta(const ap_trace *t);
@@ -100,6 +121,8 @@ int ap_trace_n_seq(const ap_trace *t);
 /* 1 if the root attribute complete=1 is set (a committed or merged trace); a
  * .partial file opens too and lists only its finished sequences. */
 int ap_trace_is_complete(const ap_trace *t);
+/* The file's format_version (1 or 2; the meta is the same either way). */
+int ap_trace_format_version(const ap_trace *t);
 /* Index of the sequence with this id, or -1. */
 int ap_trace_find(const ap_trace *t, const char *id);
 /* The HDF5 group name of sequence `id` (every byte outside [A-Za-z0-9_-] as

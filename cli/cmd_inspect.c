@@ -112,7 +112,7 @@ static int summary_json(const char *path, const ap_trace *t, ap_err *err) {
     long long bytes = file_bytes(path);
     cJSON_AddStringToObject(root, "path", path);
     cJSON_AddStringToObject(root, "format", AP_TRACE_FORMAT);
-    cJSON_AddNumberToObject(root, "format_version", AP_TRACE_FORMAT_VERSION);
+    cJSON_AddNumberToObject(root, "format_version", ap_trace_format_version(t));
     cJSON_AddBoolToObject(root, "complete", ap_trace_is_complete(t));
     cJSON_AddStringToObject(root, "model_name", m->model_name);
     cJSON_AddStringToObject(root, "model_sha256", m->model_sha256);
@@ -123,6 +123,11 @@ static int summary_json(const char *path, const ap_trace *t, ap_err *err) {
     cJSON_AddNumberToObject(root, "head_dim", m->head_dim);
     cJSON_AddNumberToObject(root, "block_size", m->block_size);
     cJSON_AddNumberToObject(root, "history", m->history);
+    cJSON_AddStringToObject(root, "architecture", m->arch);
+    cJSON *lw = cJSON_CreateIntArray(m->layer_window, m->n_layer);
+    if (!lw) goto cleanup;
+    cJSON_AddItemToObject(root, "layer_window", lw);
+    cJSON_AddNumberToObject(root, "n_full_layers", ap_trace_n_full_layers(m));
     cJSON_AddNumberToObject(root, "n_sequences", n);
     cJSON_AddNumberToObject(root, "prompt_tokens", (double)ptoks);
     cJSON_AddNumberToObject(root, "gen_tokens", (double)gtoks);
@@ -165,7 +170,7 @@ static int summary_text(const char *path, const ap_trace *t, ap_err *err) {
     long long bytes = file_bytes(path);
     char hb[32];
     human_bytes(hb, sizeof hb, (double)bytes);
-    printf("%s: %s format_version %d (%s)\n", path, AP_TRACE_FORMAT, AP_TRACE_FORMAT_VERSION,
+    printf("%s: %s format_version %d (%s)\n", path, AP_TRACE_FORMAT, ap_trace_format_version(t),
            ap_trace_is_complete(t) ? "complete" : "partial: finished sequences only");
     printf("model:       %s\n", m->model_name);
     printf("sha256:      %s\n", m->model_sha256);
@@ -174,6 +179,19 @@ static int summary_text(const char *path, const ap_trace *t, ap_err *err) {
            m->n_head, m->n_head_kv, m->head_dim);
     printf("blocks:      %d keys per block; history %d prefill rows\n", m->block_size,
            m->history);
+    int n_full = ap_trace_n_full_layers(m), win = ap_trace_sliding_window(m);
+    printf("attention:   %s; ", m->arch[0] ? m->arch : "(architecture not recorded)");
+    if (n_full == m->n_layer) {
+        printf("full in all %d layers\n", m->n_layer);
+    } else {
+        printf("full in %d of %d layers (", n_full, m->n_layer);
+        for (int l = 0, k = 0; l < m->n_layer; l++)
+            if (ap_trace_layer_is_full(m, l)) printf("%s%d", k++ ? "," : "", l);
+        if (win > 0)
+            printf("), the others sliding window %d\n", win);
+        else
+            printf("), the others sliding windows (layer_window in --json)\n");
+    }
     printf("sequences:   %d (%lld prompt + %lld generated = %lld tokens)\n", n, ptoks, gtoks,
            ptoks + gtoks);
     printf("file:        %s (%lld bytes)", hb, bytes);

@@ -139,6 +139,7 @@ struct ap_live {
     ap_sel_params params;
     ap_live_opts o;
     int L, H, KV, hd, NB, S, block, G;
+    int last_full; /* the last layer the engine calls the policy for (full attention) */
     unsigned flags_every, calib_measure;
     live_layer *layers;
     /* Scratch of the current (layer, step), shared by all layers. */
@@ -606,7 +607,7 @@ static ap_status live_attended(void *user, const ap_kv_step *ks, const ap_kv_att
         put_rows(lv, y, sp->s, r->bmax, r->bsum, ks->ldb, ks->n_blocks);
         for (int h = 0; h < lv->H; h++) lv->kept_mass[h] = 1.0;
     }
-    if (ks->layer == lv->L - 1) lv->stats.steps++;
+    if (ks->layer == lv->last_full) lv->stats.steps++;
     if (lv->pf_on) {
         /* observe() and the next step's score() go to the worker. */
         const int l = ks->layer;
@@ -662,6 +663,8 @@ ap_status ap_live_create(const ap_live_prefill *pf, const ap_selector *sel,
     lv->params.local_tokens = opts->local;
     lv->o = *opts;
     lv->L = hp->n_layer;
+    lv->last_full = hp->n_layer - 1;
+    while (lv->last_full > 0 && ap_hparams_layer_swa(hp, lv->last_full)) lv->last_full--;
     lv->H = hp->n_head;
     lv->KV = hp->n_head_kv;
     lv->G = hp->n_head / hp->n_head_kv;

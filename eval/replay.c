@@ -118,6 +118,13 @@ static int is_dense_layer(const ap_replay_config *c, int l) {
     return 0;
 }
 
+/* Layers the methods select in: full-attention layers not kept dense. A
+ * sliding-window layer's cache is bounded by its window already, so it is
+ * not compressed and not scored. */
+static int layer_replayed(const run_ctx *x, int l) {
+    return ap_trace_layer_is_full(&x->meta, l) && !is_dense_layer(x->cfg, l);
+}
+
 static ap_status check_config(const ap_replay_config *c, ap_err *err) {
     if (c->n_traces < 1 || c->n_traces > AP_REPLAY_MAX_TRACES)
         return ap_errf(err, AP_ERR_ARG, "replay: %d traces given (1..%d)", c->n_traces,
@@ -168,6 +175,13 @@ static int meta_compatible(const ap_trace_meta *a, const ap_trace_meta *b) {
            a->head_dim == b->head_dim && a->block_size == b->block_size;
 }
 
+/* First layer whose attention window differs, or -1. */
+static int window_mismatch(const ap_trace_meta *a, const ap_trace_meta *b) {
+    for (int l = 0; l < a->n_layer && l < AP_TRACE_MAX_LAYERS; l++)
+        if (a->layer_window[l] != b->layer_window[l]) return l;
+    return -1;
+}
+
 /* Opens the traces and lists the sequences to replay. */
 static ap_status plan_traces(run_ctx *x, ap_err *err) {
     const ap_replay_config *c = x->cfg;
@@ -190,6 +204,12 @@ static ap_status plan_traces(run_ctx *x, ap_err *err) {
                            m->block_size, c->traces[0], x->meta.n_layer, x->meta.n_head,
                            x->meta.n_head_kv, x->meta.head_dim, x->meta.block_size);
         }
+        int wl = f > 0 ? window_mismatch(m, &x->meta) : -1;
+        if (wl >= 0)
+            return ap_errf(err, AP_ERR_FORMAT,
+                           "%s: layer %d's attention window is %d, in %s it is %d (0 = full "
+                           "attention): the traces come from different models",
+                           path, wl, m->layer_window[wl], c->traces[0], x->meta.layer_window[wl]);
         int n = ap_trace_n_seq(x->traces[f]);
         if (c->max_seqs > 0 && n > c->max_seqs) n = c->max_seqs;
         cap += n;
@@ -260,7 +280,7 @@ static ap_status plan_predictors(run_ctx *x, ap_err *err) {
     ap_status st = AP_OK;
     uint8_t *need = malloc((size_t)(x->meta.n_layer > 0 ? x->meta.n_layer : 1));
     if (!need) return ap_errf(err, AP_ERR_NOMEM, "out of memory");
-    for (int l = 0; l < x->meta.n_layer; l++) need[l] = !is_dense_layer(c, l);
+    for (int l = 0; l < x->meta.n_layer; l++) need[l] = (uint8_t)layer_replayed(x, l);
     char run[600];
     snprintf(run, sizeof run, "trace %s", c->traces[0]);
     /* Workers run (sequence, layer) tasks in parallel: the loader gives
@@ -449,7 +469,7 @@ static ap_status plan_tasks(run_ctx *x, ap_err *err) {
     for (int i = 0; i < x->n_seqs; i++) {
         if (x->seqs[i].n_steps < 1) continue;
         for (int l = 0; l < L; l++) {
-            if (is_dense_layer(x->cfg, l)) continue;
+            if (!layer_replayed(x, l)) continue;
             x->tasks[x->n_tasks++] = (plan_task){i, l};
             x->total_steps += x->seqs[i].n_steps;
             /* A step's selectors and predictor read every block of its
@@ -1021,6 +1041,10 @@ ap_status ap_replay_run(const ap_replay_config *c, ap_replay_result **out, ap_er
     r->n_head_kv = x->meta.n_head_kv;
     r->head_dim = x->meta.head_dim;
     r->block = x->meta.block_size;
+    r->n_full_layers = ap_trace_n_full_layers(&x->meta);
+    r->swa_window = ap_trace_sliding_window(&x->meta);
+    for (int l = 0; l < x->meta.n_layer && l < AP_REPLAY_MAX_LAYERS; l++)
+        r->layer_window[l] = x->meta.layer_window[l];
     r->n_seq = x->n_seqs;
     r->n_budgets = c->n_budgets;
     memcpy(r->budgets, c->budgets, sizeof r->budgets);

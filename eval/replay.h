@@ -183,6 +183,13 @@ typedef struct {
      * the context). The reports' compression is mean_context / mean_kept
      * (docs/eval-report.md). */
     double mean_kept[AP_REPLAY_MAX_BUDGETS];
+    /* Added with issue 13 (mixed attention). Methods select, and the cells
+     * count, only full-attention layers (less config.dense_layers): a
+     * sliding-window layer's KV is bounded by its window already.
+     * layer_window[l] is the trace's (0 = full, w > 0 = window of w keys). */
+    int n_full_layers;                 /* of n_layer */
+    int swa_window;                    /* the sliding layers' window; 0 none, -1 they differ */
+    int layer_window[AP_REPLAY_MAX_LAYERS];
 } ap_replay_result;
 
 /* Runs every method at every budget. Errors name the trace or predictor file;

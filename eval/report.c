@@ -136,6 +136,23 @@ static void json_header(ap_jbuild *j, cJSON *root, const ap_replay_result *r) {
     ap_jadd_num(j, mo, "n_head_kv", r->n_head_kv);
     ap_jadd_num(j, mo, "head_dim", r->head_dim);
     ap_jadd_num(j, mo, "block", r->block);
+    /* Issue 13: which layers the methods selected in (sliding-window layers
+     * are bounded already and are not counted). */
+    ap_replay_layers ly;
+    ap_replay_layers_of(r, &ly);
+    cJSON *lw = ap_jadd(j, mo, "layer_window", cJSON_CreateArray());
+    for (int l = 0; l < r->n_layer && l < AP_REPLAY_MAX_LAYERS; l++)
+        ap_jadd(j, lw, NULL, cJSON_CreateNumber(r->layer_window[l]));
+    ap_jadd_num(j, mo, "n_full_layers", ly.n_selected + ly.n_dense);
+    ap_jadd_num(j, mo, "sliding_window", ly.window);
+    char note[160];
+    ap_replay_layers_note(&ly, note, sizeof note);
+    cJSON *sl = ap_jadd(j, root, "selection_layers", cJSON_CreateObject());
+    ap_jadd_num(j, sl, "n_selected", ly.n_selected);
+    ap_jadd_num(j, sl, "n_layer", ly.n_layer);
+    ap_jadd_num(j, sl, "n_sliding", ly.n_sliding);
+    ap_jadd_num(j, sl, "n_dense", ly.n_dense);
+    ap_jadd_str(j, sl, "note", note);
 
     ap_jadd_num(j, root, "n_seq", r->n_seq);
     ap_jadd_num(j, root, "n_decode_steps", (double)r->n_decode_steps);
@@ -365,6 +382,16 @@ static void md_table(FILE *f, const ap_replay_result *r, md_metric which) {
     }
 }
 
+/* Issue 13: the layers the methods selected in; the cells average over them. */
+static void md_layers(FILE *f, const ap_replay_result *r) {
+    ap_replay_layers ly;
+    char note[160];
+    ap_replay_layers_of(r, &ly);
+    ap_replay_layers_note(&ly, note, sizeof note);
+    fprintf(f, "- %s%s\n", note,
+            ly.n_sliding ? "; recovery and hit rate average over those layers only" : "");
+}
+
 static void md_header(FILE *f, const ap_replay_result *r) {
     const ap_replay_config *c = &r->config;
     fputs("# KV-cache selection replay\n\n", f);
@@ -402,6 +429,7 @@ static void md_header(FILE *f, const ap_replay_result *r) {
             fprintf(f, "%s%d", i ? ", " : " ", c->dense_layers[i]);
     }
     fputc('\n', f);
+    md_layers(f, r);
     /* n is normally the same in every cell; a range shows when it is not. */
     long long nlo = -1, nhi = -1;
     double blo = INFINITY, bhi = -INFINITY;

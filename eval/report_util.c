@@ -189,3 +189,48 @@ cleanup:
     free(boot);
     return st;
 }
+
+void ap_replay_layers_of(const ap_replay_result *r, ap_replay_layers *out) {
+    memset(out, 0, sizeof *out);
+    const ap_replay_config *c = &r->config;
+    int L = r->n_layer < AP_REPLAY_MAX_LAYERS ? r->n_layer : AP_REPLAY_MAX_LAYERS;
+    out->n_layer = r->n_layer;
+    for (int l = 0; l < L; l++) {
+        int w = r->layer_window[l];
+        if (w > 0) {
+            out->n_sliding++;
+            out->window = out->window == 0 || out->window == w ? w : -1;
+            continue;
+        }
+        int dense = 0;
+        for (int i = 0; i < c->n_dense_layers && i < AP_REPLAY_MAX_LAYERS; i++)
+            dense |= c->dense_layers[i] == l;
+        if (dense)
+            out->n_dense++;
+        else
+            out->n_selected++;
+    }
+    /* Layers past the result's window table (never in practice) count as full. */
+    if (r->n_layer > L) out->n_selected += r->n_layer - L;
+}
+
+void ap_replay_layers_note(const ap_replay_layers *l, char *buf, size_t n) {
+    char win[48];
+    if (l->window > 0)
+        snprintf(win, sizeof win, "window %d", l->window);
+    else
+        snprintf(win, sizeof win, "windows differ");
+    if (l->n_sliding == 0 && l->n_dense == 0)
+        snprintf(buf, n, "selection in all %d layers", l->n_layer);
+    else if (l->n_dense == 0)
+        snprintf(buf, n, "selection in %d of %d layers (the others are sliding-window layers, %s)",
+                 l->n_selected, l->n_layer, win);
+    else if (l->n_sliding == 0)
+        snprintf(buf, n, "selection in %d of %d layers (the others are kept dense)", l->n_selected,
+                 l->n_layer);
+    else
+        snprintf(buf, n,
+                 "selection in %d of %d layers (the others: %d sliding-window layers, %s; %d "
+                 "kept dense)",
+                 l->n_selected, l->n_layer, l->n_sliding, win, l->n_dense);
+}

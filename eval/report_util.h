@@ -58,6 +58,22 @@ void ap_md_ratio(FILE *f, double v);
 /* A method as "label (`name`)", or "`name`" when it has no other label. */
 void ap_md_method(FILE *f, const char *name, const char *label);
 
+/* Which layers a replay selected in (issue 13): full-attention layers not
+ * kept dense. Counted from r->layer_window (a result built by hand with it
+ * zeroed is all full attention). */
+typedef struct {
+    int n_layer;     /* M */
+    int n_selected;  /* N: full-attention layers not in config.dense_layers */
+    int n_sliding;   /* sliding-window layers (never selected in) */
+    int n_dense;     /* full-attention layers kept dense */
+    int window;      /* the sliding layers' window; 0 none, -1 they differ */
+} ap_replay_layers;
+
+void ap_replay_layers_of(const ap_replay_result *r, ap_replay_layers *out);
+/* "selection in N of M layers (the others are sliding-window layers, window
+ * W)", "selection in all M layers", or with dense layers named too. */
+void ap_replay_layers_note(const ap_replay_layers *l, char *buf, size_t n);
+
 /* Resamples of every bootstrap in the reports: enough for the 2.5% and
  * 97.5% percentiles to move by well under their own sampling error. */
 #define AP_BOOT_RESAMPLES 2000

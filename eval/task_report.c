@@ -36,6 +36,8 @@ static double ratio(double num, double den) { return den != 0 ? num / den : NAN;
 static double budget_ratio(const ap_tasks_result *r, int m, int b, double full_kv_bytes) {
     double token_bytes = (double)r->n_layer * r->n_head_kv * r->head_dim * 2 * sizeof(float);
     if (r->methods[m].is_full || token_bytes <= 0 || r->budgets[b] <= 0) return NAN;
+    /* With sliding-window layers the bytes no longer say the context. */
+    if (r->n_full_layers > 0 && r->n_full_layers < r->n_layer) return NAN;
     return full_kv_bytes / token_bytes / r->budgets[b];
 }
 
@@ -304,6 +306,8 @@ static void json_header(ap_jbuild *j, cJSON *root, const ap_tasks_result *r) {
     ap_jadd_str(j, mo, "name", r->model_name);
     ap_jadd_str(j, mo, "path", c->model);
     ap_jadd_num(j, mo, "n_layer", r->n_layer);
+    ap_jadd_num(j, mo, "n_selected_layers", r->n_full_layers ? r->n_full_layers : r->n_layer);
+    ap_jadd_num(j, mo, "sliding_window", r->swa_window);
     ap_jadd_num(j, mo, "n_head", r->n_head);
     ap_jadd_num(j, mo, "n_head_kv", r->n_head_kv);
     ap_jadd_num(j, mo, "head_dim", r->head_dim);
@@ -566,6 +570,12 @@ static void md_header(FILE *f, const ap_tasks_result *r, const groups *g) {
     ap_md_text(f, r->model_name);
     fprintf(f, "`: %d layers x %d query heads (%d KV heads), head_dim %d\n", r->n_layer, r->n_head,
             r->n_head_kv, r->head_dim);
+    if (r->n_full_layers > 0 && r->n_full_layers < r->n_layer)
+        fprintf(f, "- selection in %d of %d layers: the other %d are sliding-window layers "
+                   "(window %d), decoded densely by every method; their KV counts in every "
+                   "method's KV bytes (no budget ratio column: the bytes no longer give the "
+                   "context)\n",
+                r->n_full_layers, r->n_layer, r->n_layer - r->n_full_layers, r->swa_window);
     fputs("- suite: `", f);
     ap_md_text(f, c->tasks_file ? c->tasks_file : "?");
     fprintf(f, "`: %d samples", r->n_samples);

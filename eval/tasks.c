@@ -69,6 +69,17 @@ typedef struct {
 /* Estimated cost of one run of s, for the progress ETA: the full-KV run
  * prefills and decodes, a method's run decodes from that prefill. Runs of
  * long samples with long answers cost many times those of short ones. */
+/* Keys a sliding-window layer keeps, summed over those layers and their KV
+ * heads, at a context of `keys`: every method holds them (selection acts in
+ * the full-attention layers only), and the full cache too. */
+static double swa_kv_keys(const ap_hparams *hp, double keys) {
+    double n = 0.0;
+    for (int l = 0; l < hp->n_layer; l++)
+        if (ap_hparams_layer_swa(hp, l))
+            n += (keys < hp->swa_window ? keys : (double)hp->swa_window) * hp->n_head_kv;
+    return n;
+}
+
 static double run_work(const sample_t *s, int prefill, double fixed) {
     return ap_work_run(s->n_ids, s->info.max_new_tokens, prefill, fixed);
 }
@@ -599,6 +610,8 @@ ap_status ap_tasks_run(const ap_tasks_config *c, ap_tasks_result **out, ap_err *
     const ap_hparams *hp = ap_model_hparams(model);
     snprintf(r->model_name, sizeof r->model_name, "%s", hp->name[0] ? hp->name : c->model);
     r->n_layer = hp->n_layer;
+    r->n_full_layers = ap_hparams_n_full_layers(hp);
+    r->swa_window = hp->swa_window;
     r->n_head = hp->n_head;
     r->n_head_kv = hp->n_head_kv;
     r->head_dim = hp->head_dim;
@@ -702,7 +715,9 @@ ap_status ap_tasks_run(const ap_tasks_config *c, ap_tasks_result **out, ap_err *
             /* Mean context over the decode steps run (positions np .. np + steps - 1). */
             int steps = d.n_full > 1 ? d.n_full - 1 : 0;
             double mean_keys = steps ? np + (steps - 1) / 2.0 + 1 : np;
-            run->full_kv_bytes = mean_keys * hp->n_layer * hp->n_head_kv * kv_tok_bytes;
+            run->full_kv_bytes = (mean_keys * ap_hparams_n_full_layers(hp) * hp->n_head_kv +
+                                  swa_kv_keys(hp, mean_keys)) *
+                                 kv_tok_bytes;
             run->resident_kv_bytes = run->full_kv_bytes;
             run->output = strdup(text);
             if (!run->output) {
@@ -773,7 +788,14 @@ ap_status ap_tasks_run(const ap_tasks_config *c, ap_tasks_result **out, ap_err *
                         ls.steps > 1 ? ls.fetched_tokens / (ls.steps - 1) * kv_tok_bytes : 0.0;
                 } else {
                     run->resident_kv_bytes = run->full_kv_bytes =
-                        (double)np * hp->n_layer * hp->n_head_kv * kv_tok_bytes;
+                        (double)np * ap_hparams_n_full_layers(hp) * hp->n_head_kv * kv_tok_bytes;
+                }
+                /* The live stats cover the full-attention layers. */
+                if (ap_hparams_n_full_layers(hp) < hp->n_layer) {
+                    const double mk = np + (rr.n_gen > 1 ? (rr.n_gen - 2) / 2.0 + 1 : 0);
+                    const double sw = swa_kv_keys(hp, mk) * kv_tok_bytes;
+                    run->resident_kv_bytes += sw;
+                    run->full_kv_bytes += sw;
                 }
                 run->cold_kv_bytes = r->methods[m].kind == AP_SEL_EVICTION ? 0 : run->full_kv_bytes;
                 if ((st = detok(&d, rr.n_gen, &text, err))) goto sample_fail;

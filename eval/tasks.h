@@ -147,6 +147,7 @@ typedef struct {
     ap_tasks_config config;  /* copy (strings still borrowed) */
     char model_name[128];
     int n_layer, n_head, n_head_kv, head_dim;
+    int n_full_layers, swa_window; /* selection acts in n_full_layers; the rest slide (window) */
     int n_samples;
     ap_task_sample *samples; /* [n_samples], owned */
     int n_methods;           /* methods[0] is full KV */

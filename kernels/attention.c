@@ -11,21 +11,26 @@ size_t ap_attn_scratch_floats(int chunk, int n_heads, int n_keys) {
     return (size_t)(rows > 0 ? rows : 1) * (size_t)(n_keys > 0 ? n_keys : 1);
 }
 
-/* Normalize one score row in place (softmax over len, exact zeros up to nk),
- * accumulate its column sums and hand it to the observer. */
-static void finish_row(const ap_attn_args *a, int head, int pos, float *row, int nk) {
-    int len = pos + 1;
+/* Normalize one score row in place: row[j] is key off + j for j < nk
+ * (softmax over keys up to pos inside the window, exact zeros elsewhere),
+ * accumulate its column sums and hand it to the observer (off is 0 whenever
+ * an observer wants the row: it gets keys 0..pos). */
+static void finish_row(const ap_attn_args *a, int head, int pos, float *row, int nk, int off) {
+    int len = pos + 1 - off;
+    /* Keys before lo (relative) are outside the sliding window. */
+    int lo = a->window > 0 && pos + 1 - a->window > off ? pos + 1 - a->window - off : 0;
     /* Normalization and column sum share one pass: at long context the row
      * no longer fits in L1. */
-    float inv = 1.0f / ap_exp_shift_sum(row, len, ap_row_max(row, len));
+    float inv = 1.0f / ap_exp_shift_sum(row + lo, len - lo, ap_row_max(row + lo, len - lo));
+    if (lo) memset(row, 0, (size_t)lo * sizeof *row);
     if (a->colsum) {
-        double *cs = a->colsum + (size_t)head * a->colsum_stride;
-        for (int j = 0; j < len; j++) {
+        double *cs = a->colsum + (size_t)head * a->colsum_stride + off;
+        for (int j = lo; j < len; j++) {
             row[j] *= inv;
             cs[j] += row[j];
         }
     } else {
-        for (int j = 0; j < len; j++) row[j] *= inv;
+        for (int j = lo; j < len; j++) row[j] *= inv;
     }
     /* Masked keys must be exact zeros: P·V runs over all nk. */
     if (len < nk) memset(row + len, 0, (size_t)(nk - len) * sizeof *row);
@@ -37,22 +42,31 @@ static void one_head(const ap_attn_args *a, int head, float *scratch, int chunk)
     for (int c0 = 0; c0 < a->n_q; c0 += chunk) {
         int cn = a->n_q - c0 < chunk ? a->n_q - c0 : chunk;
         /* Keys up to the last row of this chunk; earlier rows mask the tail. */
-        int nk = a->pos0 + c0 + cn;
+        int end = a->pos0 + c0 + cn;
+        /* In a sliding-window layer no row of the chunk reaches keys before
+         * its first row's window: skip them (prefill then costs the window,
+         * not the context), unless an observer wants whole rows. */
+        int off = 0, first = a->pos0 + c0;
+        int rows_wanted = a->on_row && first + cn - 1 >= a->rows_from;
+        if (a->window > 0 && !rows_wanted && first + 1 > a->window) off = first + 1 - a->window;
+        int nk = end - off;
+        const float *k = a->k + (size_t)off * a->ldkv, *v = a->v + (size_t)off * a->ldkv;
         const float *q = a->q + (size_t)c0 * a->ldq + (size_t)head * hd;
         float *s = scratch;
         if (cn == 1)
-            cblas_sgemv(CblasRowMajor, CblasNoTrans, nk, hd, a->scale, a->k, (int)a->ldkv, q, 1,
+            cblas_sgemv(CblasRowMajor, CblasNoTrans, nk, hd, a->scale, k, (int)a->ldkv, q, 1,
                         0.0f, s, 1);
         else
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, cn, nk, hd, a->scale, q,
-                        (int)a->ldq, a->k, (int)a->ldkv, 0.0f, s, nk);
-        for (int i = 0; i < cn; i++) finish_row(a, head, a->pos0 + c0 + i, s + (size_t)i * nk, nk);
+                        (int)a->ldq, k, (int)a->ldkv, 0.0f, s, nk);
+        for (int i = 0; i < cn; i++)
+            finish_row(a, head, a->pos0 + c0 + i, s + (size_t)i * nk, nk, off);
         float *o = a->out + (size_t)c0 * a->ldo + (size_t)head * hd;
         if (cn == 1)
-            cblas_sgemv(CblasRowMajor, CblasTrans, nk, hd, 1.0f, a->v, (int)a->ldkv, s, 1, 0.0f, o,
+            cblas_sgemv(CblasRowMajor, CblasTrans, nk, hd, 1.0f, v, (int)a->ldkv, s, 1, 0.0f, o,
                         1);
         else
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, cn, hd, nk, 1.0f, s, nk, a->v,
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, cn, hd, nk, 1.0f, s, nk, v,
                         (int)a->ldkv, 0.0f, o, (int)a->ldo);
     }
 }
@@ -63,7 +77,7 @@ static void group_row(const ap_attn_args *a, float *scratch) {
     float *s = scratch; /* [G][nk] */
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, G, nk, hd, a->scale, a->q, hd, a->k,
                 (int)a->ldkv, 0.0f, s, nk);
-    for (int h = 0; h < G; h++) finish_row(a, h, a->pos0, s + (size_t)h * nk, nk);
+    for (int h = 0; h < G; h++) finish_row(a, h, a->pos0, s + (size_t)h * nk, nk, 0);
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, G, hd, nk, 1.0f, s, nk, a->v,
                 (int)a->ldkv, 0.0f, a->out, hd);
 }
@@ -91,9 +105,11 @@ void ap_attn_ref(const ap_attn_args *a, void *scratch) {
         for (int i = 0; i < a->n_q; i++) {
             int pos = a->pos0 + i;
             int len = pos + 1;
+            int lo = a->window > 0 && len > a->window ? len - a->window : 0;
             const float *q = a->q + (size_t)i * a->ldq + (size_t)h * hd;
             double mx = -INFINITY;
-            for (int j = 0; j < len; j++) {
+            for (int j = 0; j < lo; j++) p[j] = -INFINITY;
+            for (int j = lo; j < len; j++) {
                 const float *k = a->k + (size_t)j * a->ldkv;
                 double d = 0.0;
                 for (int t = 0; t < hd; t++) d += (double)q[t] * (double)k[t];

@@ -42,6 +42,9 @@ typedef struct {
                               increasing pos order for each head */
     void *user;
     int rows_from;
+    int window;        /* > 0: sliding window, row pos attends keys
+                          pos-window+1..pos only (the rest get exact zeros
+                          in the reported row); 0: every key 0..pos */
 } ap_attn_args;
 
 /* Floats of scratch ap_attn needs for `chunk` rows of n_heads heads against

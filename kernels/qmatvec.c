@@ -10,8 +10,9 @@
  * and only the rounding of the sums differs from dequantize + SGEMV. (For
  * Q4_1 that needs the dequantizer's d·q + m to be exact in float32, true
  * whenever d and m are within 2^9 of each other: all 3.3M blocks of the
- * default model. Where it would round, the difference is half an ulp of one
- * weight.)
+ * default model; Q5_1's q has one bit more, so within 2^8. Where it would
+ * round, the difference is half an ulp of one weight. Q5_0's d·(q - 16),
+ * like Q4_0's, is always exact.)
  *
  * Q8 mode replaces x by x'_j = dx·r_j, r_j = round(x_j/dx) in [-127, 127],
  * dx = max|x|/127 per 32-block, and computes sum_j q_j r_j in integers
@@ -78,6 +79,17 @@ static inline uint16_t rd16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] <
 
 static inline float h2f(const uint8_t *p) { return ap_fp16_to_fp32(rd16(p)); }
 
+static inline uint32_t rd32(const uint8_t *p) {
+    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
+}
+
+/* Unsigned 5-bit value (0..31) of element k of a Q5_0/Q5_1 block: the Q4
+ * nibble (low nibbles hold elements 0..15) with bit k of qh as bit 4. */
+static inline int q5_val(const uint8_t *qs, uint32_t qh, int k) {
+    int nib = k < 16 ? (qs[k] & 15) : (qs[k - 16] >> 4);
+    return nib | (int)(((qh >> k) & 1u) << 4);
+}
+
 /* Q4_K (scale, min) pair of sub-block j: same unpacking as kernels/quant.c. */
 static inline void k4_scale_min(int j, const uint8_t *s, int *sc, int *m) {
     if (j < 4) {
@@ -97,8 +109,9 @@ int ap_qmatvec_supported(ap_ggml_type type) {
 }
 
 int ap_qmatvec_q8_supported(ap_ggml_type type) {
-    return type == AP_GGML_Q4_0 || type == AP_GGML_Q4_1 || type == AP_GGML_Q8_0 ||
-           type == AP_GGML_Q4_K || type == AP_GGML_Q6_K;
+    return type == AP_GGML_Q4_0 || type == AP_GGML_Q4_1 || type == AP_GGML_Q5_0 ||
+           type == AP_GGML_Q5_1 || type == AP_GGML_Q8_0 || type == AP_GGML_Q4_K ||
+           type == AP_GGML_Q6_K;
 }
 
 ap_status ap_qmat_check(const ap_qmat *w, const char *name, ap_err *err) {
@@ -251,6 +264,33 @@ static float row_q4_1_scalar(const uint8_t *w, const float *x, const float *bsum
     return acc + accm;
 }
 
+/* Q5_0: w = d·(q - 16), q the 5-bit value. */
+static float row_q5_0_scalar(const uint8_t *w, const float *x, int nb) {
+    float acc = 0.0f;
+    for (int b = 0; b < nb; b++, w += 22, x += 32) {
+        const uint32_t qh = rd32(w + 2);
+        float s = 0.0f;
+        for (int j = 0; j < 16; j++) s += (float)(q5_val(w + 6, qh, j) - 16) * x[j];
+        for (int j = 16; j < 32; j++) s += (float)(q5_val(w + 6, qh, j) - 16) * x[j];
+        acc += h2f(w) * s;
+    }
+    return acc;
+}
+
+/* Q5_1: w = d·q + m, factored like Q4_1. */
+static float row_q5_1_scalar(const uint8_t *w, const float *x, const float *bsum, int nb) {
+    float acc = 0.0f, accm = 0.0f;
+    for (int b = 0; b < nb; b++, w += 24, x += 32) {
+        const uint32_t qh = rd32(w + 4);
+        float s = 0.0f;
+        for (int j = 0; j < 16; j++) s += (float)q5_val(w + 8, qh, j) * x[j];
+        for (int j = 16; j < 32; j++) s += (float)q5_val(w + 8, qh, j) * x[j];
+        acc += h2f(w) * s;
+        accm += h2f(w + 2) * bsum[b];
+    }
+    return acc + accm;
+}
+
 static float row_q8_0_scalar(const uint8_t *w, const float *x, int nb) {
     float acc = 0.0f;
     for (int b = 0; b < nb; b++, w += 34, x += 32) {
@@ -330,6 +370,23 @@ static float row_q8act_scalar(ap_ggml_type type, const uint8_t *w, const ap_qvec
         for (int b = 0; b < nb32; b++, w += 20, r += 32) {
             int32_t s = 0;
             for (int j = 0; j < 16; j++) s += (w[4 + j] & 15) * r[j] + (w[4 + j] >> 4) * r[j + 16];
+            acc += (h2f(w) * v->qds[2 * b]) * (float)s;
+            accm += h2f(w + 2) * (v->qds[2 * b + 1]);
+        }
+        return acc + accm;
+    case AP_GGML_Q5_0:
+        for (int b = 0; b < nb32; b++, w += 22, r += 32) {
+            const uint32_t qh = rd32(w + 2);
+            int32_t s = 0;
+            for (int k = 0; k < 32; k++) s += (q5_val(w + 6, qh, k) - 16) * r[k];
+            acc += (h2f(w) * v->qds[2 * b]) * (float)s;
+        }
+        return acc;
+    case AP_GGML_Q5_1:
+        for (int b = 0; b < nb32; b++, w += 24, r += 32) {
+            const uint32_t qh = rd32(w + 4);
+            int32_t s = 0;
+            for (int k = 0; k < 32; k++) s += q5_val(w + 8, qh, k) * r[k];
             acc += (h2f(w) * v->qds[2 * b]) * (float)s;
             accm += h2f(w + 2) * (v->qds[2 * b + 1]);
         }
@@ -509,6 +566,73 @@ AVX2_FN static float row_q4_1_avx2(const uint8_t *w, const float *x, const float
     return hsum8(_mm256_add_ps(acc0, acc1)) + _mm_cvtss_f32(_mm_movehdup_ps(am0));
 }
 
+/* The 32 unsigned 5-bit values of a Q5 block as four 8-lane groups (group
+ * g: elements 8g..8g+7): the Q4 nibbles plus bit k of qh as bit 4 of
+ * element k. Lane i of group g holds element 8g + i, so a variable shift of
+ * qh by (8g + i) brings its bit to bit 0. */
+AVX2_FN static inline void q5_lanes(const uint8_t *qs, uint32_t qh, __m256i q[4]) {
+    const __m256i m4 = _mm256_set1_epi32(15), one = _mm256_set1_epi32(1);
+    const __m256i sh = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    __m256i b0 = u8x8(qs), b1 = u8x8(qs + 8);
+    __m256i n[4] = {_mm256_and_si256(b0, m4), _mm256_and_si256(b1, m4), _mm256_srli_epi32(b0, 4),
+                    _mm256_srli_epi32(b1, 4)};
+    for (int g = 0; g < 4; g++) {
+        __m256i bit = _mm256_and_si256(
+            _mm256_srlv_epi32(_mm256_set1_epi32((int)(qh >> (8 * g))), sh), one);
+        q[g] = _mm256_or_si256(n[g], _mm256_slli_epi32(bit, 4));
+    }
+}
+
+AVX2_FN static inline __m256 q5_block_dot(const uint8_t *qs, uint32_t qh, const float *x,
+                                          __m256i off) {
+    __m256i q[4];
+    q5_lanes(qs, qh, q);
+    return block_dot4(_mm256_sub_epi32(q[0], off), _mm256_sub_epi32(q[1], off),
+                      _mm256_sub_epi32(q[2], off), _mm256_sub_epi32(q[3], off), x);
+}
+
+AVX2_FN static float row_q5_0_avx2(const uint8_t *w, const float *x, int nb) {
+    const __m256i off = _mm256_set1_epi32(16);
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    int b = 0;
+    for (; b + 2 <= nb; b += 2, w += 44, x += 64) {
+        __m256 s0 = q5_block_dot(w + 6, rd32(w + 2), x, off);
+        __m256 s1 = q5_block_dot(w + 28, rd32(w + 24), x + 32, off);
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(h2f_avx2(w)), s0, acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_set1_ps(h2f_avx2(w + 22)), s1, acc1);
+    }
+    if (b < nb) {
+        __m256 s0 = q5_block_dot(w + 6, rd32(w + 2), x, off);
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(h2f_avx2(w)), s0, acc0);
+    }
+    return hsum8(_mm256_add_ps(acc0, acc1));
+}
+
+/* Q5_1 starts with d, m like Q4_1: same lane-1 trick for the m terms. */
+AVX2_FN static float row_q5_1_avx2(const uint8_t *w, const float *x, const float *bsum, int nb) {
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    __m128 am0 = _mm_setzero_ps(), am1 = _mm_setzero_ps();
+    const __m256i zero = _mm256_setzero_si256();
+    int b = 0;
+    for (; b + 2 <= nb; b += 2, w += 48, x += 64) {
+        __m128 f0 = dm_pair(w), f1 = dm_pair(w + 24);
+        acc0 = _mm256_fmadd_ps(_mm256_broadcastss_ps(f0),
+                               q5_block_dot(w + 8, rd32(w + 4), x, zero), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_broadcastss_ps(f1),
+                               q5_block_dot(w + 32, rd32(w + 28), x + 32, zero), acc1);
+        am0 = _mm_fmadd_ps(f0, _mm_set1_ps(bsum[b]), am0);
+        am1 = _mm_fmadd_ps(f1, _mm_set1_ps(bsum[b + 1]), am1);
+    }
+    if (b < nb) {
+        __m128 f0 = dm_pair(w);
+        acc0 = _mm256_fmadd_ps(_mm256_broadcastss_ps(f0),
+                               q5_block_dot(w + 8, rd32(w + 4), x, zero), acc0);
+        am0 = _mm_fmadd_ps(f0, _mm_set1_ps(bsum[b]), am0);
+    }
+    am0 = _mm_add_ps(am0, am1);
+    return hsum8(_mm256_add_ps(acc0, acc1)) + _mm_cvtss_f32(_mm_movehdup_ps(am0));
+}
+
 AVX2_FN static float row_q4_k_avx2(const uint8_t *w, const float *x, const float *bsum, int nb) {
     const __m256i m4 = _mm256_set1_epi32(15);
     __m256 acc = _mm256_setzero_ps();
@@ -605,6 +729,18 @@ AVX2_FN static inline __m256i ld256(const void *p) {
 AVX2_FN static inline __m128 ld_pair(const float *p) {
     return _mm_castpd_ps(_mm_load_sd((const double *)(const void *)p));
 }
+/* The 32 fifth bits of a Q5 block as bytes in element order (the order
+ * nib32 gives): 16 where bit k of qh is set, else 0. Byte k picks byte k/8
+ * of qh (the shuffle works within 128-bit lanes, and each lane holds all of
+ * qh), then tests bit k%8. */
+AVX2_FN static inline __m256i q5_hbits(uint32_t qh) {
+    const __m256i sel = _mm256_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2,
+                                         2, 2, 2, 2, 2, 3, 3, 3, 3, 3, 3, 3, 3);
+    const __m256i bit = _mm256_set1_epi64x((long long)0x8040201008040201ull);
+    __m256i v = _mm256_shuffle_epi8(_mm256_set1_epi32((int)qh), sel);
+    v = _mm256_cmpeq_epi8(_mm256_and_si256(v, bit), bit);
+    return _mm256_and_si256(v, _mm256_set1_epi8(16));
+}
 
 AVX2_FN static float row_q8act_avx2(ap_ggml_type type, const uint8_t *w, const ap_qvec *v,
                                     int nb32) {
@@ -627,6 +763,26 @@ AVX2_FN static float row_q8act_avx2(ap_ggml_type type, const uint8_t *w, const a
         for (int b = 0; b < nb32; b++, w += 20, r += 32) {
             __m128 f = _mm_mul_ps(dm_pair(w), ld_pair(v->qds + 2 * b));
             __m256 dot = _mm256_cvtepi32_ps(dot_u8_lanes(nib32(w + 4), ld256(r)));
+            acc = _mm256_fmadd_ps(_mm256_broadcastss_ps(f), dot, acc);
+            am = _mm_add_ps(am, f);
+        }
+        return hsum8(acc) + _mm_cvtss_f32(_mm_movehdup_ps(am));
+    }
+    case AP_GGML_Q5_0: {
+        const __m256i off = _mm256_set1_epi8(16);
+        for (int b = 0; b < nb32; b++, w += 22, r += 32) {
+            __m256i q = _mm256_sub_epi8(_mm256_or_si256(nib32(w + 6), q5_hbits(rd32(w + 2))), off);
+            __m256 dot = _mm256_cvtepi32_ps(dot_i8_lanes(q, ld256(r)));
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f_avx2(w) * v->qds[2 * b]), dot, acc);
+        }
+        return hsum8(acc);
+    }
+    case AP_GGML_Q5_1: {
+        __m128 am = _mm_setzero_ps();
+        for (int b = 0; b < nb32; b++, w += 24, r += 32) {
+            __m128 f = _mm_mul_ps(dm_pair(w), ld_pair(v->qds + 2 * b));
+            __m256i q = _mm256_or_si256(nib32(w + 8), q5_hbits(rd32(w + 4)));
+            __m256 dot = _mm256_cvtepi32_ps(dot_u8_lanes(q, ld256(r)));
             acc = _mm256_fmadd_ps(_mm256_broadcastss_ps(f), dot, acc);
             am = _mm_add_ps(am, f);
         }
@@ -715,6 +871,16 @@ AVX2_FN static void deq_rows_avx2(ap_ggml_type type, const uint8_t *src, float *
             const uint8_t *blk = src + (size_t)b * 34;
             d = _mm256_set1_ps(h2f_avx2(blk));
             for (int k = 0; k < 4; k++) q[k] = _mm256_cvtepi32_ps(i8x8(blk + 2 + 8 * k));
+        } else if (type == AP_GGML_Q5_0 || type == AP_GGML_Q5_1) {
+            const int q51 = type == AP_GGML_Q5_1;
+            const uint8_t *blk = src + (size_t)b * (q51 ? 24 : 22);
+            __m256i n[4];
+            q5_lanes(blk + (q51 ? 8 : 6), rd32(blk + (q51 ? 4 : 2)), n);
+            d = _mm256_set1_ps(h2f_avx2(blk));
+            if (q51) m = _mm256_set1_ps(h2f_avx2(blk + 2));
+            const __m256i off16 = _mm256_set1_epi32(16);
+            for (int k = 0; k < 4; k++)
+                q[k] = _mm256_cvtepi32_ps(q51 ? n[k] : _mm256_sub_epi32(n[k], off16));
         } else {
             const int q41 = type == AP_GGML_Q4_1;
             const uint8_t *blk = src + (size_t)b * (q41 ? 20 : 18);
@@ -729,7 +895,7 @@ AVX2_FN static void deq_rows_avx2(ap_ggml_type type, const uint8_t *src, float *
         }
         for (int k = 0; k < 4; k++) {
             __m256 v = _mm256_mul_ps(q[k], d);
-            if (type == AP_GGML_Q4_1) v = _mm256_add_ps(v, m);
+            if (type == AP_GGML_Q4_1 || type == AP_GGML_Q5_1) v = _mm256_add_ps(v, m);
             _mm256_storeu_ps(dst + 8 * k, v);
         }
     }
@@ -741,7 +907,8 @@ void ap_qmat_dequant_rows(const ap_qmat *w, int row0, int row1, float *dst, ap_q
     const uint8_t *base = w->data;
 #if AP_HAVE_X86
     if (ap_qisa_resolve(isa) == AP_QISA_AVX2 &&
-        (w->type == AP_GGML_Q4_0 || w->type == AP_GGML_Q4_1 || w->type == AP_GGML_Q8_0)) {
+        (w->type == AP_GGML_Q4_0 || w->type == AP_GGML_Q4_1 || w->type == AP_GGML_Q5_0 ||
+         w->type == AP_GGML_Q5_1 || w->type == AP_GGML_Q8_0)) {
         for (int r = row0; r < row1; r++)
             deq_rows_avx2(w->type, base + (size_t)r * w->row_bytes,
                           dst + (size_t)(r - row0) * w->n_in, w->n_in / 32);
@@ -789,6 +956,8 @@ static float row_dot(const ap_qmat *w, const uint8_t *row, const ap_qvec *v) {
         case AP_GGML_F16: return row_f16_avx2(row, x, n);
         case AP_GGML_Q4_0: return row_q4_0_avx2(row, x, n / 32);
         case AP_GGML_Q4_1: return row_q4_1_avx2(row, x, v->bsum, n / 32);
+        case AP_GGML_Q5_0: return row_q5_0_avx2(row, x, n / 32);
+        case AP_GGML_Q5_1: return row_q5_1_avx2(row, x, v->bsum, n / 32);
         case AP_GGML_Q8_0: return row_q8_0_avx2(row, x, n / 32);
         case AP_GGML_Q4_K: return row_q4_k_avx2(row, x, v->bsum, n / 256);
         case AP_GGML_Q6_K: return row_q6_k_avx2(row, x, n / 256);
@@ -809,6 +978,8 @@ static float row_dot(const ap_qmat *w, const uint8_t *row, const ap_qvec *v) {
     case AP_GGML_F16: return row_f16_scalar(row, x, n);
     case AP_GGML_Q4_0: return row_q4_0_scalar(row, x, n / 32);
     case AP_GGML_Q4_1: return row_q4_1_scalar(row, x, v->bsum, n / 32);
+    case AP_GGML_Q5_0: return row_q5_0_scalar(row, x, n / 32);
+    case AP_GGML_Q5_1: return row_q5_1_scalar(row, x, v->bsum, n / 32);
     case AP_GGML_Q8_0: return row_q8_0_scalar(row, x, n / 32);
     case AP_GGML_Q4_K: return row_q4_k_scalar(row, x, v->bsum, n / 256);
     case AP_GGML_Q6_K: return row_q6_k_scalar(row, x, n / 256);

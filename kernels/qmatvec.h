@@ -57,11 +57,12 @@ typedef struct {
 } ap_qmat;
 
 /* ap_qmatvec handles this type (every type ap_dequant_row handles: the
- * specialised kernels cover F32, F16, Q4_0, Q4_1, Q8_0, Q4_K, Q6_K; the
- * others are decoded 256 elements at a time with ap_dequant_row). */
+ * specialised kernels cover F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K,
+ * Q6_K; the others (BF16, Q5_K) are decoded 256 elements at a time with
+ * ap_dequant_row). */
 int ap_qmatvec_supported(ap_ggml_type type);
-/* AP_QACT_Q8 has an integer kernel for this type (Q4_0, Q4_1, Q8_0, Q4_K,
- * Q6_K). */
+/* AP_QACT_Q8 has an integer kernel for this type (Q4_0, Q4_1, Q5_0, Q5_1,
+ * Q8_0, Q4_K, Q6_K). */
 int ap_qmatvec_q8_supported(ap_ggml_type type);
 
 /* Validates type, shape and row size; the message names `name`. */
@@ -96,7 +97,7 @@ void ap_qmatvec_ref(const ap_qmat *w, const ap_qvec *x, float *y, int row0, int 
 
 /* Rows [row0, row1) of w as float32, row r at dst + (r - row0) * n_in:
  * bit-identical to ap_dequant_row (same operations in the same order, no
- * fused multiply-add), with AVX2 for Q4_0, Q4_1 and Q8_0. For sgemm on
+ * fused multiply-add), with AVX2 for Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0. For sgemm on
  * strips of a quantized matrix. */
 void ap_qmat_dequant_rows(const ap_qmat *w, int row0, int row1, float *dst, ap_qisa isa);
 

@@ -1,22 +1,35 @@
 #include "kernels/rope.h"
 
 #include <math.h>
+#include <stddef.h>
 
 float ap_rope_angle(int pos, int i, int head_dim, float base) {
+    return ap_rope_angle_scaled(pos, i, head_dim, base, 1.0f, NULL);
+}
+
+float ap_rope_angle_scaled(int pos, int i, int head_dim, float base, float freq_scale,
+                           const float *factors) {
     /* Each step rounds to float exactly where torch's float32 tensors do. */
     float expo = (float)(2 * i) / (float)head_dim;
     float inv_freq = 1.0f / powf(base, expo);
+    if (factors) inv_freq = inv_freq / factors[i];
+    if (freq_scale != 1.0f) inv_freq = inv_freq * freq_scale;
     return (float)pos * inv_freq;
 }
 
 void ap_rope_table(float *cs, int pos0, int n_pos, int head_dim, float base) {
+    ap_rope_table_scaled(cs, pos0, n_pos, head_dim, base, 1.0f, NULL);
+}
+
+void ap_rope_table_scaled(float *cs, int pos0, int n_pos, int head_dim, float base,
+                          float freq_scale, const float *factors) {
     int half = head_dim / 2;
     for (int p = 0; p < n_pos; p++) {
         float *row = cs + (size_t)p * head_dim;
         for (int i = 0; i < half; i++) {
             /* cos/sin evaluated in double then rounded: the correctly rounded
              * float value, which torch's float32 cos/sin match to ~1 ulp. */
-            double a = ap_rope_angle(pos0 + p, i, head_dim, base);
+            double a = ap_rope_angle_scaled(pos0 + p, i, head_dim, base, freq_scale, factors);
             row[2 * i] = (float)cos(a);
             row[2 * i + 1] = (float)sin(a);
         }
@@ -24,32 +37,46 @@ void ap_rope_table(float *cs, int pos0, int n_pos, int head_dim, float base) {
 }
 
 void ap_rope(float *x, size_t ldx, int rows, int n_heads, int head_dim, const float *cs) {
-    int half = head_dim / 2;
+    ap_rope_styled(x, ldx, rows, n_heads, head_dim, cs, AP_ROPE_NORM);
+}
+
+void ap_rope_ref(float *x, size_t ldx, int rows, int n_heads, int head_dim, const float *cs) {
+    ap_rope_styled_ref(x, ldx, rows, n_heads, head_dim, cs, AP_ROPE_NORM);
+}
+
+void ap_rope_styled(float *x, size_t ldx, int rows, int n_heads, int head_dim, const float *cs,
+                    ap_rope_style style) {
+    const int half = head_dim / 2;
+    /* Pair i is (v[i*step], v[i*step + off]). */
+    const int step = style == AP_ROPE_NEOX ? 1 : 2, off = style == AP_ROPE_NEOX ? half : 1;
     for (int r = 0; r < rows; r++) {
         const float *t = cs + (size_t)r * head_dim;
         for (int h = 0; h < n_heads; h++) {
             float *v = x + (size_t)r * ldx + (size_t)h * head_dim;
             for (int i = 0; i < half; i++) {
                 float c = t[2 * i], s = t[2 * i + 1];
-                float x0 = v[2 * i], x1 = v[2 * i + 1];
-                v[2 * i] = x0 * c - x1 * s;
-                v[2 * i + 1] = x1 * c + x0 * s;
+                float x0 = v[i * step], x1 = v[i * step + off];
+                v[i * step] = x0 * c - x1 * s;
+                v[i * step + off] = x1 * c + x0 * s;
             }
         }
     }
 }
 
-void ap_rope_ref(float *x, size_t ldx, int rows, int n_heads, int head_dim, const float *cs) {
-    int half = head_dim / 2;
+void ap_rope_styled_ref(float *x, size_t ldx, int rows, int n_heads, int head_dim,
+                        const float *cs, ap_rope_style style) {
+    const int half = head_dim / 2;
     for (int r = 0; r < rows; r++) {
         const float *t = cs + (size_t)r * head_dim;
         for (int h = 0; h < n_heads; h++) {
             float *v = x + (size_t)r * ldx + (size_t)h * head_dim;
             for (int i = 0; i < half; i++) {
+                int i0 = style == AP_ROPE_NEOX ? i : 2 * i;
+                int i1 = style == AP_ROPE_NEOX ? i + half : 2 * i + 1;
                 double c = t[2 * i], s = t[2 * i + 1];
-                double x0 = v[2 * i], x1 = v[2 * i + 1];
-                v[2 * i] = (float)(x0 * c - x1 * s);
-                v[2 * i + 1] = (float)(x1 * c + x0 * s);
+                double x0 = v[i0], x1 = v[i1];
+                v[i0] = (float)(x0 * c - x1 * s);
+                v[i1] = (float)(x1 * c + x0 * s);
             }
         }
     }

@@ -18,18 +18,37 @@
 #include "common/status.h"
 #include "kernels/cuda_util.h"
 
+/* Which elements of a head form rotation pair i: NORM (x[2i], x[2i+1]; GGUF
+ * llama files, whose q/k rows the converter permuted) or NEOX (x[i],
+ * x[i + head_dim/2]; qwen2, qwen3 and gemma3 files, stored unpermuted, HF's
+ * rotate-half as is). */
+typedef enum { AP_ROPE_NORM = 0, AP_ROPE_NEOX = 1 } ap_rope_style;
+
 /* The float32 angle of pair i at position pos. */
 float ap_rope_angle(int pos, int i, int head_dim, float base);
+/* With scaling: inv_freq / factors[i] (Llama 3's rope_freqs; NULL: none)
+ * times freq_scale (linear scaling: 1 / factor; 1: none), rounded to float
+ * at each step like the transformers reference. */
+float ap_rope_angle_scaled(int pos, int i, int head_dim, float base, float freq_scale,
+                           const float *factors);
 
 /* cos/sin table for positions pos0..pos0+n_pos-1: row p (head_dim floats) at
  * cs + p*head_dim holds cos, sin of pair i at [2i], [2i+1]. */
 void ap_rope_table(float *cs, int pos0, int n_pos, int head_dim, float base);
+/* The same table from ap_rope_angle_scaled. */
+void ap_rope_table_scaled(float *cs, int pos0, int n_pos, int head_dim, float base,
+                          float freq_scale, const float *factors);
 
 /* Rotate n_heads heads of each of `rows` rows in place (row r at x + r*ldx,
  * head h at +h*head_dim); row r uses table row cs + r*head_dim. */
 void ap_rope(float *x, size_t ldx, int rows, int n_heads, int head_dim, const float *cs);
 /* Same rotation in double, from the same table. */
 void ap_rope_ref(float *x, size_t ldx, int rows, int n_heads, int head_dim, const float *cs);
+/* ap_rope / ap_rope_ref with the pairing of `style` (ap_rope is NORM). */
+void ap_rope_styled(float *x, size_t ldx, int rows, int n_heads, int head_dim, const float *cs,
+                    ap_rope_style style);
+void ap_rope_styled_ref(float *x, size_t ldx, int rows, int n_heads, int head_dim,
+                        const float *cs, ap_rope_style style);
 
 /* CUDA, device pointers (d_cs: an ap_rope_table copied to the device), on
  * stream s: one thread per pair, the same float32 products and sums as

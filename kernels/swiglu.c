@@ -57,6 +57,40 @@ void ap_swiglu_ref(float *out, size_t ldo, const float *gate, size_t ldg, const 
     }
 }
 
+/* x/2 (1 + tanh(y)) = x (1 - 1/(1 + e^{2y})) = x e/(1 + e) with e = e^{2y}:
+ * written with e = exp(-2|y|) in (0, 1] as for SiLU, so it never overflows. */
+void ap_geglu_tanh(float *out, size_t ldo, const float *gate, size_t ldg, const float *up,
+                   size_t ldu, int rows, int n) {
+    const float k0 = 0.7978845608028654f, k1 = 0.044715f;
+    for (int r = 0; r < rows; r++) {
+        const float *g = gate + (size_t)r * ldg;
+        const float *u = up + (size_t)r * ldu;
+        float *o = out + (size_t)r * ldo;
+        for (int i = 0; i < n; i++) {
+            float x = g[i];
+            float y = k0 * (x + k1 * x * x * x);
+            float e = expf(-2.0f * fabsf(y));
+            /* y >= 0: x / (1 + e); y < 0: x e / (1 + e). */
+            float num = y >= 0.0f ? x : x * e;
+            o[i] = num / (1.0f + e) * u[i];
+        }
+    }
+}
+
+void ap_geglu_tanh_ref(float *out, size_t ldo, const float *gate, size_t ldg, const float *up,
+                       size_t ldu, int rows, int n) {
+    const double k0 = sqrt(2.0 / 3.14159265358979323846);
+    for (int r = 0; r < rows; r++) {
+        const float *g = gate + (size_t)r * ldg;
+        const float *u = up + (size_t)r * ldu;
+        float *o = out + (size_t)r * ldo;
+        for (int i = 0; i < n; i++) {
+            double x = g[i];
+            o[i] = (float)(0.5 * x * (1.0 + tanh(k0 * (x + 0.044715 * x * x * x))) * (double)u[i]);
+        }
+    }
+}
+
 #ifndef AP_HAVE_CUDA
 ap_status ap_swiglu_cuda(float *d_out, size_t ldo, const float *d_gate, size_t ldg,
                          const float *d_up, size_t ldu, int rows, int n, ap_cuda_stream s,

@@ -13,6 +13,13 @@ void ap_swiglu(float *out, size_t ldo, const float *gate, size_t ldg, const floa
                int rows, int n);
 void ap_swiglu_ref(float *out, size_t ldo, const float *gate, size_t ldg, const float *up,
                    size_t ldu, int rows, int n);
+/* GeGLU of Gemma's FFN, same shapes and aliasing: out = gelu(gate) * up with
+ * the tanh approximation gelu(x) = x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715
+ * x^3))) (transformers' gelu_pytorch_tanh). */
+void ap_geglu_tanh(float *out, size_t ldo, const float *gate, size_t ldg, const float *up,
+                   size_t ldu, int rows, int n);
+void ap_geglu_tanh_ref(float *out, size_t ldo, const float *gate, size_t ldg, const float *up,
+                       size_t ldu, int rows, int n);
 
 /* CUDA, device pointers, on stream s; aliasing as above. The same
  * overflow-free form as ap_swiglu, with the device's expf (a couple of ulps)

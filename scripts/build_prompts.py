@@ -7,7 +7,7 @@ sources and the Python standard library). The build is deterministic: the same
 package files give byte-identical JSONL files. Nothing is downloaded unless
 --fetch is given, and no tokenizer is needed unless --count is given.
 
-Output: data/prompts/{default,quick,smoke}.jsonl, one JSON object per line:
+Output: data/prompts/{default,quick,smoke,long}.jsonl, one JSON object per line:
     {"id", "text", "chat", "task", "source"}
 "chat" prompts are the user message of a chat turn (the capture wraps them in
 the model's chat template); the others are fed raw. "source" names where the
@@ -19,14 +19,22 @@ line between blocks). The prompt text is derived from that span: prose
 paragraphs are reflowed to single lines, and task wording (a question, an
 instruction, a hidden passkey sentence) is added.
 
+long.jsonl is the long-context set (2K-30K tokens of Gemma 3's tokenizer, BOS
+included) for base models with a 32K context such as Gemma 3 270M: every
+prompt is plain text ("chat": false), and the ones that ask something end
+with the start of the answer ("The pass key is", "Answer:", "Summary:"). It
+reads the same packages as the other sets, none of the training prompts'
+(scripts/build_train_prompts.py checks that).
+
 Usage:
     python3 scripts/build_prompts.py            # write data/prompts/*.jsonl
     python3 scripts/build_prompts.py --check    # rebuild in memory, compare to the files
     python3 scripts/build_prompts.py --fetch    # first extract missing packages into
                                                 # .deps/debroot (apt-get download + dpkg-deb -x)
     .venv/bin/python scripts/build_prompts.py --count
-        # also count tokens with the reference tokenizer (transformers, models/*.gguf),
-        # enforce the length limit and rewrite the table in data/prompts/README.md
+        # also count tokens with the reference tokenizers (transformers, models/*.gguf:
+        # SmolLM2's for default/quick/smoke, Gemma 3's for long), enforce the length
+        # limits and rewrite the table in data/prompts/README.md
 """
 
 import argparse
@@ -51,6 +59,8 @@ DEB_CACHE = REPO / ".deps" / "debs"
 # Longest allowed prompt, in model tokens, chat wrapper included: the model's
 # context is 8192 and captures generate up to ~128 tokens after the prompt.
 MAX_TOKENS = 7900
+# The long set: Gemma 3's 32,768-token context less room for 1,024 generated tokens.
+MAX_TOKENS_LONG = 31744
 
 # The default system prompt SmolLM2's chat template inserts (stack-notes, section 2).
 CHAT_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
@@ -98,6 +108,10 @@ REQUIRED_FILES = [
     ("libpython3.11-stdlib", "/usr/lib/python3.11/json/scanner.py"),
     ("libpython3.11-stdlib", "/usr/lib/python3.11/json/decoder.py"),
     ("libpython3.11-stdlib", "/usr/lib/python3.11/json/encoder.py"),
+    # the long set
+    ("python3.11-doc", "/usr/share/doc/python3.11/html/_sources/howto/logging.rst.txt"),
+    ("libpython3.11-stdlib", "/usr/lib/python3.11/difflib.py"),
+    ("libpython3.11-stdlib", "/usr/lib/python3.11/_pydecimal.py"),
 ]
 
 
@@ -480,11 +494,12 @@ def doc_qa(pid, doc, start_anchor, max_chars, question, expect, reflow=True):
     return prompt(pid, "long_doc_qa", True, text, span(doc, paras))
 
 
-def summarize(pid, doc, start_anchor, max_chars, what, reflow=True):
+def summarize(pid, doc, start_anchor, max_chars, what, reflow=True, raw=False):
+    """raw: plain text for a base model, ending with the answer's start."""
     paras = excerpt(doc, start_anchor, max_chars, reflow)
     text = ("Here is " + what + ".\n\n" + joined(paras) +
-            "\n\nSummarize the text above in one paragraph.")
-    return prompt(pid, "summarization", True, text, span(doc, paras))
+            "\n\nSummarize the text above in one paragraph." + ("\n\nSummary:" if raw else ""))
+    return prompt(pid, "summarization", not raw, text, span(doc, paras))
 
 
 SENTENCE_END = re.compile(r"[.!?;][\"'\u2019\u201d)]*(?= )")
@@ -524,7 +539,7 @@ def continuation(pid, doc, start_anchor, max_chars):
     return prompt(pid, "continuation", False, text, span(doc, used))
 
 
-def passkey(pid, doc, start_anchor, max_chars, seed):
+def passkey(pid, doc, start_anchor, max_chars, seed, raw=False):
     key = rand_int(seed, pid + "/key", 10000, 99999)
     needle = "The pass key is %d. Remember it. %d is the pass key." % (key, key)
     paras = take_paragraphs(paragraphs(doc, doc.find(start_anchor)), max_chars - len(needle) - 2)
@@ -534,8 +549,9 @@ def passkey(pid, doc, start_anchor, max_chars, seed):
     parts.insert(at, needle)
     text = ("There is an important piece of information hidden inside a lot of irrelevant "
             "text. Find it and memorize it. I will quiz you about it afterwards.\n\n" +
-            "\n\n".join(parts) + "\n\nWhat is the pass key? Answer with the number only.")
-    return prompt(pid, "passkey_retrieval", True, text, span(doc, paras)), key, at / len(paras)
+            "\n\n".join(parts) + "\n\nWhat is the pass key? Answer with the number only." +
+            ("\n\nThe pass key is" if raw else ""))
+    return prompt(pid, "passkey_retrieval", not raw, text, span(doc, paras)), key, at / len(paras)
 
 
 def code_prefix(pid, files, max_chars):
@@ -581,7 +597,7 @@ def fewshot_jargon(pid, doc, first_head, n_shots):
                   doc.source(chosen[0][0], chosen[-1][0]))
 
 
-def lookup_jargon(pid, doc, first_head, max_chars, seed):
+def lookup_jargon(pid, doc, first_head, max_chars, seed, raw=False):
     entries = [e for e in jargon_entries(doc) if e[4]]
     heads = [e[2] for e in entries]
     if first_head not in heads:
@@ -599,8 +615,8 @@ def lookup_jargon(pid, doc, first_head, max_chars, seed):
     text = ("Below is an excerpt from the Jargon File, a glossary of hacker slang.\n\n" +
             "\n\n".join(b for _, b in chosen) +
             "\n\nAccording to the glossary above, what does the term \"%s\" mean? "
-            "Answer in one or two sentences." % term)
-    return prompt(pid, "lookup_qa", True, text,
+            "Answer in one or two sentences." % term + ("\n\nAnswer:" if raw else ""))
+    return prompt(pid, "lookup_qa", not raw, text,
                   doc.source(chosen[0][0][0], chosen[-1][0][1])), term
 
 
@@ -731,10 +747,33 @@ def build_all(src):
     p, key, depth = passkey("smoke_passkey", moby, "CHAPTER 2. The Carpet-Bag.", 2300, SEED)
     S[p["id"]], notes[p["id"]] = p, "pass key %d at depth %.2f" % (key, depth)
 
+    # --- long: plain text for a 32K base model (Gemma 3 270M), ~2K, 8K, 16K and 30K
+    # tokens of its tokenizer; spans apart from the sets above where they share a file
+    L = {}
+    L["long_cont_mansfield_2k"] = continuation("long_cont_mansfield_2k", austen(src, "mansfieldpark"),
+                                               "CHAPTER I", 9600)
+    L["long_code_difflib_2k"] = code_prefix("long_code_difflib_2k", [(stdlib(src, "difflib.py"), "difflib.py")],
+                                            7600)
+    L["long_sum_logging_8k"] = summarize("long_sum_logging_8k", pydoc(src, "howto/logging.rst.txt"),
+                                         "Logging HOWTO", 34000, "a how-to guide from the Python documentation",
+                                         reflow=False, raw=True)
+    L["long_fewshot_pyfaq_8k"] = fewshot_faq(
+        "long_fewshot_pyfaq_8k", pydoc(src, "faq/programming.rst.txt"),
+        "How do I convert a number to a string?", 33000, max_answer=4000)
+    p, key, depth = passkey("long_passkey_mobydick_16k", moby, "CHAPTER 60. The Line.", 70000, SEED, raw=True)
+    L[p["id"]], notes[p["id"]] = p, "pass key %d at depth %.2f" % (key, depth)
+    L["long_code_pydecimal_16k"] = code_prefix("long_code_pydecimal_16k",
+                                               [(stdlib(src, "_pydecimal.py"), "_pydecimal.py")], 61500)
+    p, term = lookup_jargon("long_lookup_jargon_30k", jf, "lag", 125500, SEED, raw=True)
+    L[p["id"]], notes[p["id"]] = p, "asks for \"%s\"" % term
+    L["long_cont_prideprejudice_30k"] = continuation("long_cont_prideprejudice_30k",
+                                                     austen(src, "prideprejudice"), "Chapter 30", 139000)
+
     sets = {
         "default": [P[k] for k in order_default],
         "quick": [P[k] for k in order_quick],
         "smoke": [S[k] for k in ("smoke_qa", "smoke_code", "smoke_passkey")],
+        "long": list(L.values()),
     }
     assert len(P) == len(order_default)
     return sets, notes
@@ -748,7 +787,10 @@ def to_jsonl(prompts):
 
 
 class Counter:
-    def __init__(self, model_dir, gguf_file):
+    """transformers' tokenizer read from the GGUF. bos: count the BOS the model's
+    runtime puts first (Gemma 3 adds one; SmolLM2's counts never had it)."""
+
+    def __init__(self, model_dir, gguf_file, bos=False):
         try:
             from transformers import AutoTokenizer  # noqa: PLC0415
         except ImportError as e:
@@ -760,16 +802,17 @@ class Counter:
         import logging  # noqa: PLC0415
         logging.getLogger("transformers").setLevel(logging.ERROR)
         self.tok = AutoTokenizer.from_pretrained(str(model_dir), gguf_file=gguf_file)
+        self.bos = bos
 
     def count(self, p):
         text = chat_wrap(p["text"]) if p["chat"] else p["text"]
-        return len(self.tok(text, add_special_tokens=False)["input_ids"])
+        return len(self.tok(text, add_special_tokens=False)["input_ids"]) + (1 if self.bos else 0)
 
 
 def readme_table(sets, counts, notes):
     rows = ["| set | id | task | chat | chars | tokens | source | note |",
             "|---|---|---|---|---:|---:|---|---|"]
-    for name in ("default", "quick", "smoke"):
+    for name in ("default", "quick", "smoke", "long"):
         for p in sets[name]:
             n = counts.get(p["id"], "")
             rows.append("| %s | %s | %s | %s | %d | %s | `%s` | %s |" % (
@@ -810,7 +853,10 @@ def main(argv=None):
                     help="count tokens with the reference tokenizer (needs transformers and the model), "
                          "enforce the length limit and rewrite the table in data/prompts/README.md")
     ap.add_argument("--model-dir", default=str(REPO / "models"))
-    ap.add_argument("--gguf", default="SmolLM2-135M-Instruct.Q4_1.gguf")
+    ap.add_argument("--gguf", default="SmolLM2-135M-Instruct.Q4_1.gguf",
+                    help="the tokenizer that counts default/quick/smoke")
+    ap.add_argument("--gguf-long", default="gemma-3-270m-q4_k_m.gguf",
+                    help="the tokenizer that counts the long set (BOS included)")
     ap.add_argument("--root", action="append", default=None,
                     help="where package files are looked up (repeatable; default: / then .deps/debroot)")
     ap.add_argument("--out", default=str(OUT_DIR), help="output folder (default data/prompts)")
@@ -833,11 +879,12 @@ def main(argv=None):
                     ", ".join(path for pkg, path in REQUIRED_FILES if not find_file(roots, path))))
         src = Sources(roots)
         sets, notes = build_all(src)
-        ids = [p["id"] for p in sets["default"]] + [p["id"] for p in sets["smoke"]]
+        ids = [p["id"] for name in ("default", "smoke", "long") for p in sets[name]]
         if len(ids) != len(set(ids)):
             raise BuildError("duplicate prompt ids")
 
         counter = Counter(args.model_dir, args.gguf) if args.count else None
+        counter_long = Counter(args.model_dir, args.gguf_long, bos=True) if args.count else None
         out = Path(args.out)
         blobs = {name: to_jsonl(ps) for name, ps in sets.items()}
         if args.check:
@@ -869,13 +916,18 @@ def main(argv=None):
                         over.append("%s (%d)" % (p["id"], counts[p["id"]]))
             for p in sets["quick"]:
                 counts.setdefault(p["id"], c.count(p))
-            for name in ("default", "quick", "smoke"):
+            for p in sets["long"]:
+                counts[p["id"]] = counter_long.count(p)
+                if counts[p["id"]] > MAX_TOKENS_LONG:
+                    over.append("%s (%d, %s)" % (p["id"], counts[p["id"]], args.gguf_long))
+            for name in ("default", "quick", "smoke", "long"):
                 for p in sets[name]:
                     print("%-8s %-22s %-18s %5s %6d chars %5d tokens" % (
                         name, p["id"], p["task"], "chat" if p["chat"] else "raw", len(p["text"]),
                         counts[p["id"]]))
             if over:
-                raise BuildError("over %d tokens (chat wrapper included): %s" % (MAX_TOKENS, ", ".join(over)))
+                raise BuildError("over %d tokens (chat wrapper included; long set: %d, BOS included): %s" % (
+                    MAX_TOKENS, MAX_TOKENS_LONG, ", ".join(over)))
             if not args.check and Path(args.out).resolve() == OUT_DIR.resolve():
                 versions = {pkg: package_version(pkg, roots) for pkg in
                             sorted({k.split(":", 1)[0] for k in src.used})}

@@ -1,24 +1,36 @@
 #!/usr/bin/env python3
-"""Build the offline LongBench-style task suite in data/tasks/ (issue 5).
+"""Build the offline LongBench-style task suites in data/tasks/ (issues 5 and 13).
 
 Eight tasks in LongBench's categories, every sample made from text and code that
-named Debian bookworm packages install, or by a seeded generator; the suite
-definition (tasks, metrics, buckets, counts, seeds) is configs/tasks.json and
-the task descriptions are in docs/tasks.md. The build is deterministic: the same
-package files and config give byte-identical files.
+named Debian bookworm packages install, or by a seeded generator; a suite
+definition (tasks, metrics, buckets, counts, seeds) is a config and the task
+descriptions are in docs/tasks.md. Two suites share the generators:
+    main  configs/tasks.json       data/tasks/{full,quick,standard}.jsonl + manifest.json
+          (0-8K tokens, SmolLM2-135M-Instruct, chat where the task has it)
+    long  configs/tasks-long.json  data/tasks/{long,long-quick}.jsonl + manifest-long.json
+          (2-32K tokens, Gemma 3 270M base: plain text with answer prefixes,
+          counted with its tokenizer, BOS included)
+The build is deterministic: the same package files and config give
+byte-identical files.
 
 Usage:
-    .venv/bin/python scripts/build_tasks.py             # write data/tasks/{full,quick,standard}.jsonl + manifest.json
+    .venv/bin/python scripts/build_tasks.py             # write both suites' files
     .venv/bin/python scripts/build_tasks.py --check     # rebuild in memory, compare with the files
-    python3 scripts/build_tasks.py --check-presets      # quick/standard vs their selection of full.jsonl
-                                                        # (no package files needed)
+    python3 scripts/build_tasks.py --check-presets      # quick/standard vs their selection of full.jsonl,
+                                                        # long-quick vs long.jsonl (no package files needed)
     python3 scripts/build_tasks.py --fetch              # first extract missing packages into .deps/debroot
-    .venv/bin/python scripts/build_tasks.py --calibrate 1 [--tasks passkey,...]
+    ... --suite main|long                               # one suite only (default: all; main
+                                                        # for --calibrate and --baselines)
+    .venv/bin/python scripts/build_tasks.py --suite main --calibrate 1 [--tasks passkey,...]
         # greedy full-KV decoding with the transformers reference on the first N
         # samples of each task and bucket, scored with scripts/ref/textmetrics_ref.py
+        # (--suite long runs Gemma 3 270M, the long config's tokenizer model)
 
 Token counts: "n_tokens" is the length of the model input (the prompt wrapped in
-the chat template when "chat" is true, then "answer_prefix"), counted with the
+the chat template when "chat" is true, then "answer_prefix"; when "chat" is
+false and the prefix is not empty the prompt ends with a blank line), counted
+for a config with a "tokenizer" object by transformers' tokenizer of that GGUF
+(HFTokenCounter; "n_tokens_by" is the object's "name"), else with the
 reference tokenizer (scripts/ref/make_tokenizer_fixture.py: the GGUF's vocabulary
 and merges, llama.cpp's "smollm" pre-tokenizer; equal to capture/tokenizer.c on
 its fixture) when the `tokenizers` and `gguf` packages and the model file are
@@ -56,6 +68,7 @@ from offline_sources import Rng, SourceError  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "configs" / "tasks.json"
+CONFIG_LONG = REPO / "configs" / "tasks-long.json"
 OUT_DIR = REPO / "data" / "tasks"
 
 
@@ -299,7 +312,7 @@ def _haystack(mat, rng, budget):
     name = rng.choice(NOVELS + ["mobydick"])
     doc, paras = mat.prose(name)
     texts = [t for _, _, t in paras]
-    start = rng.below(max(1, len(texts) - 600))
+    start = rng.below(max(1, len(texts) - _tail_margin(texts, budget, 600)))
     n = fill(texts, budget, start)
     if start + n >= len(texts):
         raise BuildError("%s: text too short for %d tokens" % (doc.ref, budget))
@@ -311,6 +324,19 @@ def _haystack(mat, rng, budget):
         if ends:
             chosen.append((s0, e0, nxt[:ends[-1]]))
     return doc, chosen
+
+
+def _tail_margin(texts, budget, floor):
+    """How many units a random start must leave after it: `floor` (what the
+    8K suite used, which keeps its samples as they were), or more when the last
+    `floor` units hold less than 1.2 x budget estimated tokens (long contexts)."""
+    acc, m = 0.0, 0
+    for t in reversed(texts):
+        if acc >= 1.2 * budget:
+            break
+        acc += cost(t) + 1
+        m += 1
+    return max(floor, m)
 
 
 def _insert_at(n_paras, depth):
@@ -446,7 +472,7 @@ def gen_factsheet_qa(mat, rng, budget, depth, task):
     room = (budget - _wrap_overhead(True, head, tail_t % fake[q]["name"], prefix_t % fake[q]["name"]) -
             sum(cost(x) + 6 for x in sheets))
     texts = [e["head"] + "\n" + e["text"] for e in entries]
-    start = rng.below(len(texts) - 300)
+    start = rng.below(len(texts) - _tail_margin(texts, room, 300))
     n = fill(texts, room, start)
     docs = texts[start:start + n]
     slots = {q: max(0, min(len(docs), int(round(depth * len(docs)))))}
@@ -467,7 +493,9 @@ def gen_synopsis_summ(mat, rng, budget, depth, task):
     head = ("You are given a page of the Python standard library documentation. Write a one-sentence "
             "summary of what the module does.\n\nDocumentation:\n")
     tail = "\n\nNow, write a one-sentence summary of what the module does."
-    room = budget - _wrap_overhead(True, head, tail, "")
+    # A base model (no chat turn) needs the answer's start spelled out.
+    prefix = "" if task["chat"] else "Summary:"
+    room = budget - _wrap_overhead(True, head, tail, prefix)
     pages = [p for p in mat.pydoc_pages() if est_tokens(p[2]) >= room]
     if not pages:
         raise BuildError("synopsis_summ: no page reaches %d tokens" % room)
@@ -475,7 +503,7 @@ def gen_synopsis_summ(mat, rng, budget, depth, task):
     blocks = body.split("\n\n")
     n = fill(blocks, room)
     text = "\n\n".join(blocks[:n]).rstrip()
-    return {"prompt": head + text + tail, "answer_prefix": "", "answers": refs, "depth": None,
+    return {"prompt": head + text + tail, "answer_prefix": prefix, "answers": refs, "depth": None,
             "source": "%s (first %d blocks, module/synopsis directive removed)" % (doc.ref, n)}
 
 
@@ -623,8 +651,13 @@ GENERATORS = {
 
 # Margins inside a bucket for the estimate-driven sizing: targets stay within
 # [lo * LO_MARGIN, hi * HI_MARGIN] estimated tokens so that the real count
-# (0.89x..1.07x of the estimate on this suite) still lands in the bucket.
+# (0.89x..1.07x of the estimate on this suite; Gemma 3's tokenizer 0.90x..1.09x)
+# still lands in the bucket. A config may set its own ("margins": [lo, hi]).
 LO_MARGIN, HI_MARGIN = 1.15, 0.88
+
+# Between the question and the answer prefix when there is no chat turn (a base
+# model reads one plain text: "...? Answer with the number only.\n\nThe pass key is").
+RAW_SEPARATOR = "\n\n"
 
 
 # ---------------------------------------------------------------------------
@@ -649,17 +682,20 @@ def load_config(path):
 
 def build_records(cfg, mat, only=None, log=None):
     per = cfg["presets"]["full"]["per_bucket"]
+    lo_m, hi_m = cfg.get("margins", [LO_MARGIN, HI_MARGIN])
     recs = []
     for task in cfg["tasks"]:
         if only and task["name"] not in only:
             continue
         for b in cfg["buckets"]:
-            lo, hi = b["lo"] * LO_MARGIN, min(b["hi"], cfg["context_limit"] - task["max_new_tokens"]) * HI_MARGIN
+            lo, hi = b["lo"] * lo_m, min(b["hi"], cfg["context_limit"] - task["max_new_tokens"]) * hi_m
             for k in range(per):
                 rng = Rng(cfg["seed"], task["name"], task["version"], b["name"], k)
                 target = int(lo + (hi - lo) * (k + rng.uniform()) / per)
                 depth = 0.05 + 0.9 * (k + rng.uniform()) / per
                 fields = GENERATORS[task["name"]](mat, rng, target, depth, task)
+                if not task["chat"] and fields["answer_prefix"]:
+                    fields["prompt"] += RAW_SEPARATOR
                 rec = {"id": "%s-%s-%02d" % (task["name"], b["name"], k), "task": task["name"],
                        "category": task["category"], "bucket": b["name"], "n_tokens": 0,
                        "n_tokens_by": "estimate", "metric": task["metric"],
@@ -688,11 +724,79 @@ class TokenCounter:
                              ".venv/bin/python" % e)
         self.path = gguf_path
 
+        self.label = "tokenizer"
+
     def ids(self, text):
         return self.tok.encode(text, add_special_tokens=False).ids
 
     def count(self, text):
         return len(self.ids(text))
+
+    def decode(self, ids):
+        return self.tok.decode(ids, skip_special_tokens=False)
+
+    def eos_ids(self):
+        return {self.tok.token_to_id("<|im_end|>"), self.tok.token_to_id("<|endoftext|>")}
+
+
+class HFTokenCounter:
+    """transformers' tokenizer read from a GGUF (AutoTokenizer.from_pretrained(dir,
+    gguf_file=...)): the reference for models other than SmolLM2 (for Gemma 3 it
+    gives the ids of capture/tokenizer.c, tests/fixtures/tokenizer_gemma3.jsonl).
+    A config's "tokenizer" object names it: {"gguf": path, "bos": true|false,
+    "name": what "n_tokens_by" records}. The text is encoded as one string,
+    control tokens not parsed (as the C runner does for "chat": false) and BOS
+    first when "bos"; the build stops if parsing them would give other ids."""
+
+    def __init__(self, spec, gguf_path):
+        try:
+            import logging  # noqa: PLC0415
+            from transformers import AutoTokenizer  # noqa: PLC0415
+        except ImportError as e:
+            raise BuildError("counting tokens for this suite needs the Python package transformers (%s); "
+                             "use .venv/bin/python" % e)
+        logging.getLogger("transformers").setLevel(logging.ERROR)
+        gguf_path = Path(gguf_path)
+        self.tok = AutoTokenizer.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name)
+        self.bos = bool(spec.get("bos"))
+        if self.bos and self.tok.bos_token_id is None:
+            raise BuildError("%s: the config asks for BOS, the tokenizer has none" % gguf_path)
+        self.path = gguf_path
+        self.label = spec["name"]
+
+    def ids(self, text):
+        ids = self.tok(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        if ids != self.tok(text, add_special_tokens=False)["input_ids"]:
+            raise BuildError("a model input spells a control token (%r...): its count would depend on "
+                             "special-token parsing" % text[:60])
+        return ([self.tok.bos_token_id] if self.bos else []) + list(ids)
+
+    def count(self, text):
+        return len(self.ids(text))
+
+    def decode(self, ids):
+        return self.tok.decode(ids, skip_special_tokens=False)
+
+    def eos_ids(self):
+        out = {self.tok.eos_token_id}
+        eot = self.tok.convert_tokens_to_ids("<end_of_turn>")
+        if isinstance(eot, int) and eot != self.tok.unk_token_id:
+            out.add(eot)
+        return out
+
+
+def make_counter(cfg, gguf):
+    spec = cfg.get("tokenizer")
+    return HFTokenCounter(spec, gguf) if spec else TokenCounter(gguf)
+
+
+def model_path(cfg, arg):
+    """The GGUF whose tokenizer counts n_tokens: --model, else the config's
+    "tokenizer.gguf", else SmolLM2's (the 8K suite)."""
+    if arg:
+        return arg
+    spec = cfg.get("tokenizer")
+    return str(REPO / spec["gguf"]) if spec else str(REPO / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
 def apply_counts(cfg, recs, counter):
@@ -700,7 +804,7 @@ def apply_counts(cfg, recs, counter):
     bad = []
     for r in recs:
         n = counter.count(model_input(r))
-        r["n_tokens"], r["n_tokens_by"] = n, "tokenizer"
+        r["n_tokens"], r["n_tokens_by"] = n, counter.label
         lo, hi = bounds[r["bucket"]]
         if not lo <= n < hi or n + r["max_new_tokens"] > cfg["context_limit"]:
             bad.append("%s (%d tokens, bucket %d-%d)" % (r["id"], n, lo, hi))
@@ -769,13 +873,13 @@ def check_presets(cfg, out):
     return bad
 
 
-def manifest(cfg, blobs, src, roots, counter):
+def manifest(cfg, blobs, src, roots, counter, config_path=CONFIG):
     versions = {pkg: osrc.package_version(pkg, roots) for pkg in sorted({k.split(":", 1)[0] for k in src.used})}
-    return {
+    out = {
         "suite": cfg["suite"], "version": cfg["version"],
-        "config_sha256": hashlib.sha256(CONFIG.read_bytes()).hexdigest(),
+        "config_sha256": hashlib.sha256(Path(config_path).read_bytes()).hexdigest(),
         "tasks": {t["name"]: t["version"] for t in cfg["tasks"]},
-        "n_tokens_by": "tokenizer" if counter else "estimate",
+        "n_tokens_by": counter.label if counter else "estimate",
         "tokenizer_gguf": Path(counter.path).name if counter else None,
         "outputs": {name: {"records": blob.count(b"\n"), "bytes": len(blob),
                            "sha256": hashlib.sha256(blob).hexdigest()} for name, blob in sorted(blobs.items())},
@@ -783,6 +887,14 @@ def manifest(cfg, blobs, src, roots, counter):
                      for p, v in versions.items()},
         "files": dict(sorted(src.used.items())),
     }
+    if "manifest" in cfg:  # a second suite's manifest names its config (the first's is configs/tasks.json)
+        c = Path(config_path).resolve()
+        out = dict(out, config=str(c.relative_to(REPO)) if c.is_relative_to(REPO) else str(c))
+    return out
+
+
+def manifest_name(cfg):
+    return Path(cfg.get("manifest", "data/tasks/manifest.json")).name
 
 
 def strip_counts(blob):
@@ -806,11 +918,11 @@ def calibrate(cfg, recs, gguf, n_per, tasks, log):
     # One thread: on a shared 2-core machine two OpenMP threads spin against
     # each other and decode runs 15x slower (measured).
     torch.set_num_threads(1)
-    counter = TokenCounter(gguf)
+    counter = make_counter(cfg, gguf)
     model = AutoModelForCausalLM.from_pretrained(str(Path(gguf).parent), gguf_file=Path(gguf).name,
                                                  dtype=torch.float32)
     model.eval()
-    eos = {counter.tok.token_to_id("<|im_end|>"), counter.tok.token_to_id("<|endoftext|>")}
+    eos = counter.eos_ids()
     seen, rows = {}, []
     for r in recs:
         key = (r["task"], r["bucket"])
@@ -821,16 +933,23 @@ def calibrate(cfg, recs, gguf, n_per, tasks, log):
         out = []
         t0 = time.time()
         with torch.no_grad():
-            res = model(torch.tensor([ids]), use_cache=True)
-            past, logits = res.past_key_values, res.logits[0, -1]
+            # Only the last position's logits (Gemma 3's 262K vocabulary over a
+            # 10K-token input would take 10 GB); inputs past 8K are prefilled in
+            # chunks of 4K through the cache, which bounds the attention scores.
+            past, chunk = None, len(ids) if len(ids) <= 8192 else 4096
+            for i in range(0, len(ids), chunk):
+                res = model(torch.tensor([ids[i:i + chunk]]), past_key_values=past, use_cache=True,
+                            logits_to_keep=1)
+                past = res.past_key_values
+            logits = res.logits[0, -1]
             for _ in range(r["max_new_tokens"]):
                 nxt = int(torch.argmax(logits))
                 if nxt in eos:
                     break
                 out.append(nxt)
-                res = model(torch.tensor([[nxt]]), past_key_values=past, use_cache=True)
+                res = model(torch.tensor([[nxt]]), past_key_values=past, use_cache=True, logits_to_keep=1)
                 past, logits = res.past_key_values, res.logits[0, -1]
-        pred = counter.tok.decode(out, skip_special_tokens=False)
+        pred = counter.decode(out)
         s = tm.score(r["metric"], pred, r["answers"], r["all_classes"], r["first_line"])
         rows.append({"id": r["id"], "task": r["task"], "bucket": r["bucket"], "n_tokens": len(ids),
                      "score": s, "pred": pred, "answers": r["answers"], "seconds": round(time.time() - t0, 1)})
@@ -874,18 +993,25 @@ def baselines(recs):
 
 # ---------------------------------------------------------------------------
 
+SUITES = {"main": [CONFIG], "long": [CONFIG_LONG], "all": [CONFIG, CONFIG_LONG]}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--suite", choices=sorted(SUITES), default=None,
+                    help="which suite: main (configs/tasks.json, 8K, SmolLM2), long (configs/tasks-long.json, "
+                         "32K, Gemma 3) or all (default; main with --calibrate and --baselines)")
     ap.add_argument("--check", action="store_true", help="rebuild in memory and compare with data/tasks")
     ap.add_argument("--check-presets", action="store_true",
-                    help="compare the presets' files (quick, standard) with their selection of the "
-                         "committed full.jsonl; needs no package files")
+                    help="compare the presets' files (quick, standard, long-quick) with their selection of "
+                         "the committed full set; needs no package files")
     ap.add_argument("--fetch", action="store_true",
                     help="extract missing Debian packages into .deps/debroot (apt-get download, no install)")
     ap.add_argument("--no-count", action="store_true", help="do not count tokens even if the tokenizer is there")
-    ap.add_argument("--model", default=str(REPO / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"),
-                    help="GGUF whose tokenizer counts n_tokens (and that --calibrate runs)")
-    ap.add_argument("--config", default=str(CONFIG))
+    ap.add_argument("--model", default=None,
+                    help="GGUF whose tokenizer counts n_tokens (and that --calibrate runs); default: the "
+                         "config's \"tokenizer\".gguf, else models/SmolLM2-135M-Instruct.Q4_1.gguf")
+    ap.add_argument("--config", default=None, help="one suite config instead of --suite's")
     ap.add_argument("--out", default=str(OUT_DIR))
     ap.add_argument("--root", action="append", default=None,
                     help="where package files are looked up (repeatable; default: / then .deps/debroot)")
@@ -896,13 +1022,24 @@ def main(argv=None):
     ap.add_argument("--calibrate-json", default="", help="write the calibration rows here")
     ap.add_argument("--baselines", action="store_true", help="print model-free baseline scores per task")
     args = ap.parse_args(argv)
+    one = args.calibrate or args.baselines
+    configs = [Path(args.config)] if args.config else SUITES[args.suite or ("main" if one else "all")]
+    if one and len(configs) > 1:
+        ap.error("--calibrate and --baselines take one suite: --suite main or --suite long")
+    rc = 0
+    for config in configs:
+        rc = max(rc, run_suite(args, config))
+    return rc
 
+
+def run_suite(args, config):
     def log(msg):
         print(msg, file=sys.stderr, flush=True)
 
-    roots = args.root or ["/", str(osrc.DEB_ROOT)]
+    roots = list(args.root) if args.root else ["/", str(osrc.DEB_ROOT)]
+    t0 = time.time()
     try:
-        cfg = load_config(args.config)
+        cfg = load_config(config)
         if args.check_presets:
             bad = check_presets(cfg, Path(args.out))
             if bad:
@@ -927,12 +1064,15 @@ def main(argv=None):
         mat = Material(src)
         only = {t for t in args.tasks.split(",") if t} if args.calibrate else None
         recs = build_records(cfg, mat, only=only)
+        gguf = model_path(cfg, args.model)
         counter = None
-        if not args.no_count and Path(args.model).is_file():
+        if not args.no_count and Path(gguf).is_file():
             try:
-                counter = TokenCounter(args.model)
+                counter = make_counter(cfg, gguf)
             except BuildError as e:
                 log("build_tasks: not counting tokens: %s" % e)
+        elif not args.no_count:
+            log("build_tasks: not counting tokens: %s is not there (scripts/fetch-model.sh)" % gguf)
         if args.baselines:
             for task, v in baselines(recs).items():
                 print("%-18s baseline %.3f" % (task, v))
@@ -941,7 +1081,7 @@ def main(argv=None):
             apply_counts(cfg, recs, counter)
         if args.calibrate:
             want_b = {b for b in args.buckets.split(",") if b}
-            rows = calibrate(cfg, [r for r in recs if not want_b or r["bucket"] in want_b], args.model,
+            rows = calibrate(cfg, [r for r in recs if not want_b or r["bucket"] in want_b], gguf,
                              args.calibrate, only, log)
             if args.calibrate_json:
                 Path(args.calibrate_json).write_text(json.dumps(rows, indent=1, ensure_ascii=False) + "\n")
@@ -960,7 +1100,7 @@ def main(argv=None):
                     bad.append(str(f))
             if bad:
                 old = {}
-                mf = out / "manifest.json"
+                mf = out / manifest_name(cfg)
                 if mf.is_file():
                     old = json.loads(mf.read_text(encoding="utf-8")).get("files", {})
                 changed = [k for k, v in src.used.items() if old.get(k) not in (None, v)]
@@ -972,8 +1112,8 @@ def main(argv=None):
                 ", ".join(blobs), "" if counter else " (n_tokens not compared: no tokenizer)"))
             return 0
         out.mkdir(parents=True, exist_ok=True)
-        blobs["manifest.json"] = (json.dumps(manifest(cfg, blobs, src, roots, counter), indent=1,
-                                             ensure_ascii=False) + "\n").encode("utf-8")
+        blobs[manifest_name(cfg)] = (json.dumps(manifest(cfg, blobs, src, roots, counter, config), indent=1,
+                                                ensure_ascii=False) + "\n").encode("utf-8")
         for name, blob in blobs.items():
             tmp = out / (name + ".tmp")
             tmp.write_bytes(blob)
@@ -981,8 +1121,9 @@ def main(argv=None):
             print("wrote %s (%d bytes)" % (out / name, len(blob)))
         for b in cfg["buckets"]:
             ns = [r["n_tokens"] for r in recs if r["bucket"] == b["name"]]
-            print("  bucket %-5s %3d records, n_tokens %d..%d (%s)" % (
+            print("  bucket %-6s %3d records, n_tokens %d..%d (%s)" % (
                 b["name"], len(ns), min(ns), max(ns), recs[0]["n_tokens_by"]))
+        print("  %s: %.0f s" % (Path(config).name, time.time() - t0))
     except (BuildError, SourceError) as e:
         print("build_tasks: error: %s" % e, file=sys.stderr)
         return 1

@@ -7,7 +7,11 @@
 # decode the LongBench-style task suite with the KV cache really cut
 # (`attnpred eval tasks`) and write the reports.
 #
-#   bash scripts/main.sh [--quick | --standard | --full]
+#   bash scripts/main.sh [--quick | --standard | --full] [--model KEY]
+#
+# --model KEY runs another model of configs/models.json (e.g. gemma3-270m)
+# with its own presets, configs/pipeline-KEY-<preset>.json; its outputs are
+# traces/KEY-<preset>.h5 and runs/KEY-<preset>/ (docs/pipeline.md).
 #
 # Presets: configs/pipeline-quick.json (default, ~15 min on 2 cores),
 # configs/pipeline-standard.json (quick's capture and training, a 63-sample
@@ -23,16 +27,39 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
 preset=quick
-for a in "$@"; do
-  case "$a" in
+model_key=""
+while [ "$#" -gt 0 ]; do
+  case "$1" in
     --quick) preset=quick ;;
     --standard) preset=standard ;;
     --full) preset=full ;;
+    --model)
+      [ "$#" -ge 2 ] || { echo "main.sh: --model needs a key of configs/models.json" >&2; exit 2; }
+      model_key="$2"
+      shift
+      ;;
     -h|--help) sed -n '2,/^[^#]/{/^#/p}' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *) echo "main.sh: unknown option '$a' (use --quick, --standard or --full)" >&2; exit 2 ;;
+    *) echo "main.sh: unknown option '$1' (use --quick, --standard, --full or --model KEY)" >&2; exit 2 ;;
   esac
+  shift
 done
-cfg="configs/pipeline-$preset.json"
+default_key="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["default"])' configs/models.json)"
+[ -n "$model_key" ] || model_key="$default_key"
+if ! python3 -c 'import json,sys; sys.exit(sys.argv[2] not in json.load(open(sys.argv[1]))["models"])' \
+  configs/models.json "$model_key"; then
+  echo "main.sh: --model '$model_key' is not a key of configs/models.json (known: $(python3 -c 'import json; print(", ".join(sorted(json.load(open("configs/models.json"))["models"])))'))" >&2
+  exit 2
+fi
+if [ "$model_key" = "$default_key" ]; then
+  name="$preset"
+else
+  name="$model_key-$preset"
+fi
+cfg="configs/pipeline-$name.json"
+if [ ! -f "$cfg" ]; then
+  echo "main.sh: no preset $cfg for model '$model_key' (presets: $(cd configs && ls pipeline-*.json | tr '\n' ' '))" >&2
+  exit 2
+fi
 # The preset as shell variables (cfg_capture_prompts, cfg_train_epochs, ...).
 eval "$(python3 - "$cfg" <<'PY'
 import json, shlex, sys
@@ -40,21 +67,24 @@ c = json.load(open(sys.argv[1]))
 for sec in ("capture", "train", "replay", "tasks"):
     for k, v in c[sec].items():
         print(f"cfg_{sec}_{k}={shlex.quote(str(v))}")
+# Predictors compared beside the one this job trains (NAME=PATH,...); the
+# default model's presets compare the committed one, "shipped".
+print("cfg_predictors=" + shlex.quote(str(c.get("predictors", "shipped=data/predictors/smollm2-135m-instruct.safetensors"))))
+print("cfg_inspect_layer=" + shlex.quote(str(c.get("inspect_layer", 15))))
 PY
 )"
 
 bash scripts/install-deps.sh
 bash scripts/build.sh
-model="$(bash scripts/fetch-model.sh)"
+model="$(bash scripts/fetch-model.sh "$model_key")"
 threads="$(nproc)"
 start=$(date +%s)
 stamp() { echo "main: [$(( $(date +%s) - start ))s] $*"; }
 
 . scripts/lib/steps.sh
 mkdir -p traces runs
-trace="traces/$preset.h5"
-run="runs/$preset"
-shipped="data/predictors/smollm2-135m-instruct.safetensors"
+trace="traces/$name.h5"
+run="runs/$name"
 model_d="$(sha256sum "$model" | cut -c1-64)"
 
 # Capture: prompts, model and options decide the trace.
@@ -72,12 +102,13 @@ else
   fi
   ./build/attnpred capture --model "$model" --prompts "$cfg_capture_prompts" --out "$trace" \
     --gen "$cfg_capture_gen" --raw-layers "$cfg_capture_raw_layers" --threads "$threads" \
-    --json "traces/$preset.capture.json" "${resume[@]}"
+    --json "traces/$name.capture.json" "${resume[@]}"
   step_done "$trace" "$d_cap"
 fi
 ./build/attnpred inspect "$trace"
-./build/attnpred inspect "$trace" --json > "traces/$preset.inspect.json"
-./build/attnpred inspect "$trace" --png "traces/$preset-L15-H0.png" --seq 0 --layer 15 --head 0
+./build/attnpred inspect "$trace" --json > "traces/$name.inspect.json"
+./build/attnpred inspect "$trace" --png "traces/$name-L$cfg_inspect_layer-H0.png" --seq 0 \
+  --layer "$cfg_inspect_layer" --head 0
 
 # Train: the trace and the training options decide the predictor.
 d_train=$(step_digest train "$d_cap" "$cfg_train_epochs" "$cfg_train_max_train" \
@@ -102,13 +133,19 @@ else
   step_done "$run/predictor.safetensors" "$d_train"
 fi
 
-# The trained predictor next to the shipped one (docs/predictor.md).
+# The trained predictor next to the preset's others (the default model: the
+# shipped one, docs/predictor.md; another model: e.g. SmolLM2's, transfer).
 preds="attnpred=$run/predictor.safetensors"
-shipped_d=none
-if [ -f "$shipped" ]; then
-  preds="$preds,shipped=$shipped"
-  shipped_d=$(file_digest "$shipped")
-fi
+shipped_d=""
+IFS=',' read -r -a extra <<<"$cfg_predictors"
+for e in "${extra[@]}"; do
+  p="${e#*=}"
+  if [ -f "$p" ]; then
+    preds="$preds,$e"
+    shipped_d="${shipped_d:+$shipped_d:}$(file_digest "$p")"
+  fi
+done
+shipped_d="${shipped_d:-none}"
 
 d_rep=$(step_digest replay "$d_cap" "$d_train" "$shipped_d" "$cfg_replay_budgets" \
   "$cfg_replay_max_steps")
@@ -137,10 +174,10 @@ else
 fi
 
 {
-  echo "# attnpred main job ($preset preset)"
+  echo "# attnpred main job ($name preset)"
   echo
-  echo "Model: $model. Trace: $trace. Predictors: $preds (\`shipped\`: the committed"
-  echo "predictor, data/predictors/README.md; \`attnpred\`: trained by this job)."
+  echo "Model: $model. Trace: $trace. Predictors: $preds (\`attnpred\`: trained by this"
+  echo "job; the others: committed predictors, data/predictors/README.md)."
   echo
   echo "## Replay (attention recovery, from the trace)"
   echo

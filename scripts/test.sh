@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it (README's test command):
-#   1. install the Debian dependencies and fetch the default model (so the
-#      real-model comparisons against committed reference fixtures run);
+#   1. install the Debian dependencies and fetch the default model and Gemma 3
+#      270M (so the real-model comparisons against committed reference
+#      fixtures run);
 #   2. Release build (CUDA parts compiled when a toolkit is present) + ctest;
 #   3. AddressSanitizer/UBSan build + ctest (real-model tests skipped there:
 #      they ran in step 2 and take minutes under ASan), with the CUDA host
@@ -16,6 +17,9 @@ fuzz_seconds="${ATTNPRED_FUZZ_SECONDS:-60}"
 
 bash scripts/install-deps.sh
 bash scripts/fetch-model.sh
+# The second real model (Gemma 3 270M): its transformers parity, tokenizer and
+# dequantization checks run against committed fixtures.
+bash scripts/fetch-model.sh gemma3-270m
 
 echo "== release build + tests"
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null

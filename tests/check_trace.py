@@ -19,7 +19,7 @@ except ImportError as e:  # the caller decides whether that is a skip
     sys.exit(77)
 
 FORMAT = "attnpred-trace"
-FORMAT_VERSION = 1
+FORMAT_VERSIONS = (1, 2)  # 2 added architecture and layer_window (issue 13)
 ROOT_INTS = ["format_version", "n_layer", "n_head", "n_head_kv", "head_dim", "block_size",
              "history"]
 ROOT_STRS = ["format", "model_name", "model_sha256", "attnpred_version"]
@@ -115,6 +115,14 @@ def check_seq(f, gname, g, m, tol):
                    f"{lw}/prefill_colsum: a column exceeds its number of queries")
         else:
             expect("prefill_colsum" not in lg, f"{lw}: prefill_colsum present but has_colsum 0")
+        w = m["layer_window"][li]
+        if w > 0:
+            # a sliding-window layer attends keys pos-w+1 .. pos only: every
+            # block that ends before the window is exactly 0
+            before = (np.arange(NB)[None, :] + 1) * B - 1 < (pos - w + 1)[:, None]   # [S, NB]
+            out = before[:, None, :].repeat(H, axis=1)
+            expect(not bsum[out].any() and not bmax[out].any(),
+                   f"{lw}: attention before the layer's window of {w} keys")
         if li in raw_layers:
             raw = check_ds(lg, "raw", [S, H, T], "<f4", lw).astype(np.float64)
             causal = np.arange(T)[None, :] <= pos[:, None]
@@ -138,11 +146,26 @@ def check(path, tol, allow_partial):
         for k in ROOT_STRS + ROOT_INTS:
             expect(k in a, f"missing root attribute {k}")
         expect(as_str(a["format"]) == FORMAT, f"format is {a['format']!r}")
-        expect(int(a["format_version"]) == FORMAT_VERSION,
-               f"format_version {a['format_version']}, this checker knows {FORMAT_VERSION}")
+        version = int(a["format_version"])
+        expect(version in FORMAT_VERSIONS,
+               f"format_version {version}, this checker knows {FORMAT_VERSIONS}")
         m = {k: int(a[k]) for k in ROOT_INTS}
         for k in ["n_layer", "n_head", "n_head_kv", "head_dim", "block_size"]:
             expect(m[k] >= 1, f"root attribute {k} = {m[k]}")
+        if version == 1:
+            # version 1 predates them: a llama model, every layer full attention
+            m["architecture"], m["layer_window"] = "llama", [0] * m["n_layer"]
+        else:
+            expect("architecture" in a, "missing root attribute architecture")
+            arch = a["architecture"]
+            expect(isinstance(arch, (str, bytes)), f"architecture is not a string: {arch!r}")
+            m["architecture"] = as_str(arch)
+            expect("layer_window" in a, "missing root attribute layer_window")
+            lwin = np.asarray(a["layer_window"])
+            expect(lwin.dtype == np.dtype("<i4") and lwin.shape == (m["n_layer"],),
+                   f"layer_window: {lwin.dtype} {lwin.shape}, expected int32 ({m['n_layer']},)")
+            expect((lwin >= 0).all(), f"layer_window has a negative entry: {lwin.tolist()}")
+            m["layer_window"] = [int(x) for x in lwin]
         expect(m["n_head"] % m["n_head_kv"] == 0, "n_head not a multiple of n_head_kv")
         complete = int(a.get("complete", 0)) == 1
         expect(complete or allow_partial, "root attribute complete is not 1")

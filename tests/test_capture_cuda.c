@@ -304,13 +304,8 @@ static void capture_both(ap_ctx *c, ap_cuda_model *cm, const ap_hparams *hp, con
     ap_synth_tmp_path(pc, sizeof pc, "capcpu", ".h5");
     ap_synth_tmp_path(pg, sizeof pg, "capgpu", ".h5");
     ap_trace_meta meta;
-    memset(&meta, 0, sizeof meta);
-    meta.n_layer = hp->n_layer;
-    meta.n_head = hp->n_head;
-    meta.n_head_kv = hp->n_head_kv;
-    meta.head_dim = hp->head_dim;
-    meta.block_size = o.block_size;
-    meta.history = o.history;
+    cr_assert_eq(ap_capture_trace_meta(hp, o.block_size, o.history, &meta, &err), AP_OK, "%s",
+                 err.msg);
     snprintf(meta.model_name, sizeof meta.model_name, "test");
     snprintf(meta.attnpred_version, sizeof meta.attnpred_version, "test");
     for (int e = 0; e < 2; e++) {

@@ -84,11 +84,13 @@ static void gen_free(gen_seq *g) {
     free(g->bsum);
 }
 
-/* Writes specs [first, first + n) into path; data kept in g[]. */
-static void write_trace(const char *path, int first, int n, int history, int block,
-                        gen_seq *g) {
+/* Writes specs [first, first + n) into path; data kept in g[]. windows:
+ * [NL] each layer's attention window (NULL: every layer full attention). */
+static void write_trace_w(const char *path, int first, int n, int history, int block,
+                          gen_seq *g, const int *windows) {
     ap_trace_meta m;
     memset(&m, 0, sizeof m);
+    for (int l = 0; windows && l < NL; l++) m.layer_window[l] = windows[l];
     m.n_layer = NL;
     m.n_head = NH;
     m.n_head_kv = NH;
@@ -122,6 +124,11 @@ static void write_trace(const char *path, int first, int n, int history, int blo
     }
     cr_assert_eq(ap_trace_writer_close(w, 1, &err), AP_OK, "%s", err.msg);
     ap_trace_writer_free(w);
+}
+
+static void write_trace(const char *path, int first, int n, int history, int block,
+                        gen_seq *g) {
+    write_trace_w(path, first, n, history, block, g, NULL);
 }
 
 static void base_config(ap_dataset_config *c) {
@@ -172,6 +179,7 @@ Test(dataset, sample_counts) {
     cr_assert_eq(st.n_seq_val, 2); /* round(0.4 * 5) */
     cr_assert_eq(st.n_short_history, 0);
     cr_assert_eq(st.history, HIST);
+    cr_assert_eq(st.n_full_layers, NL);
     /* largest W: s2 at its last step q = 299 -> ceil(299/16) - 8 = 11 */
     cr_assert_eq(st.max_width, 11);
 
@@ -1153,4 +1161,91 @@ Test(dataset, subset_fixed_by_salt_and_spread) {
     ap_dataset_free(ds);
     for (int i = 0; i < NSPEC; i++) gen_free(&g[i]);
     unlink(path);
+}
+
+/* Issue 13: windows come from full-attention layers only. Layer 0 of this
+ * trace is a sliding-window layer (its KV is bounded already): no sample of
+ * it is served, whatever layer map the trainer sets, and the counts are
+ * those of layer 1 alone. */
+static long long count_pass(ap_dataset *ds, ap_split split, int *layers_seen, int *groups_seen) {
+    ap_err err;
+    ap_dataset_iter *it = NULL;
+    cr_assert_eq(ap_dataset_iter_create(ds, split, 0, 1, &it, &err), AP_OK, "%s", err.msg);
+    ap_batch b;
+    cr_assert_eq(ap_batch_alloc(ds, &b, &err), AP_OK, "%s", err.msg);
+    long long n = 0;
+    for (;;) {
+        cr_assert_eq(ap_dataset_iter_next(it, &b, &err), AP_OK, "%s", err.msg);
+        if (b.n == 0) break;
+        for (int i = 0; i < b.n; i++) {
+            layers_seen[b.ref[i].layer] = 1;
+            groups_seen[b.ref[i].group] = 1;
+        }
+        n += b.n;
+    }
+    ap_batch_release(&b);
+    ap_dataset_iter_free(it);
+    return n;
+}
+
+Test(dataset, sliding_window_layers_give_no_windows) {
+    char pf[512], ps[512];
+    ap_synth_tmp_path(pf, sizeof pf, "ds_full", ".h5");
+    ap_synth_tmp_path(ps, sizeof ps, "ds_swa", ".h5");
+    gen_seq g[NSPEC], g2[NSPEC];
+    const int windows[NL] = {32, 0};
+    write_trace(pf, 0, NSPEC, HIST, BS, g);
+    write_trace_w(ps, 0, NSPEC, HIST, BS, g2, windows);
+    long long tot = 0;
+    for (int i = 0; i < NSPEC; i++) tot += expected_samples(&SPECS[i]);
+
+    ap_dataset_config c;
+    base_config(&c);
+    ap_dataset *ds = NULL;
+    ap_err err;
+    const char *paths[] = {ps};
+    cr_assert_eq(ap_dataset_open(paths, 1, &c, &ds, &err), AP_OK, "%s", err.msg);
+    ap_dataset_stats st;
+    ap_dataset_get_stats(ds, &st);
+    cr_assert_eq(st.n_layer, NL);
+    cr_assert_eq(st.n_full_layers, 1);
+    cr_assert_eq((st.n_samples_train + st.n_samples_val) * NL, tot, "layer 1's samples only");
+    int layers[NL] = {0}, groups[NL] = {0};
+    long long n = count_pass(ds, AP_SPLIT_ALL, layers, groups);
+    cr_assert_eq(n, st.n_samples_train + st.n_samples_val);
+    cr_assert(!layers[0] && layers[1], "a window from sliding-window layer 0 was served");
+
+    /* A per-layer map (the trainer's --per-layer) keeps layer 0 out. */
+    int per_layer[AP_DS_MAX_LAYERS] = {0, 1};
+    cr_assert_eq(ap_dataset_set_layer_groups(ds, per_layer, NL, &err), AP_OK, "%s", err.msg);
+    ap_dataset_get_stats(ds, &st);
+    cr_assert_eq((st.n_samples_train + st.n_samples_val) * NL, tot);
+    memset(layers, 0, sizeof layers);
+    memset(groups, 0, sizeof groups);
+    count_pass(ds, AP_SPLIT_ALL, layers, groups);
+    cr_assert(!layers[0] && layers[1] && !groups[0] && groups[1]);
+    ap_dataset_free(ds);
+    ds = NULL;
+
+    /* The config's own map cannot bring it back either. */
+    c.layer_group[0] = 0;
+    c.layer_group[1] = 0;
+    cr_assert_eq(ap_dataset_open(paths, 1, &c, &ds, &err), AP_OK, "%s", err.msg);
+    ap_dataset_get_stats(ds, &st);
+    cr_assert_eq((st.n_samples_train + st.n_samples_val) * NL, tot);
+    ap_dataset_free(ds);
+    ds = NULL;
+
+    /* Full and sliding-window traces of one shape are different models. */
+    const char *mixed[] = {pf, ps};
+    cr_assert_eq(ap_dataset_open(mixed, 2, &c, &ds, &err), AP_ERR_ARG);
+    cr_assert_null(ds);
+    cr_assert_not_null(strstr(err.msg, "layer 0 is sliding-window attention"), "%s", err.msg);
+    cr_assert_not_null(strstr(err.msg, ps), "%s", err.msg);
+    for (int i = 0; i < NSPEC; i++) {
+        gen_free(&g[i]);
+        gen_free(&g2[i]);
+    }
+    unlink(pf);
+    unlink(ps);
 }

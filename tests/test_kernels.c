@@ -146,6 +146,53 @@ Test(kernels, rope_rotates_adjacent_pairs) {
     cr_expect(memcmp(y, y0, sizeof y) == 0);
 }
 
+Test(kernels, rope_neox_vs_ref_and_pairs) {
+    /* NEOX pairs (x[i], x[i + hd/2]), from a scaled table (Llama 3 factors
+     * and linear scaling share the table path). */
+    static const struct {
+        int rows, heads, hd, pos0;
+        float base, scale;
+        int factors;
+    } cases[] = {{1, 1, 4, 1, 10000.0f, 1.0f, 0},   {3, 5, 64, 33, 1e6f, 1.0f, 0},
+                 {4, 2, 256, 30000, 1e6f, 0.125f, 0}, {2, 3, 16, 500, 5e5f, 1.0f, 1}};
+    uint64_t s = 21;
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        int rows = cases[c].rows, hd = cases[c].hd, H = cases[c].heads;
+        size_t ld = (size_t)H * hd;
+        float *cs = falloc((size_t)rows * hd), *x = falloc(rows * ld), *xr = falloc(rows * ld);
+        float *ff = falloc((size_t)hd / 2);
+        for (int i = 0; i < hd / 2; i++) ff[i] = 1.0f + (float)(i % 3);
+        ap_rope_table_scaled(cs, cases[c].pos0, rows, hd, cases[c].base, cases[c].scale,
+                             cases[c].factors ? ff : NULL);
+        fill(x, rows * ld, &s, -2.0f, 2.0f);
+        memcpy(xr, x, rows * ld * sizeof(float));
+        ap_rope_styled(x, ld, rows, H, hd, cs, AP_ROPE_NEOX);
+        ap_rope_styled_ref(xr, ld, rows, H, hd, cs, AP_ROPE_NEOX);
+        double e = ap_rel_err_f32(x, xr, (long)(rows * ld));
+        cr_expect(e <= AP_TOL_KERNEL_REL, "case %zu: rel err %.3g", c, e);
+        /* The table's angle: pos * base^(-2i/hd) / factor * scale. */
+        for (int r = 0; r < rows; r++)
+            for (int i = 0; i < hd / 2; i++) {
+                double ang = (cases[c].pos0 + r) * pow(cases[c].base, -2.0 * i / hd) /
+                             (cases[c].factors ? ff[i] : 1.0) * cases[c].scale;
+                double tol = 8.0 * ldexp(1.0, ilogb(ang > 1.0 ? ang : 1.0) - 23) + 1e-6;
+                cr_expect(fabs(cs[r * hd + 2 * i] - cos(ang)) <= tol, "case %zu cos %d", c, i);
+            }
+        free(cs);
+        free(x);
+        free(xr);
+        free(ff);
+    }
+    /* head_dim 4 at position 1: pair 0 is (x[0], x[2]) turned by 1 rad. */
+    float cs[4], x[4] = {1.0f, 0.0f, 0.0f, 2.0f};
+    ap_rope_table(cs, 1, 1, 4, 10000.0f);
+    ap_rope_styled(x, 4, 1, 1, 4, cs, AP_ROPE_NEOX);
+    cr_expect(fabs(x[0] - cos(1.0)) < 1e-6 && fabs(x[2] - sin(1.0)) < 1e-6, "pair 0: %g %g", x[0],
+              x[2]);
+    cr_expect(fabs(x[1] - (-2.0 * sin(0.01))) < 1e-6 && fabs(x[3] - 2.0 * cos(0.01)) < 1e-6,
+              "pair 1: %g %g", x[1], x[3]);
+}
+
 /* ------------------------------------------------------------- softmax */
 
 Test(kernels, softmax_vs_ref) {
@@ -281,6 +328,37 @@ Test(kernels, swiglu_vs_ref) {
     cr_expect(out[0] == 0.0f && out[1] == 0.0f && out[2] == 200.0f && out[3] == 0.0f &&
                   out[4] == 1e30f,
               "%g %g %g %g %g", out[0], out[1], out[2], out[3], out[4]);
+}
+
+Test(kernels, geglu_tanh_vs_ref) {
+    static const struct {
+        int rows, n;
+        float range;
+    } cases[] = {{1, 1, 1}, {3, 97, 5}, {2, 2048, 30}, {5, 33, 0.01f}};
+    uint64_t s = 19;
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        int rows = cases[c].rows, n = cases[c].n;
+        size_t ld = 2 * (size_t)n + 1;
+        float *gu = falloc(rows * ld), *o = falloc(rows * n), *orf = falloc(rows * n);
+        fill(gu, rows * ld, &s, -cases[c].range, cases[c].range);
+        ap_geglu_tanh(o, n, gu, ld, gu + n, ld, rows, n);
+        ap_geglu_tanh_ref(orf, n, gu, ld, gu + n, ld, rows, n);
+        for (int r = 0; r < rows; r++) {
+            double e = ap_rel_err_f32(o + r * n, orf + r * n, n);
+            cr_expect(e <= AP_TOL_KERNEL_REL, "case %zu row %d: rel err %.3g", c, r, e);
+        }
+        ap_geglu_tanh(gu, ld, gu, ld, gu + n, ld, rows, n);
+        for (int r = 0; r < rows; r++)
+            cr_expect(memcmp(gu + r * ld, o + r * n, n * sizeof(float)) == 0, "in place");
+        free(gu);
+        free(o);
+        free(orf);
+    }
+    /* gelu(-inf side) -> -0, gelu(large) = x, gelu(0) = 0, no NaN. */
+    float g[4] = {-200.0f, 0.0f, 200.0f, -1e30f}, u[4] = {1, 1, 1, 1}, out[4];
+    ap_geglu_tanh(out, 4, g, 4, u, 4, 1, 4);
+    cr_expect(out[0] == 0.0f && out[1] == 0.0f && out[2] == 200.0f && out[3] == 0.0f,
+              "%g %g %g %g", out[0], out[1], out[2], out[3]);
 }
 
 /* ----------------------------------------------------------- attention */
@@ -425,6 +503,90 @@ Test(kernels, attention_is_causal) {
     /* Row 0 attends only key 0: its output is v[0]. */
     for (int d = 0; d < HD; d++) cr_expect(fabsf(o1[d] - v[d]) < 1e-6f);
     free(scratch);
+}
+
+Test(kernels, attention_sliding_window) {
+    /* A window W: row pos attends keys pos-W+1..pos. Checked against the
+     * float64 reference with the same window, and against plain attention
+     * over only those keys (the rows then start at the window). */
+    enum { NQ = 50, P0 = 30, HD = 16, W = 20, NK = P0 + NQ };
+    uint64_t s = 23;
+    float *q = falloc(NQ * HD), *k = falloc(NK * HD), *v = falloc(NK * HD);
+    float *o = falloc(NQ * HD), *orf = falloc(NQ * HD), *o1 = falloc(HD);
+    fill(q, NQ * HD, &s, -1.5f, 1.5f);
+    fill(k, NK * HD, &s, -1.5f, 1.5f);
+    fill(v, NK * HD, &s, -1, 1);
+    row_sink a, b;
+    sink_init(&a, NQ, P0, NK, 1);
+    sink_init(&b, NQ, P0, NK, 1);
+    double *cs = calloc(NK, sizeof *cs);
+    ap_attn_args args = {.n_q = NQ, .n_heads = 1, .pos0 = P0, .head_dim = HD, .scale = 0.25f,
+                         .q = q, .ldq = HD, .k = k, .v = v, .ldkv = HD, .out = o, .ldo = HD,
+                         .colsum = cs, .colsum_stride = NK, .on_row = sink_row, .user = &a,
+                         .window = W};
+    /* Room for the largest chunk used below. */
+    float *scratch = falloc(ap_attn_scratch_floats(64, 1, NK));
+    ap_attn(&args, scratch, 16);
+    args.out = orf;
+    args.colsum = NULL;
+    args.user = &b;
+    void *rs = malloc(ap_attn_ref_scratch_bytes(NK));
+    ap_attn_ref(&args, rs);
+    double e = ap_rel_err_f32(o, orf, NQ * HD);
+    cr_expect(e <= AP_TOL_KERNEL_REL, "out rel err %.3g", e);
+    for (int i = 0; i < NQ; i++) {
+        int pos = P0 + i, lo = pos + 1 - W;
+        const float *row = a.rows + (size_t)i * NK;
+        for (int j = 0; j < lo; j++) cr_expect(row[j] == 0.0f, "row %d key %d outside", pos, j);
+        double tot = 0.0;
+        for (int j = lo; j <= pos; j++) tot += row[j];
+        cr_expect(fabs(tot - 1.0) < 1e-5, "row %d sums to %.7f", pos, tot);
+        double er = ap_max_abs_err_f32(row, b.rows + (size_t)i * NK, pos + 1);
+        cr_expect(er <= AP_TOL_KERNEL_REL, "row %d: probs vs ref %.3g", pos, er);
+        /* The same row as plain attention over keys lo..pos only. */
+        ap_attn_args one = {.n_q = 1, .n_heads = 1, .pos0 = W - 1, .head_dim = HD,
+                            .scale = 0.25f, .q = q + (size_t)i * HD, .ldq = HD,
+                            .k = k + (size_t)lo * HD, .v = v + (size_t)lo * HD, .ldkv = HD,
+                            .out = o1, .ldo = HD};
+        ap_attn(&one, scratch, 16);
+        double eo = ap_rel_err_f32(o + (size_t)i * HD, o1, HD);
+        cr_expect(eo <= AP_TOL_KERNEL_REL, "row %d: windowed vs truncated %.3g", pos, eo);
+    }
+    for (int j = 0; j < P0 + 1 - W; j++) cr_expect(cs[j] == 0.0, "colsum of key %d", j);
+    /* Without an observer the chunks skip the keys before their window:
+     * the same outputs and column sums as the float64 reference. */
+    for (int chunk = 1; chunk <= 64; chunk *= 4) {
+        double *cs2 = calloc(NK, sizeof *cs2), *csr = calloc(NK, sizeof *csr);
+        float *o2 = falloc(NQ * HD);
+        ap_attn_args fast = args;
+        fast.on_row = NULL;
+        fast.user = NULL;
+        fast.out = o2;
+        fast.colsum = cs2;
+        ap_attn(&fast, scratch, chunk);
+        fast.out = orf;
+        fast.colsum = csr;
+        ap_attn_ref(&fast, rs);
+        double ef = ap_rel_err_f32(o2, orf, NQ * HD);
+        cr_expect(ef <= AP_TOL_KERNEL_REL, "chunk %d: out rel err %.3g", chunk, ef);
+        for (int j = 0; j < NK; j++)
+            cr_expect(fabs(cs2[j] - csr[j]) <= AP_TOL_KERNEL_REL * NQ, "chunk %d colsum %d: %g vs %g",
+                      chunk, j, cs2[j], csr[j]);
+        free(cs2);
+        free(csr);
+        free(o2);
+    }
+    free(q);
+    free(k);
+    free(v);
+    free(o);
+    free(orf);
+    free(o1);
+    free(cs);
+    free(a.rows);
+    free(b.rows);
+    free(scratch);
+    free(rs);
 }
 
 /* The tolerance helpers are the gate of every numeric test: a NaN anywhere

@@ -4,9 +4,11 @@
  * float64 reference forward (tests/helpers/ref_forward.c): logits and every
  * attention row, through prefill, decode, micro-batch and chunk boundaries,
  * 1 and 2 threads. The real SmolLM2 file is checked against transformers'
- * output stored in tests/fixtures/forward (scripts/ref/make_forward_fixture.py);
- * that test skips when models/ lacks the file, or when AP_SKIP_REAL_MODEL is
- * set (e.g. under sanitizers on a slow machine). */
+ * output stored in tests/fixtures/forward (scripts/ref/make_forward_fixture.py),
+ * and Gemma 3 270M (gemma3: sliding-window and global layers, QK-norm,
+ * post-norms, GeGLU, NEOX RoPE) against tests/fixtures/forward-gemma3; those
+ * tests skip when models/ lacks the file, or when AP_SKIP_REAL_MODEL is set
+ * (e.g. under sanitizers on a slow machine). */
 #include <cjson/cJSON.h>
 #include <criterion/criterion.h>
 #include <math.h>
@@ -25,6 +27,9 @@
 
 #define MODEL_PATH AP_SOURCE_DIR "/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 #define FIX_DIR AP_SOURCE_DIR "/tests/fixtures/forward"
+/* scripts/fetch-model.sh gemma3-270m */
+#define GEMMA3_PATH AP_SOURCE_DIR "/models/gemma-3-270m-q4_k_m.gguf"
+#define GEMMA3_FIX_DIR AP_SOURCE_DIR "/tests/fixtures/forward-gemma3"
 
 /* ------------------------------------------------------------- helpers */
 
@@ -553,10 +558,38 @@ Test(model, kv_overflow_is_range_error) {
 Test(model, wrong_architecture) {
     ap_synth_opts o;
     ap_synth_opts_default(&o);
-    o.arch = "qwen2";
+    o.arch = "bert";
     ap_err err = {0};
     cr_expect_eq(synth_load_fail(&o, &err), AP_ERR_UNSUPPORTED);
-    cr_expect(strstr(err.msg, "qwen2") != NULL, "message: %s", err.msg);
+    cr_expect(strstr(err.msg, "general.architecture 'bert'") != NULL, "message: %s", err.msg);
+    /* A supported architecture still needs its own tensors: qwen2's biases. */
+    o.arch = "qwen2";
+    cr_expect_eq(synth_load_fail(&o, &err), AP_ERR_FORMAT);
+    cr_expect(strstr(err.msg, "blk.0.attn_q.bias") != NULL, "message: %s", err.msg);
+}
+
+Test(model, rope_scaling_keys) {
+    ap_synth_opts o;
+    ap_synth_opts_default(&o);
+    ap_err err = {0};
+    /* yarn (and every type but none/linear) is refused with the key named. */
+    o.rope_scaling_type = "yarn";
+    o.rope_scaling_factor = 4.0f;
+    cr_expect_eq(synth_load_fail(&o, &err), AP_ERR_UNSUPPORTED);
+    cr_expect(strstr(err.msg, "llama.rope.scaling.type") && strstr(err.msg, "yarn"),
+              "message: %s", err.msg);
+    /* A factor without a type is refused too. */
+    o.rope_scaling_type = NULL;
+    cr_expect_eq(synth_load_fail(&o, &err), AP_ERR_UNSUPPORTED);
+    cr_expect(strstr(err.msg, "llama.rope.scaling.factor") != NULL, "message: %s", err.msg);
+    /* Linear scaling loads, as 1 / factor on every frequency. */
+    o.rope_scaling_type = "linear";
+    synth s;
+    synth_open(&s, &o);
+    const ap_hparams *hp = ap_model_hparams(s.m);
+    cr_expect(hp->rope_freq_scale == 0.25f && !hp->rope_freqs && !hp->rope_neox,
+              "freq scale %g", (double)hp->rope_freq_scale);
+    synth_close(&s);
 }
 
 Test(model, missing_tensor) {
@@ -640,9 +673,9 @@ Test(model, sample_greedy_and_topk) {
 
 /* ------------------------------------------------- real model vs fixture */
 
-static void *read_bin(const char *name, size_t want_bytes) {
+static void *read_bin(const char *dir, const char *name, size_t want_bytes) {
     char path[1024];
-    snprintf(path, sizeof path, "%s/%s", FIX_DIR, name);
+    snprintf(path, sizeof path, "%s/%s", dir, name);
     char *data = NULL;
     size_t len = 0;
     ap_err err = {0};
@@ -671,31 +704,37 @@ static void want_row(void *u, int l, int h, int pos, const float *p, int len) {
             memcpy(w->got[i], p, (size_t)len * sizeof *p);
 }
 
-Test(model, real_model_matches_transformers, .timeout = 1800) {
+/* The model at model_path against the transformers fixtures in fix_dir:
+ * prefill all but the last two tokens in calls of several micro-batches,
+ * then decode the last two; every position's argmax, selected logits and
+ * attention rows. check_hp asserts the file's hyperparameters. */
+static void check_real_model(const char *model_path, const char *fix_dir,
+                             void (*check_hp)(const ap_hparams *hp)) {
     if (getenv("AP_SKIP_REAL_MODEL")) cr_skip_test("AP_SKIP_REAL_MODEL is set");
-    if (!ap_file_exists(MODEL_PATH)) cr_skip_test("%s not found", MODEL_PATH);
+    if (!ap_file_exists(model_path)) cr_skip_test("%s not found", model_path);
     ap_err err = {0};
     char *js = NULL;
     size_t jl = 0;
-    cr_assert_eq(ap_read_file(FIX_DIR "/index.json", &js, &jl, &err), AP_OK, "%s", err.msg);
+    char ipath[1024];
+    snprintf(ipath, sizeof ipath, "%s/index.json", fix_dir);
+    cr_assert_eq(ap_read_file(ipath, &js, &jl, &err), AP_OK, "%s", err.msg);
     cJSON *idx = cJSON_Parse(js);
-    cr_assert(idx, "fixture index.json does not parse");
+    cr_assert(idx, "fixture %s does not parse", ipath);
     const char *sha = cJSON_GetStringValue(cJSON_GetObjectItem(idx, "model_sha256"));
     char hex[65];
-    cr_assert_eq(ap_sha256_file(MODEL_PATH, hex, &err), AP_OK, "%s", err.msg);
+    cr_assert_eq(ap_sha256_file(model_path, hex, &err), AP_OK, "%s", err.msg);
     cr_assert(sha && strcmp(sha, hex) == 0, "%s is not the file the fixtures were made from",
-              MODEL_PATH);
+              model_path);
 
     ap_gguf *g = NULL;
     ap_model *m = NULL;
-    cr_assert_eq(ap_gguf_open(MODEL_PATH, &g, &err), AP_OK, "%s", err.msg);
+    cr_assert_eq(ap_gguf_open(model_path, &g, &err), AP_OK, "%s", err.msg);
     cr_assert_eq(ap_model_load(g, &m, &err), AP_OK, "%s", err.msg);
     const ap_hparams *hp = ap_model_hparams(m);
-    cr_expect(hp->n_layer == 30 && hp->n_embd == 576 && hp->n_head == 9 && hp->n_head_kv == 3 &&
-              hp->head_dim == 64 && hp->n_ff == 1536 && hp->n_vocab == 49152 && hp->tied_output &&
-              hp->rope_base == 100000.0f);
+    check_hp(hp);
     const int V = hp->n_vocab;
-    enum { CALL = 1024 };
+    /* Tokens per call: several micro-batches, all logits within ~256 MiB. */
+    const int CALL = V <= 65536 ? 1024 : 256;
     float *logits = malloc((size_t)CALL * V * sizeof(float));
     cr_assert(logits);
 
@@ -704,7 +743,7 @@ Test(model, real_model_matches_transformers, .timeout = 1800) {
         const char *pname = cJSON_GetStringValue(cJSON_GetObjectItem(prompt, "name"));
         int T = (int)cJSON_GetNumberValue(cJSON_GetObjectItem(prompt, "n_tokens"));
         cJSON *files = cJSON_GetObjectItem(prompt, "files");
-#define FILE_OF(k) cJSON_GetStringValue(cJSON_GetObjectItem(files, k))
+#define FILE_OF(k) fix_dir, cJSON_GetStringValue(cJSON_GetObjectItem(files, k))
         int32_t *tok = read_bin(FILE_OF("tokens"), (size_t)T * 4);
         int32_t *amax = read_bin(FILE_OF("argmax"), (size_t)T * 4);
         float *margin = read_bin(FILE_OF("margin"), (size_t)T * 4);
@@ -811,4 +850,31 @@ Test(model, real_model_matches_transformers, .timeout = 1800) {
     ap_gguf_free(g);
     cJSON_Delete(idx);
     free(js);
+}
+
+static void smollm2_hp(const ap_hparams *hp) {
+    cr_expect(hp->n_layer == 30 && hp->n_embd == 576 && hp->n_head == 9 && hp->n_head_kv == 3 &&
+              hp->head_dim == 64 && hp->n_ff == 1536 && hp->n_vocab == 49152 && hp->tied_output &&
+              hp->rope_base == 100000.0f && hp->arch_id == AP_ARCH_LLAMA && !hp->rope_neox &&
+              hp->swa_window == 0);
+}
+
+Test(model, real_model_matches_transformers, .timeout = 1800) {
+    check_real_model(MODEL_PATH, FIX_DIR, smollm2_hp);
+}
+
+static void gemma3_hp(const ap_hparams *hp) {
+    cr_expect(hp->arch_id == AP_ARCH_GEMMA3 && hp->n_layer == 18 && hp->n_embd == 640 &&
+              hp->n_head == 4 && hp->n_head_kv == 1 && hp->head_dim == 256 && hp->n_ff == 2048 &&
+              hp->n_vocab == 262144 && hp->tied_output && hp->rope_base == 1e6f &&
+              hp->rope_base_swa == 1e4f && hp->swa_window == 512 && hp->rope_neox &&
+              hp->qk_norm && hp->post_norms && hp->ffn_gelu);
+    /* Layers 5, 11 and 17 are global, the other 15 sliding. */
+    cr_expect_eq(ap_hparams_n_full_layers(hp), 3);
+    cr_expect(!ap_hparams_layer_swa(hp, 5) && !ap_hparams_layer_swa(hp, 17) &&
+              ap_hparams_layer_swa(hp, 0) && ap_hparams_layer_swa(hp, 16));
+}
+
+Test(model, gemma3_matches_transformers, .timeout = 1800) {
+    check_real_model(GEMMA3_PATH, GEMMA3_FIX_DIR, gemma3_hp);
 }

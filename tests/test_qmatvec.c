@@ -8,6 +8,9 @@
  * bytes for the quants (every bit pattern, int8 -128 included) and random
  * finite binary16 scales.
  *
+ * Real tensors: SmolLM2 (Q4_1, Q8_0) and Gemma 3 270M Q4_K_M (Q5_0, Q8_0,
+ * Q4_K, Q6_K) rows against the float64 reference.
+ *
  * Model: decode through qmatvec vs the float32 engine (f32_weights) on
  * synthetic GGUFs with quantized tensors and on the real SmolLM2 file;
  * streaming decode attention vs the BLAS path at a long context. */
@@ -28,6 +31,7 @@
 #include "kernels/quant.h"
 
 #define MODEL_PATH AP_SOURCE_DIR "/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+#define GEMMA3_PATH AP_SOURCE_DIR "/models/gemma-3-270m-q4_k_m.gguf"
 #define FIX_DIR AP_SOURCE_DIR "/tests/fixtures/forward"
 
 /* ------------------------------------------------------------- helpers */
@@ -121,16 +125,23 @@ typedef struct {
 } shape;
 
 /* Odd shapes: rows not a multiple of any thread count, n_in not a multiple
- * of 256 where the block size allows it. */
+ * of 256 where the block size allows it, odd and even block counts (the
+ * AVX2 kernels take blocks in pairs). The n_in of Gemma 3 270M's matrices
+ * are here too: 640 (Q5_0, Q8_0: 640 is not whole 256-blocks, so its
+ * quantizer falls back from K-quants there), 1024 (Q4_K attn_output) and
+ * 2048 (Q4_K/Q6_K ffn_down). */
 static const shape SHAPES[] = {
-    {AP_GGML_F32, 37, 100},   {AP_GGML_F32, 5, 7},     {AP_GGML_F16, 33, 72},
-    {AP_GGML_F16, 3, 13},     {AP_GGML_BF16, 11, 96},  {AP_GGML_Q4_0, 37, 32},
-    {AP_GGML_Q4_0, 101, 608}, {AP_GGML_Q4_1, 1, 32},   {AP_GGML_Q4_1, 37, 96},
-    {AP_GGML_Q4_1, 101, 576}, {AP_GGML_Q4_1, 7, 1536}, {AP_GGML_Q5_0, 19, 160},
-    {AP_GGML_Q5_1, 23, 224},  {AP_GGML_Q8_0, 1, 32},   {AP_GGML_Q8_0, 45, 608},
-    {AP_GGML_Q8_0, 13, 1568}, {AP_GGML_Q4_K, 13, 256}, {AP_GGML_Q4_K, 29, 768},
-    {AP_GGML_Q5_K, 9, 512},   {AP_GGML_Q6_K, 1, 256},  {AP_GGML_Q6_K, 31, 768},
-    {AP_GGML_Q6_K, 6, 1536},
+    {AP_GGML_F32, 37, 100},   {AP_GGML_F32, 5, 7},      {AP_GGML_F16, 33, 72},
+    {AP_GGML_F16, 3, 13},     {AP_GGML_BF16, 11, 96},   {AP_GGML_Q4_0, 37, 32},
+    {AP_GGML_Q4_0, 101, 608}, {AP_GGML_Q4_1, 1, 32},    {AP_GGML_Q4_1, 37, 96},
+    {AP_GGML_Q4_1, 101, 576}, {AP_GGML_Q4_1, 7, 1536},  {AP_GGML_Q5_0, 1, 32},
+    {AP_GGML_Q5_0, 19, 160},  {AP_GGML_Q5_0, 37, 640},  {AP_GGML_Q5_0, 5, 2048},
+    {AP_GGML_Q5_1, 1, 32},    {AP_GGML_Q5_1, 23, 224},  {AP_GGML_Q5_1, 13, 640},
+    {AP_GGML_Q8_0, 1, 32},    {AP_GGML_Q8_0, 45, 608},  {AP_GGML_Q8_0, 17, 640},
+    {AP_GGML_Q8_0, 13, 1568}, {AP_GGML_Q4_K, 13, 256},  {AP_GGML_Q4_K, 29, 768},
+    {AP_GGML_Q4_K, 11, 1024}, {AP_GGML_Q4_K, 5, 2048},  {AP_GGML_Q5_K, 9, 512},
+    {AP_GGML_Q6_K, 1, 256},   {AP_GGML_Q6_K, 31, 768},  {AP_GGML_Q6_K, 6, 1536},
+    {AP_GGML_Q6_K, 9, 2048},
 };
 #define N_SHAPES ((int)(sizeof SHAPES / sizeof SHAPES[0]))
 
@@ -321,6 +332,34 @@ Test(qmatvec, check_rejects_bad_matrices) {
     cr_expect_eq(ap_qmat_check(&w, "m", &err), AP_OK, "%s", err.msg);
     cr_expect(ap_qmatvec_supported(AP_GGML_Q5_K) && !ap_qmatvec_supported(AP_GGML_Q2_K));
     cr_expect(ap_qmatvec_q8_supported(AP_GGML_Q4_1) && !ap_qmatvec_q8_supported(AP_GGML_F16));
+    cr_expect(ap_qmatvec_q8_supported(AP_GGML_Q5_0) && ap_qmatvec_q8_supported(AP_GGML_Q5_1));
+    cr_expect(!ap_qmatvec_q8_supported(AP_GGML_Q5_K) && !ap_qmatvec_q8_supported(AP_GGML_BF16));
+}
+
+/* A K-quant row must be whole 256-element blocks. Gemma 3 270M's
+ * n_embd = 640 is not, which is why its quantizer stores those matrices as
+ * Q5_0; a K-quant matrix of that width must be refused with a message that
+ * says why, by the mat-vec check and by the dequantizer. */
+Test(qmatvec, k_quant_width_not_whole_blocks) {
+    static const ap_ggml_type kt[] = {AP_GGML_Q4_K, AP_GGML_Q5_K, AP_GGML_Q6_K};
+    uint8_t buf[4 * 210] = {0};
+    float out[640];
+    for (size_t i = 0; i < sizeof kt / sizeof kt[0]; i++) {
+        const char *tn = ap_ggml_type_traits((uint32_t)kt[i])->name;
+        ap_err err = {0};
+        cr_expect_eq(ap_ggml_row_size((uint32_t)kt[i], 640), 0u, "%s: 640 has no row size", tn);
+        /* Any row size: the width is refused first. */
+        ap_qmat w = {kt[i], buf, 3 * (size_t)ap_ggml_type_traits((uint32_t)kt[i])->type_size, 640,
+                     4};
+        cr_expect_eq(ap_qmat_check(&w, "blk.0.attn_q.weight", &err), AP_ERR_ARG, "%s", tn);
+        cr_expect(strstr(err.msg, "blk.0.attn_q.weight") && strstr(err.msg, "640") &&
+                      strstr(err.msg, tn) && strstr(err.msg, "256"),
+                  "message should name the tensor, width, type and block size: %s", err.msg);
+        err = (ap_err){0};
+        cr_expect_eq(ap_dequant_row(kt[i], buf, out, 640, &err), AP_ERR_ARG, "%s", tn);
+        cr_expect(strstr(err.msg, "640") && strstr(err.msg, tn) && strstr(err.msg, "256"),
+                  "dequantize message: %s", err.msg);
+    }
 }
 
 /* Decode-attention products: odd key counts, strided rows, group sizes
@@ -401,18 +440,22 @@ Test(qmatvec, kv_products) {
     cr_log_info("kv products: worst rel err %.3g", worst);
 }
 
-/* Real tensors of the default model with activations of a realistic scale. */
-Test(qmatvec, real_model_tensors, .timeout = 600) {
-    if (getenv("AP_SKIP_REAL_MODEL")) cr_skip_test("AP_SKIP_REAL_MODEL is set");
-    if (!ap_file_exists(MODEL_PATH)) cr_skip_test("%s not found", MODEL_PATH);
+/* Leading rows (at most 3000) of real tensors with activations of a
+ * realistic scale, every ISA, against the float64 reference. `types`
+ * (optional, same length as names) pins the type each tensor must have, so
+ * the test cannot silently stop covering a kernel. */
+static void check_real_tensors(const char *path, const char *const *names,
+                               const ap_ggml_type *types, int n_names) {
     ap_gguf *g = NULL;
     ap_err err = {0};
-    cr_assert_eq(ap_gguf_open(MODEL_PATH, &g, &err), AP_OK, "%s", err.msg);
-    static const char *names[] = {"blk.0.attn_q.weight", "blk.29.ffn_down.weight",
-                                  "blk.13.ffn_gate.weight", "token_embd.weight"};
-    for (int i = 0; i < 4; i++) {
+    cr_assert_eq(ap_gguf_open(path, &g, &err), AP_OK, "%s", err.msg);
+    for (int i = 0; i < n_names; i++) {
         const ap_gguf_tensor *t = ap_gguf_find_tensor(g, names[i]);
         cr_assert(t, "%s missing", names[i]);
+        if (types)
+            cr_assert_eq(t->type, types[i], "%s: type %s, expected %s", names[i],
+                         ap_ggml_type_traits((uint32_t)t->type)->name,
+                         ap_ggml_type_traits((uint32_t)types[i])->name);
         int n_in = (int)t->ne[0], n_out = (int)(t->ne[1] < 3000 ? t->ne[1] : 3000);
         ap_qmat w = {t->type, t->data, ap_ggml_row_size((uint32_t)t->type, n_in), n_in, n_out};
         cr_assert_eq(ap_qmat_check(&w, names[i], &err), AP_OK, "%s", err.msg);
@@ -438,6 +481,29 @@ Test(qmatvec, real_model_tensors, .timeout = 600) {
         free(ref);
     }
     ap_gguf_free(g);
+}
+
+/* Real tensors of the default model. */
+Test(qmatvec, real_model_tensors, .timeout = 600) {
+    if (getenv("AP_SKIP_REAL_MODEL")) cr_skip_test("AP_SKIP_REAL_MODEL is set");
+    if (!ap_file_exists(MODEL_PATH)) cr_skip_test("%s not found", MODEL_PATH);
+    static const char *const names[] = {"blk.0.attn_q.weight", "blk.29.ffn_down.weight",
+                                        "blk.13.ffn_gate.weight", "token_embd.weight"};
+    check_real_tensors(MODEL_PATH, names, NULL, 4);
+}
+
+/* Gemma 3 270M Q4_K_M: one tensor of each quantized type it holds, at its
+ * real widths (640, 1024, 2048). */
+Test(qmatvec, gemma3_tensors, .timeout = 600) {
+    if (getenv("AP_SKIP_REAL_MODEL")) cr_skip_test("AP_SKIP_REAL_MODEL is set");
+    if (!ap_file_exists(GEMMA3_PATH)) cr_skip_test("%s not found", GEMMA3_PATH);
+    static const char *const names[] = {"blk.0.attn_q.weight",      "blk.2.attn_v.weight",
+                                        "blk.0.ffn_up.weight",      "blk.0.attn_v.weight",
+                                        "blk.0.attn_output.weight", "blk.2.ffn_down.weight",
+                                        "blk.0.ffn_down.weight",    "token_embd.weight"};
+    static const ap_ggml_type types[] = {AP_GGML_Q5_0, AP_GGML_Q5_0, AP_GGML_Q5_0, AP_GGML_Q8_0,
+                                         AP_GGML_Q4_K, AP_GGML_Q4_K, AP_GGML_Q6_K, AP_GGML_Q8_0};
+    check_real_tensors(GEMMA3_PATH, names, types, 8);
 }
 
 /* ------------------------------------------------------------- the model */
@@ -555,7 +621,8 @@ static void synth_quant_vs_f32(ap_ggml_type wtype, ap_ggml_type etype, int tied,
 Test(engine, synth_q4_1_tied) { synth_quant_vs_f32(AP_GGML_Q4_1, AP_GGML_Q8_0, 1, 2); }
 Test(engine, synth_q8_0_untied) { synth_quant_vs_f32(AP_GGML_Q8_0, AP_GGML_Q8_0, 0, 1); }
 Test(engine, synth_q4_0_f16_embd) { synth_quant_vs_f32(AP_GGML_Q4_0, AP_GGML_F16, 1, 3); }
-Test(engine, synth_q5_1_generic) { synth_quant_vs_f32(AP_GGML_Q5_1, AP_GGML_Q4_1, 0, 2); }
+Test(engine, synth_q5_1_untied) { synth_quant_vs_f32(AP_GGML_Q5_1, AP_GGML_Q4_1, 0, 2); }
+Test(engine, synth_q5_0_tied) { synth_quant_vs_f32(AP_GGML_Q5_0, AP_GGML_Q8_0, 1, 2); }
 
 /* Keeps the decode rows (positions >= from) of every (layer, head). */
 typedef struct {

@@ -18,6 +18,8 @@
 
 #define MODEL_PATH AP_SOURCE_DIR "/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 #define FIXTURE_PATH AP_SOURCE_DIR "/tests/fixtures/dequant_smollm2.json"
+#define GEMMA3_PATH AP_SOURCE_DIR "/models/gemma-3-270m-q4_k_m.gguf"
+#define GEMMA3_FIXTURE_PATH AP_SOURCE_DIR "/tests/fixtures/dequant_gemma3.json"
 
 /* binary16 bit patterns used as scales */
 #define H_1 0x3c00u    /* 1.0 */
@@ -537,18 +539,20 @@ static int hexeq_row(const float *row, int64_t n, const char *want_hex) {
     return strcmp(hex, want_hex) == 0;
 }
 
-Test(quant, real_model_matches_gguf_py_fixture) {
-    if (!ap_file_exists(MODEL_PATH))
-        cr_skip_test("real model absent: %s (see stack notes 2; the fixture was made from it)",
-                     MODEL_PATH);
+/* Checks every row the fixture lists against our dequantization of the same
+ * bytes in model_path: the stored head values and the whole row's hash
+ * exactly, the float64 sums as a diagnostic. Returns the number of rows
+ * checked; `covered` (indexed by ggml type id) marks the types seen. */
+static int check_dequant_fixture(const char *model_path, const char *fixture_path,
+                                 int covered[AP_GGML_TYPE_COUNT]) {
     char *json = NULL;
     size_t len = 0;
     ap_err err = {0};
-    cr_assert_eq(ap_read_file(FIXTURE_PATH, &json, &len, &err), AP_OK, "%s", err.msg);
+    cr_assert_eq(ap_read_file(fixture_path, &json, &len, &err), AP_OK, "%s", err.msg);
     cJSON *doc = cJSON_Parse(json);
-    cr_assert_not_null(doc, "fixture %s is not valid JSON", FIXTURE_PATH);
+    cr_assert_not_null(doc, "fixture %s is not valid JSON", fixture_path);
     ap_gguf *g = NULL;
-    cr_assert_eq(ap_gguf_open(MODEL_PATH, &g, &err), AP_OK, "%s", err.msg);
+    cr_assert_eq(ap_gguf_open(model_path, &g, &err), AP_OK, "%s", err.msg);
 
     const cJSON *tensors = cJSON_GetObjectItemCaseSensitive(doc, "tensors");
     cr_assert(cJSON_IsArray(tensors));
@@ -560,9 +564,10 @@ Test(quant, real_model_matches_gguf_py_fixture) {
         int64_t row_len = (int64_t)cJSON_GetObjectItemCaseSensitive(te, "row_len")->valuedouble;
         int rows = (int)cJSON_GetObjectItemCaseSensitive(te, "rows")->valuedouble;
         const ap_gguf_tensor *t = ap_gguf_find_tensor(g, name);
-        cr_assert_not_null(t, "tensor %s missing", name);
+        cr_assert_not_null(t, "%s: tensor %s missing", model_path, name);
         cr_assert_str_eq(ap_ggml_type_traits(t->type)->name, type, "%s type", name);
         cr_assert_eq(t->ne[0], row_len, "%s ne[0]", name);
+        if (covered) covered[t->type] = 1;
         size_t row_bytes = ap_ggml_row_size(t->type, row_len);
         float *row = malloc((size_t)row_len * sizeof(float));
         cr_assert(row);
@@ -571,7 +576,8 @@ Test(quant, real_model_matches_gguf_py_fixture) {
         for (int r = 0; r < rows; r++) {
             const cJSON *rv = cJSON_GetArrayItem(vals, r);
             const uint8_t *src = (const uint8_t *)t->data + (size_t)r * row_bytes;
-            cr_assert_eq(ap_dequant_row(t->type, src, row, row_len, &err), AP_OK, "%s", err.msg);
+            cr_assert_eq(ap_dequant_row(t->type, src, row, row_len, &err), AP_OK, "%s: %s", name,
+                         err.msg);
             const cJSON *head = cJSON_GetObjectItemCaseSensitive(rv, "head");
             int i = 0;
             const cJSON *v;
@@ -601,8 +607,48 @@ Test(quant, real_model_matches_gguf_py_fixture) {
         }
         free(row);
     }
-    cr_assert_eq(n_checked, 7, "expected 2+2+2+1 rows in the fixture");
     ap_gguf_free(g);
     cJSON_Delete(doc);
     free(json);
+    return n_checked;
+}
+
+Test(quant, real_model_matches_gguf_py_fixture) {
+    if (!ap_file_exists(MODEL_PATH))
+        cr_skip_test("real model absent: %s (see stack notes 2; the fixture was made from it)",
+                     MODEL_PATH);
+    int n_checked = check_dequant_fixture(MODEL_PATH, FIXTURE_PATH, NULL);
+    cr_assert_eq(n_checked, 7, "expected 2+2+2+1 rows in the fixture");
+}
+
+/* Gemma 3 270M Q4_K_M mixes Q5_0, Q8_0, Q4_K, Q6_K and F32: the fixture
+ * must reach every type the file holds, so a new type in a re-quantized
+ * file cannot slip past unchecked. */
+Test(quant, gemma3_matches_gguf_py_fixture) {
+    if (getenv("AP_SKIP_REAL_MODEL")) cr_skip_test("AP_SKIP_REAL_MODEL is set");
+    if (!ap_file_exists(GEMMA3_PATH))
+        cr_skip_test("Gemma 3 model absent: %s (the fixture %s was made from it)", GEMMA3_PATH,
+                     GEMMA3_FIXTURE_PATH);
+    int covered[AP_GGML_TYPE_COUNT] = {0};
+    int n_checked = check_dequant_fixture(GEMMA3_PATH, GEMMA3_FIXTURE_PATH, covered);
+    cr_assert_eq(n_checked, 15, "expected 7 tensors x 2 rows + 1 norm row in the fixture");
+
+    ap_gguf *g = NULL;
+    ap_err err = {0};
+    cr_assert_eq(ap_gguf_open(GEMMA3_PATH, &g, &err), AP_OK, "%s", err.msg);
+    int in_file[AP_GGML_TYPE_COUNT] = {0};
+    for (int64_t i = 0; i < ap_gguf_n_tensors(g); i++) {
+        const ap_gguf_tensor *t = ap_gguf_tensor_at(g, i);
+        cr_assert(t->type < AP_GGML_TYPE_COUNT);
+        in_file[t->type] = 1;
+    }
+    ap_gguf_free(g);
+    static const ap_ggml_type expected[] = {AP_GGML_F32, AP_GGML_Q5_0, AP_GGML_Q8_0, AP_GGML_Q4_K,
+                                            AP_GGML_Q6_K};
+    for (size_t k = 0; k < sizeof expected / sizeof expected[0]; k++)
+        cr_expect(in_file[expected[k]], "the file no longer holds %s: re-check the fixture",
+                  ap_ggml_type_traits(expected[k])->name);
+    for (uint32_t ty = 0; ty < AP_GGML_TYPE_COUNT; ty++)
+        cr_expect(!in_file[ty] || covered[ty], "type %s is in %s but not in the fixture",
+                  ap_ggml_type_traits(ty)->name, GEMMA3_PATH);
 }

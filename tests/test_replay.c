@@ -1185,3 +1185,190 @@ Test(replay, real_trace_slice) {
               out);
     cr_assert(ap_file_exists(json));
 }
+
+/* ------------------------------------------- mixed attention (issue 13) */
+
+/* Mean recovery over the recorded rows of (method, budget 0) in `layer`. */
+static double rec_mean(const recorder *r, int method, int layer, long long *n) {
+    double s = 0.0;
+    *n = 0;
+    for (int i = 0; i < r->n; i++) {
+        const row *w = &r->rows[i];
+        if (w->method != method || w->budget != 0 || w->layer != layer) continue;
+        s += w->rec;
+        (*n)++;
+    }
+    return *n ? s / (double)*n : NAN;
+}
+
+Test(replay, sliding_window_layers_are_not_selected_or_counted) {
+    ap_tiny_seq s;
+    random_trace(&s, 0, 0, 7);
+    char full[1200], swa[1200];
+    tiny_write(&s, 1, "full.h5", full, sizeof full);
+    path_in(swa, sizeof swa, "swa.h5");
+    const int win[2] = {8, 0}; /* layer 0 sliding (window 8), layer 1 full */
+    ap_err e;
+    cr_assert_eq(ap_tiny_write_windows(swa, &s, 1, "gemma3", win, &e), AP_OK, "%s", e.msg);
+
+    recorder ra, rb;
+    rec_init(&ra);
+    rec_init(&rb);
+    ap_replay_config c;
+    tiny_config(&c, full, &ra);
+    ap_replay_result *a = run_ok(&c);
+    tiny_config(&c, swa, &rb);
+    ap_replay_result *b = run_ok(&c);
+    cr_assert_eq(a->n_full_layers, 2);
+    cr_assert_eq(a->swa_window, 0);
+    cr_assert_eq(b->n_full_layers, 1);
+    cr_assert_eq(b->swa_window, 8);
+    cr_assert(b->layer_window[0] == 8 && b->layer_window[1] == 0);
+    cr_assert_eq(a->n_methods, b->n_methods);
+    for (int i = 0; i < rb.n; i++)
+        cr_assert_eq(rb.rows[i].layer, 1, "a method selected in sliding-window layer 0");
+    for (int m = 0; m < b->n_methods; m++) {
+        ap_replay_cell *ca = ap_replay_cell_at(a, m, 0), *cb = ap_replay_cell_at(b, m, 0);
+        cr_assert_eq(ca->n, 2 * 4 * GEN, "%s", a->methods[m].name);
+        cr_assert_eq(cb->n, 4 * GEN, "%s: only the full layer counts", b->methods[m].name);
+        /* The full layer scores as it did in the all-full trace, and the
+         * cell averages over it alone. */
+        long long n1 = 0;
+        double m1 = rec_mean(&ra, m, 1, &n1);
+        cr_assert_eq(n1, 4 * GEN);
+        cr_assert_float_eq(cb->recovery.mean, m1, 1e-12, "%s: %.17g vs %.17g",
+                           b->methods[m].name, cb->recovery.mean, m1);
+        for (int h = 0; h < 4; h++) {
+            cr_assert(isnan(cb->layer_head_recovery[h]), "layer 0 head %d is not scored", h);
+            cr_assert_eq(cb->layer_head_recovery[4 + h], ca->layer_head_recovery[4 + h]);
+        }
+    }
+    /* The oracle's layer-0 recovery differs from its layer-1 one, so a cell
+     * that still counted layer 0 would have shown above. */
+    long long n0 = 0, n1 = 0;
+    cr_assert_neq(rec_mean(&ra, 0, 0, &n0), rec_mean(&ra, 0, 1, &n1));
+
+    /* The reports say where the methods selected. */
+    char json[1200], md[1200];
+    path_in(json, sizeof json, "swa.json");
+    path_in(md, sizeof md, "swa.md");
+    cr_assert_eq(ap_replay_write_json(b, json, &e), AP_OK, "%s", e.msg);
+    cr_assert_eq(ap_replay_write_md(b, md, &e), AP_OK, "%s", e.msg);
+    const char *note = "selection in 1 of 2 layers (the others are sliding-window layers, window 8)";
+    char *text = NULL;
+    size_t len = 0;
+    cr_assert_eq(ap_read_file(md, &text, &len, &e), AP_OK, "%s", e.msg);
+    cr_assert(strstr(text, note) != NULL, "%s", text);
+    free(text);
+    cr_assert_eq(ap_read_file(json, &text, &len, &e), AP_OK, "%s", e.msg);
+    cJSON *j = cJSON_Parse(text);
+    cr_assert_not_null(j);
+    cJSON *sl = cJSON_GetObjectItem(j, "selection_layers");
+    cr_assert_not_null(sl, "%s", text);
+    cr_assert_eq(cJSON_GetObjectItem(sl, "n_selected")->valueint, 1);
+    cr_assert_eq(cJSON_GetObjectItem(sl, "n_layer")->valueint, 2);
+    cr_assert_eq(cJSON_GetObjectItem(sl, "n_sliding")->valueint, 1);
+    cr_assert_str_eq(cJSON_GetObjectItem(sl, "note")->valuestring, note);
+    cJSON *mo = cJSON_GetObjectItem(j, "model");
+    cr_assert_eq(cJSON_GetObjectItem(mo, "n_full_layers")->valueint, 1);
+    cr_assert_eq(cJSON_GetObjectItem(mo, "sliding_window")->valueint, 8);
+    cJSON *lw = cJSON_GetObjectItem(mo, "layer_window");
+    cr_assert(cJSON_GetArraySize(lw) == 2 && cJSON_GetArrayItem(lw, 0)->valueint == 8 &&
+              cJSON_GetArrayItem(lw, 1)->valueint == 0);
+    cJSON_Delete(j);
+    free(text);
+    /* An all-full trace says so. */
+    cr_assert_eq(ap_replay_write_md(a, md, &e), AP_OK, "%s", e.msg);
+    cr_assert_eq(ap_read_file(md, &text, &len, &e), AP_OK, "%s", e.msg);
+    cr_assert(strstr(text, "selection in all 2 layers") != NULL, "%s", text);
+    free(text);
+
+    /* Dense layers on top: the full layer kept dense leaves nothing to select. */
+    ap_replay_result_free(b);
+    rec_free(&rb);
+    rec_init(&rb);
+    tiny_config(&c, swa, &rb);
+    c.n_dense_layers = 1;
+    c.dense_layers[0] = 1;
+    b = run_ok(&c);
+    cr_assert_eq(rb.n, 0);
+    cr_assert_eq(ap_replay_cell_at(b, 0, 0)->n, 0);
+    cr_assert_eq(ap_replay_write_md(b, md, &e), AP_OK, "%s", e.msg);
+    cr_assert_eq(ap_read_file(md, &text, &len, &e), AP_OK, "%s", e.msg);
+    cr_assert(strstr(text, "selection in 0 of 2 layers (the others: 1 sliding-window layers, "
+                           "window 8; 1 kept dense)") != NULL,
+              "%s", text);
+    free(text);
+
+    /* Traces of one shape but other windows are different models. */
+    c.n_dense_layers = 0;
+    c.traces[1] = full;
+    c.n_traces = 2;
+    c.on_step = NULL;
+    cr_assert_eq(run_err(&c, &e), AP_ERR_FORMAT);
+    cr_assert(strstr(e.msg, full) && strstr(e.msg, "layer 0's attention window is 0"), "%s",
+              e.msg);
+    ap_replay_result_free(a);
+    ap_replay_result_free(b);
+    rec_free(&ra);
+    rec_free(&rb);
+    ap_tiny_seq_free(&s);
+}
+
+/* A predictor runs in the full layers only, through the CLI too. */
+Test(replay, predictor_and_cli_on_a_sliding_window_trace) {
+    ap_synth_trace_opts o;
+    ap_synth_trace_opts_default(&o);
+    o.n_seq = 2;
+    o.n_gen = 16;
+    o.min_prompt = 200;
+    o.max_prompt = 300;
+    o.n_layer = 3;
+    const int win[3] = {64, 64, 0};
+    o.layer_window = win;
+    o.arch = "gemma3";
+    char trace[1200], pred[1200];
+    path_in(trace, sizeof trace, "swa-syn.h5");
+    ap_err e;
+    cr_assert_eq(ap_synth_trace_write(trace, &o, &e), AP_OK, "%s", e.msg);
+    path_in(pred, sizeof pred, "swa-syn.safetensors");
+    write_predictor(pred, 16, 16, 8, 8, 23);
+    recorder rc;
+    rec_init(&rc);
+    ap_replay_config c;
+    synth_config(&c, trace, pred);
+    c.threads = 1;
+    c.on_step = on_step;
+    c.on_step_user = &rc;
+    ap_replay_result *r = run_ok(&c);
+    cr_assert_eq(r->n_full_layers, 1);
+    for (int m = 0; m < r->n_methods; m++)
+        cr_assert_eq(ap_replay_cell_at(r, m, 0)->n, 2 * 16 * 1 * 3, "%s", r->methods[m].name);
+    int n_pred = 0;
+    for (int i = 0; i < rc.n; i++) {
+        cr_assert_eq(rc.rows[i].layer, 2);
+        n_pred += r->methods[rc.rows[i].method].is_predictor;
+    }
+    cr_assert_gt(n_pred, 0, "the predictor ran");
+    ap_replay_result_free(r);
+    rec_free(&rc);
+
+    const char *ap = getenv("AP_CLI");
+    if (!ap || !*ap || access(ap, X_OK) != 0) return; /* the CLI half runs through ctest */
+    char md[1200], json[1200], cmd[8192];
+    static char out[1 << 16];
+    path_in(md, sizeof md, "swa-cli.md");
+    path_in(json, sizeof json, "swa-cli.json");
+    snprintf(cmd, sizeof cmd,
+             "'%s' eval replay --traces '%s' --budget 192 --max-steps 4 --json '%s' --md '%s' "
+             "--quiet 2>&1",
+             ap, trace, json, md);
+    cr_assert_eq(run_cmd(cmd, out, sizeof out), 0, "%s", out);
+    char *text = NULL;
+    size_t len = 0;
+    cr_assert_eq(ap_read_file(md, &text, &len, &e), AP_OK, "%s", e.msg);
+    cr_assert(strstr(text, "selection in 1 of 3 layers (the others are sliding-window layers, "
+                           "window 64)") != NULL,
+              "%s", text);
+    free(text);
+}

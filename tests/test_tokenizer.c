@@ -26,6 +26,8 @@
 #endif
 
 #define MODEL_PATH AP_SOURCE_DIR "/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+#define GEMMA_PATH AP_SOURCE_DIR "/models/gemma-3-270m-q4_k_m.gguf"
+#define GEMMA_FIXTURE_PATH AP_SOURCE_DIR "/tests/fixtures/tokenizer_gemma3.jsonl"
 #define FIXTURE_PATH AP_SOURCE_DIR "/tests/fixtures/tokenizer_smollm2.jsonl"
 #define PATTERNS_PATH AP_SOURCE_DIR "/tests/fixtures/pretok_patterns.jsonl"
 
@@ -428,6 +430,22 @@ Test(tokenizer, llama3_pattern_known_splits) {
     tiny_free(&v);
 }
 
+Test(tokenizer, qwen2_pattern_known_splits) {
+    tiny_vocab v;
+    tiny_init(&v);
+    ap_tokenizer *t = tiny_create(&v, AP_PRE_QWEN2);
+    /* As Llama 3, except that every number code point is a piece. */
+    PIECES(t, "12345678", "1", "2", "3", "4", "5", "6", "7", "8");
+    PIECES(t, "x 42", "x", " ", "4", "2");
+    PIECES(t, "IT'S I'LL", "IT", "'S", " I", "'LL");
+    PIECES(t, "x!!\n\ny", "x", "!!\n\n", "y");
+    PIECES(t, "a   b", "a", "  ", " b");
+    PIECES(t, "v1.2", "v", "1", ".", "2");
+    PIECES(t, "\xd9\xa1\xd9\xa2", "\xd9\xa1", "\xd9\xa2");
+    ap_tokenizer_free(t);
+    tiny_free(&v);
+}
+
 /* Every split in tests/fixtures/pretok_patterns.jsonl, produced by
  * Oniguruma through HF tokenizers, must be reproduced exactly. */
 Test(tokenizer, pretokenizer_matches_regex_engine_fixture) {
@@ -440,7 +458,8 @@ Test(tokenizer, pretokenizer_matches_regex_engine_fixture) {
     ap_tokenizer *tg = tiny_create(&v, AP_PRE_GPT2);
     ap_tokenizer *tl = tiny_create(&v, AP_PRE_LLAMA3);
     ap_tokenizer *ts = tiny_create(&v, AP_PRE_SMOLLM);
-    size_t compared = 0, failed = 0;
+    ap_tokenizer *tq = tiny_create(&v, AP_PRE_QWEN2);
+    size_t compared = 0, failed = 0, per_pre[4] = {0};
     char *line = data;
     while (line && *line) {
         char *nl = strchr(line, '\n');
@@ -450,9 +469,15 @@ Test(tokenizer, pretokenizer_matches_regex_engine_fixture) {
         const char *pre = cJSON_GetObjectItem(row, "pre")->valuestring;
         const char *text = cJSON_GetObjectItem(row, "text")->valuestring;
         cJSON *want = cJSON_GetObjectItem(row, "ends");
-        const ap_tokenizer *t = strcmp(pre, "gpt2") == 0     ? tg
-                                : strcmp(pre, "llama3") == 0 ? tl
-                                                             : ts;
+        int which = strcmp(pre, "gpt2") == 0     ? 0
+                    : strcmp(pre, "llama3") == 0 ? 1
+                    : strcmp(pre, "qwen2") == 0  ? 2
+                    : strcmp(pre, "smollm") == 0 ? 3
+                                                 : -1;
+        cr_assert_geq(which, 0, "unknown pre-tokenizer \"%s\" in %s", pre, PATTERNS_PATH);
+        const ap_tokenizer *pres[4] = {tg, tl, tq, ts};
+        const ap_tokenizer *t = pres[which];
+        per_pre[which]++;
         size_t *ends = NULL, n = 0;
         cr_assert_eq(ap_tokenizer_pretokenize(t, text, strlen(text), 0, &ends, &n, NULL), AP_OK);
         int ok = n == (size_t)cJSON_GetArraySize(want);
@@ -466,9 +491,16 @@ Test(tokenizer, pretokenizer_matches_regex_engine_fixture) {
         cJSON_Delete(row);
         line = nl ? nl + 1 : NULL;
     }
-    cr_log_info("pre-tokenizer fixture: %zu splits compared, %zu differ", compared, failed);
-    cr_assert_gt(compared, 900);
+    cr_log_info(
+        "pre-tokenizer fixture: %zu splits compared (gpt2 %zu, llama3 %zu, qwen2 %zu, "
+        "smollm %zu), %zu differ",
+        compared, per_pre[0], per_pre[1], per_pre[2], per_pre[3], failed);
+    cr_assert_gt(per_pre[0], 300);
+    cr_assert_geq(per_pre[1], 1000);
+    cr_assert_geq(per_pre[2], 1000);
+    cr_assert_gt(per_pre[3], 300);
     cr_assert_eq(failed, 0, "%zu of %zu splits differ", failed, compared);
+    ap_tokenizer_free(tq);
     ap_tokenizer_free(tg);
     ap_tokenizer_free(tl);
     ap_tokenizer_free(ts);
@@ -623,7 +655,7 @@ Test(tokenizer, round_trip_random_bytes_all_pretokenizers) {
     tiny_merge(&v, " t", "he");
     tiny_merge(&v, "\xc3", "\xa9");
     tiny_tok(&v, "<|sp|>", 3);
-    ap_pretok pres[3] = {AP_PRE_GPT2, AP_PRE_SMOLLM, AP_PRE_LLAMA3};
+    ap_pretok pres[4] = {AP_PRE_GPT2, AP_PRE_SMOLLM, AP_PRE_LLAMA3, AP_PRE_QWEN2};
     /* Bytes biased toward the interesting ones: ASCII, UTF-8 leads and
      * continuation bytes, whitespace, digits, apostrophes, '<'. */
     const char *alphabet =
@@ -631,7 +663,7 @@ Test(tokenizer, round_trip_random_bytes_all_pretokenizers) {
     size_t na = strlen(alphabet);
     uint64_t seed = 0x9E3779B97F4A7C15ull;
     char buf[300];
-    for (int p = 0; p < 3; p++) {
+    for (int p = 0; p < 4; p++) {
         ap_tokenizer *t = tiny_create(&v, pres[p]);
         for (int iter = 0; iter < 2000; iter++) {
             size_t n = rng_next(&seed) % sizeof buf;
@@ -681,11 +713,11 @@ Test(tokenizer, empty_and_huge_inputs) {
     tiny_merge(&v, "a", "a");
     tiny_merge(&v, " ", " ");
     tiny_merge(&v, "aa", "aa");
-    ap_pretok pres[3] = {AP_PRE_GPT2, AP_PRE_SMOLLM, AP_PRE_LLAMA3};
+    ap_pretok pres[4] = {AP_PRE_GPT2, AP_PRE_SMOLLM, AP_PRE_LLAMA3, AP_PRE_QWEN2};
     size_t big = 1 << 20;
     char *buf = malloc(big);
     const char fills[] = {'a', ' ', '1', '\n', '\xff', '\'', '.'};
-    for (int p = 0; p < 3; p++) {
+    for (int p = 0; p < 4; p++) {
         ap_tokenizer *t = tiny_create(&v, pres[p]);
         int32_t *ids = NULL;
         size_t n = encode(t, "", 0, 1, &ids);
@@ -780,18 +812,37 @@ Test(tokenizer, from_gguf_reads_and_rejects) {
     ap_gguf_free(g);
     free(mem);
 
-    cr_assert_eq(gguf_with("llama", "smollm", &g, &mem, &err), AP_OK, "%s", err.msg);
-    t = (ap_tokenizer *)g;
+    /* Tokenizer models we do not implement: one message naming the key and
+     * the value. */
+    const char *unsupported[] = {"bert", "t5", "rwkv", ""};
+    for (size_t k = 0; k < sizeof unsupported / sizeof unsupported[0]; k++) {
+        cr_assert_eq(gguf_with(unsupported[k], "smollm", &g, &mem, &err), AP_OK, "%s", err.msg);
+        t = (ap_tokenizer *)g;
+        cr_assert_eq(ap_tokenizer_from_gguf(g, &t, &err), AP_ERR_UNSUPPORTED, "model \"%s\"",
+                     unsupported[k]);
+        cr_assert_null(t);
+        char quoted[16];
+        snprintf(quoted, sizeof quoted, "\"%s\"", unsupported[k]);
+        cr_assert(strstr(err.msg, "tokenizer.ggml.model") != NULL, "message: %s", err.msg);
+        cr_assert(strstr(err.msg, quoted) != NULL, "message: %s", err.msg);
+        cr_assert(strstr(err.msg, "tiny.gguf") != NULL, "message: %s", err.msg);
+        ap_gguf_free(g);
+        free(mem);
+    }
+
+    cr_assert_eq(gguf_with("gpt2", "qwen2-unknown", &g, &mem, &err), AP_OK, "%s", err.msg);
     cr_assert_eq(ap_tokenizer_from_gguf(g, &t, &err), AP_ERR_UNSUPPORTED);
-    cr_assert_null(t);
-    cr_assert(strstr(err.msg, "\"llama\"") != NULL, "message: %s", err.msg);
-    cr_assert(strstr(err.msg, "tiny.gguf") != NULL, "message: %s", err.msg);
+    cr_assert(strstr(err.msg, "qwen2-unknown") != NULL, "message: %s", err.msg);
     ap_gguf_free(g);
     free(mem);
 
+    /* Qwen 2: one piece per digit. */
     cr_assert_eq(gguf_with("gpt2", "qwen2", &g, &mem, &err), AP_OK, "%s", err.msg);
-    cr_assert_eq(ap_tokenizer_from_gguf(g, &t, &err), AP_ERR_UNSUPPORTED);
-    cr_assert(strstr(err.msg, "qwen2") != NULL, "message: %s", err.msg);
+    cr_assert_eq(ap_tokenizer_from_gguf(g, &t, &err), AP_OK, "%s", err.msg);
+    cr_assert_eq(ap_tokenizer_pretokenize(t, "12345", 5, 0, &ends, &n, NULL), AP_OK);
+    cr_assert_eq(n, 5);
+    free(ends);
+    ap_tokenizer_free(t);
     ap_gguf_free(g);
     free(mem);
 
@@ -940,4 +991,434 @@ Test(tokenizer, smollm2_digits_chat_and_speed, .timeout = 120) {
     free(src);
     ap_tokenizer_free(t);
     ap_gguf_free(g);
+}
+
+/* ---------------------------------------------------------------------- */
+/* the real Gemma 3 vocabulary (SentencePiece BPE)                          */
+
+static ap_tokenizer *load_gemma_tokenizer(ap_gguf **g) {
+    if (getenv("AP_SKIP_REAL_MODEL")) cr_skip_test("AP_SKIP_REAL_MODEL is set");
+    if (!ap_file_exists(GEMMA_PATH))
+        cr_skip_test("model file %s absent: the vocabulary comes from it", GEMMA_PATH);
+    ap_err err = {0};
+    cr_assert_eq(ap_gguf_open(GEMMA_PATH, g, &err), AP_OK, "%s", err.msg);
+    ap_tokenizer *t = NULL;
+    double t0 = ap_now_seconds();
+    cr_assert_eq(ap_tokenizer_from_gguf(*g, &t, &err), AP_OK, "%s", err.msg);
+    cr_log_info("Gemma tokenizer loaded in %.1f ms", 1e3 * (ap_now_seconds() - t0));
+    return t;
+}
+
+/* Every string of tests/fixtures/tokenizer_gemma3.jsonl (transformers' GGUF
+ * tokenizer, scripts/ref/make_tokenizer_fixture_gemma3.py): the same ids with
+ * BOS (the file says add_bos_token), with special parsing on and off, and
+ * decode(encode(s)) == s wherever the reference round-trips. */
+Test(tokenizer, gemma3_matches_transformers_fixture, .timeout = 300) {
+    ap_gguf *g = NULL;
+    ap_tokenizer *t = load_gemma_tokenizer(&g);
+    cr_assert_eq(ap_tokenizer_n_vocab(t), 262144);
+    cr_assert_eq(ap_tokenizer_bos(t), 2);
+    cr_assert_eq(ap_tokenizer_eos(t), 1);
+
+    char *data = NULL;
+    size_t len = 0;
+    ap_err err = {0};
+    cr_assert_eq(ap_read_file(GEMMA_FIXTURE_PATH, &data, &len, &err), AP_OK, "%s", err.msg);
+    size_t compared = 0, failed = 0, raw_compared = 0, round_trips = 0, bos_checked = 0;
+    char *line = data;
+    int first = 1;
+    while (line && *line) {
+        char *nl = strchr(line, '\n');
+        if (nl) *nl = '\0';
+        cJSON *row = cJSON_Parse(line);
+        cr_assert(row, "bad JSON line in %s", GEMMA_FIXTURE_PATH);
+        if (first) {
+            first = 0;
+            cr_assert(cJSON_GetObjectItem(row, "meta"), "fixture has no header line");
+        } else {
+            const char *text = cJSON_GetObjectItem(row, "text")->valuestring;
+            size_t n = strlen(text);
+            const cJSON *want = cJSON_GetObjectItem(row, "ids");
+            const cJSON *want_raw = cJSON_GetObjectItem(row, "ids_raw");
+            const cJSON *rt = cJSON_GetObjectItem(row, "rt");
+            int32_t *ids = NULL;
+            size_t n_ids = encode(t, text, n, 1, &ids);
+            /* BOS first, then the reference's ids. */
+            int ok = n_ids >= 1 && ids[0] == 2 && ids_equal(ids + 1, n_ids - 1, want);
+            bos_checked += n_ids >= 1 && ids[0] == 2;
+            if (!ok && failed++ < 10) cr_log_error("ids differ for \"%s\"", text);
+            if (ok && !(rt && cJSON_IsFalse(rt))) {
+                char *back = NULL;
+                size_t blen = 0;
+                cr_assert_eq(ap_tokenizer_decode(t, ids + 1, n_ids - 1, &back, &blen, &err), AP_OK,
+                             "%s", err.msg);
+                if ((blen != n || memcmp(back, text, n) != 0) && failed++ < 10)
+                    cr_log_error("decode does not give back \"%s\" (got \"%s\")", text, back);
+                round_trips++;
+                free(back);
+            }
+            free(ids);
+            n_ids = encode(t, text, n, 0, &ids);
+            ok = n_ids >= 1 && ids[0] == 2 &&
+                 ids_equal(ids + 1, n_ids - 1, want_raw ? want_raw : want);
+            if (!ok && failed++ < 10)
+                cr_log_error("ids (no special parsing) differ for \"%s\"", text);
+            free(ids);
+            compared++;
+            raw_compared += want_raw != NULL;
+        }
+        cJSON_Delete(row);
+        line = nl ? nl + 1 : NULL;
+    }
+    cr_log_info(
+        "Gemma 3 fixture: %zu strings compared (%zu with special tokens also unparsed, "
+        "%zu round trips), %zu mismatches",
+        compared, raw_compared, round_trips, failed);
+    cr_assert_geq(compared, 1000);
+    cr_assert_eq(bos_checked, compared);
+    cr_assert_gt(raw_compared, 10);
+    cr_assert_gt(round_trips, compared * 9 / 10);
+    cr_assert_eq(failed, 0, "%zu mismatches over %zu strings", failed, compared);
+    free(data);
+
+    /* 30 KB of mixed text (this file's source, repeated). */
+    char *src = NULL;
+    size_t slen = 0;
+    cr_assert_eq(ap_read_file(AP_SOURCE_DIR "/tests/test_tokenizer.c", &src, &slen, NULL), AP_OK);
+    size_t want = 30 * 1024;
+    char *text = malloc(want);
+    cr_assert(text);
+    for (size_t i = 0; i < want; i++) text[i] = src[i % slen];
+    int32_t *ids = NULL;
+    double t0 = ap_now_seconds();
+    size_t n = encode(t, text, want, 0, &ids);
+    double dt = ap_now_seconds() - t0;
+    cr_log_info("Gemma: encoded %zu bytes into %zu tokens in %.2f ms", want, n, 1e3 * dt);
+    cr_assert_gt(n, want / 8);
+    cr_assert_lt(dt, 1.0, "encoding 30 KB took %.1f ms", 1e3 * dt);
+    /* Back to the same bytes, after the BOS. */
+    cr_assert_eq(ids[0], 2);
+    char *back = NULL;
+    size_t blen = 0;
+    cr_assert_eq(ap_tokenizer_decode(t, ids + 1, n - 1, &back, &blen, NULL), AP_OK);
+    cr_assert(blen == want && memcmp(back, text, want) == 0, "30 KB do not round-trip");
+    free(back);
+    free(ids);
+    free(text);
+    free(src);
+    ap_tokenizer_free(t);
+    ap_gguf_free(g);
+}
+
+/* ---------------------------------------------------------------------- */
+/* SentencePiece BPE on small vocabularies                                  */
+
+#define SP "\xe2\x96\x81" /* U+2581, SentencePiece's space */
+#define SPM_MAX 320
+
+typedef struct {
+    const char *tok[SPM_MAX];
+    int32_t type[SPM_MAX];
+    float score[SPM_MAX];
+    char bytes[256][8];
+    int n;
+} spm_vocab;
+
+static int32_t spm_add(spm_vocab *v, const char *text, int32_t type, float score) {
+    cr_assert(v->n < SPM_MAX);
+    v->tok[v->n] = text;
+    v->type[v->n] = type;
+    v->score[v->n] = score;
+    return v->n++;
+}
+
+/* Byte tokens <0xXX> for the bytes in [lo, hi]; returns the id of lo. */
+static int32_t spm_add_bytes(spm_vocab *v, unsigned lo, unsigned hi) {
+    int32_t first = v->n;
+    for (unsigned b = lo; b <= hi; b++) {
+        snprintf(v->bytes[b], sizeof v->bytes[b], "<0x%02X>", b);
+        spm_add(v, v->bytes[b], 6, 0.0f);
+    }
+    return first;
+}
+
+static ap_tokenizer *spm_create(const spm_vocab *v, int scores, int add_space_prefix, int32_t unk) {
+    ap_tokenizer_spec spec = {0};
+    spec.model = AP_TOK_SPM;
+    spec.tokens = v->tok;
+    spec.token_types = v->type;
+    spec.n_vocab = v->n;
+    spec.scores = scores ? v->score : NULL;
+    spec.add_space_prefix = add_space_prefix;
+    spec.unk_id = unk;
+    spec.bos_id = spec.eos_id = -1;
+    ap_tokenizer *t = NULL;
+    ap_err err = {0};
+    cr_assert_eq(ap_tokenizer_create(&spec, &t, &err), AP_OK, "create: %s", err.msg);
+    return t;
+}
+
+static void expect_decode(const ap_tokenizer *t, const int32_t *ids, size_t n, const char *want) {
+    char *out = NULL;
+    size_t len = 0;
+    ap_err err = {0};
+    cr_assert_eq(ap_tokenizer_decode(t, ids, n, &out, &len, &err), AP_OK, "%s", err.msg);
+    cr_assert_eq(len, strlen(want), "decoded \"%s\", expected \"%s\"", out, want);
+    cr_assert_str_eq(out, want);
+    free(out);
+}
+
+#define DECODE(t, want, ...)                                        \
+    do {                                                            \
+        const int32_t ids_[] = {__VA_ARGS__};                       \
+        expect_decode(t, ids_, sizeof ids_ / sizeof ids_[0], want); \
+    } while (0)
+
+Test(tokenizer, spm_merges_highest_score_first) {
+    spm_vocab v = {0};
+    int32_t a = spm_add(&v, "a", 1, -10), b = spm_add(&v, "b", 1, -10);
+    int32_t c = spm_add(&v, "c", 1, -10);
+    int32_t ab = spm_add(&v, "ab", 1, -5), bc = spm_add(&v, "bc", 1, -1);
+    ap_tokenizer *t = spm_create(&v, 1, 0, -1);
+    EXPECT(t, "abc", 1, a, bc);
+    EXPECT(t, "abab", 1, ab, ab);
+    ap_tokenizer_free(t);
+    /* Swap the scores: now "ab" wins. */
+    v.score[ab] = -1;
+    v.score[bc] = -5;
+    t = spm_create(&v, 1, 0, -1);
+    EXPECT(t, "abc", 1, ab, c);
+    ap_tokenizer_free(t);
+    /* Without scores the earlier token ranks higher: "ab" (id 3) before "bc". */
+    t = spm_create(&v, 0, 0, -1);
+    EXPECT(t, "abc", 1, ab, c);
+    ap_tokenizer_free(t);
+    /* Merges chain through tokens of any length; equal pairs go leftmost. */
+    int32_t abc = spm_add(&v, "abc", 1, -3);
+    int32_t aa = spm_add(&v, "aa", 1, -2);
+    t = spm_create(&v, 1, 0, -1);
+    EXPECT(t, "abc", 1, abc);
+    EXPECT(t, "aaa", 1, aa, a);
+    /* "ab" (-1) beats "aa" (-2) although "aa" is further left, then "abc". */
+    EXPECT(t, "aabc", 1, a, abc);
+    ap_tokenizer_free(t);
+    (void)b;
+}
+
+Test(tokenizer, spm_spaces_prefix_and_decode) {
+    spm_vocab v = {0};
+    int32_t bos = spm_add(&v, "<s>", 3, 0);
+    int32_t sp = spm_add(&v, SP, 1, -1);
+    int32_t h = spm_add(&v, "h", 1, -9), i = spm_add(&v, "i", 1, -9);
+    spm_add(&v, SP "h", 1, -3);
+    int32_t hi = spm_add(&v, SP "hi", 1, -2);
+    int32_t hi_plain = spm_add(&v, "hi", 1, -8);
+    ap_tokenizer *t = spm_create(&v, 1, 1, -1);
+    EXPECT(t, "hi", 1, hi);
+    EXPECT(t, " hi", 1, hi); /* already starts with a space: no second one */
+    EXPECT(t, "hi hi", 1, hi, hi);
+    EXPECT(t, "hi  hi", 1, hi, sp, hi);
+    /* Only the text at the start of the input gets the prefix. */
+    EXPECT(t, "<s>hi", 1, bos, hi_plain);
+    DECODE(t, "hi hi", hi, hi);
+    DECODE(t, "<s>hi", bos, hi_plain);
+    ap_tokenizer_free(t);
+    t = spm_create(&v, 1, 0, -1);
+    EXPECT(t, "hi", 1, hi_plain);
+    EXPECT(t, " hi", 1, hi);
+    EXPECT(t, "h i", 1, h, sp, i);
+    DECODE(t, " hi hi", hi, hi);
+    ap_tokenizer_free(t);
+}
+
+Test(tokenizer, spm_byte_fallback_and_unknown) {
+    spm_vocab v = {0};
+    int32_t unk = spm_add(&v, "<unk>", 2, 0);
+    int32_t a = spm_add(&v, "a", 1, -1);
+    int32_t b0 = spm_add_bytes(&v, 0x80, 0xFF); /* no ASCII byte tokens */
+#define BYTE(x) (b0 + ((x)-0x80))
+    ap_tokenizer *t = spm_create(&v, 1, 0, unk);
+    /* A character that is not a token: its UTF-8 bytes. */
+    EXPECT(t, "a\xc3\xa9", 1, a, BYTE(0xC3), BYTE(0xA9));
+    EXPECT(t, "\xe2\x82\xac", 1, BYTE(0xE2), BYTE(0x82), BYTE(0xAC));
+    DECODE(t, "a\xc3\xa9", a, BYTE(0xC3), BYTE(0xA9));
+    /* Invalid UTF-8: byte by byte. */
+    EXPECT(t,
+           "\xc3"
+           "a",
+           1, BYTE(0xC3), a);
+    /* "b" has neither a token nor a byte token: unknown, and a run of such
+     * characters is one unknown token. */
+    EXPECT(t, "b", 1, unk);
+    EXPECT(t, "bcd", 1, unk);
+    EXPECT(t, "bab", 1, unk, a, unk);
+    ap_tokenizer_free(t);
+    /* Without an unknown token such characters are dropped. */
+    t = spm_create(&v, 1, 0, -1);
+    EXPECT(t, "bab", 1, a);
+    ap_tokenizer_free(t);
+#undef BYTE
+}
+
+Test(tokenizer, spm_special_and_user_tokens) {
+    spm_vocab v = {0};
+    int32_t ctl = spm_add(&v, "<ctl>", 3, 0);
+    int32_t nl2 = spm_add(&v, "\n\n", 4, -1000);
+    int32_t nl = spm_add(&v, "\n", 4, -1000);
+    int32_t lt = spm_add(&v, "<", 1, -1), gt = spm_add(&v, ">", 1, -1);
+    int32_t c = spm_add(&v, "c", 1, -1), tt = spm_add(&v, "t", 1, -1), l = spm_add(&v, "l", 1, -1);
+    int32_t x = spm_add(&v, "x", 1, -1);
+    ap_tokenizer *t = spm_create(&v, 1, 0, -1);
+    EXPECT(t, "x<ctl>x", 1, x, ctl, x);
+    EXPECT(t, "x<ctl>x", 0, x, lt, c, tt, l, gt, x);
+    /* User-defined tokens are matched whatever parse_special says, longest
+     * first. */
+    EXPECT(t, "x\n\n\nx", 0, x, nl2, nl, x);
+    EXPECT(t, "x\n\n\nx", 1, x, nl2, nl, x);
+    DECODE(t, "x<ctl>\n\n", x, ctl, nl2);
+    expect_round_trip(t, "x<ctl>x\n\n\nx", 11, 1);
+    PIECES(t, "x<ctl>x", "x<ctl>x"); /* no pre-tokenizer: one piece */
+    ap_tokenizer_free(t);
+}
+
+Test(tokenizer, spm_round_trip_random_bytes) {
+    spm_vocab v = {0};
+    spm_add(&v, "<unk>", 2, 0);
+    spm_add_bytes(&v, 0x00, 0xFF);
+    const char *pieces[] = {SP, "a", "b", SP "a", "ab", SP "ab", "\xc3\xa9", "\xe4\xbd\xa0"};
+    for (size_t k = 0; k < sizeof pieces / sizeof pieces[0]; k++)
+        spm_add(&v, pieces[k], 1, -(float)k);
+    spm_add(&v, "<x>", 3, 0);
+    spm_add(&v, "\n", 4, 0);
+    ap_tokenizer *t = spm_create(&v, 1, 0, 0);
+    const char *alphabet = " \n\tab<x>\xc3\xa9\xe4\xbd\xa0\xe2\x96\x81\xff\x80";
+    size_t na = strlen(alphabet);
+    uint64_t seed = 0x2545F4914F6CDD1Dull;
+    char buf[200];
+    for (int iter = 0; iter < 2000; iter++) {
+        size_t n = rng_next(&seed) % sizeof buf;
+        for (size_t i = 0; i < n; i++) {
+            uint64_t r = rng_next(&seed);
+            buf[i] = iter % 2 ? (char)(r >> 24) : alphabet[(r >> 24) % na];
+        }
+        /* A literal U+2581 decodes to a space (as in transformers): skip. */
+        int has_sp = 0;
+        for (size_t i = 0; i + 2 < n; i++) has_sp |= memcmp(buf + i, SP, 3) == 0;
+        if (has_sp) continue;
+        expect_round_trip(t, buf, n, 0);
+        expect_round_trip(t, buf, n, 1);
+    }
+    ap_tokenizer_free(t);
+}
+
+Test(tokenizer, spm_create_rejects_bad_specs) {
+    spm_vocab v = {0};
+    spm_add(&v, "a", 1, 0);
+    ap_tokenizer_spec spec = {0};
+    spec.model = AP_TOK_SPM;
+    spec.tokens = v.tok;
+    spec.n_vocab = v.n;
+    spec.bos_id = spec.eos_id = -1;
+    spec.unk_id = 5;
+    ap_tokenizer *t = NULL;
+    ap_err err = {0};
+    cr_assert_eq(ap_tokenizer_create(&spec, &t, &err), AP_ERR_RANGE);
+    cr_assert(strstr(err.msg, "unknown-token id 5") != NULL, "message: %s", err.msg);
+    spec.unk_id = -1;
+    spec.model = (ap_tok_model)9;
+    cr_assert_eq(ap_tokenizer_create(&spec, &t, &err), AP_ERR_ARG);
+    cr_assert_null(t);
+}
+
+/* A GGUF with tokenizer.ggml.model "llama": general.architecture decides
+ * whether the space tokens take part in merges (Gemma, as transformers does)
+ * or are matched literally, and whether text gets a space prefix. */
+static ap_status spm_gguf(const char *arch, ap_gguf **out, uint8_t **mem, ap_err *err) {
+    const char *tok[] = {"<pad>", "<eos>", "<bos>", "<unk>", "  ", "   ", SP, "a", SP "a", "\n"};
+    int32_t type[] = {3, 3, 3, 3, 4, 4, 1, 1, 1, 4};
+    float score[] = {0, 0, 0, 0, -1000, -1000, -1, -2, -3, -1000};
+    uint64_t n = sizeof tok / sizeof tok[0];
+    ap_gguf_builder *b = NULL;
+    size_t size = 0;
+    cr_assert_eq(ap_gguf_builder_create(&b, err), AP_OK);
+    cr_assert_eq(ap_gguf_builder_set_str(b, "general.architecture", arch, err), AP_OK);
+    cr_assert_eq(ap_gguf_builder_set_str(b, "tokenizer.ggml.model", "llama", err), AP_OK);
+    cr_assert_eq(ap_gguf_builder_set_str(b, "tokenizer.ggml.pre", "default", err), AP_OK);
+    cr_assert_eq(ap_gguf_builder_set_arr_str(b, "tokenizer.ggml.tokens", tok, n, err), AP_OK);
+    cr_assert_eq(ap_gguf_builder_set_arr_i32(b, "tokenizer.ggml.token_type", type, n, err), AP_OK);
+    cr_assert_eq(ap_gguf_builder_set_arr_f32(b, "tokenizer.ggml.scores", score, n, err), AP_OK);
+    cr_assert_eq(ap_gguf_builder_set_u32(b, "tokenizer.ggml.bos_token_id", 2, err), AP_OK);
+    cr_assert_eq(ap_gguf_builder_set_u32(b, "tokenizer.ggml.eos_token_id", 1, err), AP_OK);
+    cr_assert_eq(ap_gguf_builder_set_u32(b, "tokenizer.ggml.unknown_token_id", 3, err), AP_OK);
+    cr_assert_eq(ap_gguf_builder_to_memory(b, mem, &size, err), AP_OK);
+    ap_gguf_builder_free(b);
+    return ap_gguf_open_memory(*mem, size, "spm.gguf", out, err);
+}
+
+Test(tokenizer, spm_from_gguf_gemma_and_llama) {
+    ap_gguf *g = NULL;
+    uint8_t *mem = NULL;
+    ap_err err = {0};
+    ap_tokenizer *t = NULL;
+
+    /* Gemma: BOS added (no add_bos_token key: SentencePiece default), no
+     * space prefix, the space tokens respelled "\u2581\u2581"... and merged by
+     * file order: four spaces are two "  ", where literal longest-first
+     * matching gives "   " + " ". */
+    cr_assert_eq(spm_gguf("gemma3", &g, &mem, &err), AP_OK, "%s", err.msg);
+    cr_assert_eq(ap_tokenizer_from_gguf(g, &t, &err), AP_OK, "%s", err.msg);
+    cr_assert_eq(ap_tokenizer_bos(t), 2);
+    EXPECT(t, "a", 1, 2, 7);
+    EXPECT(t, " a", 1, 2, 8);
+    EXPECT(t, "a    a", 1, 2, 7, 4, 4, 7);
+    EXPECT(t, "a\n\n", 1, 2, 7, 9, 9);
+    DECODE(t, "<bos>a    a", 2, 7, 4, 4, 7);
+    ap_tokenizer_free(t);
+    ap_gguf_free(g);
+    free(mem);
+
+    /* Another architecture: the space prefix (absent key means on), and
+     * the user-defined space tokens matched literally. */
+    cr_assert_eq(spm_gguf("llama", &g, &mem, &err), AP_OK, "%s", err.msg);
+    cr_assert_eq(ap_tokenizer_from_gguf(g, &t, &err), AP_OK, "%s", err.msg);
+    EXPECT(t, "a", 1, 2, 8);
+    EXPECT(t, "a    a", 1, 2, 8, 5, 8);
+    DECODE(t, "a", 8);
+    ap_tokenizer_free(t);
+    ap_gguf_free(g);
+    free(mem);
+}
+
+Test(tokenizer, spm_huge_inputs) {
+    spm_vocab v = {0};
+    int32_t unk = spm_add(&v, "<unk>", 2, 0);
+    spm_add_bytes(&v, 0x80, 0xFF);
+    spm_add(&v, "a", 1, -1);
+    spm_add(&v, "aa", 1, -2);
+    spm_add(&v, "aaaa", 1, -3);
+    spm_add(&v, SP, 1, -4);
+    spm_add(&v, SP SP, 1, -5);
+    spm_add(&v, "\n", 4, 0);
+    ap_tokenizer *t = spm_create(&v, 1, 0, unk);
+    size_t big = 1 << 20;
+    char *buf = malloc(big);
+    cr_assert(buf);
+    const char fills[] = {'a', ' ', '\n', '\xff', 'z'};
+    for (size_t f = 0; f < sizeof fills; f++) {
+        memset(buf, fills[f], big);
+        int32_t *ids = NULL;
+        double t0 = ap_now_seconds();
+        size_t n = encode(t, buf, big, 1, &ids);
+        double dt = ap_now_seconds() - t0;
+        cr_assert_lt(dt, 20.0, "1 MiB of 0x%02x took %.1f s", (unsigned char)fills[f], dt);
+        /* 'a' merges to 4-byte tokens, spaces to pairs, 'z' is one fused
+         * unknown token. */
+        if (fills[f] == 'a') cr_assert_eq(n, big / 4);
+        if (fills[f] == ' ') cr_assert_eq(n, big / 2);
+        if (fills[f] == 'z') cr_assert_eq(n, 1);
+        if (fills[f] != 'z') expect_round_trip(t, buf, big, 1);
+        free(ids);
+    }
+    free(buf);
+    ap_tokenizer_free(t);
 }

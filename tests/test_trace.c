@@ -162,6 +162,17 @@ TestSuite(trace, .init = mkdir_test, .fini = rm_test, .timeout = 120);
 
 static void path_in(char *buf, size_t n, const char *name) { snprintf(buf, n, "%s/%s", dir, name); }
 
+static void write_trace_meta(const char *path, const ap_trace_meta *meta, synth *ys, int n,
+                             int flags) {
+    ap_err e;
+    ap_trace_writer *w = NULL;
+    cr_assert_eq(ap_trace_writer_open(path, meta, flags, &w, &e), AP_OK, "%s", e.msg);
+    for (int i = 0; i < n; i++)
+        cr_assert_eq(ap_trace_writer_add(w, &ys[i].s, &e), AP_OK, "%s", e.msg);
+    cr_assert_eq(ap_trace_writer_close(w, 1, &e), AP_OK, "%s", e.msg);
+    ap_trace_writer_free(w);
+}
+
 static void write_trace(const char *path, synth *ys, int n, int flags) {
     ap_err e;
     ap_trace_writer *w = NULL;
@@ -677,15 +688,18 @@ Test(trace, refuses_other_versions_and_formats) {
     ap_err e;
     ap_trace *t = NULL;
 
-    set_root_attr(path, "format_version", 2, NULL);
+    set_root_attr(path, "format_version", 3, NULL);
     cr_assert_eq(ap_trace_open(path, &t, &e), AP_ERR_FORMAT);
     cr_assert_null(t);
     cr_assert(strstr(e.msg, path) != NULL, "%s", e.msg);
-    cr_assert(strstr(e.msg, "format_version 2") != NULL, "%s", e.msg);
-    cr_assert(strstr(e.msg, "format_version 1") != NULL, "must name the expected version: %s",
-              e.msg);
+    cr_assert(strstr(e.msg, "format_version 3") != NULL, "%s", e.msg);
+    cr_assert(strstr(e.msg, "format_version 1 to 2") != NULL,
+              "must name the versions it reads: %s", e.msg);
+    set_root_attr(path, "format_version", 0, NULL);
+    cr_assert_eq(ap_trace_open(path, &t, &e), AP_ERR_FORMAT);
+    cr_assert(strstr(e.msg, "format_version 0") != NULL, "%s", e.msg);
 
-    set_root_attr(path, "format_version", 1, NULL);
+    set_root_attr(path, "format_version", 2, NULL);
     cr_assert_eq(ap_trace_open(path, &t, &e), AP_OK, "fixed-length strings read too: %s", e.msg);
     ap_trace_close(t);
 
@@ -887,7 +901,9 @@ Test(trace, cli_inspect_json_and_text) {
     cJSON *j = cJSON_Parse(out);
     cr_assert_not_null(j, "inspect --json is not JSON: %s", out);
     cr_assert_str_eq(cJSON_GetObjectItem(j, "format")->valuestring, "attnpred-trace");
-    cr_assert_eq(cJSON_GetObjectItem(j, "format_version")->valueint, 1);
+    cr_assert_eq(cJSON_GetObjectItem(j, "format_version")->valueint, AP_TRACE_FORMAT_VERSION);
+    cr_assert_eq(cJSON_GetArraySize(cJSON_GetObjectItem(j, "layer_window")), META.n_layer);
+    cr_assert_eq(cJSON_GetObjectItem(j, "n_full_layers")->valueint, META.n_layer);
     cr_assert(cJSON_IsTrue(cJSON_GetObjectItem(j, "complete")));
     cr_assert_eq(cJSON_GetObjectItem(j, "n_sequences")->valueint, N_STD);
     cr_assert_eq(cJSON_GetObjectItem(j, "n_layer")->valueint, META.n_layer);
@@ -1024,5 +1040,290 @@ Test(trace, cli_errors_and_merge) {
     cr_assert_eq(ap_trace_open(o, &t, &e), AP_OK, "%s", e.msg);
     expect_same(t, ys, N_STD);
     ap_trace_close(t);
+    std_free(ys, N_STD);
+}
+
+/* ------------------------------------------- mixed attention (issue 13) -- */
+
+/* Gemma 3-like: layers 0 and 2 attend a sliding window, layer 1 everything.
+ * The window (64) is wider than any synthetic sequence, so the dense
+ * synthetic rows are valid sliding-window rows too. */
+static ap_trace_meta swa_meta(void) {
+    ap_trace_meta m = META;
+    snprintf(m.arch, sizeof m.arch, "gemma3");
+    m.layer_window[0] = 64;
+    m.layer_window[2] = 64;
+    return m;
+}
+
+static void set_root_ints(const char *path, const char *name, const int *v, hsize_t n) {
+    hid_t f = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
+    cr_assert_geq(f, 0);
+    H5Adelete(f, name);
+    hid_t sp = H5Screate_simple(1, &n, NULL);
+    hid_t a = H5Acreate2(f, name, H5T_STD_I32LE, sp, H5P_DEFAULT, H5P_DEFAULT);
+    cr_assert_geq(H5Awrite(a, H5T_NATIVE_INT, v), 0);
+    H5Aclose(a), H5Sclose(sp), H5Fclose(f);
+}
+
+static void delete_root_attr(const char *path, const char *name) {
+    hid_t f = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
+    cr_assert_geq(f, 0);
+    cr_assert_geq(H5Adelete(f, name), 0, "no root attribute %s to delete", name);
+    H5Fclose(f);
+}
+
+/* What attnpred 0.1.0 wrote: the same file without the version 2 attributes. */
+static void make_version_1(const char *path) {
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+    delete_root_attr(path, "architecture");
+    delete_root_attr(path, "layer_window");
+    set_root_attr(path, "format_version", 1, NULL);
+}
+
+Test(trace, layer_windows_round_trip) {
+    synth ys[N_STD];
+    std_set(ys);
+    const ap_trace_meta sm = swa_meta();
+    char path[1200];
+    path_in(path, sizeof path, "swa.h5");
+    write_trace_meta(path, &sm, ys, N_STD, 0);
+    ap_err e;
+    ap_trace *t = NULL;
+    cr_assert_eq(ap_trace_open(path, &t, &e), AP_OK, "%s", e.msg);
+    cr_assert_eq(ap_trace_format_version(t), 2);
+    const ap_trace_meta *m = ap_trace_get_meta(t);
+    cr_assert_eq(memcmp(m, &sm, sizeof sm), 0, "meta differs after the round trip");
+    cr_assert_str_eq(m->arch, "gemma3");
+    cr_assert_eq(ap_trace_n_full_layers(m), 1);
+    cr_assert(!ap_trace_layer_is_full(m, 0) && ap_trace_layer_is_full(m, 1) &&
+              !ap_trace_layer_is_full(m, 2));
+    cr_assert(!ap_trace_layer_is_full(m, 3) && !ap_trace_layer_is_full(m, -1), "out of range");
+    cr_assert_eq(ap_trace_sliding_window(m), 64);
+    expect_same(t, ys, N_STD);
+    ap_trace_close(t);
+
+    /* The documented attribute names and types, read with HDF5 directly. */
+    hid_t f = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    cr_assert_geq(f, 0);
+    hid_t a = H5Aopen(f, "layer_window", H5P_DEFAULT);
+    cr_assert_geq(a, 0);
+    hid_t ty = H5Aget_type(a), sp = H5Aget_space(a);
+    cr_assert(H5Tequal(ty, H5T_STD_I32LE) > 0, "layer_window must be int32 little-endian");
+    cr_assert_eq(H5Sget_simple_extent_npoints(sp), 3);
+    int v[3];
+    cr_assert_geq(H5Aread(a, H5T_NATIVE_INT, v), 0);
+    cr_assert(v[0] == 64 && v[1] == 0 && v[2] == 64);
+    H5Tclose(ty), H5Sclose(sp), H5Aclose(a);
+    a = H5Aopen(f, "architecture", H5P_DEFAULT);
+    cr_assert_geq(a, 0);
+    ty = H5Aget_type(a);
+    cr_assert(H5Tget_class(ty) == H5T_STRING && H5Tis_variable_str(ty) > 0);
+    char *sv = NULL;
+    cr_assert_geq(H5Aread(a, ty, &sv), 0);
+    cr_assert_str_eq(sv, "gemma3");
+    H5free_memory(sv);
+    H5Tclose(ty), H5Aclose(a), H5Fclose(f);
+
+    /* The helpers on an all-full meta and on windows that differ. */
+    cr_assert_eq(ap_trace_n_full_layers(&META), 3);
+    cr_assert_eq(ap_trace_sliding_window(&META), 0);
+    ap_trace_meta mixed = sm;
+    mixed.layer_window[2] = 32;
+    cr_assert_eq(ap_trace_sliding_window(&mixed), -1);
+
+    /* A negative window is not a window: refused before anything is written. */
+    ap_trace_meta bad = sm;
+    bad.layer_window[1] = -1;
+    char p2[1200];
+    path_in(p2, sizeof p2, "bad.h5");
+    ap_trace_writer *w = NULL;
+    cr_assert_neq(ap_trace_writer_open(p2, &bad, 0, &w, &e), AP_OK);
+    cr_assert_null(w);
+    cr_assert(strstr(e.msg, "layer_window[1]") != NULL, "%s", e.msg);
+    std_free(ys, N_STD);
+}
+
+Test(trace, reads_version_1_files) {
+    synth ys[N_STD];
+    std_set(ys);
+    char path[1200];
+    path_in(path, sizeof path, "v1.h5");
+    write_trace(path, ys, N_STD, 0);
+    make_version_1(path);
+    ap_err e;
+    ap_trace *t = NULL;
+    cr_assert_eq(ap_trace_open(path, &t, &e), AP_OK, "a version 1 trace must open: %s", e.msg);
+    cr_assert_eq(ap_trace_format_version(t), 1);
+    const ap_trace_meta *m = ap_trace_get_meta(t);
+    cr_assert_str_eq(m->arch, "llama");
+    cr_assert_eq(ap_trace_n_full_layers(m), META.n_layer, "version 1: every layer full");
+    for (int l = 0; l < AP_TRACE_MAX_LAYERS; l++) cr_assert_eq(m->layer_window[l], 0);
+    expect_same(t, ys, N_STD);
+    ap_trace_close(t);
+
+    /* Merge writes the current version, the version 1 meta carried over. */
+    char out[1200];
+    path_in(out, sizeof out, "v1-merged.h5");
+    const char *in[] = {path};
+    cr_assert_eq(ap_trace_merge(in, 1, out, 0, &e), AP_OK, "%s", e.msg);
+    cr_assert_eq(ap_trace_open(out, &t, &e), AP_OK, "%s", e.msg);
+    cr_assert_eq(ap_trace_format_version(t), AP_TRACE_FORMAT_VERSION);
+    cr_assert_str_eq(ap_trace_get_meta(t)->arch, "llama");
+    cr_assert_eq(ap_trace_n_full_layers(ap_trace_get_meta(t)), META.n_layer);
+    expect_same(t, ys, N_STD);
+    ap_trace_close(t);
+
+    /* Version 2 without its attributes is refused, naming the one missing. */
+    set_root_attr(path, "format_version", 2, NULL);
+    cr_assert_eq(ap_trace_open(path, &t, &e), AP_ERR_FORMAT);
+    cr_assert(strstr(e.msg, "architecture") != NULL, "%s", e.msg);
+    set_root_attr(path, "architecture", 0, "llama");
+    cr_assert_eq(ap_trace_open(path, &t, &e), AP_ERR_FORMAT);
+    cr_assert(strstr(e.msg, "layer_window") != NULL && strstr(e.msg, "missing") != NULL, "%s",
+              e.msg);
+    const int two[2] = {0, 0}, four[4] = {0, 0, 0, 0}, neg[3] = {0, -5, 0};
+    set_root_ints(path, "layer_window", two, 2);
+    cr_assert_eq(ap_trace_open(path, &t, &e), AP_ERR_FORMAT);
+    cr_assert(strstr(e.msg, "layer_window") != NULL, "%s", e.msg);
+    set_root_ints(path, "layer_window", four, 4);
+    cr_assert_eq(ap_trace_open(path, &t, &e), AP_ERR_FORMAT);
+    cr_assert(strstr(e.msg, "layer_window") != NULL, "%s", e.msg);
+    set_root_ints(path, "layer_window", neg, 3);
+    cr_assert_eq(ap_trace_open(path, &t, &e), AP_ERR_FORMAT);
+    cr_assert(strstr(e.msg, "layer_window[1] is -5") != NULL, "%s", e.msg);
+    set_root_ints(path, "layer_window", four, 3);
+    cr_assert_eq(ap_trace_open(path, &t, &e), AP_OK, "%s", e.msg);
+    ap_trace_close(t);
+    std_free(ys, N_STD);
+}
+
+Test(trace, resume_refuses_a_version_1_partial) {
+    synth ys[N_STD];
+    std_set(ys);
+    char path[1200], partial[1300];
+    path_in(path, sizeof path, "r1.h5");
+    snprintf(partial, sizeof partial, "%s.partial", path);
+    write_partial(path, ys);
+    make_version_1(partial);
+    ap_err e;
+    ap_trace_writer *w = NULL;
+    cr_assert_eq(ap_trace_writer_open(path, &META, AP_TRACE_RESUME, &w, &e), AP_ERR_FORMAT);
+    cr_assert_null(w);
+    cr_assert(strstr(e.msg, "format_version 1") != NULL && strstr(e.msg, "--force") != NULL, "%s",
+              e.msg);
+    /* --force starts over. */
+    cr_assert_eq(ap_trace_writer_open(path, &META, AP_TRACE_FORCE, &w, &e), AP_OK, "%s", e.msg);
+    ap_trace_writer_free(w);
+    std_free(ys, N_STD);
+}
+
+Test(trace, merge_and_resume_refuse_other_windows) {
+    synth y0, y1;
+    synth_make(&y0, &META, "x0", 20, 4, 0, 0, 0, NULL, 1);
+    synth_make(&y1, &META, "x1", 20, 4, 0, 0, 0, NULL, 2);
+    const ap_trace_meta sm = swa_meta();
+    char a[1200], b[1200], out[1200];
+    path_in(a, sizeof a, "swa.h5");
+    path_in(b, sizeof b, "full.h5");
+    path_in(out, sizeof out, "o.h5");
+    write_trace_meta(a, &sm, &y0, 1, 0);
+    write_trace_meta(b, &META, &y1, 1, 0);
+    ap_err e;
+    const char *in[] = {a, b};
+    cr_assert_eq(ap_trace_merge(in, 2, out, 0, &e), AP_ERR_FORMAT);
+    cr_assert(strstr(e.msg, "layer_window[0] 0 vs 64") != NULL, "%s", e.msg);
+    cr_assert(strstr(e.msg, "arch '' vs 'gemma3'") != NULL, "%s", e.msg);
+    cr_assert(!ap_file_exists(out));
+    /* Same shape, same windows: merges. */
+    ap_trace_meta sm2 = sm;
+    write_trace_meta(b, &sm2, &y1, 1, AP_TRACE_FORCE);
+    cr_assert_eq(ap_trace_merge(in, 2, out, 0, &e), AP_OK, "%s", e.msg);
+
+    synth ys[N_STD];
+    std_set(ys);
+    char p[1200];
+    path_in(p, sizeof p, "rw.h5");
+    write_partial(p, ys);
+    ap_trace_writer *w = NULL;
+    cr_assert_eq(ap_trace_writer_open(p, &sm, AP_TRACE_RESUME, &w, &e), AP_ERR_FORMAT);
+    cr_assert_null(w);
+    cr_assert(strstr(e.msg, "layer_window[0] 0 vs 64") != NULL, "%s", e.msg);
+    resume_and_finish(p, ys, 2, N_STD);
+    std_free(ys, N_STD);
+    synth_free(&y0), synth_free(&y1);
+}
+
+Test(trace, h5py_checks_windows_and_version_1) {
+    const char *py = python_with_h5py();
+    if (!py) cr_skip_test("no python3 with h5py and numpy (Debian: apt-get install python3-h5py)");
+    synth ys[N_STD];
+    std_set(ys);
+    const ap_trace_meta sm = swa_meta();
+    char path[1200], cmd[4096], out[8192];
+    path_in(path, sizeof path, "pyswa.h5");
+    write_trace_meta(path, &sm, ys, N_STD, 0);
+    snprintf(cmd, sizeof cmd, "%s '%s/tests/check_trace.py' --tol 1e-6 '%s' 2>&1", py,
+             AP_SOURCE_DIR, path);
+    cr_assert_eq(run_cmd(cmd, out, sizeof out), 0, "check_trace.py failed: %s", out);
+
+    /* A window narrower than the rows: the checker finds attention before it. */
+    H5Eset_auto2(H5E_DEFAULT, NULL, NULL);
+    const int narrow[3] = {16, 0, 16};
+    set_root_ints(path, "layer_window", narrow, 3);
+    cr_assert_eq(run_cmd(cmd, out, sizeof out), 1, "rows wider than the window must fail: %s", out);
+    cr_assert(strstr(out, "before the layer's window of 16") != NULL, "%s", out);
+
+    /* Wrong length, then a negative entry. */
+    const int two[2] = {0, 0}, neg[3] = {0, -1, 0};
+    set_root_ints(path, "layer_window", two, 2);
+    cr_assert_eq(run_cmd(cmd, out, sizeof out), 1, "%s", out);
+    cr_assert(strstr(out, "layer_window") != NULL, "%s", out);
+    set_root_ints(path, "layer_window", neg, 3);
+    cr_assert_eq(run_cmd(cmd, out, sizeof out), 1, "%s", out);
+    cr_assert(strstr(out, "negative") != NULL, "%s", out);
+
+    /* Version 1 (no architecture, no layer_window) still conforms. */
+    make_version_1(path);
+    cr_assert_eq(run_cmd(cmd, out, sizeof out), 0, "a version 1 trace must pass: %s", out);
+    set_root_attr(path, "format_version", 3, NULL);
+    cr_assert_eq(run_cmd(cmd, out, sizeof out), 1, "%s", out);
+    cr_assert(strstr(out, "format_version 3") != NULL, "%s", out);
+    std_free(ys, N_STD);
+}
+
+Test(trace, cli_inspect_shows_windows) {
+    const char *ap = cli();
+    synth ys[N_STD];
+    std_set(ys);
+    const ap_trace_meta sm = swa_meta();
+    char path[1200], cmd[4096];
+    path_in(path, sizeof path, "cliswa.h5");
+    write_trace_meta(path, &sm, ys, N_STD, 0);
+    static char out[1 << 16];
+    snprintf(cmd, sizeof cmd, "'%s' inspect '%s' --json", ap, path);
+    cr_assert_eq(run_cmd(cmd, out, sizeof out), 0, "%s", out);
+    cJSON *j = cJSON_Parse(out);
+    cr_assert_not_null(j, "%s", out);
+    cr_assert_str_eq(cJSON_GetObjectItem(j, "architecture")->valuestring, "gemma3");
+    cJSON *lw = cJSON_GetObjectItem(j, "layer_window");
+    cr_assert_eq(cJSON_GetArraySize(lw), 3);
+    cr_assert_eq(cJSON_GetArrayItem(lw, 0)->valueint, 64);
+    cr_assert_eq(cJSON_GetArrayItem(lw, 1)->valueint, 0);
+    cr_assert_eq(cJSON_GetObjectItem(j, "n_full_layers")->valueint, 1);
+    cJSON_Delete(j);
+    snprintf(cmd, sizeof cmd, "'%s' inspect '%s'", ap, path);
+    cr_assert_eq(run_cmd(cmd, out, sizeof out), 0, "%s", out);
+    cr_assert(strstr(out, "gemma3; full in 1 of 3 layers (1), the others sliding window 64") !=
+                  NULL,
+              "%s", out);
+    make_version_1(path);
+    snprintf(cmd, sizeof cmd, "'%s' inspect '%s' --json", ap, path);
+    cr_assert_eq(run_cmd(cmd, out, sizeof out), 0, "%s", out);
+    j = cJSON_Parse(out);
+    cr_assert_not_null(j, "%s", out);
+    cr_assert_eq(cJSON_GetObjectItem(j, "format_version")->valueint, 1);
+    cr_assert_eq(cJSON_GetObjectItem(j, "n_full_layers")->valueint, 3);
+    cJSON_Delete(j);
     std_free(ys, N_STD);
 }

@@ -55,6 +55,10 @@ struct ap_dataset {
     long long n_samples[2], n_bypass, n_short;
     int max_width;
     size_t max_chunk_bytes;
+    /* Windows come from full-attention layers only (issue 13): a
+     * sliding-window layer's KV is bounded already, nothing selects in it. */
+    uint8_t layer_full[AP_DS_MAX_LAYERS];
+    int n_full_layers;
     /* LRU cache of (sequence, layer) chunks */
     ds_entry **ent; /* entries never move: batch fills hold pointers to them */
     int n_ent;
@@ -326,10 +330,25 @@ ap_status ap_dataset_open(const char *const *paths, int n_paths, const ap_datase
                          paths[f], m->n_layer, m->n_head, m->block_size, m->history, paths[0],
                          m0->n_layer, m0->n_head, m0->block_size, m0->history);
             goto cleanup;
+        } else {
+            for (int l = 0; l < m->n_layer; l++)
+                if (ap_trace_layer_is_full(m, l) != ap_trace_layer_is_full(m0, l)) {
+                    st = ap_errf(err, AP_ERR_ARG,
+                                 "%s: layer %d is %s attention, in %s %s; a dataset needs traces "
+                                 "of one layout",
+                                 paths[f], l, ap_trace_layer_is_full(m, l) ? "full" : "sliding-window",
+                                 paths[0], ap_trace_layer_is_full(m0, l) ? "full" : "sliding-window");
+                    goto cleanup;
+                }
         }
         total += ap_trace_n_seq(ds->files[f]);
     }
     ds->n_layer = m0->n_layer;
+    for (int l = 0; l < ds->n_layer; l++) {
+        ds->layer_full[l] = (uint8_t)ap_trace_layer_is_full(m0, l);
+        ds->n_full_layers += ds->layer_full[l];
+        if (!ds->layer_full[l]) ds->cfg.layer_group[l] = -1;
+    }
     ds->n_head = m0->n_head;
     ds->block = m0->block_size;
     ds->H = cfg->history > 0 ? cfg->history : m0->history;
@@ -395,7 +414,8 @@ ap_status ap_dataset_set_layer_groups(ap_dataset *ds, const int *layer_group, in
     if (n < ds->n_layer)
         return ap_errf(err, AP_ERR_ARG, "dataset: layer map has %d entries, the traces have %d "
                        "layers", n, ds->n_layer);
-    for (int l = 0; l < ds->n_layer; l++) ds->cfg.layer_group[l] = layer_group[l];
+    for (int l = 0; l < ds->n_layer; l++)
+        ds->cfg.layer_group[l] = ds->layer_full[l] ? layer_group[l] : -1;
     recount(ds);
     return AP_OK;
 }
@@ -404,6 +424,7 @@ void ap_dataset_get_stats(const ap_dataset *ds, ap_dataset_stats *st) {
     memset(st, 0, sizeof *st);
     st->n_files = ds->n_files;
     st->n_layer = ds->n_layer;
+    st->n_full_layers = ds->n_full_layers;
     st->n_head = ds->n_head;
     st->block_size = ds->block;
     st->history = ds->H;

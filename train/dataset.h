@@ -63,7 +63,9 @@ typedef struct {
     double cache_mb;    /* cache cap for loaded chunks (512) */
     /* layer -> group: batches never mix groups (one predictor model per
      * group); a negative group drops the layer. Default all 0 (one group,
-     * every layer). Layers >= AP_DS_MAX_LAYERS are refused at open. */
+     * every layer). Layers >= AP_DS_MAX_LAYERS are refused at open. The
+     * traces' sliding-window layers are always dropped (issue 13: their KV
+     * is bounded by the window, nothing selects in them). */
     int layer_group[AP_DS_MAX_LAYERS];
     /* Window rows iterators serve unless told otherwise (AP_ROWS_DENSE).
      * AP_ROWS_SPARSE builds the sparse rows when a chunk is loaded (the cache
@@ -93,8 +95,9 @@ typedef struct ap_dataset ap_dataset;
 
 /* Opens every path with ap_trace_open (which refuses a wrong format or
  * format_version, naming the expected one), checks that all files share
- * n_layer, n_head, block_size and history and that block_size equals
- * cfg->block_size when that is set, reads each sequence's step_pos, and
+ * n_layer, n_head, block_size, history and which layers are full attention,
+ * and that block_size equals cfg->block_size when that is set, reads each
+ * sequence's step_pos, and
  * splits the sequences (identified by file + id). A sequence whose step_pos
  * does not follow the recorded layout is left out and counted. The paths are
  * copied; the files stay open until ap_dataset_free. */
@@ -102,7 +105,8 @@ ap_status ap_dataset_open(const char *const *paths, int n_paths, const ap_datase
                           ap_dataset **out, ap_err *err);
 void ap_dataset_free(ap_dataset *ds); /* NULL is a no-op */
 
-/* Replace the layer -> group map (filter) without reopening; counts change. */
+/* Replace the layer -> group map (filter) without reopening; counts change.
+ * Sliding-window layers stay dropped (group -1) whatever the map says. */
 ap_status ap_dataset_set_layer_groups(ap_dataset *ds, const int *layer_group, int n,
                                       ap_err *err);
 
@@ -120,6 +124,10 @@ typedef struct {
     size_t cache_bytes;       /* now */
     size_t cache_peak_bytes;  /* never above cache_cap_bytes */
     long long cache_hits, cache_misses;
+    /* Added with issue 13: full-attention layers, the only ones windows are
+     * drawn from (sliding-window layers are dropped whatever the layer map
+     * says; all n_layer for a trace without them). */
+    int n_full_layers;
 } ap_dataset_stats;
 
 void ap_dataset_get_stats(const ap_dataset *ds, ap_dataset_stats *st);

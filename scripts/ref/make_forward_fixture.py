@@ -11,6 +11,13 @@ Python nor our tokenizer.
 
 Usage: .venv/bin/python scripts/ref/make_forward_fixture.py \
            [--model models/SmolLM2-135M-Instruct.Q4_1.gguf] [--out tests/fixtures/forward]
+       .venv/bin/python scripts/ref/make_forward_fixture.py \
+           --model models/gemma-3-270m-q4_k_m.gguf --out tests/fixtures/forward-gemma3
+
+The prompts and the layers whose attention rows are stored depend on the
+file's general.architecture (PRESETS): the chat model SmolLM2 gets its chat
+template, the base model Gemma 3 plain text with BOS, and rows of both its
+sliding-window and its global layers.
 Pinned versions: scripts/ref/requirements.txt.
 """
 import argparse
@@ -24,7 +31,13 @@ import torch
 import transformers
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-ATTN_LAYERS = [0, 14, 29]
+# Per general.architecture: the layers whose attention rows are stored, and
+# whether prompts go through the chat template and get BOS.
+PRESETS = {
+    "llama": {"attn_layers": [0, 14, 29], "chat": True, "bos": False},
+    # gemma3 270M: layers 5, 11, 17 are global, the rest sliding (window 512).
+    "gemma3": {"attn_layers": [0, 5, 16, 17], "chat": False, "bos": True},
+}
 N_LOGIT_IDX = 2048
 SEED = 1234
 
@@ -37,15 +50,16 @@ def sha256_file(path):
     return h.hexdigest()
 
 
-def build_prompts(tok):
-    """Three prompts from texts every Debian bookworm system ships; the ids
-    are stored, so the sources only document where they came from."""
+def build_prompts(tok, preset):
+    """Prompts from texts every Debian bookworm system ships; the ids are
+    stored, so the sources only document where they came from."""
     prompts = []
-    chat = tok.apply_chat_template(
-        [{"role": "user", "content": "Explain in two sentences why the sky is blue. "
-                                     "Then list 3 colours and the year 1969."}],
-        add_generation_prompt=True, tokenize=False)
-    prompts.append(("chat", "chat template around a short question", chat, None))
+    if preset["chat"]:
+        chat = tok.apply_chat_template(
+            [{"role": "user", "content": "Explain in two sentences why the sky is blue. "
+                                         "Then list 3 colours and the year 1969."}],
+            add_generation_prompt=True, tokenize=False)
+        prompts.append(("chat", "chat template around a short question", chat, None))
 
     with open("/usr/lib/python3.11/textwrap.py", encoding="utf-8") as f:
         code = f.read()
@@ -57,6 +71,8 @@ def build_prompts(tok):
     out = []
     for name, source, text, limit in prompts:
         ids = tok(text, add_special_tokens=False).input_ids
+        if preset["bos"]:
+            ids = [tok.bos_token_id] + ids
         if limit is not None:
             if len(ids) < limit:
                 sys.exit(f"{name}: only {len(ids)} tokens, need {limit}")
@@ -97,6 +113,11 @@ def main():
 
     torch.manual_seed(SEED)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
+    import gguf
+    arch = str(gguf.GGUFReader(args.model).fields["general.architecture"].contents())
+    if arch not in PRESETS:
+        sys.exit(f"{args.model}: no fixture preset for architecture {arch}")
+    preset = PRESETS[arch]
     d, f = os.path.split(os.path.abspath(args.model))
     tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
     model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32,
@@ -117,10 +138,11 @@ def main():
         "dtype": "float32",
         "attn_implementation": "eager",
         "checks": checks,
+        "architecture": arch,
         "n_vocab": vocab,
         "prompts": [],
     }
-    for name, source, ids in build_prompts(tok):
+    for name, source, ids in build_prompts(tok, preset):
         T = len(ids)
         with torch.no_grad():
             out = model(torch.tensor([ids]), output_attentions=True, use_cache=False)
@@ -141,7 +163,7 @@ def main():
         # (always the last two: those are what a capture records).
         apos = sorted({min(5, T - 1), T // 2, T - 2, T - 1})
         rows, entries, off = [], [], 0
-        for layer in ATTN_LAYERS:
+        for layer in preset["attn_layers"]:
             a = out.attentions[layer][0]  # [H, T, T]
             for h in range(n_head):
                 for p in apos:

@@ -47,11 +47,14 @@ No text contains U+0000 (the C side reads strings NUL-terminated via cJSON).
 Generation is seeded and reproducible (same Python stdlib files -> same output).
 
 Second output, tests/fixtures/pretok_patterns.jsonl: the pre-tokenizer split
-alone (no vocabulary) for the three patterns, from `tokenizers`
-Split(Regex(pattern), "isolated") -- the GPT-2 and Llama 3 regexes exactly as
-in capture/tokenizer.h, smollm as Digits(individual) then GPT-2 -- on a subset
-of the same strings: {"pre": "gpt2"|"llama3"|"smollm", "text": str,
-"ends": [byte offset of each piece end]}. This checks the hand-written C
+alone (no vocabulary) for the four patterns, from `tokenizers`
+Split(Regex(pattern), "isolated") -- the GPT-2, Llama 3 and Qwen 2 regexes
+exactly as in capture/tokenizer.c (Qwen 2's is also checked equal to
+transformers' Qwen2 PRETOKENIZE_REGEX), smollm as Digits(individual) then
+GPT-2: {"pre": "gpt2"|"llama3"|"qwen2"|"smollm", "text": str,
+"ends": [byte offset of each piece end]}. gpt2 and smollm run on a subset of
+the strings (315); llama3 and qwen2 on every string of at most 600 characters
+plus digit-heavy extras (>= 1,000 each). This checks the hand-written C
 matchers against a real regex engine (Oniguruma).
 """
 import argparse
@@ -364,22 +367,36 @@ def generate(rng):
 GPT2_PATTERN = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"
 LLAMA3_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
                   r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN2_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+WIDE_MAX_CHARS = 600
 
 
 def pattern_rows(texts, rng):
     from tokenizers import Regex, pre_tokenizers
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+    if PRETOKENIZE_REGEX != QWEN2_PATTERN:
+        sys.exit(f"Qwen 2 pattern changed in transformers: {PRETOKENIZE_REGEX!r}")
     gpt2 = pre_tokenizers.Split(Regex(GPT2_PATTERN), behavior="isolated")
     pres = {
         "gpt2": gpt2,
         "llama3": pre_tokenizers.Split(Regex(LLAMA3_PATTERN), behavior="isolated"),
         "smollm": pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), gpt2]),
+        "qwen2": pre_tokenizers.Split(Regex(QWEN2_PATTERN), behavior="isolated"),
     }
     extra = ["I'M HERE 'S 'LL 'Re", "x'\u017fy", "12345678", "a1234b", " \n\n  x", "  \r\n\t y",
              "!!\n\n\nfoo", "\tfoo", "\u00a0foo", "?!abc", " ?!abc", "x   ", "   ", "\n", "a\n \nb"]
     subset = extra + rng.sample(texts, min(300, len(texts)))
+    # Llama 3 and Qwen 2 differ from each other only in runs of number code
+    # points: more of those, on every short string.
+    digits = ["1", "12", "123", "1234", "12345", "123456", " 1234 ", "x12345y", "1,234,567.89",
+              "\u0663\u0664\u0665\u0666", "\u00b2\u00b3\u00b9\u2074", "\u2160\u2161\u2162",
+              "\u2460\u2461\u2462\u2463", "1\n2\n\n3", "a 12 b 345 c 6789", "'12'", " \u0661\u0662"]
+    # (The subset first, so every Llama 3 split checked before is still checked.)
+    wide = subset + [t for t in digits + texts if len(t) <= WIDE_MAX_CHARS and t not in subset]
     rows = []
     for name, pre in pres.items():
-        for t in subset:
+        for t in (wide if name in ("llama3", "qwen2") else subset):
             pieces = pre.pre_tokenize_str(t)
             ends, pos = [], 0
             for piece, (a, b) in pieces:

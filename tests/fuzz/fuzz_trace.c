@@ -549,6 +549,10 @@ static int write_file(const char *path, plan_t *pl, src_t *s) {
     snprintf(m->model_name, sizeof m->model_name, "tiny model");
     snprintf(m->model_sha256, sizeof m->model_sha256, "%064d", 7);
     snprintf(m->attnpred_version, sizeof m->attnpred_version, "fuzz");
+    /* format_version 2: an architecture and each layer's window (0 = full). */
+    snprintf(m->arch, sizeof m->arch, "tiny");
+    unsigned wb = u8(s);
+    for (int l = 0; l < m->n_layer; l++) m->layer_window[l] = (wb >> l) & 1 ? 1 + (int)(wb >> 4) : 0;
 
     hid_t fcpl = H5Pcreate(H5P_FILE_CREATE);
     H5Pset_obj_track_times(fcpl, 0);
@@ -566,6 +570,8 @@ static int write_file(const char *path, plan_t *pl, src_t *s) {
     a_str(f, "model_name", m->model_name, s);
     a_str(f, "model_sha256", m->model_sha256, s);
     a_str(f, "attnpred_version", m->attnpred_version, s);
+    a_str(f, "architecture", m->arch, s);
+    a_ints(f, "layer_window", m->layer_window, m->n_layer, s);
     a_int(f, "complete", pl->partial ? 0 : 1, s);
     if (ff & 4) {
         s->mutated = 1; /* no /sequences */
@@ -791,8 +797,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             die("invalid meta accepted", NULL);
         if (!is_terminated(m->model_name, sizeof m->model_name) ||
             !is_terminated(m->model_sha256, sizeof m->model_sha256) ||
-            !is_terminated(m->attnpred_version, sizeof m->attnpred_version))
+            !is_terminated(m->attnpred_version, sizeof m->attnpred_version) ||
+            !is_terminated(m->arch, sizeof m->arch))
             die("unterminated meta string", NULL);
+        for (int l = 0; l < m->n_layer; l++)
+            if (m->layer_window[l] < 0) die("negative layer window accepted", NULL);
         int n = ap_trace_n_seq(t);
         if (n < 0 || n > MAX_SEQ + 4) die("sequence count out of range", NULL);
         int complete = ap_trace_is_complete(t);

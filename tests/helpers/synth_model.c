@@ -251,6 +251,10 @@ ap_status ap_synth_model_write(const char *path, const ap_synth_opts *o, ap_err 
     if (!o->omit_rope_base)
         CK(ap_gguf_builder_set_f32(b, KEY("rope.freq_base"), o->rope_base, err));
     CK(ap_gguf_builder_set_f32(b, KEY("attention.layer_norm_rms_epsilon"), o->rms_eps, err));
+    if (o->rope_scaling_type)
+        CK(ap_gguf_builder_set_str(b, KEY("rope.scaling.type"), o->rope_scaling_type, err));
+    if (o->rope_scaling_factor > 0)
+        CK(ap_gguf_builder_set_f32(b, KEY("rope.scaling.factor"), o->rope_scaling_factor, err));
     CK(ap_gguf_builder_set_u32(b, KEY("vocab_size"), (uint32_t)V, err));
 #undef KEY
     CK(add_tokenizer(b, V, err));

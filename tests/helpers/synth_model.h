@@ -34,6 +34,8 @@ typedef struct {
     ap_ggml_type raw_type;
     int omit_head_count_kv;        /* leave llama.attention.head_count_kv out */
     int omit_rope_base;            /* leave llama.rope.freq_base out */
+    const char *rope_scaling_type; /* write ARCH.rope.scaling.type (NULL: absent) */
+    float rope_scaling_factor;     /* write ARCH.rope.scaling.factor when > 0 */
 } ap_synth_opts;
 
 /* 2 layers, n_embd 64, 4 heads, 2 kv heads, head_dim 16, ffn 96, vocab 300,

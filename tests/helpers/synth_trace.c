@@ -44,6 +44,9 @@ ap_status ap_synth_trace_write(const char *path, const ap_synth_trace_opts *o, a
     snprintf(meta.model_name, sizeof meta.model_name, "synthetic");
     snprintf(meta.model_sha256, sizeof meta.model_sha256, "%064d", 0);
     snprintf(meta.attnpred_version, sizeof meta.attnpred_version, "test");
+    snprintf(meta.arch, sizeof meta.arch, "%s", o->arch ? o->arch : "synthetic");
+    for (int l = 0; o->layer_window && l < o->n_layer && l < AP_TRACE_MAX_LAYERS; l++)
+        meta.layer_window[l] = o->layer_window[l];
     st = ap_trace_writer_open(path, &meta, AP_TRACE_FORCE, &w, err);
     if (st) goto cleanup;
     uint64_t rs = o->seed;

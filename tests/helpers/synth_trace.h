@@ -19,6 +19,12 @@ typedef struct {
      * bound peaks on the block of the moving hot token the step attends:
      * information the history only has a step late. */
     int with_query;
+    /* [n_layer] each layer's attention window for the trace meta (0 = full,
+     * > 0 sliding); NULL = every layer full. Only the meta changes: rows look
+     * alike in every layer, so a consumer that selects in a sliding-window
+     * layer shows up in counts, not in the attention. arch NULL = "synthetic". */
+    const int *layer_window;
+    const char *arch;
 } ap_synth_trace_opts;
 
 /* 6 sequences, 2 layers, 3 heads, history 16, block 16, 40 generated,

@@ -101,6 +101,11 @@ const float *ap_tiny_sum_row(const ap_tiny_seq *s, int layer, int step, int head
 }
 
 ap_status ap_tiny_write(const char *path, const ap_tiny_seq *seqs, int n, ap_err *err) {
+    return ap_tiny_write_windows(path, seqs, n, "tiny", NULL, err);
+}
+
+ap_status ap_tiny_write_windows(const char *path, const ap_tiny_seq *seqs, int n, const char *arch,
+                                const int *layer_window, ap_err *err) {
     ap_trace_writer *w = NULL;
     ap_trace_meta meta;
     memset(&meta, 0, sizeof meta);
@@ -114,6 +119,9 @@ ap_status ap_tiny_write(const char *path, const ap_tiny_seq *seqs, int n, ap_err
     snprintf(meta.model_name, sizeof meta.model_name, "tiny");
     snprintf(meta.model_sha256, sizeof meta.model_sha256, "%064d", 0);
     snprintf(meta.attnpred_version, sizeof meta.attnpred_version, "test");
+    snprintf(meta.arch, sizeof meta.arch, "%s", arch ? arch : "");
+    for (int l = 0; layer_window && l < sh->n_layer && l < AP_TRACE_MAX_LAYERS; l++)
+        meta.layer_window[l] = layer_window[l];
     ap_status st = ap_trace_writer_open(path, &meta, AP_TRACE_FORCE, &w, err);
     for (int i = 0; st == AP_OK && i < n; i++) {
         const ap_tiny_seq *s = &seqs[i];

@@ -52,7 +52,12 @@ void ap_tiny_add(ap_tiny_seq *s, int layer, int step, int head, int j, double w)
 void ap_tiny_finish(ap_tiny_seq *s);
 const float *ap_tiny_sum_row(const ap_tiny_seq *s, int layer, int step, int head);
 
-/* Writes finished sequences as one trace (model name "tiny"). */
+/* Writes finished sequences as one trace (model name "tiny", every layer
+ * full attention). */
 ap_status ap_tiny_write(const char *path, const ap_tiny_seq *seqs, int n, ap_err *err);
+/* The same with an architecture name and each layer's attention window
+ * ([n_layer], 0 = full, > 0 = sliding window; NULL = all full). */
+ap_status ap_tiny_write_windows(const char *path, const ap_tiny_seq *seqs, int n, const char *arch,
+                                const int *layer_window, ap_err *err);
 
 #endif
