@@ -501,6 +501,10 @@ static void tasks_usage(FILE *out) {
         "  --no-teacher-forced  skip the teacher-forced pass: agreement and KL then cover\n"
         "                       only the prefix shared with the full-KV output (faster)\n"
         "  --threads N          engine threads (default 2)\n"
+        "  --resume             continue a run that was stopped: the samples its checkpoint\n"
+        "                       (OUT.json.ckpt, written after every sample, removed once the\n"
+        "                       reports are written) holds are not run again; refused when\n"
+        "                       the checkpoint came from other inputs or options\n"
         "  --device D           cpu (default) or cuda: decode on the CUDA engine (the\n"
         "                       CPU hot pool does not apply there)\n"
         "  --kv-offload         with --device cuda: keep the KV cache in pinned host memory;\n"
@@ -594,13 +598,14 @@ static int cmd_tasks(int argc, char **argv) {
     ap_tasks_config_default(&c);
     const char *json = NULL, *md = NULL, *png = NULL, *preset = NULL, *file = NULL;
     char *methods_copy = NULL, *tasks_copy = NULL, *pred_copy = NULL;
-    char preset_path[4096];
+    char preset_path[4096], ckpt_path[4096];
     int quiet = 0, rc = 2;
     ap_tasks_result *r = NULL;
     enum { O_MODEL = 256, O_PRED, O_QUICK, O_FULL, O_TFILE, O_TASKS, O_BUDGET, O_METHODS, O_MAXS,
            O_MAXNEW, O_CALIB, O_KV, O_NOTF, O_NOPF, O_NOHP, O_THREADS, O_JSON, O_MD, O_PNG, O_QUIET, O_HELP,
-           O_DEVICE, O_OFFLOAD, O_PFTH, O_PSTRIDE, O_PKV };
+           O_DEVICE, O_OFFLOAD, O_PFTH, O_PSTRIDE, O_PKV, O_RESUME };
     static const struct option lo[] = {
+        {"resume", 0, 0, O_RESUME},
         {"model", 1, 0, O_MODEL},          {"predictor", 1, 0, O_PRED},
         {"quick", 0, 0, O_QUICK},          {"full", 0, 0, O_FULL},
         {"tasks-file", 1, 0, O_TFILE},     {"tasks", 1, 0, O_TASKS},
@@ -672,6 +677,7 @@ static int cmd_tasks(int argc, char **argv) {
         case O_NOHP: c.hot_pool = 0; break;
         case O_PSTRIDE: if (!parse_int(optarg, 1, 4096, &c.pred_stride)) goto bad; break;
         case O_PKV: c.pred_per_kv = 1; break;
+        case O_RESUME: c.resume = 1; break;
         case O_THREADS: if (!parse_int(optarg, 1, 256, &c.threads)) goto bad; break;
         case O_JSON: json = optarg; break;
         case O_MD: md = optarg; break;
@@ -754,6 +760,11 @@ static int cmd_tasks(int argc, char **argv) {
     tasks_progress ps;
     ap_progress_init(&ps.bar, stderr, "tasks", "runs", 0.0, !quiet);
     ps.label[0] = '\0';
+    /* Every run keeps a per-sample checkpoint beside its JSON report, so
+     * --resume can continue it after a kill; it goes once the reports are
+     * written. */
+    snprintf(ckpt_path, sizeof ckpt_path, "%s.ckpt", json);
+    c.checkpoint = ckpt_path;
     c.progress = on_tasks_progress;
     c.progress_user = &ps;
     ap_err err;
@@ -774,6 +785,7 @@ static int cmd_tasks(int argc, char **argv) {
         goto done;
     }
     if (!quiet) print_tasks_table(r);
+    remove(ckpt_path);
     rc = 0;
 done:
     ap_tasks_result_free(r);

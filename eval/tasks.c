@@ -11,9 +11,11 @@
 #include "capture/model.h"
 #include "capture/model_cuda.h"
 #include "capture/tokenizer.h"
+#include "common/sha256.h"
 #include "common/util.h"
 #include "eval/live.h"
 #include "eval/selectors.h"
+#include "eval/tasks_ckpt.h"
 #include "eval/textmetrics.h"
 #include "train/runtime.h"
 
@@ -568,6 +570,42 @@ static ap_status check_config(const ap_tasks_config *c, ap_err *err) {
     return AP_OK;
 }
 
+/* What decides a run's results, for its checkpoint: the model, task file
+ * and predictors by content, the methods as planned, and every option that
+ * changes what is decoded or measured (not threads or progress). */
+static ap_status run_signature(const ap_tasks_config *c, const ap_tasks_result *r, char hex[65],
+                               ap_err *err) {
+    ap_sha256_ctx h;
+    ap_sha256_init(&h);
+    char d[65], line[512];
+    const char *files[2 + AP_REPLAY_MAX_PREDICTORS] = {c->model, c->tasks_file};
+    int n_files = 2;
+    for (int p = 0; p < c->n_predictors; p++) files[n_files++] = c->predictors[p];
+    for (int i = 0; i < n_files; i++) {
+        ap_status st = ap_sha256_file(files[i], d, err);
+        if (st) return st;
+        ap_sha256_update(&h, d, 64);
+    }
+    for (int m = 0; m < r->n_methods; m++)
+        ap_sha256_update(&h, r->methods[m].name, strlen(r->methods[m].name) + 1);
+    for (int p = 0; p < c->n_predictors; p++)
+        ap_sha256_update(&h, r->predictor_names[p], strlen(r->predictor_names[p]) + 1);
+    for (int b = 0; b < r->n_budgets; b++)
+        ap_sha256_update(&h, &r->budgets[b], sizeof r->budgets[b]);
+    int n = snprintf(line, sizeof line,
+                     "sink %d local %d block %d calib %d min %d kv %d snapkv %d %d tf %d new %d "
+                     "hot %d dev %d off %d stride %d perkv %d",
+                     c->sink_tokens, c->local_tokens, c->block, c->calib, c->min_candidates,
+                     (int)c->kv_mode, c->snapkv_window, c->snapkv_pool, c->teacher_forced,
+                     c->max_new_tokens, c->hot_pool, c->device, c->kv_offload, c->pred_stride,
+                     c->pred_per_kv);
+    ap_sha256_update(&h, line, (size_t)n);
+    uint8_t dig[32];
+    ap_sha256_final(&h, dig);
+    ap_sha256_hex(dig, hex);
+    return AP_OK;
+}
+
 ap_status ap_tasks_run(const ap_tasks_config *c, ap_tasks_result **out, ap_err *err) {
     ap_status st = AP_OK;
     ap_gguf *g = NULL;
@@ -579,6 +617,8 @@ ap_status ap_tasks_run(const ap_tasks_config *c, ap_tasks_result **out, ap_err *
     int n_smp = 0;
     ap_live_prefill *pf = NULL;
     ap_live *lv = NULL;
+    ap_tasks_ckpt *ckpt = NULL;
+    uint8_t *from_ckpt = NULL;
     char *text = NULL;
     dec_t d;
     memset(&d, 0, sizeof d);
@@ -677,9 +717,28 @@ ap_status ap_tasks_run(const ap_tasks_config *c, ap_tasks_result **out, ap_err *
         work_total += run_work(&smp[si], 1, fixed) +
                       (double)(r->n_methods - 1) * r->n_budgets * run_work(&smp[si], 0, fixed);
     const double kv_tok_bytes = (double)hp->head_dim * 2 * sizeof(float);
+    for (int si = 0; si < n_smp; si++) r->samples[si] = smp[si].info;
+    if (c->checkpoint) {
+        char sig[65];
+        int n_from = 0;
+        if (!(from_ckpt = calloc((size_t)n_smp, 1))) {
+            st = ap_errf(err, AP_ERR_NOMEM, "out of memory");
+            goto cleanup;
+        }
+        if ((st = run_signature(c, r, sig, err)) ||
+            (st = ap_tasks_ckpt_open(c->checkpoint, sig, c->resume, r, from_ckpt, &n_from, &ckpt,
+                                     err)))
+            goto cleanup;
+    }
     for (int si = 0; si < n_smp; si++) {
         sample_t *s = &smp[si];
-        r->samples[si] = s->info;
+        if (from_ckpt && from_ckpt[si]) {
+            /* Finished by an earlier, interrupted run (the checkpoint). */
+            done += 1 + (double)(r->n_methods - 1) * r->n_budgets;
+            work += run_work(s, 1, fixed) +
+                    (double)(r->n_methods - 1) * r->n_budgets * run_work(s, 0, fixed);
+            continue;
+        }
         const int np = s->n_ids, mx = s->info.max_new_tokens;
         char what[200];
         snprintf(what, sizeof what, "%s full KV", s->info.id);
@@ -837,6 +896,7 @@ ap_status ap_tasks_run(const ap_tasks_config *c, ap_tasks_result **out, ap_err *
             }
         }
         eng_policy(&d, NULL, NULL);
+        if (ckpt && (st = ap_tasks_ckpt_add(ckpt, r, si, err))) goto cleanup;
         continue;
     sample_fail : {
         char where[160];
@@ -851,6 +911,8 @@ ap_status ap_tasks_run(const ap_tasks_config *c, ap_tasks_result **out, ap_err *
     r = NULL;
 cleanup:
     free(text);
+    ap_tasks_ckpt_close(ckpt);
+    free(from_ckpt);
     ap_live_free(lv);
     ap_live_prefill_free(pf);
     if (d.ctx) ap_ctx_free(d.ctx);

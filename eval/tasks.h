@@ -95,6 +95,13 @@ typedef struct {
     /* Added with issue 14: the predictor's cost options (eval/selectors.h). */
     int pred_stride;         /* 1 (default): the CNN every step; s: every s-th step */
     int pred_per_kv;         /* 0 (default): one CNN per query head; 1: per KV head */
+    /* Added for long runs: a per-sample checkpoint (eval/tasks_ckpt.h). NULL:
+     * none. With resume, the samples a checkpoint of the same inputs and
+     * options already holds are taken from it and not run again; without,
+     * a new checkpoint replaces an old one. The caller deletes it once the
+     * reports are written. */
+    const char *checkpoint;
+    int resume;
 } ap_tasks_config;
 
 void ap_tasks_config_default(ap_tasks_config *c);

@@ -166,10 +166,16 @@ if step_fresh "$run/tasks.json" "$d_tasks"; then
   stamp "$run/tasks.json is up to date (delete it to run the tasks again)"
 else
   stamp "eval tasks $cfg_tasks_file -> $run/tasks.md"
-  step_begin "$run/tasks.json" "$d_tasks" || true
+  # eval tasks checkpoints every sample (tasks.json.ckpt): a killed run of the
+  # same inputs continues where it stopped.
+  resume=()
+  if step_begin "$run/tasks.json" "$d_tasks" "$run/tasks.json.ckpt" && [ -f "$run/tasks.json.ckpt" ]; then
+    resume=(--resume)
+  fi
   ./build/attnpred eval tasks --model "$model" --predictor "$preds" \
     --tasks-file "$cfg_tasks_file" --budget "$cfg_tasks_budgets" --methods "$cfg_tasks_methods" \
-    --threads "$threads" --json "$run/tasks.json" --md "$run/tasks.md" --png "$run/tasks"
+    --threads "$threads" --json "$run/tasks.json" --md "$run/tasks.md" --png "$run/tasks" \
+    "${resume[@]}"
   step_done "$run/tasks.json" "$d_tasks"
 fi
 

@@ -448,6 +448,91 @@ Test(live, tasks_run_end_to_end) {
     unlink(tasks);
 }
 
+/* A run with a per-sample checkpoint, stopped after two of three samples
+ * (and a half-written record after them, as a kill leaves), resumes: the
+ * two come from the checkpoint (same numbers, timings included), the third
+ * is decoded, and every run equals an uninterrupted run's. A checkpoint of
+ * other options is refused. */
+Test(live, tasks_checkpoint_resume) {
+    char model[256], tasks[256], ckpt[256];
+    ap_err err = {0};
+    ap_synth_opts o;
+    ap_synth_opts_default(&o);
+    ap_synth_tmp_path(model, sizeof model, "ckpt", ".gguf");
+    ap_synth_tmp_path(tasks, sizeof tasks, "ckpt", ".jsonl");
+    ap_synth_tmp_path(ckpt, sizeof ckpt, "ckpt", ".ckpt");
+    cr_assert_eq(ap_synth_model_write(model, &o, &err), AP_OK, "%s", err.msg);
+    ap_synth_task_file(tasks, 3, 6, 1);
+    ap_tasks_config c;
+    ap_tasks_config_default(&c);
+    c.model = model;
+    c.tasks_file = tasks;
+    c.methods[0] = "streaming";
+    c.methods[1] = "quest";
+    c.methods[2] = "last_step";
+    c.n_methods = 3;
+    c.budgets[0] = 160;
+    c.budgets[1] = 256;
+    c.n_budgets = 2;
+    ap_tasks_result *ref = NULL, *part = NULL, *res = NULL;
+    cr_assert_eq(ap_tasks_run(&c, &ref, &err), AP_OK, "%s", err.msg);
+
+    c.checkpoint = ckpt;
+    c.max_samples = 2;
+    cr_assert_eq(ap_tasks_run(&c, &part, &err), AP_OK, "%s", err.msg);
+    FILE *f = fopen(ckpt, "ab");
+    cr_assert(f);
+    fwrite("\x05\0\0\0half", 1, 8, f);
+    fclose(f);
+
+    c.max_samples = 0;
+    c.resume = 1;
+    tasks_progress_rec pr = {.monotone = 1};
+    c.progress = on_tasks_progress_rec;
+    c.progress_user = &pr;
+    cr_assert_eq(ap_tasks_run(&c, &res, &err), AP_OK, "%s", err.msg);
+    cr_assert_eq(res->n_samples, 3);
+    cr_assert(pr.monotone && pr.done == pr.total, "progress %g of %g", pr.done, pr.total);
+    for (int s = 0; s < 3; s++) {
+        for (int m = 0; m < res->n_methods; m++) {
+            for (int b = 0; b < 2; b++) {
+                const ap_task_run *x = ap_tasks_run_at(res, s, m, b), *y = ap_tasks_run_at(ref, s, m, b);
+                cr_expect_str_eq(x->output, y->output, "sample %d method %d budget %d", s, m, b);
+                cr_expect(x->score == y->score && x->agreement == y->agreement && x->kl == y->kl &&
+                              x->same == y->same && x->n_gen == y->n_gen &&
+                              x->resident_kv_bytes == y->resident_kv_bytes &&
+                              x->fetch_kv_bytes == y->fetch_kv_bytes,
+                          "sample %d method %d budget %d differs from the uninterrupted run", s, m, b);
+                if (s < 2) {
+                    /* Read back, not decoded again: the first run's timings. */
+                    const ap_task_run *z = ap_tasks_run_at(part, s, m, b);
+                    cr_expect(x->decode_seconds == z->decode_seconds,
+                              "sample %d was decoded again", s);
+                }
+            }
+        }
+    }
+    cr_expect(res->samples[0].prefill_seconds == part->samples[0].prefill_seconds);
+    ap_tasks_result_free(res);
+    res = NULL;
+
+    /* Other budgets: the checkpoint is not this run's. */
+    c.budgets[1] = 512;
+    c.progress = NULL;
+    cr_expect_eq(ap_tasks_run(&c, &res, &err), AP_ERR_FORMAT);
+    cr_expect(strstr(err.msg, ckpt) && strstr(err.msg, "other inputs or options"), "%s", err.msg);
+    /* Without --resume a new checkpoint replaces it. */
+    c.resume = 0;
+    c.max_samples = 1;
+    cr_assert_eq(ap_tasks_run(&c, &res, &err), AP_OK, "%s", err.msg);
+    ap_tasks_result_free(res);
+    ap_tasks_result_free(part);
+    ap_tasks_result_free(ref);
+    unlink(model);
+    unlink(tasks);
+    unlink(ckpt);
+}
+
 /* Exports a random default-shaped predictor (history 64) of the given block. */
 static void export_predictor(const char *path, int block, uint64_t seed) {
     ap_err e = {0};
