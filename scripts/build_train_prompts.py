@@ -553,7 +553,9 @@ def main(argv=None):
              for sp in SPLITS}
     man = {"seed": SEED, "origins": {k: {"split": v[0], "packages": v[1]} for k, v in ORIGINS.items()},
            "packages": {p: osrc.package_version(p, roots) for o in ORIGINS.values() for p in o[1]},
-           "files_sha256": dict(sorted(src.used.items())),
+           # "PACKAGE:usr/share/...": where the file sits inside the package
+           # (relative to its install root, so no path of this machine).
+           "files_sha256": dict(sorted((k.replace(":/", ":", 1), v) for k, v in src.used.items())),
            "counts": {sp: sum(1 for r in recs if r["split"] == sp) for sp in SPLITS}}
     out_dir = Path(a.out_dir)
     if a.check:
