@@ -800,6 +800,28 @@ ap_status ap_gguf_arr_int(const ap_gguf *g, const char *key, uint64_t i, int64_t
     return AP_OK;
 }
 
+ap_status ap_gguf_arr_float(const ap_gguf *g, const char *key, uint64_t i, double *out,
+                            ap_err *err) {
+    const gguf_kv *kv = kv_get(g, key, err);
+    if (!kv) return AP_ERR_FORMAT;
+    if (kv->type != AP_GGUF_ARRAY || (kv->elem_type != AP_GGUF_F32 && kv->elem_type != AP_GGUF_F64))
+        return wrong_type(g, key, kv, "an array of f32 or f64", err);
+    if (i >= kv->n)
+        return ap_errf(err, AP_ERR_RANGE, "%s: index %llu out of range for '%s' (%llu elements)",
+                       g->path, (unsigned long long)i, key, (unsigned long long)kv->n);
+    const uint8_t *p = g->base + kv->off + (size_t)i * scalar_size(kv->elem_type);
+    if (kv->elem_type == AP_GGUF_F32) {
+        uint32_t u = (uint32_t)le(p, 4);
+        float f;
+        memcpy(&f, &u, sizeof f);
+        *out = f;
+    } else {
+        uint64_t u = le(p, 8);
+        memcpy(out, &u, sizeof *out);
+    }
+    return AP_OK;
+}
+
 ap_status ap_gguf_kv_int(const ap_gguf *g, int64_t i, int64_t *out) {
     if (i < 0 || i >= g->n_kv) return AP_ERR_ARG;
     if (!is_int_type(g->kv[i].type)) return AP_ERR_ARG;

@@ -81,6 +81,9 @@ ap_status ap_gguf_arr_str(const ap_gguf *g, const char *key, uint64_t i, const c
 /* Integer array element converted to int64 (any integer element type). */
 ap_status ap_gguf_arr_int(const ap_gguf *g, const char *key, uint64_t i, int64_t *out,
                           ap_err *err);
+/* Float array element (f32 or f64 elements) as double. */
+ap_status ap_gguf_arr_float(const ap_gguf *g, const char *key, uint64_t i, double *out,
+                            ap_err *err);
 /* Same, by kv index: for iterating all metadata (inspect). */
 ap_status ap_gguf_kv_int(const ap_gguf *g, int64_t i, int64_t *out);
 ap_status ap_gguf_kv_float(const ap_gguf *g, int64_t i, double *out);

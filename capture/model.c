@@ -157,7 +157,7 @@ static const arch_desc ARCHES[] = {
     {"gemma3", AP_ARCH_GEMMA3, 1, 0, 1, 1, 1, 1, 1},
 };
 
-static ap_status read_hparams(const ap_gguf *g, ap_hparams *hp, ap_err *err) {
+ap_status ap_hparams_read(const ap_gguf *g, ap_hparams *hp, ap_err *err) {
     ap_status st;
     const char *s;
     size_t len;
@@ -246,26 +246,77 @@ static ap_status read_hparams(const ap_gguf *g, ap_hparams *hp, ap_err *err) {
         return ap_errf(err, AP_ERR_FORMAT, "metadata %s = %g is not a positive number", key, d);
     hp->rms_eps = (float)d;
 
-    /* RoPE scaling: none, linear (positions / factor), or Llama 3.x's
+    /* RoPE scaling: none, linear (positions / factor), YaRN, or Llama 3.x's
      * per-frequency factors (the rope_freqs.weight tensor, checked at load). */
-    int linear = 0;
+    int linear = 0, yarn = 0;
     if (ap_gguf_find_key(g, KEY("rope.scaling.type")) >= 0) {
         if ((st = ap_gguf_get_str(g, key, &s, &len, err))) return st;
         if (len == 6 && memcmp(s, "linear", 6) == 0) linear = 1;
+        else if (len == 4 && memcmp(s, "yarn", 4) == 0) yarn = 1;
         else if (!(len == 0 || (len == 4 && memcmp(s, "none", 4) == 0)))
             return ap_errf(err, AP_ERR_UNSUPPORTED,
                            "metadata %s = '%.*s': RoPE scaling of this type is not supported "
-                           "(supported: none, linear, and Llama 3.x rope_freqs)",
+                           "(supported: none, linear, yarn, and Llama 3.x rope_freqs)",
                            key, (int)(len > 64 ? 64 : len), s);
     }
     if ((st = get_float_opt(g, KEY("rope.scaling.factor"), 1.0, &d, err))) return st;
     if (!(d >= 0.0 && isfinite(d)))
         return ap_errf(err, AP_ERR_FORMAT, "metadata %s = %g is not a non-negative number", key, d);
     hp->rope_freq_scale = 1.0f;
-    if (d != 0.0 && d != 1.0) {
+    if (yarn) {
+        /* transformers reads the same keys (the converter writes them from
+         * rope_parameters); a factor of 1 still applies the ramp's
+         * attention factor of 1, i.e. nothing. */
+        if (!(d > 0.0))
+            return ap_errf(err, AP_ERR_FORMAT,
+                           "metadata %s = %g: yarn scaling needs a positive factor", key, d);
+        hp->rope_yarn = 1;
+        hp->yarn.factor = (float)d;
+        hp->rope_freq_scale = (float)(1.0 / d);
+        if (ap_gguf_find_key(g, KEY("rope.scaling.original_context_length")) < 0)
+            return ap_errf(err, AP_ERR_FORMAT,
+                           "metadata %s is missing: yarn scaling needs the original context "
+                           "length", key);
+        if ((st = ap_gguf_get_int(g, key, &v, err))) return st;
+        if ((st = check_range(key, v, 1, 1 << 24, &hp->yarn.orig_ctx, err))) return st;
+        static const char *const betas[] = {"rope.scaling.yarn_beta_fast",
+                                            "rope.scaling.yarn_beta_slow"};
+        const double beta_def[] = {32.0, 1.0};
+        float *beta_out[] = {&hp->yarn.beta_fast, &hp->yarn.beta_slow};
+        for (int i = 0; i < 2; i++) {
+            if ((st = get_float_opt(g, KEY(betas[i]), beta_def[i], &d, err))) return st;
+            if (!(d > 0.0 && isfinite(d)))
+                return ap_errf(err, AP_ERR_FORMAT, "metadata %s = %g is not a positive number",
+                               key, d);
+            *beta_out[i] = (float)d;
+        }
+        /* The attention factor of transformers: given, or 0.1 ln(factor) + 1. */
+        double mscale = hp->yarn.factor <= 1.0f ? 1.0 : 0.1 * log((double)hp->yarn.factor) + 1.0;
+        if ((st = get_float_opt(g, KEY("rope.scaling.yarn_attn_factor"), mscale, &d, err)))
+            return st;
+        if (!(d > 0.0 && isfinite(d)))
+            return ap_errf(err, AP_ERR_FORMAT, "metadata %s = %g is not a positive number", key,
+                           d);
+        hp->yarn.attn_factor = (float)d;
+        /* llama.cpp-only refinements transformers has no counterpart for. */
+        if ((st = get_float_opt(g, KEY("rope.scaling.yarn_ext_factor"), 1.0, &d, err))) return st;
+        if (d != 1.0 && d >= 0.0)
+            return ap_errf(err, AP_ERR_UNSUPPORTED,
+                           "metadata %s = %g is not supported (only 1, the full YaRN ramp)", key,
+                           d);
+        if ((st = get_float_opt(g, KEY("rope.scaling.yarn_log_multiplier"), 0.0, &d, err)))
+            return st;
+        if (d != 0.0)
+            return ap_errf(err, AP_ERR_UNSUPPORTED,
+                           "metadata %s = %g is not supported (DeepSeek-style mscale)", key, d);
+        if (ap_gguf_find_tensor(g, "rope_freqs.weight") != NULL)
+            return ap_errf(err, AP_ERR_UNSUPPORTED,
+                           "tensor 'rope_freqs.weight' together with yarn scaling is not "
+                           "supported");
+    } else if (d != 0.0 && d != 1.0) {
         if (!linear)
             return ap_errf(err, AP_ERR_UNSUPPORTED,
-                           "metadata %s = %g without %s.rope.scaling.type = linear is not "
+                           "metadata %s = %g without %s.rope.scaling.type = linear or yarn is not "
                            "supported",
                            key, d, arch);
         hp->rope_freq_scale = (float)(1.0 / d);
@@ -281,6 +332,12 @@ static ap_status read_hparams(const ap_gguf *g, ap_hparams *hp, ap_err *err) {
      * pattern or the local base (it fixes them to 6 and 1e4); a file that
      * carries them wins. */
     hp->embd_scale = ad->embd_scale_sqrt ? sqrtf((float)hp->n_embd) : 1.0f;
+    /* Gemma 3 27B scales queries by query_pre_attn_scalar = n_embd / n_head
+     * (168), not head_dim (128); the GGUF has no key for it, and llama.cpp
+     * recognises the 27B by its 62 layers. The other sizes have
+     * query_pre_attn_scalar = head_dim. */
+    if (ad->id == AP_ARCH_GEMMA3 && hp->n_layer == 62)
+        hp->attn_scale = 1.0f / sqrtf((float)(hp->n_embd / hp->n_head));
     hp->rope_base_swa = hp->rope_base;
     if (ad->swa) {
         if ((st = get_int_opt(g, KEY("attention.sliding_window"), 0, &v, err))) return st;
@@ -483,7 +540,7 @@ ap_status ap_model_load_opts(const ap_gguf *g, const ap_model_opts *opts, ap_mod
     if (opts) m->opts = *opts;
     else ap_model_opts_default(&m->opts);
     const ap_model_opts *o = &m->opts;
-    if ((st = read_hparams(g, &m->hp, err))) goto cleanup;
+    if ((st = ap_hparams_read(g, &m->hp, err))) goto cleanup;
     const ap_hparams *hp = &m->hp;
     const size_t E = (size_t)hp->n_embd, hd = (size_t)hp->head_dim;
     const size_t qd = (size_t)hp->n_head * hd, kvd = (size_t)hp->n_head_kv * hd;
@@ -873,8 +930,11 @@ ap_status ap_ctx_create(const ap_model *m, int n_ctx, int n_threads, ap_ctx **ou
         }
     }
     c->decode_attn_blas = m->opts.decode_attn_blas;
-    ap_rope_table_scaled(c->rope_cs, 0, n_ctx, hp->head_dim, hp->rope_base, hp->rope_freq_scale,
-                         m->rope_freqs);
+    if (hp->rope_yarn)
+        ap_rope_table_yarn(c->rope_cs, 0, n_ctx, hp->head_dim, hp->rope_base, &hp->yarn);
+    else
+        ap_rope_table_scaled(c->rope_cs, 0, n_ctx, hp->head_dim, hp->rope_base,
+                             hp->rope_freq_scale, m->rope_freqs);
     /* Local layers rotate without scaling (transformers' rope_local_base_freq). */
     if (c->rope_cs_swa) ap_rope_table(c->rope_cs_swa, 0, n_ctx, hp->head_dim, hp->rope_base_swa);
     /* Process-wide, hence here and only here: see the note at the top. */

@@ -23,6 +23,7 @@
 #include "capture/gguf.h"
 #include "common/status.h"
 #include "kernels/qmatvec.h"
+#include "kernels/rope.h"
 
 /* The architectures the engine runs: one forward pass, these switches
  * (read_hparams in model.c sets them per general.architecture). Mistral
@@ -45,7 +46,9 @@ typedef struct {
     int tied_output;       /* no output.weight: logits use token_embd */
     ap_arch arch_id;
     int rope_neox;         /* 1: pairs (i, i + head_dim/2) (AP_ROPE_NEOX); 0: adjacent */
-    float rope_freq_scale; /* linear RoPE scaling: 1 / rope.scaling.factor; 1 = none */
+    float rope_freq_scale; /* linear or yarn RoPE scaling: 1 / rope.scaling.factor; 1 = none */
+    int rope_yarn;         /* 1: YaRN scaling of the full-attention layers' RoPE (yarn below) */
+    ap_rope_yarn yarn;     /* with rope_yarn: factor, original context, betas, attention factor */
     int rope_freqs;        /* 1: rope_freqs.weight divides each pair's frequency (Llama 3.x) */
     int qkv_bias;          /* 1: attn_{q,k,v}.bias added after the projections (qwen2) */
     int qk_norm;           /* 1: RMSNorm of each q and k head before RoPE (qwen3, gemma3) */
@@ -60,6 +63,10 @@ typedef struct {
     float rope_base_swa;   /* RoPE base of the sliding-window layers */
 } ap_hparams;
 
+/* The hyperparameters of a GGUF from its metadata and tensor directory,
+ * without loading weights: what ap_model_load checks first, with the same
+ * refusals (unsupported architecture, RoPE scaling, soft-capping...). */
+ap_status ap_hparams_read(const ap_gguf *g, ap_hparams *hp, ap_err *err);
 /* 1 when layer l attends through a sliding window (bounded KV), else 0. */
 int ap_hparams_layer_swa(const ap_hparams *hp, int layer);
 /* Number of layers that attend to every earlier key (what KV selection can

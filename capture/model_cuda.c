@@ -434,7 +434,7 @@ ap_status ap_cuda_model_create_opts(const ap_gguf *g, const ap_model *m, int n_c
      * would silently compute another model. */
     if (hp->arch_id != AP_ARCH_LLAMA || hp->rope_neox || hp->qkv_bias || hp->qk_norm ||
         hp->post_norms || hp->ffn_gelu || hp->swa_window > 0 || hp->rope_freqs ||
-        hp->rope_freq_scale != 1.0f || hp->embd_scale != 1.0f)
+        hp->rope_freq_scale != 1.0f || hp->rope_yarn || hp->embd_scale != 1.0f)
         return ap_errf(err, AP_ERR_UNSUPPORTED,
                        "CUDA engine: %s files (or llama files with RoPE scaling or QKV biases) "
                        "run on the CPU engine only for now (--device cpu)",

@@ -28,6 +28,7 @@
 #include "capture/tokenizer.h"
 
 #include <limits.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -753,6 +754,7 @@ ap_status ap_tokenizer_from_gguf(const ap_gguf *g, ap_tokenizer **out, ap_err *e
     size_t *token_lens = NULL, *merge_lens = NULL;
     int32_t *types = NULL;
     char *respelled = NULL;
+    float *scores = NULL;
     ap_tokenizer *t = NULL;
     const char *path = g ? ap_gguf_path(g) : "gguf";
     if (!out || !g) return ap_errf(err, AP_ERR_ARG, "tokenizer: no gguf or output pointer");
@@ -923,13 +925,39 @@ ap_status ap_tokenizer_from_gguf(const ap_gguf *g, ap_tokenizer **out, ap_err *e
                 ap_gguf_get_bool(g, "tokenizer.ggml.add_space_prefix", &spec.add_space_prefix, err);
             if (st != AP_OK) goto cleanup;
         }
-        /* Scores: Gemma ranks by file order (above). Other SentencePiece files
-         * should rank by tokenizer.ggml.scores, but the GGUF reader has no
-         * accessor for float array elements yet, so they rank by file order
-         * too: the same order for vocabularies SentencePiece's BPE trainer
-         * wrote (scores fall with the id), different where byte/control
-         * tokens carry score 0. */
+        /* Scores: Gemma ranks by file order (above); other SentencePiece
+         * files by tokenizer.ggml.scores, as transformers and llama.cpp do
+         * (file order when the file has none). */
         spec.scores = NULL;
+        if (!gemma && ap_gguf_find_key(g, "tokenizer.ggml.scores") >= 0) {
+            uint64_t ns = 0;
+            st = ap_gguf_get_arr(g, "tokenizer.ggml.scores", NULL, &ns, err);
+            if (st != AP_OK) goto cleanup;
+            if (ns != (uint64_t)spec.n_vocab) {
+                st = ap_errf(err, AP_ERR_FORMAT,
+                             "%s: tokenizer.ggml.scores has %llu entries for %lld tokens", path,
+                             (unsigned long long)ns, (long long)spec.n_vocab);
+                goto cleanup;
+            }
+            if (!(scores = malloc((size_t)ns * sizeof *scores))) {
+                st = ap_errf(err, AP_ERR_NOMEM, "%s: out of memory for %llu scores", path,
+                             (unsigned long long)ns);
+                goto cleanup;
+            }
+            for (uint64_t i = 0; i < ns; i++) {
+                double d;
+                st = ap_gguf_arr_float(g, "tokenizer.ggml.scores", i, &d, err);
+                if (st != AP_OK) goto cleanup;
+                if (!isfinite(d)) {
+                    st = ap_errf(err, AP_ERR_FORMAT,
+                                 "%s: tokenizer.ggml.scores[%llu] is not a finite number", path,
+                                 (unsigned long long)i);
+                    goto cleanup;
+                }
+                scores[i] = (float)d;
+            }
+            spec.scores = scores;
+        }
         if (gemma) {
             st = gemma_respell_spaces(&spec, &respelled, err);
             if (st != AP_OK) goto cleanup;
@@ -954,6 +982,7 @@ cleanup:
     free(merge_lens);
     free(types);
     free(respelled);
+    free(scores);
     ap_tokenizer_free(t);
     return st;
 }

@@ -56,6 +56,7 @@ typedef struct {
 
 ap_status ap_tokenizer_create(const ap_tokenizer_spec *spec, ap_tokenizer **out, ap_err *err);
 /* Reads tokenizer.ggml.* from a GGUF; unknown model/pre give AP_ERR_UNSUPPORTED.
+ * SentencePiece files rank merges by tokenizer.ggml.scores (file order without it).
  * Gemma files (general.architecture gemma, gemma2, gemma3) get transformers'
  * GGUF treatment: merges ranked by file order instead of the stored scores, and
  * the user-defined tokens made of spaces become ordinary "\u2581..." tokens. */

@@ -522,13 +522,20 @@ static void tasks_usage(FILE *out) {
 typedef struct {
     ap_progress bar;
     char label[80];
+    int started;
 } tasks_progress;
 
 /* The label names the run in progress; it is padded to a fixed width so the
- * line, rewritten in place, leaves no tail of a longer predecessor. */
+ * line, rewritten in place, leaves no tail of a longer predecessor. The
+ * first report comes before this process decodes anything: what it counts
+ * as done came from a checkpoint (--resume) and is kept out of the rate. */
 static void on_tasks_progress(void *user, double done, double total, double work_done,
                               double work_total, const char *what) {
     tasks_progress *p = user;
+    if (!p->started) {
+        p->started = 1;
+        ap_progress_set_base(&p->bar, done, work_done);
+    }
     snprintf(p->label, sizeof p->label, "tasks %-40.40s", what ? what : "");
     p->bar.label = p->label;
     ap_progress_update_work(&p->bar, done, total, work_done, work_total);

@@ -142,14 +142,22 @@ void ap_progress_set_clock(ap_progress *p, ap_clock_fn clock, void *clock_user) 
 double ap_progress_eta(const ap_progress *p, double now) {
     const int by_work = p->work_total > 0;
     double done = by_work ? p->work_done : p->done, total = by_work ? p->work_total : p->total;
+    double base = by_work ? p->work_base : p->done_base;
     double el = now - p->t_start;
-    if (!(done > 0) || !(total > done) || !(el > 0)) return 0.0;
-    return el * (total - done) / done;
+    if (!(done > base) || !(total > done) || !(el > 0)) return 0.0;
+    return el * (total - done) / (done - base);
+}
+
+void ap_progress_set_base(ap_progress *p, double done, double work_done) {
+    p->done_base = done;
+    p->work_base = work_done;
+    p->done = done > p->done ? done : p->done;
+    p->work_done = work_done > p->work_done ? work_done : p->work_done;
 }
 
 static void progress_print(ap_progress *p, double now, int final) {
     double el = now - p->t_start;
-    double rate = el > 0 ? p->done / el : 0.0;
+    double rate = el > 0 ? (p->done - p->done_base) / el : 0.0;
     char e1[32], e2[32];
     fmt_secs(e1, sizeof e1, el);
     fmt_secs(e2, sizeof e2, ap_progress_eta(p, now));

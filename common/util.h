@@ -54,6 +54,7 @@ typedef struct {
     double done;
     double work_total; /* estimated cost of all units; 0 = the unit count */
     double work_done;
+    double done_base, work_base; /* done before timing began (resumed): not in the rate */
     double t_start;
     double t_last;
     double interval;
@@ -72,8 +73,12 @@ void ap_progress_update(ap_progress *p, double done);
 void ap_progress_update_work(ap_progress *p, double done, double total, double work_done,
                              double work_total);
 void ap_progress_finish(ap_progress *p);
-/* Seconds left at clock reading `now`: elapsed x work left / work done (0
- * before any work, or when none is left). */
+/* Units and work already done when this process started (a run resumed
+ * from a checkpoint): shown in the counts, left out of the rate and the ETA,
+ * which would otherwise credit this process with work it did not do. */
+void ap_progress_set_base(ap_progress *p, double done, double work_done);
+/* Seconds left at clock reading `now`: elapsed x work left / work done
+ * since the base (0 before any work, or when none is left). */
 double ap_progress_eta(const ap_progress *p, double now);
 
 /* The cost model of the progress ETAs, in units of one key read by one

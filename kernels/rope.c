@@ -36,6 +36,43 @@ void ap_rope_table_scaled(float *cs, int pos0, int n_pos, int head_dim, float ba
     }
 }
 
+/* Correction dimension of `rot` rotations over ctx tokens: the pair index
+ * whose wavelength fits ctx / rot, in double like the reference's math.log. */
+static double yarn_corr_dim(double rot, int head_dim, double base, int ctx) {
+    const double two_pi = 6.283185307179586;
+    return (head_dim * log(ctx / (rot * two_pi))) / (2.0 * log(base));
+}
+
+float ap_rope_yarn_inv_freq(int i, int head_dim, float base, const ap_rope_yarn *y) {
+    double lo = floor(yarn_corr_dim(y->beta_fast, head_dim, base, y->orig_ctx));
+    double hi = ceil(yarn_corr_dim(y->beta_slow, head_dim, base, y->orig_ctx));
+    if (lo < 0.0) lo = 0.0;
+    if (hi > head_dim - 1) hi = head_dim - 1;
+    if (lo == hi) hi += 0.001; /* the reference's guard against a zero-width ramp */
+    float pos_freq = powf(base, (float)(2 * i) / (float)head_dim);
+    float extra = 1.0f / pos_freq;
+    float inter = 1.0f / (y->factor * pos_freq);
+    float ramp = ((float)i - (float)lo) / (float)(hi - lo);
+    ramp = ramp < 0.0f ? 0.0f : ramp > 1.0f ? 1.0f : ramp;
+    float keep = 1.0f - ramp; /* share of the extrapolated (unscaled) frequency */
+    float a = inter * (1.0f - keep), b = extra * keep;
+    return a + b;
+}
+
+void ap_rope_table_yarn(float *cs, int pos0, int n_pos, int head_dim, float base,
+                        const ap_rope_yarn *y) {
+    int half = head_dim / 2;
+    for (int i = 0; i < half; i++) {
+        float inv_freq = ap_rope_yarn_inv_freq(i, head_dim, base, y);
+        for (int p = 0; p < n_pos; p++) {
+            float *row = cs + (size_t)p * head_dim;
+            double a = (float)(pos0 + p) * inv_freq;
+            row[2 * i] = (float)cos(a) * y->attn_factor;
+            row[2 * i + 1] = (float)sin(a) * y->attn_factor;
+        }
+    }
+}
+
 void ap_rope(float *x, size_t ldx, int rows, int n_heads, int head_dim, const float *cs) {
     ap_rope_styled(x, ldx, rows, n_heads, head_dim, cs, AP_ROPE_NORM);
 }

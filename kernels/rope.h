@@ -39,6 +39,30 @@ void ap_rope_table(float *cs, int pos0, int n_pos, int head_dim, float base);
 void ap_rope_table_scaled(float *cs, int pos0, int n_pos, int head_dim, float base,
                           float freq_scale, const float *factors);
 
+/* YaRN (rope.scaling.type yarn), as transformers' _compute_yarn_parameters
+ * defines it and in its float32 steps: pair i's frequency blends the
+ * extrapolated 1/base^(2i/hd) and the interpolated one divided by `factor`
+ * along a linear ramp between the correction dimensions of beta_fast and
+ * beta_slow rotations over orig_ctx tokens (floored/ceiled, clamped to
+ * [0, head_dim - 1]): pairs below the ramp keep their frequency, pairs above
+ * it are divided by `factor`. cos and sin are then multiplied by attn_factor
+ * (transformers' attention_factor; 0.1 ln(factor) + 1 when the file gives
+ * none, which the caller resolves). llama.cpp blends angles rather than
+ * frequencies, the same up to rounding. */
+typedef struct {
+    float factor;      /* rope.scaling.factor (> 0) */
+    int orig_ctx;      /* rope.scaling.original_context_length (> 0) */
+    float beta_fast;   /* 32 unless the file says otherwise */
+    float beta_slow;   /* 1 unless the file says otherwise */
+    float attn_factor; /* multiplies cos and sin */
+} ap_rope_yarn;
+
+/* The YaRN frequency of pair i (float32, as the reference rounds it). */
+float ap_rope_yarn_inv_freq(int i, int head_dim, float base, const ap_rope_yarn *y);
+/* The table of ap_rope_table with YaRN frequencies and attn_factor. */
+void ap_rope_table_yarn(float *cs, int pos0, int n_pos, int head_dim, float base,
+                        const ap_rope_yarn *y);
+
 /* Rotate n_heads heads of each of `rows` rows in place (row r at x + r*ldx,
  * head h at +h*head_dim); row r uses table row cs + r*head_dim. */
 void ap_rope(float *x, size_t ldx, int rows, int n_heads, int head_dim, const float *cs);

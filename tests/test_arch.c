@@ -264,13 +264,16 @@ Test(arch, llama) { check_arch("llama"); }
 Test(arch, llama3_rope_scaling) { check_arch("llama3"); }
 Test(arch, mistral) { check_arch("mistral"); }
 Test(arch, qwen2) { check_arch("qwen2"); }
+Test(arch, qwen2_yarn) { check_arch("qwen2-yarn"); }
+Test(arch, llama_yarn_keys) { check_arch("llama-yarn"); }
 Test(arch, qwen3) { check_arch("qwen3"); }
 Test(arch, gemma3) { check_arch("gemma3"); }
 
 /* Every model in the index has a test above: a fixture added by the
  * generator without a test here would otherwise go unchecked. */
 Test(arch, every_fixture_has_a_test) {
-    static const char *const tested[] = {"llama", "llama3", "mistral", "qwen2", "qwen3", "gemma3"};
+    static const char *const tested[] = {"llama",      "llama3",     "mistral", "qwen2",
+                                         "qwen2-yarn", "llama-yarn", "qwen3",   "gemma3"};
     ap_err err = {0};
     char *js = NULL;
     size_t jl = 0;

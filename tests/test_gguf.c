@@ -359,6 +359,15 @@ static void check_full(const ap_gguf *g) {
     cr_assert_eq(v, 7);
     cr_assert_eq(ap_gguf_arr_int(g, "a.u64", 1, &v, &err), AP_ERR_RANGE);
     cr_assert_eq(ap_gguf_arr_int(g, "a.f32", 0, &v, &err), AP_ERR_FORMAT);
+    double fd = 0.0;
+    cr_assert_eq(ap_gguf_arr_float(g, "a.f32", 1, &fd, &err), AP_OK, "%s", err.msg);
+    cr_assert(fd == -1.0, "a.f32[1] = %g", fd);
+    cr_assert_eq(ap_gguf_arr_float(g, "a.f64", 0, &fd, &err), AP_OK, "%s", err.msg);
+    cr_assert(fd == 2.5, "a.f64[0] = %g", fd);
+    cr_assert_eq(ap_gguf_arr_float(g, "a.f32", 2, &fd, &err), AP_ERR_RANGE);
+    cr_assert_eq(ap_gguf_arr_float(g, "a.i32", 0, &fd, &err), AP_ERR_FORMAT);
+    cr_assert(strstr(err.msg, "a.i32") != NULL, "%s", err.msg);
+    cr_assert_eq(ap_gguf_arr_float(g, "no.such", 0, &fd, &err), AP_ERR_FORMAT);
     cr_assert_eq(ap_gguf_get_arr(g, "a.f64", &et, &n, &err), AP_OK);
     cr_assert(et == AP_GGUF_F64 && n == 2);
     cr_assert_eq(ap_gguf_get_arr(g, "a.bool", &et, &n, &err), AP_OK);

@@ -193,6 +193,47 @@ Test(kernels, rope_neox_vs_ref_and_pairs) {
               "pair 1: %g %g", x[1], x[3]);
 }
 
+Test(kernels, rope_yarn_table) {
+    /* head_dim 16, base 1e4, 2048 original tokens: the correction dims of 32
+     * and 1 rotations are 2.02 and 5.03 pairs, so the ramp runs over pairs
+     * [2, 6]: below it frequencies are kept, above it divided by the factor,
+     * between them blended monotonically; cos/sin carry the attention factor. */
+    const int hd = 16;
+    const float base = 10000.0f;
+    ap_rope_yarn y = {.factor = 4.0f, .orig_ctx = 2048, .beta_fast = 32.0f, .beta_slow = 1.0f,
+                      .attn_factor = 1.25f};
+    double prev_ratio = 1.0;
+    for (int i = 0; i < hd / 2; i++) {
+        double plain = pow(base, -2.0 * i / hd);
+        double ratio = ap_rope_yarn_inv_freq(i, hd, base, &y) / plain; /* 1 kept, 1/4 scaled */
+        double want = i <= 2 ? 1.0 : i >= 6 ? 0.25 : 1.0 - 0.75 * (i - 2) / 4.0;
+        cr_expect(fabs(ratio - want) <= 1e-6, "pair %d: frequency ratio %.8f, want %.8f", i, ratio,
+                  want);
+        cr_expect(ratio <= prev_ratio + 1e-6, "pair %d: the ramp must not rise", i);
+        prev_ratio = ratio;
+    }
+    float cs[3 * 16];
+    ap_rope_table_yarn(cs, 100, 3, hd, base, &y);
+    for (int r = 0; r < 3; r++)
+        for (int i = 0; i < hd / 2; i++) {
+            double c = cs[r * hd + 2 * i], sn = cs[r * hd + 2 * i + 1];
+            cr_expect(fabs(sqrt(c * c + sn * sn) - 1.25) <= 1e-6, "row %d pair %d: |cs| %g", r, i,
+                      sqrt(c * c + sn * sn));
+            double ang = (100 + r) * (double)ap_rope_yarn_inv_freq(i, hd, base, &y);
+            cr_expect(fabs(c - 1.25 * cos(ang)) <= 1e-5, "row %d pair %d: cos", r, i);
+        }
+    /* Factor 1 with attention factor 1 is plain RoPE (up to the rounding of
+     * the blend: one ulp of a frequency, ~1e-6 in cos at these angles). */
+    ap_rope_yarn one = {.factor = 1.0f, .orig_ctx = 2048, .beta_fast = 32.0f, .beta_slow = 1.0f,
+                        .attn_factor = 1.0f};
+    float plain_cs[3 * 16];
+    ap_rope_table_yarn(cs, 7, 3, hd, base, &one);
+    ap_rope_table(plain_cs, 7, 3, hd, base);
+    for (int k = 0; k < 3 * 16; k++)
+        cr_expect(fabs(cs[k] - plain_cs[k]) <= 2e-6, "factor 1: entry %d %g vs %g", k, cs[k],
+                  plain_cs[k]);
+}
+
 /* ------------------------------------------------------------- softmax */
 
 Test(kernels, softmax_vs_ref) {

@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "capture/gguf.h"
+#include "capture/gguf_write.h"
 #include "capture/model.h"
 #include "common/tolerance.h"
 #include "common/util.h"
@@ -572,11 +573,16 @@ Test(model, rope_scaling_keys) {
     ap_synth_opts o;
     ap_synth_opts_default(&o);
     ap_err err = {0};
-    /* yarn (and every type but none/linear) is refused with the key named. */
-    o.rope_scaling_type = "yarn";
+    /* Every type but none/linear/yarn is refused with the key named. */
+    o.rope_scaling_type = "longrope";
     o.rope_scaling_factor = 4.0f;
     cr_expect_eq(synth_load_fail(&o, &err), AP_ERR_UNSUPPORTED);
-    cr_expect(strstr(err.msg, "llama.rope.scaling.type") && strstr(err.msg, "yarn"),
+    cr_expect(strstr(err.msg, "llama.rope.scaling.type") && strstr(err.msg, "longrope"),
+              "message: %s", err.msg);
+    /* yarn needs the original context length (tests/test_arch.c runs it). */
+    o.rope_scaling_type = "yarn";
+    cr_expect_eq(synth_load_fail(&o, &err), AP_ERR_FORMAT);
+    cr_expect(strstr(err.msg, "llama.rope.scaling.original_context_length") != NULL,
               "message: %s", err.msg);
     /* A factor without a type is refused too. */
     o.rope_scaling_type = NULL;
@@ -590,6 +596,62 @@ Test(model, rope_scaling_keys) {
     cr_expect(hp->rope_freq_scale == 0.25f && !hp->rope_freqs && !hp->rope_neox,
               "freq scale %g", (double)hp->rope_freq_scale);
     synth_close(&s);
+}
+
+/* Hyperparameters of a Gemma 3 header alone (metadata + an embedding
+ * matrix of one row), the shapes of the real 270M and 27B files. */
+static void gemma3_header(int n_layer, int n_embd, int n_head, int head_dim, ap_hparams *hp) {
+    ap_err err = {0};
+    ap_gguf_builder *b = NULL;
+    cr_assert_eq(ap_gguf_builder_create(&b, &err), AP_OK, "%s", err.msg);
+    cr_assert_eq(ap_gguf_builder_set_str(b, "general.architecture", "gemma3", &err), AP_OK);
+    const struct {
+        const char *k;
+        uint32_t v;
+    } ints[] = {{"gemma3.context_length", 32768},         {"gemma3.embedding_length", n_embd},
+                {"gemma3.block_count", n_layer},          {"gemma3.feed_forward_length", 4 * n_embd},
+                {"gemma3.attention.head_count", n_head},  {"gemma3.attention.head_count_kv", 1},
+                {"gemma3.attention.key_length", head_dim}, {"gemma3.attention.value_length", head_dim},
+                {"gemma3.attention.sliding_window", 512}};
+    for (size_t i = 0; i < sizeof ints / sizeof *ints; i++)
+        cr_assert_eq(ap_gguf_builder_set_u32(b, ints[i].k, ints[i].v, &err), AP_OK, "%s", err.msg);
+    cr_assert_eq(ap_gguf_builder_set_f32(b, "gemma3.rope.freq_base", 1e6f, &err), AP_OK);
+    cr_assert_eq(ap_gguf_builder_set_f32(b, "gemma3.attention.layer_norm_rms_epsilon", 1e-6f, &err),
+                 AP_OK);
+    float *row = calloc((size_t)n_embd, sizeof(float));
+    const int64_t ne[2] = {n_embd, 1};
+    cr_assert_eq(ap_gguf_builder_add_tensor_f32(b, "token_embd.weight", AP_GGML_F32, 2, ne, row,
+                                                &err),
+                 AP_OK, "%s", err.msg);
+    free(row);
+    uint8_t *data = NULL;
+    size_t size = 0;
+    cr_assert_eq(ap_gguf_builder_to_memory(b, &data, &size, &err), AP_OK, "%s", err.msg);
+    ap_gguf_builder_free(b);
+    ap_gguf *g = NULL;
+    cr_assert_eq(ap_gguf_open_memory(data, size, "gemma3-header", &g, &err), AP_OK, "%s",
+                 err.msg);
+    cr_assert_eq(ap_hparams_read(g, hp, &err), AP_OK, "%s", err.msg);
+    ap_gguf_free(g);
+    free(data);
+}
+
+Test(model, gemma3_query_scale) {
+    /* transformers scales Gemma 3 queries by query_pre_attn_scalar^-0.5,
+     * which the GGUF does not carry: head_dim (256) for the 270M, but
+     * n_embd / n_head = 168 for the 27B (head_dim 128), which llama.cpp
+     * recognises by its 62 layers. */
+    ap_hparams hp;
+    gemma3_header(18, 640, 4, 256, &hp);
+    cr_expect_float_eq(hp.attn_scale, 1.0f / 16.0f, 1e-7f, "270M: %g", (double)hp.attn_scale);
+    cr_expect_eq(ap_hparams_n_full_layers(&hp), 3);
+    gemma3_header(62, 5376, 32, 128, &hp);
+    cr_expect_float_eq(hp.attn_scale, 1.0f / sqrtf(168.0f), 1e-7f, "27B: %g",
+                       (double)hp.attn_scale);
+    cr_expect_eq(hp.head_dim, 128);
+    /* 12B (48 layers, 3840 / 16 = 240 != head_dim 256): head_dim rules. */
+    gemma3_header(48, 3840, 16, 256, &hp);
+    cr_expect_float_eq(hp.attn_scale, 1.0f / 16.0f, 1e-7f, "12B: %g", (double)hp.attn_scale);
 }
 
 Test(model, missing_tensor) {

@@ -311,6 +311,34 @@ Test(predictor, per_layer_and_group_model_selection) {
     cr_assert_eq(ap_pred_config_validate(&bad, &err), AP_ERR_ARG);
 }
 
+Test(predictor, groups_over_full_layers) {
+    /* Gemma 3's pattern: layers 5 and 11 of 12 are full attention. */
+    unsigned char full[12] = {0};
+    full[5] = full[11] = 1;
+    ap_pred_config c;
+    ap_err err;
+    ap_pred_config_default(&c);
+    ap_pred_config_groups_of(&c, 12, 12, full);
+    cr_assert_eq(c.n_models, 2, "one model per full layer");
+    cr_assert_eq(c.layer_map[5], 0);
+    cr_assert_eq(c.layer_map[11], 1);
+    for (int l = 0; l < 12; l++) cr_assert(c.layer_map[l] >= 0 && c.layer_map[l] < 2);
+    cr_assert_eq(ap_pred_config_validate(&c, &err), AP_OK, "%s", err.msg);
+    /* Fewer groups than full layers: contiguous groups of the full ones. */
+    unsigned char f4[8] = {1, 0, 1, 0, 1, 0, 1, 0};
+    ap_pred_config_groups_of(&c, 8, 2, f4);
+    cr_assert_eq(c.n_models, 2);
+    static const int want[8] = {0, 0, 0, 0, 1, 1, 1, 1};
+    for (int l = 0; l < 8; l++) cr_assert_eq(c.layer_map[l], want[l], "layer %d", l);
+    /* NULL = every layer full: the plain grouping. */
+    ap_pred_config d;
+    ap_pred_config_default(&d);
+    ap_pred_config_groups_of(&c, 6, 3, NULL);
+    ap_pred_config_groups(&d, 6, 3);
+    cr_assert_eq(c.n_models, d.n_models);
+    cr_assert_eq(memcmp(c.layer_map, d.layer_map, 6 * sizeof(int)), 0);
+}
+
 Test(predictor, config_json_round_trip) {
     ap_pred_config c, d;
     ap_pred_config_default(&c);

@@ -62,6 +62,32 @@ Test(progress, eta_weighs_units_by_their_work) {
     cr_assert_eq(ap_progress_eta(&q, now), 2.0, "the unweighted estimate, 3x low here");
 }
 
+/* A run resumed with 6 of 8 units done by an earlier process: this one's
+ * rate and ETA count only the units it did. */
+Test(progress, resumed_work_is_not_in_the_rate) {
+    ap_progress p;
+    double now;
+    start(&p, &now, NULL, 8);
+    ap_progress_set_base(&p, 6, 60.0);
+    ap_progress_update_work(&p, 6, 0.0, 60.0, 80.0);
+    cr_assert_eq(ap_progress_eta(&p, now), 0.0, "nothing done by this process yet");
+    now = 110.0;
+    ap_progress_update_work(&p, 7, 0.0, 70.0, 80.0);
+    /* 10 units of work in 10 s, 10 left: 10 s, not 10 x 10 / 70. */
+    cr_assert(fabs(ap_progress_eta(&p, now) - 10.0) < 1e-9, "ETA %g", ap_progress_eta(&p, now));
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *mem = open_memstream(&buf, &len);
+    ap_progress q;
+    start(&q, &now, mem, 8);
+    ap_progress_set_base(&q, 6, 0.0);
+    now += 2.0;
+    ap_progress_update(&q, 7);
+    fclose(mem);
+    cr_assert(strstr(buf, "7/8 seq") && strstr(buf, " 0.5 seq/s"), "line: %s", buf);
+    free(buf);
+}
+
 /* The printed line: counts as given, ETA from the work, at most one line
  * per interval, a final line ending the record. */
 Test(progress, printed_line) {

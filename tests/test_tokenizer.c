@@ -28,6 +28,8 @@
 #define MODEL_PATH AP_SOURCE_DIR "/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 #define GEMMA_PATH AP_SOURCE_DIR "/models/gemma-3-270m-q4_k_m.gguf"
 #define GEMMA_FIXTURE_PATH AP_SOURCE_DIR "/tests/fixtures/tokenizer_gemma3.jsonl"
+#define SPM_SCORES_GGUF AP_SOURCE_DIR "/tests/fixtures/tokenizer_spm_scores.gguf"
+#define SPM_SCORES_FIXTURE AP_SOURCE_DIR "/tests/fixtures/tokenizer_spm_scores.jsonl"
 #define FIXTURE_PATH AP_SOURCE_DIR "/tests/fixtures/tokenizer_smollm2.jsonl"
 #define PATTERNS_PATH AP_SOURCE_DIR "/tests/fixtures/pretok_patterns.jsonl"
 
@@ -1387,6 +1389,59 @@ Test(tokenizer, spm_from_gguf_gemma_and_llama) {
     ap_tokenizer_free(t);
     ap_gguf_free(g);
     free(mem);
+}
+
+/* A Llama 2 / Mistral-style SentencePiece file whose scores disagree with
+ * its file order (scripts/ref/make_tokenizer_fixture_spm.py): merges rank by
+ * tokenizer.ggml.scores, as transformers builds the tokenizer from the GGUF;
+ * ranked by file order, ~40% of the strings would tokenize differently. */
+Test(tokenizer, spm_scores_match_transformers_fixture, .timeout = 120) {
+    ap_gguf *g = NULL;
+    ap_tokenizer *t = NULL;
+    ap_err err = {0};
+    cr_assert_eq(ap_gguf_open(SPM_SCORES_GGUF, &g, &err), AP_OK, "%s", err.msg);
+    cr_assert_eq(ap_tokenizer_from_gguf(g, &t, &err), AP_OK, "%s", err.msg);
+    cr_assert_eq(ap_tokenizer_bos(t), 1);
+    char *data = NULL;
+    size_t len = 0;
+    cr_assert_eq(ap_read_file(SPM_SCORES_FIXTURE, &data, &len, &err), AP_OK, "%s", err.msg);
+    size_t compared = 0, failed = 0;
+    long long differs = -1;
+    char *line = data;
+    int first = 1;
+    while (line && *line) {
+        char *nl = strchr(line, '\n');
+        if (nl) *nl = '\0';
+        cJSON *row = cJSON_Parse(line);
+        cr_assert(row, "bad JSON line in %s", SPM_SCORES_FIXTURE);
+        if (first) {
+            first = 0;
+            const cJSON *meta = cJSON_GetObjectItem(row, "meta");
+            cr_assert(meta, "fixture has no header line");
+            const cJSON *d = cJSON_GetObjectItem(meta, "count_differs_by_file_order");
+            if (cJSON_IsNumber(d)) differs = (long long)d->valuedouble;
+        } else {
+            const char *text = cJSON_GetObjectItem(row, "text")->valuestring;
+            const cJSON *want = cJSON_GetObjectItem(row, "ids");
+            int32_t *ids = NULL;
+            size_t n_ids = encode(t, text, strlen(text), 1, &ids);
+            if (!ids_equal(ids, n_ids, want) && failed++ < 10)
+                cr_log_error("ids differ for \"%s\"", text);
+            free(ids);
+            compared++;
+        }
+        cJSON_Delete(row);
+        line = nl ? nl + 1 : NULL;
+    }
+    cr_log_info("SentencePiece scores fixture: %zu strings compared, %zu mismatches (%lld would "
+                "differ ranked by file order)",
+                compared, failed, differs);
+    cr_assert_geq(compared, 1000);
+    cr_assert_gt(differs, (long long)(compared / 4), "the fixture must tell scores from file order");
+    cr_assert_eq(failed, 0u, "%zu of %zu strings differ from transformers", failed, compared);
+    free(data);
+    ap_tokenizer_free(t);
+    ap_gguf_free(g);
 }
 
 Test(tokenizer, spm_huge_inputs) {

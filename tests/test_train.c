@@ -189,6 +189,31 @@ Test(train, per_layer_and_ce_loss) {
     cr_assert_eq(r.n_params, 2 * 4833, "two layers, two models");
 }
 
+Test(train, per_layer_models_only_for_full_layers) {
+    /* A trace whose layer 0 of 3 is sliding-window (as 15 of Gemma 3
+     * 270M's 18 layers): --per-layer trains one model per full layer, and
+     * --layer-groups never more models than full layers. */
+    ap_synth_trace_opts so;
+    ap_synth_trace_opts_default(&so);
+    const int windows[3] = {32, 0, 0};
+    so.n_layer = 3;
+    so.layer_window = windows;
+    ap_err err;
+    cr_assert_eq(ap_synth_trace_write(g_trace, &so, &err), AP_OK, "%s", err.msg);
+    ap_train_opts o = small_opts(g_run);
+    o.per_layer = 1;
+    o.epochs = 1;
+    ap_train_result r;
+    cr_assert_eq(ap_train_run(&o, &r, &err), AP_OK, "%s", err.msg);
+    cr_assert_eq(r.n_params, 2 * 4833, "two full layers, two models (got %zu params)",
+                 (size_t)r.n_params);
+    ap_train_opts g = small_opts(g_run2);
+    g.layer_groups = 3;
+    g.epochs = 1;
+    cr_assert_eq(ap_train_run(&g, &r, &err), AP_OK, "%s", err.msg);
+    cr_assert_eq(r.n_params, 2 * 4833, "3 groups over 2 full layers: 2 models");
+}
+
 Test(train, refusals) {
     ap_err err;
     ap_train_opts o = small_opts(g_run);

@@ -420,6 +420,10 @@ ap_status ap_dataset_set_layer_groups(ap_dataset *ds, const int *layer_group, in
     return AP_OK;
 }
 
+int ap_dataset_layer_is_full(const ap_dataset *ds, int l) {
+    return l >= 0 && l < ds->n_layer && ds->layer_full[l];
+}
+
 void ap_dataset_get_stats(const ap_dataset *ds, ap_dataset_stats *st) {
     memset(st, 0, sizeof *st);
     st->n_files = ds->n_files;

@@ -131,6 +131,9 @@ typedef struct {
 } ap_dataset_stats;
 
 void ap_dataset_get_stats(const ap_dataset *ds, ap_dataset_stats *st);
+/* 1 when layer l of the traces is full attention (0: sliding window, or l
+ * out of range). */
+int ap_dataset_layer_is_full(const ap_dataset *ds, int l);
 
 /* The split of sequence (file index, sequence index in that file):
  * AP_SPLIT_TRAIN or AP_SPLIT_VAL, -1 if it was left out or does not exist. */

@@ -33,12 +33,26 @@ void ap_pred_config_per_layer(ap_pred_config *c, int n_layers) {
 }
 
 void ap_pred_config_groups(ap_pred_config *c, int n_layers, int n_groups) {
+    ap_pred_config_groups_of(c, n_layers, n_groups, NULL);
+}
+
+void ap_pred_config_groups_of(ap_pred_config *c, int n_layers, int n_groups,
+                              const unsigned char *full) {
     if (n_layers < 0) n_layers = 0;
     if (n_layers > AP_PRED_MAX_LAYERS) n_layers = AP_PRED_MAX_LAYERS;
+    int n_full = 0;
+    for (int l = 0; l < n_layers; l++) n_full += !full || full[l];
+    if (n_groups > n_full) n_groups = n_full; /* no model without a layer to learn from */
     c->n_layers = n_layers;
     c->n_models = n_groups;
-    for (int l = 0; l < n_layers && n_groups > 0; l++)
-        c->layer_map[l] = (int)((long)l * n_groups / n_layers);
+    /* Full layer j of n_full -> group j*G/n_full; a sliding-window layer
+     * (never predicted) borrows the group of the full layer before it, or
+     * group 0, so the map stays valid. */
+    int j = 0, last = 0;
+    for (int l = 0; l < n_layers && n_groups > 0; l++) {
+        if (!full || full[l]) last = (int)((long)j++ * n_groups / n_full);
+        c->layer_map[l] = last;
+    }
 }
 
 ap_status ap_pred_config_validate(const ap_pred_config *c, ap_err *err) {

@@ -58,6 +58,13 @@ void ap_pred_config_default(ap_pred_config *c);
 void ap_pred_config_per_layer(ap_pred_config *c, int n_layers);
 /* n_groups models over n_layers contiguous layer groups (layer l -> l*G/L). */
 void ap_pred_config_groups(ap_pred_config *c, int n_layers, int n_groups);
+/* The same over the layers with full[l] != 0 only (NULL: every layer): the
+ * full-attention layers of a model with sliding-window ones, the only ones
+ * selection and training use. n_groups is capped at their number (per-layer
+ * = one model per full layer); the other layers map to a neighbour's model
+ * and are never predicted. */
+void ap_pred_config_groups_of(ap_pred_config *c, int n_layers, int n_groups,
+                              const unsigned char *full);
 ap_status ap_pred_config_validate(const ap_pred_config *c, ap_err *err);
 
 void ap_pred_layout_of(const ap_pred_config *c, ap_pred_layout *lay);

@@ -804,10 +804,15 @@ ap_status ap_train_run(const ap_train_opts *o, ap_train_result *res, ap_err *err
 
     ap_pred_config pcfg;
     ap_pred_config_default(&pcfg);
-    if (o->per_layer)
-        ap_pred_config_per_layer(&pcfg, dst.n_layer);
-    else if (o->layer_groups > 1)
-        ap_pred_config_groups(&pcfg, dst.n_layer, o->layer_groups);
+    if (o->per_layer || o->layer_groups > 1) {
+        /* Models only for the layers selection runs in: a Gemma 3 trace's 3
+         * full-attention layers of 18, not one model per sliding layer. */
+        unsigned char full[AP_PRED_MAX_LAYERS];
+        for (int l = 0; l < dst.n_layer && l < AP_PRED_MAX_LAYERS; l++)
+            full[l] = (unsigned char)ap_dataset_layer_is_full(ds, l);
+        ap_pred_config_groups_of(&pcfg, dst.n_layer, o->per_layer ? dst.n_layer : o->layer_groups,
+                                 full);
+    }
     pcfg.history = o->history;
     pcfg.block = o->block;
     pcfg.sink_blocks = o->sink_tokens / o->block;

@@ -166,6 +166,32 @@ def arch_specs():
                        rms_norm_eps=1e-6, rope_theta=1000000.0, use_sliding_window=False,
                        tie_word_embeddings=False),
                   "qwen2", "tiny-qwen2"),
+        # YaRN, as Qwen 2.5 long-context configs set it: head_dim 12, base 1e4
+        # and an original context of 2048 put the correction ramp on pairs
+        # 1..4 of 6, so pair 0 keeps its frequency, pair 5 is divided by the
+        # factor and the ones between are blended; attention factor
+        # 0.1 ln 4 + 1 (no attention_factor given).
+        "qwen2-yarn": ("Qwen2Config", "Qwen2ForCausalLM",
+                       dict(common, max_position_embeddings=8192, num_hidden_layers=2,
+                            num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-6,
+                            rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0,
+                                             "factor": 4.0,
+                                             "original_max_position_embeddings": 2048},
+                            use_sliding_window=False, tie_word_embeddings=False),
+                       "qwen2", "tiny-qwen2-yarn"),
+        # YaRN with every optional key written (betas, attention factor) on a
+        # llama file (NORM rope): head_dim 16, ramp on pairs 2..5 of 8.
+        "llama-yarn": ("LlamaConfig", "LlamaForCausalLM",
+                       dict(common, max_position_embeddings=4096, num_hidden_layers=2,
+                            num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                            rms_norm_eps=1e-5,
+                            rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0,
+                                             "factor": 2.0,
+                                             "original_max_position_embeddings": 2048,
+                                             "beta_fast": 16.0, "beta_slow": 2.0,
+                                             "attention_factor": 1.3},
+                            tie_word_embeddings=True, attention_bias=False, mlp_bias=False),
+                       "llama", "tiny-llama-yarn"),
         "qwen3": ("Qwen3Config", "Qwen3ForCausalLM",
                   dict(common, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                        head_dim=16, rms_norm_eps=1e-6, rope_theta=1000000.0,
@@ -348,7 +374,16 @@ def engine_facts(name, cfg, checks):
                              "rope_freqs.weight, head_dim/2 floats); no llama.rope.scaling.* keys "
                              "are written for llama3 scaling; no attention factor")
         f["hf_rope_parameters"] = cfg.rope_parameters
-    if name == "qwen2":
+    if name.endswith("-yarn"):
+        f["rope_scaling"] = ("YaRN: pair i's frequency blends base^(-2i/hd) and base^(-2i/hd) / "
+                             "factor along a linear ramp between the floored/ceiled correction "
+                             "dims of beta_fast/beta_slow rotations over the original context; "
+                             "cos and sin times the attention factor (given, else "
+                             "0.1 ln(factor) + 1); keys <arch>.rope.scaling.{type,factor,"
+                             "original_context_length,yarn_beta_fast,yarn_beta_slow,"
+                             "yarn_attn_factor}")
+        f["hf_rope_parameters"] = cfg.rope_parameters
+    if name.startswith("qwen2"):
         f["qkv_bias"] = True
         f["qkv_bias_note"] = "attn_q/attn_k/attn_v have .bias tensors (q/k biases added before RoPE); attn_output has none"
     if name == "qwen3":
