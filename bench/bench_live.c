@@ -18,7 +18,15 @@
  * ranking), whichever thread ran it (the prefetch worker hides part of it);
  * the speedup is against full KV in the same process, so machine noise hits
  * both alike. A free run that stops early (end of text) is timed on the
- * tokens it made. */
+ * tokens it made.
+ *
+ * Limits (unless --no-limits): this machine's read bandwidth and AVX2 FMA
+ * peak, measured after the runs (bench/helpers/machine_limits.h), one
+ * "machine:" line; each row then adds mb_token, the bytes a decode step
+ * reads in this model (the weights of one step, ap_model_decode_weight_bytes,
+ * plus the method's mean resident KV, full KV's whole cache) and bw_frac, that
+ * traffic at the measured tok/s as a fraction of the read bandwidth: how far
+ * the step is from the memory bound. */
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,9 +36,11 @@
 #include <cjson/cJSON.h>
 
 #include "capture/gguf.h"
+#include "capture/model.h"
 #include "capture/tokenizer.h"
 #include "common/util.h"
 #include "eval/tasks.h"
+#include "machine_limits.h"
 
 #ifndef AP_SOURCE_DIR
 #define AP_SOURCE_DIR "."
@@ -107,13 +117,13 @@ int main(int argc, char **argv) {
     const char *text_file = AP_SOURCE_DIR "/data/tasks/full.jsonl";
     const char *ctx_arg = "2048,4096,max", *methods_arg = "last_step,attnpred,quest";
     const char *json_out = NULL;
-    int budget = 512, gen = 64, threads = 2, stride = 1, per_kv = 0, prefetch = 1;
+    int budget = 512, gen = 64, threads = 2, stride = 1, per_kv = 0, prefetch = 1, limits = 1;
     static const struct option lo[] = {
         {"model", 1, 0, 'm'},  {"predictor", 1, 0, 'p'},   {"contexts", 1, 0, 'c'},
         {"budget", 1, 0, 'b'}, {"methods", 1, 0, 'M'},     {"gen", 1, 0, 'g'},
         {"threads", 1, 0, 't'}, {"pred-stride", 1, 0, 's'}, {"pred-per-kv", 0, 0, 'k'},
         {"no-prefetch", 0, 0, 'n'}, {"json", 1, 0, 'j'},   {"text", 1, 0, 'x'},
-        {"help", 0, 0, 'h'},   {0, 0, 0, 0}};
+        {"no-limits", 0, 0, 'L'}, {"help", 0, 0, 'h'},   {0, 0, 0, 0}};
     int o;
     opterr = 0;
     while ((o = getopt_long(argc, argv, "", lo, NULL)) != -1) {
@@ -130,16 +140,19 @@ int main(int argc, char **argv) {
         case 'n': prefetch = 0; break;
         case 'j': json_out = optarg; break;
         case 'x': text_file = optarg; break;
+        case 'L': limits = 0; break;
         case 'h':
             printf("usage: bench-live [--model M.gguf] [--predictor P.safetensors]\n"
                    "                  [--contexts 2048,4096,max] [--budget 512]\n"
                    "                  [--methods last_step,attnpred,quest] [--gen 64] [--threads 2]\n"
                    "                  [--pred-stride S] [--pred-per-kv] [--no-prefetch]\n"
-                   "                  [--text TASKS.jsonl] [--json OUT]\n"
+                   "                  [--text TASKS.jsonl] [--no-limits] [--json OUT]\n"
                    "Live compressed decoding vs full KV at each context (plain text cut from\n"
                    "the task prompts; max = the model's context_length), one line per\n"
                    "(context, method): tok/s, full KV's tok/s in the same run, the speedup,\n"
-                   "teacher-forced agreement with full KV, predictor and step ms per token.\n");
+                   "teacher-forced agreement with full KV, predictor and step ms per token;\n"
+                   "then this machine's read bandwidth and FMA peak (--no-limits: skip) and\n"
+                   "each step's bytes read as a fraction of that bandwidth.\n");
             return 0;
         default:
             fprintf(stderr, "bench-live: unknown or incomplete option '%s' (see --help)\n",
@@ -282,8 +295,36 @@ int main(int argc, char **argv) {
         fprintf(stderr, "bench-live: %s\n", e.msg);
         goto cleanup;
     }
+    /* Weight bytes of one decode step, and the machine's limits, after the
+     * timed runs so neither disturbs them. */
+    double weight_bytes = 0;
+    {
+        ap_model *mdl = NULL;
+        if (ap_model_load(g, &mdl, &e)) {
+            fprintf(stderr, "bench-live: %s\n", e.msg);
+            goto cleanup;
+        }
+        weight_bytes = (double)ap_model_decode_weight_bytes(mdl);
+        ap_model_free(mdl);
+    }
+    ap_machine_limits L;
+    const int have_limits = limits ? ap_machine_limits_measure(threads, &L) : 0;
+    if (have_limits)
+        printf("machine: read %.1f GB/s (1 thread %.1f), copy %.1f, triad %.1f; AVX2 FMA %.1f "
+               "GFLOP/s (1 thread %.1f), %d threads\n",
+               L.read, L.read1, L.copy, L.triad, L.fma, L.fma1, threads);
     root = cJSON_CreateObject();
     cJSON_AddStringToObject(root, "model", model);
+    cJSON_AddNumberToObject(root, "weight_mb_per_token", weight_bytes / 1e6);
+    if (have_limits) {
+        cJSON *mj = cJSON_AddObjectToObject(root, "machine");
+        cJSON_AddNumberToObject(mj, "read_gbps", L.read);
+        cJSON_AddNumberToObject(mj, "read_gbps_1thread", L.read1);
+        cJSON_AddNumberToObject(mj, "copy_gbps", L.copy);
+        cJSON_AddNumberToObject(mj, "triad_gbps", L.triad);
+        cJSON_AddNumberToObject(mj, "fma_gflops", L.fma);
+        cJSON_AddNumberToObject(mj, "fma_gflops_1thread", L.fma1);
+    }
     cJSON_AddNumberToObject(root, "threads", threads);
     cJSON_AddNumberToObject(root, "budget", budget);
     cJSON_AddNumberToObject(root, "pred_stride", stride);
@@ -298,10 +339,14 @@ int main(int argc, char **argv) {
             const int n = x->n_gen > 0 ? x->n_gen : 1;
             const double tps = x->decode_seconds > 0 ? x->n_gen / x->decode_seconds : 0;
             const double pred_ms = 1e3 * x->score_seconds / n, step_ms = 1e3 * x->decode_seconds / n;
+            const double mb_tok = (weight_bytes + x->resident_kv_bytes) / 1e6;
+            const double bw_frac = have_limits ? mb_tok * 1e6 * tps / 1e9 / L.read : 0.0;
             printf("ctx=%d method=%s budget=%d tps=%.1f full_tps=%.1f speedup=%.2fx "
-                   "agreement=%.1f predictor_ms=%.2f step_ms=%.2f\n",
+                   "agreement=%.1f predictor_ms=%.2f step_ms=%.2f",
                    ctxs[s], r->methods[m].name, budget, tps, full_tps,
                    full_tps > 0 ? tps / full_tps : 0.0, 100.0 * x->agreement, pred_ms, step_ms);
+            if (have_limits) printf(" mb_token=%.1f bw_frac=%.2f", mb_tok, bw_frac);
+            printf("\n");
             cJSON *o = cJSON_CreateObject();
             cJSON_AddNumberToObject(o, "ctx", ctxs[s]);
             cJSON_AddNumberToObject(o, "n_prompt", r->samples[s].n_prompt);
@@ -318,6 +363,12 @@ int main(int argc, char **argv) {
             cJSON_AddNumberToObject(o, "step_ms", step_ms);
             cJSON_AddNumberToObject(o, "resident_kv_mb", x->resident_kv_bytes / 1e6);
             cJSON_AddNumberToObject(o, "full_kv_mb", x->full_kv_bytes / 1e6);
+            cJSON_AddNumberToObject(o, "mb_token", mb_tok);
+            if (have_limits) cJSON_AddNumberToObject(o, "bw_frac", bw_frac);
+            const double full_mb = (weight_bytes + full->resident_kv_bytes) / 1e6;
+            cJSON_AddNumberToObject(o, "full_mb_token", full_mb);
+            if (have_limits)
+                cJSON_AddNumberToObject(o, "full_bw_frac", full_mb * 1e6 * full_tps / 1e9 / L.read);
             cJSON_AddItemToArray(rows, o);
         }
     }
