@@ -13,7 +13,17 @@
  * widths ceil(pos/16) (a new block every 16 rows), a dense calibration row
  * every 5th step and sparse rows (the selected ~10% of blocks) between. The
  * incremental time is the mean over 256 decode steps, so it includes the
- * width increases and one periodic resync. */
+ * width increases and one periodic resync.
+ *
+ * Layer lines (issue 14 item 1): the --heads heads of one layer (9, SmolLM2's),
+ * each with its own rows, push + predict per decode step, best of --reps;
+ * their multiply-adds per second as a fraction of this machine's AVX2 FMA
+ * peak on one thread, measured in the same run
+ * (bench/helpers/machine_limits.h; --no-limits skips it). --channels C1,C2
+ * sets the CNN widths (16,32 published; 4,8 the shipped cheap one).
+ * (Batching the heads' conv2 into shared GEMMs was tried and measured: at
+ * best 1.03x, at worst 0.67x, the larger im2col matrix leaving the cache;
+ * docs/eval-tasks.md, "Speed of the predictor variants".) */
 #include <cblas.h>
 #include <getopt.h>
 #include <math.h>
@@ -27,6 +37,7 @@
 #include "common/util.h"
 #include "train/incremental.h"
 #include "train/predictor.h"
+#include "machine_limits.h"
 
 #ifndef AP_SOURCE_DIR
 #define AP_SOURCE_DIR "."
@@ -44,6 +55,8 @@ typedef struct {
     /* predictor times re-measured between the decode steps, so the
      * fraction compares times taken under the same machine load */
     double pair_naive_ms, pair_inc_ms;
+    /* one layer of --heads heads: ms and multiply-adds per step */
+    double layer_ms, layer_macs;
 } bench_row;
 
 static uint64_t rng_next(uint64_t *s) {
@@ -152,6 +165,61 @@ cleanup:
     return st;
 }
 
+/* The heads of one layer at context ctx: nh histories of their own rows,
+ * INC_STEPS decode steps of push + predict for every head after an untimed
+ * first predict, best of reps. */
+static ap_status bench_layer(const ap_predictor *p, int ctx, int nh, int reps, bench_row *out,
+                             ap_err *err) {
+    ap_status st = AP_OK;
+    const ap_pred_config *c = ap_predictor_config(p);
+    const int H = c->history, sink = c->sink_blocks, local = c->local_blocks;
+    const int n_rows = H + INC_STEPS, wmax = (ctx + INC_STEPS + 15) / 16;
+    float *rows = malloc(sizeof(float) * (size_t)nh * n_rows * wmax);
+    int *width = malloc(sizeof(int) * (size_t)n_rows);
+    float *y = malloc(sizeof(float) * (size_t)wmax);
+    ap_incr **obj = calloc((size_t)nh, sizeof *obj);
+    if (!rows || !width || !y || !obj) {
+        st = ap_errf(err, AP_ERR_NOMEM, "out of memory for the layer benchmark");
+        goto cleanup;
+    }
+    uint64_t rng = 99 + (uint64_t)ctx;
+    for (int i = 0; i < n_rows; i++) width[i] = (int)(((long)ctx - H + i + 16) / 16);
+    for (int h = 0; h < nh; h++)
+        for (int i = 0; i < n_rows; i++)
+            make_row(rows + ((size_t)h * n_rows + i) * wmax, width[i], i + h, &rng);
+    for (int h = 0; h < nh; h++)
+        if ((st = ap_incr_create(p, 0, &obj[h], err))) goto cleanup;
+    for (int rep = 0; rep < reps; rep++) {
+        for (int h = 0; h < nh; h++) {
+            ap_incr_reset(obj[h]);
+            for (int i = 0; i < H; i++)
+                if ((st = ap_incr_push(obj[h], rows + ((size_t)h * n_rows + i) * wmax, width[i],
+                                       err)))
+                    goto cleanup;
+            if ((st = ap_incr_predict(obj[h], sink, width[H - 1] - local, y, err))) goto cleanup;
+        }
+        double macs = 0.0, t0 = ap_now_seconds();
+        for (int i = H; i < n_rows; i++)
+            for (int h = 0; h < nh; h++) {
+                st = ap_incr_push(obj[h], rows + ((size_t)h * n_rows + i) * wmax, width[i], err);
+                if (st == AP_OK) st = ap_incr_predict(obj[h], sink, width[i] - local, y, err);
+                if (st) goto cleanup;
+                macs += ap_incr_last_macs(obj[h]);
+            }
+        const double ms = (ap_now_seconds() - t0) * 1e3 / INC_STEPS;
+        if (out->layer_ms == 0.0 || ms < out->layer_ms) out->layer_ms = ms;
+        out->layer_macs = macs / INC_STEPS;
+    }
+cleanup:
+    if (obj)
+        for (int h = 0; h < nh; h++) ap_incr_free(obj[h]);
+    free(obj);
+    free(rows);
+    free(width);
+    free(y);
+    return st;
+}
+
 /* Decode step time at each context: one sequence prefilled up to
  * ctx - steps, then `steps` decode steps (best one kept), each followed by
  * one predictor measurement at that context, then on to the next context.
@@ -243,6 +311,9 @@ static ap_status write_json(const char *path, const bench_row *rows, int n_ctx, 
                 "\"incremental_macs\": %.0f, \"max_rel_err\": %.3g",
                 r ? "," : "", b->ctx, b->Wc, b->naive_ms, b->inc_ms, b->naive_ms / b->inc_ms,
                 b->naive_macs, b->inc_macs, b->max_rel_err);
+        if (b->layer_ms > 0.0)
+            fprintf(f, ", \"layer_ms\": %.6f, \"layer_macs\": %.0f", b->layer_ms,
+                    b->layer_macs);
         if (b->decode_ms > 0.0 && heads > 0)
             fprintf(f,
                     ", \"decode_ms\": %.3f, \"paired_naive_ms\": %.6f, "
@@ -266,10 +337,11 @@ int main(int argc, char **argv) {
     const char *model_path = AP_SOURCE_DIR "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
     const char *json_path = NULL;
     char contexts_arg[256] = "1024,4096,8192";
-    int reps = 3, dec_steps = 6, threads = 2;
+    int reps = 3, dec_steps = 6, threads = 2, nh = 9, limits = 1, ch1 = 16, ch2 = 32;
     static const struct option lo[] = {
         {"contexts", 1, 0, 'c'}, {"reps", 1, 0, 'r'},    {"model", 1, 0, 'm'},
         {"decode-steps", 1, 0, 'd'}, {"threads", 1, 0, 't'}, {"json", 1, 0, 'j'},
+        {"heads", 1, 0, 'H'},    {"no-limits", 0, 0, 'L'}, {"channels", 1, 0, 'C'},
         {"help", 0, 0, 'h'},     {0, 0, 0, 0}};
     int opt;
     while ((opt = getopt_long(argc, argv, "", lo, NULL)) != -1) {
@@ -280,13 +352,21 @@ int main(int argc, char **argv) {
         case 'd': dec_steps = atoi(optarg); break;
         case 't': threads = atoi(optarg); break;
         case 'j': json_path = optarg; break;
+        case 'H': nh = atoi(optarg); break;
+        case 'L': limits = 0; break;
+        case 'C':
+            if (sscanf(optarg, "%d,%d", &ch1, &ch2) != 2) ch1 = 0;
+            break;
         case 'h':
             printf("usage: bench-predictor [--contexts 1024,4096,8192] [--reps 3]\n"
                    "                       [--model M.gguf] [--decode-steps 6] [--threads 2]\n"
+                   "                       [--heads 9] [--channels C1,C2] [--no-limits]\n"
                    "                       [--json OUT]\n"
                    "Per-step predictor time of one head (default config, 1 thread), naive\n"
                    "(the CNN on the whole window) vs incremental (train/incremental.h), best of\n"
-                   "--reps, one line per context; then, if the model exists, one decode step of\n"
+                   "--reps, one line per context; one layer of --heads heads per decode step,\n"
+                   "with its share of this machine's FMA peak on one thread (--no-limits: not\n"
+                   "measured); then, if the model exists, one decode step of\n"
                    "the model (--threads threads, best of --decode-steps) at each context and\n"
                    "the predictor time for all layers x heads per token as a fraction of it\n"
                    "(predictor re-timed between the decode steps). The decode part prefills one\n"
@@ -296,11 +376,13 @@ int main(int argc, char **argv) {
         default: fprintf(stderr, "bench-predictor: bad option (see --help)\n"); return 2;
         }
     }
-    if (reps < 1 || dec_steps < 1 || threads < 1) {
-        fprintf(stderr, "bench-predictor: --reps, --decode-steps and --threads must be >= 1\n");
+    if (reps < 1 || dec_steps < 1 || threads < 1 || nh < 1 || nh > 256 || ch1 < 1 || ch2 < 1) {
+        fprintf(stderr, "bench-predictor: --reps, --decode-steps, --threads, --heads (<= 256) and "
+                        "--channels C1,C2 must be >= 1\n");
         return 2;
     }
     bench_row rows[MAX_CTX];
+    memset(rows, 0, sizeof rows);
     int n_ctx = 0;
     for (char *save = NULL, *t = strtok_r(contexts_arg, ",", &save); t;
          t = strtok_r(NULL, ",", &save)) {
@@ -323,6 +405,8 @@ int main(int argc, char **argv) {
     ap_err_clear(&err);
     ap_pred_config pc;
     ap_pred_config_default(&pc);
+    pc.c1 = ch1;
+    pc.c2 = ch2;
     ap_predictor *p = NULL;
     if (ap_predictor_create(&pc, 1, &p, &err)) return fail(&err);
     ap_predictor_set_threads(p, 1);
@@ -341,6 +425,23 @@ int main(int argc, char **argv) {
                "rel_err=%.2g (tolerance %.0e)\n",
                rows[r].Wc, rows[r].naive_macs, rows[r].inc_macs,
                rows[r].naive_macs / rows[r].inc_macs, rows[r].max_rel_err, AP_TOL_INCR_REL);
+        fflush(stdout);
+    }
+    ap_machine_limits L;
+    const int have_limits = limits ? ap_machine_limits_measure(1, &L) : 0;
+    if (have_limits)
+        printf("# machine: AVX2 FMA %.1f GFLOP/s on 1 thread, read %.1f GB/s\n", L.fma1, L.read1);
+    for (int r = 0; r < n_ctx; r++) {
+        bench_row *b = &rows[r];
+        if (bench_layer(p, b->ctx, nh, reps, b, &err)) {
+            ap_predictor_free(p);
+            return fail(&err);
+        }
+        const double gf = 2e-6 * b->layer_macs / b->layer_ms;
+        printf("layer ctx=%d heads=%d ms=%.3f macs=%.3g gflops=%.1f", b->ctx, nh, b->layer_ms,
+               b->layer_macs, gf);
+        if (have_limits) printf(" fma_frac=%.3f", gf / L.fma1);
+        printf("\n");
         fflush(stdout);
     }
 
