@@ -882,6 +882,61 @@ static int ids_equal(const int32_t *a, size_t na, const cJSON *arr) {
     return 1;
 }
 
+/* Each line of a JSONL fixture in turn: the first, a {"meta": ...} header,
+ * to on_meta (the meta object; may be NULL), every other row to on_row. */
+typedef void (*jsonl_fn)(const cJSON *obj, void *user);
+static void each_fixture_row(const char *path, jsonl_fn on_meta, jsonl_fn on_row, void *user) {
+    char *data = NULL;
+    size_t len = 0;
+    ap_err err = {0};
+    cr_assert_eq(ap_read_file(path, &data, &len, &err), AP_OK, "%s", err.msg);
+    char *line = data;
+    int first = 1;
+    while (line && *line) {
+        char *nl = strchr(line, '\n');
+        if (nl) *nl = '\0';
+        cJSON *row = cJSON_Parse(line);
+        cr_assert(row, "bad JSON line in %s", path);
+        if (first) {
+            const cJSON *meta = cJSON_GetObjectItem(row, "meta");
+            cr_assert(meta, "%s has no header line", path);
+            if (on_meta) on_meta(meta, user);
+            first = 0;
+        } else {
+            on_row(row, user);
+        }
+        cJSON_Delete(row);
+        line = nl ? nl + 1 : NULL;
+    }
+    free(data);
+}
+
+typedef struct {
+    const ap_tokenizer *t;
+    size_t compared, failed, raw_compared;
+} smollm_cmp;
+
+static void smollm_row(const cJSON *row, void *user) {
+    smollm_cmp *c = user;
+    const char *text = cJSON_GetObjectItem(row, "text")->valuestring;
+    size_t n = strlen(text);
+    const cJSON *want = cJSON_GetObjectItem(row, "ids");
+    const cJSON *want_raw = cJSON_GetObjectItem(row, "ids_raw");
+    int32_t *ids = NULL;
+    size_t n_ids = encode(c->t, text, n, 1, &ids);
+    if (!ids_equal(ids, n_ids, want) && c->failed++ < 10)
+        cr_log_error("ids differ for \"%s\"", text);
+    free(ids);
+    /* Without special parsing: ids_raw, or ids when the text has no
+     * special token. */
+    n_ids = encode(c->t, text, n, 0, &ids);
+    if (!ids_equal(ids, n_ids, want_raw ? want_raw : want) && c->failed++ < 10)
+        cr_log_error("ids (no special parsing) differ for \"%s\"", text);
+    free(ids);
+    c->compared++;
+    c->raw_compared += want_raw != NULL;
+}
+
 Test(tokenizer, smollm2_matches_reference_fixture, .timeout = 120) {
     ap_gguf *g = NULL;
     ap_tokenizer *t = load_model_tokenizer(&g);
@@ -890,49 +945,13 @@ Test(tokenizer, smollm2_matches_reference_fixture, .timeout = 120) {
     cr_assert_eq(ap_tokenizer_bos(t), 1);
     cr_assert_eq(ap_tokenizer_eos(t), 2);
 
-    char *data = NULL;
-    size_t len = 0;
-    ap_err err = {0};
-    cr_assert_eq(ap_read_file(FIXTURE_PATH, &data, &len, &err), AP_OK, "%s", err.msg);
-    size_t compared = 0, failed = 0, raw_compared = 0;
-    char *line = data;
-    int first = 1;
-    while (line && *line) {
-        char *nl = strchr(line, '\n');
-        if (nl) *nl = '\0';
-        cJSON *row = cJSON_Parse(line);
-        cr_assert(row, "bad JSON line in %s", FIXTURE_PATH);
-        if (first) {
-            first = 0;
-            cr_assert(cJSON_GetObjectItem(row, "meta"), "fixture has no header line");
-        } else {
-            const char *text = cJSON_GetObjectItem(row, "text")->valuestring;
-            size_t n = strlen(text);
-            const cJSON *want = cJSON_GetObjectItem(row, "ids");
-            const cJSON *want_raw = cJSON_GetObjectItem(row, "ids_raw");
-            int32_t *ids = NULL;
-            size_t n_ids = encode(t, text, n, 1, &ids);
-            if (!ids_equal(ids, n_ids, want) && failed++ < 10)
-                cr_log_error("ids differ for \"%s\"", text);
-            free(ids);
-            /* Without special parsing: ids_raw, or ids when the text has no
-             * special token. */
-            n_ids = encode(t, text, n, 0, &ids);
-            if (!ids_equal(ids, n_ids, want_raw ? want_raw : want) && failed++ < 10)
-                cr_log_error("ids (no special parsing) differ for \"%s\"", text);
-            free(ids);
-            compared++;
-            raw_compared += want_raw != NULL;
-        }
-        cJSON_Delete(row);
-        line = nl ? nl + 1 : NULL;
-    }
+    smollm_cmp c = {t, 0, 0, 0};
+    each_fixture_row(FIXTURE_PATH, NULL, smollm_row, &c);
     cr_log_info("SmolLM2 fixture: %zu strings compared (%zu with special tokens also "
                 "unparsed), %zu mismatches",
-                compared, raw_compared, failed);
-    cr_assert_geq(compared, 1000);
-    cr_assert_eq(failed, 0, "%zu mismatches over %zu strings", failed, compared);
-    free(data);
+                c.compared, c.raw_compared, c.failed);
+    cr_assert_geq(c.compared, 1000);
+    cr_assert_eq(c.failed, 0, "%zu mismatches over %zu strings", c.failed, c.compared);
     ap_tokenizer_free(t);
     ap_gguf_free(g);
 }
@@ -1011,6 +1030,46 @@ static ap_tokenizer *load_gemma_tokenizer(ap_gguf **g) {
     return t;
 }
 
+typedef struct {
+    const ap_tokenizer *t;
+    size_t compared, failed, raw_compared, round_trips, bos_checked;
+} gemma_cmp;
+
+static void gemma_row(const cJSON *row, void *user) {
+    gemma_cmp *c = user;
+    ap_err err = {0};
+    const char *text = cJSON_GetObjectItem(row, "text")->valuestring;
+    size_t n = strlen(text);
+    const cJSON *want = cJSON_GetObjectItem(row, "ids");
+    const cJSON *want_raw = cJSON_GetObjectItem(row, "ids_raw");
+    const cJSON *rt = cJSON_GetObjectItem(row, "rt");
+    int32_t *ids = NULL;
+    size_t n_ids = encode(c->t, text, n, 1, &ids);
+    /* BOS first, then the reference's ids. */
+    int ok = n_ids >= 1 && ids[0] == 2 && ids_equal(ids + 1, n_ids - 1, want);
+    c->bos_checked += n_ids >= 1 && ids[0] == 2;
+    if (!ok && c->failed++ < 10) cr_log_error("ids differ for \"%s\"", text);
+    if (ok && !(rt && cJSON_IsFalse(rt))) {
+        char *back = NULL;
+        size_t blen = 0;
+        cr_assert_eq(ap_tokenizer_decode(c->t, ids + 1, n_ids - 1, &back, &blen, &err), AP_OK,
+                     "%s", err.msg);
+        if ((blen != n || memcmp(back, text, n) != 0) && c->failed++ < 10)
+            cr_log_error("decode does not give back \"%s\" (got \"%s\")", text, back);
+        c->round_trips++;
+        free(back);
+    }
+    free(ids);
+    n_ids = encode(c->t, text, n, 0, &ids);
+    ok = n_ids >= 1 && ids[0] == 2 &&
+         ids_equal(ids + 1, n_ids - 1, want_raw ? want_raw : want);
+    if (!ok && c->failed++ < 10)
+        cr_log_error("ids (no special parsing) differ for \"%s\"", text);
+    free(ids);
+    c->compared++;
+    c->raw_compared += want_raw != NULL;
+}
+
 /* Every string of tests/fixtures/tokenizer_gemma3.jsonl (transformers' GGUF
  * tokenizer, scripts/ref/make_tokenizer_fixture_gemma3.py): the same ids with
  * BOS (the file says add_bos_token), with special parsing on and off, and
@@ -1022,66 +1081,17 @@ Test(tokenizer, gemma3_matches_transformers_fixture, .timeout = 300) {
     cr_assert_eq(ap_tokenizer_bos(t), 2);
     cr_assert_eq(ap_tokenizer_eos(t), 1);
 
-    char *data = NULL;
-    size_t len = 0;
-    ap_err err = {0};
-    cr_assert_eq(ap_read_file(GEMMA_FIXTURE_PATH, &data, &len, &err), AP_OK, "%s", err.msg);
-    size_t compared = 0, failed = 0, raw_compared = 0, round_trips = 0, bos_checked = 0;
-    char *line = data;
-    int first = 1;
-    while (line && *line) {
-        char *nl = strchr(line, '\n');
-        if (nl) *nl = '\0';
-        cJSON *row = cJSON_Parse(line);
-        cr_assert(row, "bad JSON line in %s", GEMMA_FIXTURE_PATH);
-        if (first) {
-            first = 0;
-            cr_assert(cJSON_GetObjectItem(row, "meta"), "fixture has no header line");
-        } else {
-            const char *text = cJSON_GetObjectItem(row, "text")->valuestring;
-            size_t n = strlen(text);
-            const cJSON *want = cJSON_GetObjectItem(row, "ids");
-            const cJSON *want_raw = cJSON_GetObjectItem(row, "ids_raw");
-            const cJSON *rt = cJSON_GetObjectItem(row, "rt");
-            int32_t *ids = NULL;
-            size_t n_ids = encode(t, text, n, 1, &ids);
-            /* BOS first, then the reference's ids. */
-            int ok = n_ids >= 1 && ids[0] == 2 && ids_equal(ids + 1, n_ids - 1, want);
-            bos_checked += n_ids >= 1 && ids[0] == 2;
-            if (!ok && failed++ < 10) cr_log_error("ids differ for \"%s\"", text);
-            if (ok && !(rt && cJSON_IsFalse(rt))) {
-                char *back = NULL;
-                size_t blen = 0;
-                cr_assert_eq(ap_tokenizer_decode(t, ids + 1, n_ids - 1, &back, &blen, &err), AP_OK,
-                             "%s", err.msg);
-                if ((blen != n || memcmp(back, text, n) != 0) && failed++ < 10)
-                    cr_log_error("decode does not give back \"%s\" (got \"%s\")", text, back);
-                round_trips++;
-                free(back);
-            }
-            free(ids);
-            n_ids = encode(t, text, n, 0, &ids);
-            ok = n_ids >= 1 && ids[0] == 2 &&
-                 ids_equal(ids + 1, n_ids - 1, want_raw ? want_raw : want);
-            if (!ok && failed++ < 10)
-                cr_log_error("ids (no special parsing) differ for \"%s\"", text);
-            free(ids);
-            compared++;
-            raw_compared += want_raw != NULL;
-        }
-        cJSON_Delete(row);
-        line = nl ? nl + 1 : NULL;
-    }
+    gemma_cmp c = {t, 0, 0, 0, 0, 0};
+    each_fixture_row(GEMMA_FIXTURE_PATH, NULL, gemma_row, &c);
     cr_log_info(
         "Gemma 3 fixture: %zu strings compared (%zu with special tokens also unparsed, "
         "%zu round trips), %zu mismatches",
-        compared, raw_compared, round_trips, failed);
-    cr_assert_geq(compared, 1000);
-    cr_assert_eq(bos_checked, compared);
-    cr_assert_gt(raw_compared, 10);
-    cr_assert_gt(round_trips, compared * 9 / 10);
-    cr_assert_eq(failed, 0, "%zu mismatches over %zu strings", failed, compared);
-    free(data);
+        c.compared, c.raw_compared, c.round_trips, c.failed);
+    cr_assert_geq(c.compared, 1000);
+    cr_assert_eq(c.bos_checked, c.compared);
+    cr_assert_gt(c.raw_compared, 10);
+    cr_assert_gt(c.round_trips, c.compared * 9 / 10);
+    cr_assert_eq(c.failed, 0, "%zu mismatches over %zu strings", c.failed, c.compared);
 
     /* 30 KB of mixed text (this file's source, repeated). */
     char *src = NULL;
@@ -1391,6 +1401,28 @@ Test(tokenizer, spm_from_gguf_gemma_and_llama) {
     free(mem);
 }
 
+typedef struct {
+    const ap_tokenizer *t;
+    size_t compared, failed;
+    long long differs;
+} spm_cmp;
+
+static void spm_meta(const cJSON *meta, void *user) {
+    const cJSON *d = cJSON_GetObjectItem(meta, "count_differs_by_file_order");
+    if (cJSON_IsNumber(d)) ((spm_cmp *)user)->differs = (long long)d->valuedouble;
+}
+
+static void spm_row(const cJSON *row, void *user) {
+    spm_cmp *c = user;
+    const char *text = cJSON_GetObjectItem(row, "text")->valuestring;
+    int32_t *ids = NULL;
+    size_t n_ids = encode(c->t, text, strlen(text), 1, &ids);
+    if (!ids_equal(ids, n_ids, cJSON_GetObjectItem(row, "ids")) && c->failed++ < 10)
+        cr_log_error("ids differ for \"%s\"", text);
+    free(ids);
+    c->compared++;
+}
+
 /* A Llama 2 / Mistral-style SentencePiece file whose scores disagree with
  * its file order (scripts/ref/make_tokenizer_fixture_spm.py): merges rank by
  * tokenizer.ggml.scores, as transformers builds the tokenizer from the GGUF;
@@ -1402,44 +1434,16 @@ Test(tokenizer, spm_scores_match_transformers_fixture, .timeout = 120) {
     cr_assert_eq(ap_gguf_open(SPM_SCORES_GGUF, &g, &err), AP_OK, "%s", err.msg);
     cr_assert_eq(ap_tokenizer_from_gguf(g, &t, &err), AP_OK, "%s", err.msg);
     cr_assert_eq(ap_tokenizer_bos(t), 1);
-    char *data = NULL;
-    size_t len = 0;
-    cr_assert_eq(ap_read_file(SPM_SCORES_FIXTURE, &data, &len, &err), AP_OK, "%s", err.msg);
-    size_t compared = 0, failed = 0;
-    long long differs = -1;
-    char *line = data;
-    int first = 1;
-    while (line && *line) {
-        char *nl = strchr(line, '\n');
-        if (nl) *nl = '\0';
-        cJSON *row = cJSON_Parse(line);
-        cr_assert(row, "bad JSON line in %s", SPM_SCORES_FIXTURE);
-        if (first) {
-            first = 0;
-            const cJSON *meta = cJSON_GetObjectItem(row, "meta");
-            cr_assert(meta, "fixture has no header line");
-            const cJSON *d = cJSON_GetObjectItem(meta, "count_differs_by_file_order");
-            if (cJSON_IsNumber(d)) differs = (long long)d->valuedouble;
-        } else {
-            const char *text = cJSON_GetObjectItem(row, "text")->valuestring;
-            const cJSON *want = cJSON_GetObjectItem(row, "ids");
-            int32_t *ids = NULL;
-            size_t n_ids = encode(t, text, strlen(text), 1, &ids);
-            if (!ids_equal(ids, n_ids, want) && failed++ < 10)
-                cr_log_error("ids differ for \"%s\"", text);
-            free(ids);
-            compared++;
-        }
-        cJSON_Delete(row);
-        line = nl ? nl + 1 : NULL;
-    }
+    spm_cmp c = {t, 0, 0, -1};
+    each_fixture_row(SPM_SCORES_FIXTURE, spm_meta, spm_row, &c);
     cr_log_info("SentencePiece scores fixture: %zu strings compared, %zu mismatches (%lld would "
                 "differ ranked by file order)",
-                compared, failed, differs);
-    cr_assert_geq(compared, 1000);
-    cr_assert_gt(differs, (long long)(compared / 4), "the fixture must tell scores from file order");
-    cr_assert_eq(failed, 0u, "%zu of %zu strings differ from transformers", failed, compared);
-    free(data);
+                c.compared, c.failed, c.differs);
+    cr_assert_geq(c.compared, 1000);
+    cr_assert_gt(c.differs, (long long)(c.compared / 4),
+                 "the fixture must tell scores from file order");
+    cr_assert_eq(c.failed, 0u, "%zu of %zu strings differ from transformers", c.failed,
+                 c.compared);
     ap_tokenizer_free(t);
     ap_gguf_free(g);
 }
