@@ -271,18 +271,18 @@ ap_status ap_hparams_read(const ap_gguf *g, ap_hparams *hp, ap_err *err) {
             return ap_errf(err, AP_ERR_FORMAT,
                            "metadata %s = %g: yarn scaling needs a positive factor", key, d);
         hp->rope_yarn = 1;
-        hp->yarn.factor = (float)d;
+        hp->yarn_factor = (float)d;
         hp->rope_freq_scale = (float)(1.0 / d);
         if (ap_gguf_find_key(g, KEY("rope.scaling.original_context_length")) < 0)
             return ap_errf(err, AP_ERR_FORMAT,
                            "metadata %s is missing: yarn scaling needs the original context "
                            "length", key);
         if ((st = ap_gguf_get_int(g, key, &v, err))) return st;
-        if ((st = check_range(key, v, 1, 1 << 24, &hp->yarn.orig_ctx, err))) return st;
+        if ((st = check_range(key, v, 1, 1 << 24, &hp->yarn_orig_ctx, err))) return st;
         static const char *const betas[] = {"rope.scaling.yarn_beta_fast",
                                             "rope.scaling.yarn_beta_slow"};
         const double beta_def[] = {32.0, 1.0};
-        float *beta_out[] = {&hp->yarn.beta_fast, &hp->yarn.beta_slow};
+        float *beta_out[] = {&hp->yarn_beta_fast, &hp->yarn_beta_slow};
         for (int i = 0; i < 2; i++) {
             if ((st = get_float_opt(g, KEY(betas[i]), beta_def[i], &d, err))) return st;
             if (!(d > 0.0 && isfinite(d)))
@@ -291,13 +291,13 @@ ap_status ap_hparams_read(const ap_gguf *g, ap_hparams *hp, ap_err *err) {
             *beta_out[i] = (float)d;
         }
         /* The attention factor of transformers: given, or 0.1 ln(factor) + 1. */
-        double mscale = hp->yarn.factor <= 1.0f ? 1.0 : 0.1 * log((double)hp->yarn.factor) + 1.0;
+        double mscale = hp->yarn_factor <= 1.0f ? 1.0 : 0.1 * log((double)hp->yarn_factor) + 1.0;
         if ((st = get_float_opt(g, KEY("rope.scaling.yarn_attn_factor"), mscale, &d, err)))
             return st;
         if (!(d > 0.0 && isfinite(d)))
             return ap_errf(err, AP_ERR_FORMAT, "metadata %s = %g is not a positive number", key,
                            d);
-        hp->yarn.attn_factor = (float)d;
+        hp->yarn_attn_factor = (float)d;
         /* llama.cpp-only refinements transformers has no counterpart for. */
         if ((st = get_float_opt(g, KEY("rope.scaling.yarn_ext_factor"), 1.0, &d, err))) return st;
         if (d != 1.0 && d >= 0.0)
@@ -930,11 +930,14 @@ ap_status ap_ctx_create(const ap_model *m, int n_ctx, int n_threads, ap_ctx **ou
         }
     }
     c->decode_attn_blas = m->opts.decode_attn_blas;
-    if (hp->rope_yarn)
-        ap_rope_table_yarn(c->rope_cs, 0, n_ctx, hp->head_dim, hp->rope_base, &hp->yarn);
-    else
+    if (hp->rope_yarn) {
+        const ap_rope_yarn y = {hp->yarn_factor, hp->yarn_orig_ctx, hp->yarn_beta_fast,
+                                hp->yarn_beta_slow, hp->yarn_attn_factor};
+        ap_rope_table_yarn(c->rope_cs, 0, n_ctx, hp->head_dim, hp->rope_base, &y);
+    } else {
         ap_rope_table_scaled(c->rope_cs, 0, n_ctx, hp->head_dim, hp->rope_base,
                              hp->rope_freq_scale, m->rope_freqs);
+    }
     /* Local layers rotate without scaling (transformers' rope_local_base_freq). */
     if (c->rope_cs_swa) ap_rope_table(c->rope_cs_swa, 0, n_ctx, hp->head_dim, hp->rope_base_swa);
     /* Process-wide, hence here and only here: see the note at the top. */

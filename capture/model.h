@@ -23,7 +23,6 @@
 #include "capture/gguf.h"
 #include "common/status.h"
 #include "kernels/qmatvec.h"
-#include "kernels/rope.h"
 
 /* The architectures the engine runs: one forward pass, these switches
  * (read_hparams in model.c sets them per general.architecture). Mistral
@@ -47,8 +46,12 @@ typedef struct {
     ap_arch arch_id;
     int rope_neox;         /* 1: pairs (i, i + head_dim/2) (AP_ROPE_NEOX); 0: adjacent */
     float rope_freq_scale; /* linear or yarn RoPE scaling: 1 / rope.scaling.factor; 1 = none */
-    int rope_yarn;         /* 1: YaRN scaling of the full-attention layers' RoPE (yarn below) */
-    ap_rope_yarn yarn;     /* with rope_yarn: factor, original context, betas, attention factor */
+    int rope_yarn;         /* 1: YaRN scaling of the full-attention layers' RoPE (kernels/rope.h
+                              ap_rope_yarn, from the yarn_* fields below) */
+    float yarn_factor;     /* rope.scaling.factor */
+    int yarn_orig_ctx;     /* rope.scaling.original_context_length */
+    float yarn_beta_fast, yarn_beta_slow; /* 32 and 1 unless the file says otherwise */
+    float yarn_attn_factor;               /* multiplies cos and sin */
     int rope_freqs;        /* 1: rope_freqs.weight divides each pair's frequency (Llama 3.x) */
     int qkv_bias;          /* 1: attn_{q,k,v}.bias added after the projections (qwen2) */
     int qk_norm;           /* 1: RMSNorm of each q and k head before RoPE (qwen3, gemma3) */
