@@ -257,10 +257,11 @@ static ap_status quest_create(const ap_sel_data *d, const ap_sel_params *p, void
 static ap_status quest_score(void *state, const ap_sel_step *st, float *scores, ap_err *err) {
     const ap_sel_data *d = ((data_only *)state)->d;
     const int hd = d->head_dim, group = d->n_head / d->n_head_kv;
-    for (int h = 0; h < d->n_head; h++) {
-        const size_t at = ((size_t)(h / group) * d->n_blocks + st->c0) * hd;
-        ap_query_bound(d->query + ((size_t)st->s * d->n_head + h) * hd, d->key_min + at,
-                       d->key_max + at, hd, st->W, scores + (size_t)h * st->W);
+    for (int g = 0; g < d->n_head_kv; g++) {
+        const size_t at = ((size_t)g * d->n_blocks + st->c0) * hd;
+        const float *q = d->query + ((size_t)st->s * d->n_head + (size_t)g * group) * hd;
+        ap_query_bound_heads(q, group, d->key_min + at, d->key_max + at, hd, st->W,
+                             scores + (size_t)g * group * st->W);
     }
     return AP_OK;
 }
@@ -362,6 +363,7 @@ typedef struct {
     /* The last CNN scores, global blocks [cache_c0, cache_c1) of each
      * history, reused between strided evaluations. */
     float *cache;    /* [n_hist][NB] */
+    float *bound;    /* [group of the model][NB] scratch: query fusion's bounds */
     int cache_c0, cache_c1;
     long n_scored;   /* score() calls so far */
     ap_sel_cost cost;
@@ -400,6 +402,7 @@ static void pred_free(void *state) {
     free(s->row);
     free(s->acc);
     free(s->cache);
+    free(s->bound);
     free(s);
 }
 
@@ -431,7 +434,10 @@ static ap_status pred_create(const ap_sel_data *d, const ap_sel_params *p, void 
     s->acc = malloc((size_t)NB * sizeof(float));
     s->cache = malloc((size_t)s->n_hist * NB * sizeof(float));
     if (!p->incremental) s->x = malloc((size_t)s->n_hist * H * NB * sizeof(float));
-    if (!s->hist || !s->row || !s->acc || !s->cache || (!p->incremental && !s->x)) {
+    s->bound = malloc((size_t)(d->n_head / (d->n_head_kv > 0 ? d->n_head_kv : 1)) * NB *
+                      sizeof(float));
+    if (!s->hist || !s->row || !s->acc || !s->cache || !s->bound ||
+        (!p->incremental && !s->x)) {
         st = ap_errf(err, AP_ERR_NOMEM, "out of memory for predictor histories");
         goto cleanup;
     }
@@ -573,13 +579,16 @@ static ap_status pred_finish(void *state, const ap_sel_step *st, float *scores, 
     const ap_sel_data *d = s->d;
     if (!s->cfg->query_fusion) return AP_OK;
     const int hd = d->head_dim, group = d->n_head / d->n_head_kv;
-    for (int h = 0; h < d->n_head; h++) {
-        const size_t at = ((size_t)(h / group) * d->n_blocks + st->c0) * hd;
-        ap_status rc = ap_runtime_fuse_query(s->p->rt, d->layer,
-                                             d->query + ((size_t)st->s * d->n_head + h) * hd,
-                                             d->key_min + at, d->key_max + at, hd, st->W,
-                                             scores + (size_t)h * st->W, err);
-        if (rc) return rc;
+    for (int g = 0; g < d->n_head_kv; g++) {
+        const size_t at = ((size_t)g * d->n_blocks + st->c0) * hd;
+        const float *q = d->query + ((size_t)st->s * d->n_head + (size_t)g * group) * hd;
+        ap_query_bound_heads(q, group, d->key_min + at, d->key_max + at, hd, st->W, s->bound);
+        for (int u = 0; u < group; u++) {
+            const int h = g * group + u;
+            ap_status rc = ap_runtime_fuse_bound(s->p->rt, d->layer, s->bound + (size_t)u * st->W,
+                                                 st->W, scores + (size_t)h * st->W, err);
+            if (rc) return rc;
+        }
     }
     return AP_OK;
 }
@@ -654,10 +663,8 @@ void ap_sel_choose(ap_kv_mode mode, int nh, int n_head_kv, const float *scores, 
                    int *order, float *gsum, int *mark, int *chosen) {
     const int group = nh / n_head_kv;
     if (mode == AP_KV_PER_QHEAD) {
-        for (int h = 0; h < nh; h++) {
-            ap_metrics_rank(scores + (size_t)h * W, W, order + (size_t)h * W);
-            memcpy(chosen + (size_t)h * W, order + (size_t)h * W, (size_t)k * sizeof(int));
-        }
+        for (int h = 0; h < nh; h++)
+            ap_metrics_topk(scores + (size_t)h * W, W, k, chosen + (size_t)h * W);
         return;
     }
     for (int g = 0; g < n_head_kv; g++) {
@@ -669,14 +676,16 @@ void ap_sel_choose(ap_kv_mode mode, int nh, int n_head_kv, const float *scores, 
                 for (int h = g * group; h < (g + 1) * group; h++) sum += scores[(size_t)h * W + j];
                 gsum[j] = sum;
             }
-            ap_metrics_rank(gsum, W, order);
-            memcpy(out, order, (size_t)k * sizeof(int));
+            ap_metrics_topk(gsum, W, k, out);
         } else {
             for (int h = g * group; h < (g + 1) * group; h++)
-                ap_metrics_rank(scores + (size_t)h * W, W, order + (size_t)h * W);
+                ap_metrics_topk(scores + (size_t)h * W, W, k, order + (size_t)h * W);
             memset(mark, 0, (size_t)W * sizeof(int));
+            /* k ranks per head suffice: by rank k every head's first k are
+             * marked, and what ranks below a skipped (NaN, -inf) entry is
+             * skipped too. */
             int n = 0;
-            for (int rk = 0; rk < W && n < k; rk++)
+            for (int rk = 0; rk < k && n < k; rk++)
                 for (int h = g * group; h < (g + 1) * group && n < k; h++) {
                     int j = order[(size_t)h * W + rk];
                     float v = scores[(size_t)h * W + j];

@@ -171,11 +171,20 @@ static int kept_runs(const ap_sparse_attn_args *a, const int *lst, int len, int 
     return nr;
 }
 
-/* End of the piece of [x, x1) that one K/V pointer covers: the whole run in
- * the contiguous layout, up to the next page boundary in the paged one. */
-static int piece_end(const ap_sparse_attn_args *a, int x, int x1) {
+/* End of the piece of [x, x1) of group g that one pointer into `pages`
+ * covers: the whole run in the contiguous layout; in the paged one up to
+ * the first page that does not follow the previous one in memory. Pages
+ * that do (blocks left in the cold store, runs of pool slots) make one long
+ * piece, so the K/V loops prefetch across them instead of stopping every
+ * block (a calibration pass over 8K keys is 512 pages). */
+static int piece_end(const ap_sparse_attn_args *a, const float *const *pages, int g, int x,
+                     int x1) {
     if (a->k) return x1;
-    long pe = ((long)x / a->block + 1) * a->block;
+    const int B = a->block, nb = ap_sparse_attn_n_blocks(a);
+    const float *const *pg = pages + (size_t)g * nb;
+    const size_t span = (size_t)B * a->ldkv;
+    long pe = ((long)x / B + 1) * B;
+    while (pe < x1 && pg[pe / B - 1] && pg[pe / B] == pg[pe / B - 1] + span) pe += B;
     return pe < x1 ? (int)pe : x1;
 }
 
@@ -215,8 +224,29 @@ static void softmax_row(float *x, int n) {
     for (int i = 0; i < n; i++) x[i] *= inv;
 }
 
+/* Dense scores of every query head of group g over all keys, D[G][n_keys]
+ * (measure mode). One pass for the whole group even when the heads keep
+ * different sets: each key row is read from memory once, not once per
+ * query head (at 8K keys that pass is most of a calibration step). */
+static ap_status dense_scores(const ap_sparse_attn_args *a, int g, float *D, ap_err *err) {
+    const int n = a->n_keys, hd = a->head_dim, nb = ap_sparse_attn_n_blocks(a);
+    const float *q = a->q + (size_t)g * a->n_heads * hd;
+    for (int x = 0; x < n;) {
+        int y = piece_end(a, a->k_pages, g, x, n);
+        const float *kp = kv_row(a, a->k, a->k_pages, nb, g, x);
+        if (!kp)
+            return ap_errf(err, AP_ERR_ARG, "sparse attention: group %d: key %d has no page", g, x);
+        ap_kv_scores(q, a->n_heads, hd, kp, a->ldkv, y - x, a->scale, D + x, (size_t)n,
+                     AP_QISA_AUTO);
+        x = y;
+    }
+    return AP_OK;
+}
+
 /* One kept set: query heads h0..h0+nh-1 of group g share the runs. C holds
- * [nh][kept] scores then probabilities; D (measure mode) [nh][n_keys]. */
+ * [nh][kept] scores then probabilities; D (measure mode) holds the group's
+ * dense scores from dense_scores, [G][n_keys], and becomes the heads'
+ * dense probabilities. */
 static ap_status one_set(const ap_sparse_attn_args *a, int g, int h0, int nh, const int *lst,
                          int len, int *runs, float *C, float *D, ap_err *err) {
     const int n = a->n_keys, hd = a->head_dim, B = a->block, nb = ap_sparse_attn_n_blocks(a);
@@ -228,15 +258,7 @@ static ap_status one_set(const ap_sparse_attn_args *a, int g, int h0, int nh, co
     for (int r = 0; r < nr; r++) M += runs[2 * r + 1] - runs[2 * r];
 
     if (measure) {
-        for (int x = 0; x < n;) {
-            int y = piece_end(a, x, n);
-            const float *kp = kv_row(a, a->k, a->k_pages, nb, g, x);
-            if (!kp)
-                return ap_errf(err, AP_ERR_ARG, "sparse attention: group %d: key %d has no page", g,
-                               x);
-            ap_kv_scores(q, nh, hd, kp, a->ldkv, y - x, a->scale, D + x, (size_t)n, AP_QISA_AUTO);
-            x = y;
-        }
+        D += (size_t)h0 * n;
         for (int h = 0; h < nh; h++)
             for (int r = 0, off = 0; r < nr; r++) {
                 int x0 = runs[2 * r], w = runs[2 * r + 1] - x0;
@@ -246,7 +268,7 @@ static ap_status one_set(const ap_sparse_attn_args *a, int g, int h0, int nh, co
     } else {
         for (int r = 0, off = 0; r < nr; r++)
             for (int x = runs[2 * r], x1 = runs[2 * r + 1]; x < x1;) {
-                int y = piece_end(a, x, x1);
+                int y = piece_end(a, a->k_pages, g, x, x1);
                 const float *kp = kv_row(a, a->k, a->k_pages, nb, g, x);
                 if (!kp)
                     return ap_errf(err, AP_ERR_ARG,
@@ -262,7 +284,7 @@ static ap_status one_set(const ap_sparse_attn_args *a, int g, int h0, int nh, co
     int first = 1;
     for (int r = 0, off = 0; r < nr; r++)
         for (int x = runs[2 * r], x1 = runs[2 * r + 1]; x < x1;) {
-            int y = piece_end(a, x, x1);
+            int y = piece_end(a, a->v_pages, g, x, x1);
             const float *vp = kv_row(a, a->v, a->v_pages, nb, g, x);
             if (!vp)
                 return ap_errf(err, AP_ERR_ARG, "sparse attention: group %d: value %d has no page",
@@ -302,8 +324,9 @@ static size_t runs_bytes(const ap_sparse_attn_args *a) {
 size_t ap_sparse_attn_scratch_bytes(const ap_sparse_attn_args *a) {
     size_t nh = a->per_q_head ? 1 : (size_t)(a->n_heads > 0 ? a->n_heads : 1);
     size_t n = (size_t)(a->n_keys > 0 ? a->n_keys : 1);
-    size_t rows = ap_sparse_attn_measuring(a) ? 2 : 1;
-    return runs_bytes(a) + sizeof(float) * nh * n * rows;
+    size_t G = (size_t)(a->n_heads > 0 ? a->n_heads : 1);
+    size_t rows = nh + (ap_sparse_attn_measuring(a) ? G : 0);
+    return runs_bytes(a) + sizeof(float) * n * rows;
 }
 
 ap_status ap_sparse_attn(const ap_sparse_attn_args *a, void *scratch, ap_err *err) {
@@ -314,7 +337,9 @@ ap_status ap_sparse_attn(const ap_sparse_attn_args *a, void *scratch, ap_err *er
     int *runs = scratch;
     float *C = (float *)((char *)scratch + runs_bytes(a));
     float *D = C + (size_t)nh * a->n_keys;
+    const int measure = ap_sparse_attn_measuring(a);
     for (int g = 0; g < a->n_groups && st == AP_OK; g++) {
+        if (measure) st = dense_scores(a, g, D, err);
         for (int h0 = 0; h0 < G && st == AP_OK; h0 += nh) {
             int s = a->per_q_head ? g * G + h0 : g;
             int lo = a->set_off[s], len = a->set_off[s + 1] - lo;

@@ -3,6 +3,8 @@
  * aggregation. */
 #include <criterion/criterion.h>
 #include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
 
 #include "common/tolerance.h"
 #include "train/metrics.h"
@@ -51,6 +53,41 @@ Test(metrics, rank_ties_and_nan) {
     int ow[40];
     ap_metrics_rank(wide, 40, ow);
     for (int i = 1; i < 40; i++) cr_assert_gt(wide[ow[i - 1]], wide[ow[i]]);
+}
+
+/* The top-k prefix must be the full ranking's first k entries for every k,
+ * with ties, NaN and -inf (the selection's "not available"), on the
+ * bounded-list path (k small against W) and the sorting one. */
+Test(metrics, topk_is_the_ranking_prefix) {
+    enum { W = 600 };
+    float *sc = malloc(sizeof(float) * W);
+    int *full = malloc(sizeof(int) * W), *top = malloc(sizeof(int) * W);
+    cr_assert(sc && full && top);
+    uint64_t s = 11;
+    for (int trial = 0; trial < 6; trial++) {
+        for (int j = 0; j < W; j++) {
+            s = s * 6364136223846793005ull + 1442695040888963407ull;
+            int r = (int)(s >> 40) % 97;
+            /* few distinct values: many ties */
+            sc[j] = trial % 2 ? (float)(r % 13) : (float)r / 7.0f;
+            if (r == 3) sc[j] = NAN;
+            if (r == 5) sc[j] = -INFINITY;
+            if (trial == 4) sc[j] = (float)j; /* ascending: every candidate enters */
+        }
+        ap_metrics_rank(sc, W, full);
+        const int ks[] = {1, 2, 24, 100, 149, 150, 256, 300, W};
+        for (size_t t = 0; t < sizeof ks / sizeof ks[0]; t++) {
+            for (int j = 0; j < W; j++) top[j] = -7;
+            ap_metrics_topk(sc, W, ks[t], top);
+            for (int r = 0; r < ks[t]; r++)
+                cr_assert_eq(top[r], full[r], "trial %d k %d rank %d: %d vs %d", trial, ks[t], r,
+                             top[r], full[r]);
+            if (ks[t] < W) cr_assert_eq(top[ks[t]], -7, "k %d: wrote past k", ks[t]);
+        }
+    }
+    free(sc);
+    free(full);
+    free(top);
 }
 
 Test(metrics, recovery_and_hit_rate_by_hand) {

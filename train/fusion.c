@@ -2,19 +2,6 @@
 
 #include <math.h>
 
-void ap_query_bound(const float *q, const float *kmin, const float *kmax, int hd, int n,
-                    float *out) {
-    for (int j = 0; j < n; j++) {
-        const float *lo = kmin + (long)j * hd, *hi = kmax + (long)j * hd;
-        double acc = 0.0;
-        for (int e = 0; e < hd; e++) {
-            double a = (double)q[e] * lo[e], b = (double)q[e] * hi[e];
-            acc += a > b ? a : b;
-        }
-        out[j] = (float)acc;
-    }
-}
-
 /* Mean and population standard deviation in float64. */
 static void moments(const float *x, int W, double *mean, double *sd) {
     double m = 0.0, v = 0.0;

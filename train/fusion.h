@@ -12,10 +12,8 @@
 #ifndef AP_FUSION_H
 #define AP_FUSION_H
 
-/* out[j] = sum_d max(q[d] * kmin[j][d], q[d] * kmax[j][d]) for the n blocks
- * whose bounds are rows of kmin/kmax [n][hd] (float64 accumulation). */
-void ap_query_bound(const float *q, const float *kmin, const float *kmax, int hd, int n,
-                    float *out);
+/* The bound itself, ap_query_bound, is a kernel (kernels/query_bound.h). */
+#include "kernels/query_bound.h"
 
 /* out = (x - mean) / std over the W values (population std, float64); all
  * zeros when the values are equal (no ranking information). out may be x. */

@@ -20,6 +20,8 @@
 #include "train/incremental.h"
 
 #include <cblas.h>
+
+#include "kernels/pred_conv.h"
 #include <stdlib.h>
 #include <string.h>
 
@@ -31,12 +33,21 @@
 #define INCR_TILE_POS 512
 #endif
 
+/* Narrow CNNs (c1 <= INCR_DIRECT_C1, c2 a multiple of 8) skip im2col and the
+ * GEMM: conv2 runs directly (kernels/pred_conv.h) on tiles of up to
+ * INCR_DIRECT_ROWS rows, which also shares conv1's halo rows between the
+ * rows a predict recomputes (3 at the newest edge). The paper's 16/32 CNN
+ * keeps the GEMM path, so its scores stay what they were. */
+#define INCR_DIRECT_C1 8
+#define INCR_DIRECT_ROWS 8
+
 struct ap_incr {
     const ap_predictor *p; /* borrowed */
     int H, c1, c2;
     const float *w1, *b1, *w2, *b2, *w3;
     float b3;
     int resync_every;
+    int direct; /* conv2 by kernels/pred_conv.h instead of im2col + GEMM */
 
     /* Rows: ring of H slots (global row r in slot r mod H), cap_w columns
      * each; only the first width[slot] values of a slot are meaningful. */
@@ -115,11 +126,17 @@ ap_status ap_incr_create(const ap_predictor *p, int model, ap_incr **out, ap_err
     /* A tile has R rows x n columns with R*n <= P, hence R + n <= P + 1 and
      * (R+4)(n+4) <= 5(P+4), (R+2)(n+2) <= 3(P+2). */
     const size_t P = INCR_TILE_POS;
+    s->direct = s->c1 <= INCR_DIRECT_C1 && s->c2 % 8 == 0;
+    /* Direct tiles: R <= INCR_DIRECT_ROWS rows of n <= P columns; the
+     * direct path needs no im2col and only one row of g as a2. */
+    const size_t RD = INCR_DIRECT_ROWS;
+    const size_t n_xt = s->direct ? (RD + 4) * (P + 4) : 5 * (P + 4);
+    const size_t n_a1 = (size_t)s->c1 * (s->direct ? (RD + 2) * (P + 2) : 3 * (P + 2));
     s->width = calloc((size_t)s->H, sizeof(int));
-    s->xt = malloc(sizeof(float) * 5 * (P + 4));
-    s->a1 = malloc(sizeof(float) * (size_t)s->c1 * 3 * (P + 2));
-    s->col = malloc(sizeof(float) * (size_t)s->c1 * 9 * P);
-    s->a2 = malloc(sizeof(float) * (size_t)s->c2 * P);
+    s->xt = malloc(sizeof(float) * n_xt);
+    s->a1 = malloc(sizeof(float) * n_a1);
+    s->col = malloc(sizeof(float) * (s->direct ? 1 : (size_t)s->c1 * 9 * P));
+    s->a2 = malloc(sizeof(float) * (s->direct ? 1 : (size_t)s->c2) * P);
     if (!s->width || !s->xt || !s->a1 || !s->col || !s->a2) {
         st = ap_errf(err, AP_ERR_NOMEM, "out of memory creating the incremental predictor");
         goto cleanup;
@@ -234,7 +251,7 @@ ap_status ap_incr_push(ap_incr *s, const float *row, int width, ap_err *err) {
 static void conv_tile(ap_incr *s, const win *w, long ra, long rb, int xa, int xb) {
     const int n = xb - xa, c1 = s->c1, c2 = s->c2, K2 = 9 * c1;
     const long wlo = w->t - s->H, whi = w->t - 1;
-    int R = INCR_TILE_POS / n;
+    int R = s->direct ? INCR_DIRECT_ROWS : INCR_TILE_POS / n;
     if (R < 1) R = 1;
     if (R > rb - ra + 1) R = (int)(rb - ra + 1);
     for (long pa = ra; pa <= rb; pa += R) {
@@ -267,17 +284,30 @@ static void conv_tile(ap_incr *s, const win *w, long ra, long rb, int xa, int xb
                     memset(d, 0, sizeof(float) * (size_t)aw);
                     continue;
                 }
-                const float *x0 = s->xt + (size_t)i * xw, *x1 = x0 + xw, *x2 = x1 + xw;
-                float b = s->b1[c];
-                for (int j = 0; j < aw; j++) {
-                    float v = b + k[0] * x0[j] + k[1] * x0[j + 1] + k[2] * x0[j + 2] +
-                              k[3] * x1[j] + k[4] * x1[j + 1] + k[5] * x1[j + 2] + k[6] * x2[j] +
-                              k[7] * x2[j + 1] + k[8] * x2[j + 2];
-                    d[j] = v > 0.0f ? v : 0.0f;
-                }
+                /* The paper's CNN keeps the plain loop (its scores stay
+                 * what they were); the narrow ones take the AVX2 kernel. */
+                const float *x0 = s->xt + (size_t)i * xw;
+                if (s->direct)
+                    ap_pred_conv1_row(x0, (size_t)xw, aw, k, s->b1[c], d);
+                else
+                    ap_pred_conv1_row_ref(x0, (size_t)xw, aw, k, s->b1[c], d);
                 if (xa - 1 < 0) d[0] = 0.0f;
                 if (xb >= w->Wc) d[aw - 1] = 0.0f;
             }
+        }
+
+        if (s->direct) {
+            for (int i = 0; i < Rc; i++) {
+                long r = pa + i;
+                int interior = r >= w->int_lo && r <= w->int_hi;
+                float *gr = interior ? s->g + (size_t)slot_of(s, r) * s->cap_g + xa : s->a2;
+                ap_pred_conv2_row(s->a1 + (size_t)i * aw, c1, (size_t)ah * aw, (size_t)aw, n,
+                                  s->w2, s->b2, s->w3, c2, gr);
+                if (!interior)
+                    for (int x = 0; x < n; x++) s->edge[xa + x] += gr[x];
+            }
+            s->last_macs += (double)c1 * 9 * ah * aw + (double)c2 * K2 * Rc * n + (double)c2 * Rc * n;
+            continue;
         }
 
         /* conv2 as one GEMM over im2col columns (same K order as PyTorch's

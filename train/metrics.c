@@ -70,6 +70,62 @@ void ap_metrics_rank(const float *scores, int W, int *order) {
     free(tmp);
 }
 
+/* Below this many kept entries per candidate a bounded insertion list beats
+ * sorting all W: a selection keeps k of W = 512 blocks at 8K keys and sorts
+ * ran 270 times per decode step. */
+#define TOPK_MAX 256
+
+void ap_metrics_topk(const float *scores, int W, int k, int *order) {
+    if (W <= 0 || k <= 0) return;
+    if (k > W) k = W;
+    if (k > TOPK_MAX || 4 * k >= W || W <= SMALL_W) {
+        int *all = k == W ? order : malloc((size_t)W * sizeof *all);
+        if (!all) {
+            /* Without scratch: k passes of a linear scan; same order. */
+            for (int r = 0; r < k; r++) {
+                int best = -1;
+                for (int j = 0; j < W; j++) {
+                    int used = 0;
+                    for (int t = 0; t < r && !used; t++) used = order[t] == j;
+                    if (used) continue;
+                    scored x = {scores[j], j};
+                    if (best < 0) {
+                        best = j;
+                        continue;
+                    }
+                    scored y = {scores[best], best};
+                    if (scored_cmp(&x, &y) < 0) best = j;
+                }
+                order[r] = best;
+            }
+            return;
+        }
+        ap_metrics_rank(scores, W, all);
+        if (all != order) {
+            memcpy(order, all, (size_t)k * sizeof *order);
+            free(all);
+        }
+        return;
+    }
+    /* top[0..n) sorted by scored_cmp; a candidate enters when it ranks
+     * before the last kept one (scored_cmp is a total order, so the kept
+     * list is exactly the first k of the full ranking). */
+    scored top[TOPK_MAX];
+    int n = 0;
+    for (int j = 0; j < W; j++) {
+        scored v = {scores[j], j};
+        if (n == k && scored_cmp(&v, &top[k - 1]) >= 0) continue;
+        int m = n < k ? n : k - 1;
+        while (m > 0 && scored_cmp(&top[m - 1], &v) > 0) {
+            top[m] = top[m - 1];
+            m--;
+        }
+        top[m] = v;
+        if (n < k) n++;
+    }
+    for (int r = 0; r < k; r++) order[r] = top[r].i;
+}
+
 /* Sum of ysum over the first k entries of order, plus the fixed mass. */
 static double kept_mass(const float *ysum, float mass_fixed, const int *order, int k) {
     double m = mass_fixed;

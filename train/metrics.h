@@ -33,6 +33,11 @@ int ap_metrics_k_blocks(int budget_tokens, int sink_tokens, int local_tokens, in
  * first k entries are the kept set at any k. */
 void ap_metrics_rank(const float *scores, int W, int *order);
 
+/* The first min(k, W) entries of ap_metrics_rank's order (the kept set at k
+ * and its ranking), without ordering the rest: order[0..k) is written,
+ * nothing beyond. */
+void ap_metrics_topk(const float *scores, int W, int k, int *order);
+
 typedef struct {
     int k;             /* blocks selected */
     double recovery;   /* mass_fixed + sum of ysum over the selected blocks */

@@ -332,10 +332,22 @@ ap_status ap_runtime_fuse_query(const ap_runtime *rt, int layer, const float *q,
     if (!ap_runtime_config(rt)->query_fusion) return AP_OK;
     if (ap_predictor_model_of_layer(rt->pred, layer) < 0)
         return ap_errf(err, AP_ERR_ARG, "runtime: layer %d has no model", layer);
+    float stack[512], *qb = W <= 512 ? stack : malloc((size_t)W * sizeof(float));
+    if (!qb) return ap_errf(err, AP_ERR_NOMEM, "out of memory");
+    ap_query_bound(q, kmin, kmax, hd, W, qb);
+    ap_status st = ap_runtime_fuse_bound(rt, layer, qb, W, scores, err);
+    if (qb != stack) free(qb);
+    return st;
+}
+
+ap_status ap_runtime_fuse_bound(const ap_runtime *rt, int layer, const float *bound, int W,
+                                float *scores, ap_err *err) {
+    if (!ap_runtime_config(rt)->query_fusion) return AP_OK;
+    if (ap_predictor_model_of_layer(rt->pred, layer) < 0)
+        return ap_errf(err, AP_ERR_ARG, "runtime: layer %d has no model", layer);
     float stack[512], *zq = W <= 512 ? stack : malloc((size_t)W * sizeof(float));
     if (!zq) return ap_errf(err, AP_ERR_NOMEM, "out of memory");
-    ap_query_bound(q, kmin, kmax, hd, W, zq);
-    ap_zscore(zq, W, zq);
+    ap_zscore(bound, W, zq);
     ap_fuse_scores(scores, zq, W, ap_runtime_query_weight(rt, layer), scores);
     if (zq != stack) free(zq);
     return AP_OK;

@@ -48,6 +48,11 @@ float ap_runtime_query_weight(const ap_runtime *rt, int layer);
  * bounds of the query head's KV head). A no-op for the paper's predictor. */
 ap_status ap_runtime_fuse_query(const ap_runtime *rt, int layer, const float *q, const float *kmin,
                                 const float *kmax, int hd, int W, float *scores, ap_err *err);
+/* The same with the bound already computed (ap_query_bound_heads, one pass
+ * for a KV head's query heads): bound [W] is read, scores [W] fused in
+ * place. */
+ap_status ap_runtime_fuse_bound(const ap_runtime *rt, int layer, const float *bound, int W,
+                                float *scores, ap_err *err);
 
 /* Write the export: st_path (safetensors, atomic) and, when json_path is not
  * NULL, a JSON config beside it (same fields as the metadata, atomic). params
