@@ -1370,22 +1370,28 @@ typedef struct {
     pthread_mutex_t mu;
 } sattn_job;
 
-/* One KV group per work unit: ap_sparse_attn on pointers offset to it. */
+/* One work unit per kept set (a query head's, with per-query-head lists):
+ * a layer has only n_head_kv groups (3 in the default model), too few to
+ * balance over the threads, while the sets are independent. A measuring
+ * pass keeps whole groups: their heads share one dense pass over the keys.
+ * ap_sparse_attn runs on pointers offset to the unit. */
 static void sattn_run(void *arg, int ith) {
     sattn_job *j = arg;
     ap_ctx *c = j->c;
     const ap_hparams *hp = &c->m->hp;
     const ap_kv_policy *p = c->kvp;
     const int hd = hp->head_dim, G = hp->n_head / hp->n_head_kv;
+    const int per_head = p->per_q_head && !j->measure, nh = per_head ? 1 : G;
     const size_t ldb = c->kv_ldb;
     const size_t layer_off = (size_t)j->layer * (size_t)c->n_ctx * c->kv_dim;
     void *scratch = (char *)c->kv_scratch + (size_t)ith * c->kv_scratch_per_thread;
     for (;;) {
-        int g = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
-        if (g >= hp->n_head_kv) break;
-        const size_t u0 = (size_t)g * G;
+        int unit = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
+        if (unit >= hp->n_head_kv * (G / nh)) break;
+        const int g = unit / (G / nh);
+        const size_t u0 = (size_t)unit * nh;
         ap_sparse_attn_args a = {
-            .n_groups = 1, .n_heads = G, .head_dim = hd, .n_keys = j->pos + 1,
+            .n_groups = 1, .n_heads = nh, .head_dim = hd, .n_keys = j->pos + 1,
             .scale = hp->attn_scale, .q = c->qkv + u0 * hd,
             .k = c->kcache + layer_off + (size_t)g * hd, .v = c->vcache + layer_off + (size_t)g * hd,
             .ldkv = c->kv_dim, .group_stride = (size_t)hd, .out = c->att + u0 * hd,

@@ -171,20 +171,11 @@ static int kept_runs(const ap_sparse_attn_args *a, const int *lst, int len, int 
     return nr;
 }
 
-/* End of the piece of [x, x1) of group g that one pointer into `pages`
- * covers: the whole run in the contiguous layout; in the paged one up to
- * the first page that does not follow the previous one in memory. Pages
- * that do (blocks left in the cold store, runs of pool slots) make one long
- * piece, so the K/V loops prefetch across them instead of stopping every
- * block (a calibration pass over 8K keys is 512 pages). */
-static int piece_end(const ap_sparse_attn_args *a, const float *const *pages, int g, int x,
-                     int x1) {
+/* End of the piece of [x, x1) that one K/V pointer covers: the whole run in
+ * the contiguous layout, up to the next page boundary in the paged one. */
+static int piece_end(const ap_sparse_attn_args *a, int x, int x1) {
     if (a->k) return x1;
-    const int B = a->block, nb = ap_sparse_attn_n_blocks(a);
-    const float *const *pg = pages + (size_t)g * nb;
-    const size_t span = (size_t)B * a->ldkv;
-    long pe = ((long)x / B + 1) * B;
-    while (pe < x1 && pg[pe / B - 1] && pg[pe / B] == pg[pe / B - 1] + span) pe += B;
+    long pe = ((long)x / a->block + 1) * a->block;
     return pe < x1 ? (int)pe : x1;
 }
 
@@ -232,7 +223,7 @@ static ap_status dense_scores(const ap_sparse_attn_args *a, int g, float *D, ap_
     const int n = a->n_keys, hd = a->head_dim, nb = ap_sparse_attn_n_blocks(a);
     const float *q = a->q + (size_t)g * a->n_heads * hd;
     for (int x = 0; x < n;) {
-        int y = piece_end(a, a->k_pages, g, x, n);
+        int y = piece_end(a, x, n);
         const float *kp = kv_row(a, a->k, a->k_pages, nb, g, x);
         if (!kp)
             return ap_errf(err, AP_ERR_ARG, "sparse attention: group %d: key %d has no page", g, x);
@@ -268,7 +259,7 @@ static ap_status one_set(const ap_sparse_attn_args *a, int g, int h0, int nh, co
     } else {
         for (int r = 0, off = 0; r < nr; r++)
             for (int x = runs[2 * r], x1 = runs[2 * r + 1]; x < x1;) {
-                int y = piece_end(a, a->k_pages, g, x, x1);
+                int y = piece_end(a, x, x1);
                 const float *kp = kv_row(a, a->k, a->k_pages, nb, g, x);
                 if (!kp)
                     return ap_errf(err, AP_ERR_ARG,
@@ -284,7 +275,7 @@ static ap_status one_set(const ap_sparse_attn_args *a, int g, int h0, int nh, co
     int first = 1;
     for (int r = 0, off = 0; r < nr; r++)
         for (int x = runs[2 * r], x1 = runs[2 * r + 1]; x < x1;) {
-            int y = piece_end(a, a->v_pages, g, x, x1);
+            int y = piece_end(a, x, x1);
             const float *vp = kv_row(a, a->v, a->v_pages, nb, g, x);
             if (!vp)
                 return ap_errf(err, AP_ERR_ARG, "sparse attention: group %d: value %d has no page",

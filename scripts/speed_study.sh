@@ -11,7 +11,8 @@
 # Variants (NAME: predictor and options): exact (the shipped predictor, the
 # method as published), kv (the same, --pred-per-kv), c8-kv (the 8/16-channel
 # CNN of scripts/pred_cost_study.sh, --pred-per-kv), c8-kv-s4 (and
-# --pred-stride 4), c4-kv (the shipped 4/8-channel predictor, --pred-per-kv).
+# --pred-stride 4), c4-kv (the shipped 4/8-channel predictor, --pred-per-kv),
+# c4-kv-s2 (and --pred-stride 2).
 # Writes runs/speed/{tasks,live}-NAME.{json,md,txt} and runs/speed/table.md
 # (scripts/speed_table.py); a variant whose outputs exist is skipped. ~6 min
 # per variant on 2 cores.
@@ -41,6 +42,7 @@ variants=(
   "c8-kv|$c8|--pred-per-kv"
   "c8-kv-s4|$c8|--pred-per-kv --pred-stride 4"
   "c4-kv|$c4|--pred-per-kv"
+  "c4-kv-s2|$c4|--pred-per-kv --pred-stride 2"
 )
 for v in "${variants[@]}"; do
   IFS='|' read -r name pred opts <<< "$v"
