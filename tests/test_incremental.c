@@ -259,18 +259,22 @@ Test(incremental, model_index) {
 }
 
 /* Rows wider than one GEMM chunk (one output row per chunk) and a width
- * increase across that size. */
+ * increase across that size; 4/8 channels take the direct path
+ * (kernels/pred_conv.h) over the same column tiles. */
 Test(incremental, wide_rows) {
-    ap_predictor *p = make_pred(8, 16, 32, 21);
-    replay_opts o = replay_default();
-    o.first_pred = 8;
-    o.w_first = 2040;
-    o.grow_every = 2;
-    o.n_rows = 40;
-    o.kind = ROWS_SPARSE;
-    double worst;
-    cr_assert_eq(run_replay(p, 0, &o, &worst), 33);
-    ap_predictor_free(p);
+    static const int ch[][2] = {{16, 32}, {4, 8}};
+    for (int i = 0; i < 2; i++) {
+        ap_predictor *p = make_pred(8, ch[i][0], ch[i][1], 21 + i);
+        replay_opts o = replay_default();
+        o.first_pred = 8;
+        o.w_first = 2040;
+        o.grow_every = 2;
+        o.n_rows = 40;
+        o.kind = ROWS_SPARSE;
+        double worst;
+        cr_assert_eq(run_replay(p, 0, &o, &worst), 33, "channels %d/%d", ch[i][0], ch[i][1]);
+        ap_predictor_free(p);
+    }
 }
 
 /* Several rows between predicts (up to and beyond the interior size, which
