@@ -1373,15 +1373,16 @@ typedef struct {
 /* One work unit per kept set (a query head's, with per-query-head lists):
  * a layer has only n_head_kv groups (3 in the default model), too few to
  * balance over the threads, while the sets are independent. A measuring
- * pass keeps whole groups: their heads share one dense pass over the keys.
- * ap_sparse_attn runs on pointers offset to the unit. */
+ * pass gets its dense scores from dscore_run first (split by key chunks,
+ * so that pass balances too). ap_sparse_attn runs on pointers offset to
+ * the unit. */
 static void sattn_run(void *arg, int ith) {
     sattn_job *j = arg;
     ap_ctx *c = j->c;
     const ap_hparams *hp = &c->m->hp;
     const ap_kv_policy *p = c->kvp;
     const int hd = hp->head_dim, G = hp->n_head / hp->n_head_kv;
-    const int per_head = p->per_q_head && !j->measure, nh = per_head ? 1 : G;
+    const int per_head = p->per_q_head, nh = per_head ? 1 : G;
     const size_t ldb = c->kv_ldb;
     const size_t layer_off = (size_t)j->layer * (size_t)c->n_ctx * c->kv_dim;
     void *scratch = (char *)c->kv_scratch + (size_t)ith * c->kv_scratch_per_thread;
@@ -1412,6 +1413,8 @@ static void sattn_run(void *arg, int ith) {
             a.kept_mass = c->kv_mass + u0;
             a.dense_bmax = j->dense_bmax + u0 * ldb;
             a.dense_bsum = j->dense_bsum + u0 * ldb;
+            a.dense_scores = c->dscore + u0 * (size_t)c->n_ctx;
+            a.ld_dense = (size_t)c->n_ctx;
         }
         ap_err e = {0};
         if (ap_sparse_attn(&a, scratch, &e) != AP_OK) {
@@ -1423,9 +1426,45 @@ static void sattn_run(void *arg, int ith) {
     }
 }
 
+typedef struct {
+    ap_ctx *c;
+    int layer, pos, chunk, n_chunks;
+    atomic_int next;
+} dscore_job;
+
+/* A measuring pass's dense scores, scale*q.k of every query head over keys
+ * 0..pos into dscore, one (KV group, key chunk) per unit: each key row is
+ * read once for the group's heads. Chunks start at multiples of 16, so the
+ * kernel groups keys exactly as one call over all keys would. */
+static void dscore_run(void *arg, int ith) {
+    dscore_job *j = arg;
+    ap_ctx *c = j->c;
+    const ap_hparams *hp = &c->m->hp;
+    const int hd = hp->head_dim, G = hp->n_head / hp->n_head_kv, nk = j->pos + 1;
+    const size_t kvd = c->kv_dim, lds = (size_t)c->n_ctx;
+    const size_t layer_off = (size_t)j->layer * (size_t)c->n_ctx * kvd;
+    (void)ith;
+    for (;;) {
+        int u = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
+        if (u >= hp->n_head_kv * j->n_chunks) break;
+        int g = u / j->n_chunks, j0 = (u % j->n_chunks) * j->chunk;
+        int nj = nk - j0 < j->chunk ? nk - j0 : j->chunk;
+        ap_kv_scores(c->qkv + (size_t)g * G * hd, G, hd,
+                     c->kcache + layer_off + (size_t)j0 * kvd + (size_t)g * hd, kvd, nj,
+                     hp->attn_scale, c->dscore + (size_t)g * G * lds + j0, lds, AP_QISA_AUTO);
+    }
+}
+
 static ap_status sparse_pass(ap_ctx *c, int layer, int pos, const int *blocks, const int *set_off,
                              int measure, float *dmax, float *dsum, const float *const *kp,
                              const float *const *vp, ap_err *err) {
+    if (measure) {
+        const int ch = kv_chunk(pos + 1);
+        dscore_job dj = {.c = c, .layer = layer, .pos = pos, .chunk = ch,
+                         .n_chunks = (pos + ch) / ch};
+        atomic_init(&dj.next, 0);
+        pool_run(c->pool, dscore_run, &dj);
+    }
     sattn_job j = {.c = c, .layer = layer, .pos = pos, .measure = measure, .blocks = blocks,
                    .set_off = set_off, .dense_bmax = dmax, .dense_bsum = dsum, .k_pages = kp,
                    .v_pages = vp};

@@ -81,6 +81,11 @@ ap_status ap_sparse_attn_validate(const ap_sparse_attn_args *a, int lists_on_hos
                        a->local);
     if (!a->q || !a->out || !a->set_off)
         return ap_errf(err, AP_ERR_ARG, "sparse attention: q, out and set_off are required");
+    if (a->dense_scores && (!ap_sparse_attn_measuring(a) || a->ld_dense < (size_t)a->n_keys))
+        return ap_errf(err, AP_ERR_ARG,
+                       "sparse attention: given dense scores need measure mode and a row stride "
+                       "of at least %d keys (got %zu)",
+                       a->n_keys, a->ld_dense);
     int contiguous = a->k && a->v && !a->k_pages && !a->v_pages;
     int paged = a->k_pages && a->v_pages && !a->k && !a->v;
     if (!contiguous && !paged)
@@ -236,10 +241,10 @@ static ap_status dense_scores(const ap_sparse_attn_args *a, int g, float *D, ap_
 
 /* One kept set: query heads h0..h0+nh-1 of group g share the runs. C holds
  * [nh][kept] scores then probabilities; D (measure mode) holds the group's
- * dense scores from dense_scores, [G][n_keys], and becomes the heads'
- * dense probabilities. */
+ * dense scores, [G] rows of ldd, and becomes the heads' dense
+ * probabilities. */
 static ap_status one_set(const ap_sparse_attn_args *a, int g, int h0, int nh, const int *lst,
-                         int len, int *runs, float *C, float *D, ap_err *err) {
+                         int len, int *runs, float *C, float *D, size_t ldd, ap_err *err) {
     const int n = a->n_keys, hd = a->head_dim, B = a->block, nb = ap_sparse_attn_n_blocks(a);
     const int measure = ap_sparse_attn_measuring(a);
     const size_t u0 = (size_t)g * a->n_heads + h0;
@@ -249,11 +254,11 @@ static ap_status one_set(const ap_sparse_attn_args *a, int g, int h0, int nh, co
     for (int r = 0; r < nr; r++) M += runs[2 * r + 1] - runs[2 * r];
 
     if (measure) {
-        D += (size_t)h0 * n;
+        D += (size_t)h0 * ldd;
         for (int h = 0; h < nh; h++)
             for (int r = 0, off = 0; r < nr; r++) {
                 int x0 = runs[2 * r], w = runs[2 * r + 1] - x0;
-                memcpy(C + (size_t)h * M + off, D + (size_t)h * n + x0, (size_t)w * sizeof *C);
+                memcpy(C + (size_t)h * M + off, D + (size_t)h * ldd + x0, (size_t)w * sizeof *C);
                 off += w;
             }
     } else {
@@ -293,7 +298,7 @@ static ap_status one_set(const ap_sparse_attn_args *a, int g, int h0, int nh, co
             sparse_views(runs, nr, C + (size_t)h * M, B, nb, a->bmax + u * a->ldb,
                          a->bsum + u * a->ldb);
         if (!measure) continue;
-        float *row = D + (size_t)h * n;
+        float *row = D + (size_t)h * ldd;
         softmax_row(row, n);
         if (a->kept_mass) {
             double km = 0.0;
@@ -330,11 +335,18 @@ ap_status ap_sparse_attn(const ap_sparse_attn_args *a, void *scratch, ap_err *er
     float *D = C + (size_t)nh * a->n_keys;
     const int measure = ap_sparse_attn_measuring(a);
     for (int g = 0; g < a->n_groups && st == AP_OK; g++) {
-        if (measure) st = dense_scores(a, g, D, err);
+        float *Dg = D;
+        size_t ldd = (size_t)a->n_keys;
+        if (measure && a->dense_scores) {
+            Dg = a->dense_scores + (size_t)g * G * a->ld_dense;
+            ldd = a->ld_dense;
+        } else if (measure) {
+            st = dense_scores(a, g, D, err);
+        }
         for (int h0 = 0; h0 < G && st == AP_OK; h0 += nh) {
             int s = a->per_q_head ? g * G + h0 : g;
             int lo = a->set_off[s], len = a->set_off[s + 1] - lo;
-            st = one_set(a, g, h0, nh, len ? a->blocks + lo : NULL, len, runs, C, D, err);
+            st = one_set(a, g, h0, nh, len ? a->blocks + lo : NULL, len, runs, C, Dg, ldd, err);
         }
     }
     return st;

@@ -71,6 +71,13 @@ typedef struct {
     float *kept_mass;               /* optional [n_groups*n_heads] */
     float *dense_bmax, *dense_bsum; /* optional, [n_groups*n_heads][ldb] */
     size_t ldb;
+    /* Optional, measure mode only: the dense scores scale*q.k of every query
+     * head of the call over all keys, row u (= g*n_heads + h) at
+     * dense_scores + u*ld_dense, computed by the caller (the engine splits
+     * that pass over threads by key chunks); used instead of computing them
+     * and overwritten with the dense probabilities. NULL: computed here. */
+    float *dense_scores;
+    size_t ld_dense;
 } ap_sparse_attn_args;
 
 /* ceil(n_keys / block): blocks of the sequence, entries of a block view. */

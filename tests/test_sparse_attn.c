@@ -14,6 +14,7 @@
 #include "kernels/attention.h"
 #include "kernels/block_pool.h"
 #include "kernels/cuda_util.h"
+#include "kernels/qmatvec.h"
 #include "kernels/sparse_attn.h"
 
 /* ap_rel_err_f32, except that a NaN or Inf where the reference is finite
@@ -589,6 +590,57 @@ Test(sparse_attn, kept_mass_is_dense_mass_on_kept_keys) {
     free(dout);
     free(d.rows);
     souts_free(&o);
+    sprob_free(&P);
+}
+
+/* Dense scores of every query head over all keys, [units][ld], in chunks of
+ * 64 keys (as the engine's dscore_run splits them). */
+static void fill_dense_scores(const sprob *P, float *D, size_t ld) {
+    const scase *c = &P->c;
+    for (int g = 0; g < c->n_groups; g++)
+        for (int j0 = 0; j0 < c->n; j0 += 64)
+            ap_kv_scores(P->q + (size_t)g * c->G * c->hd, c->G, c->hd,
+                         P->k + (size_t)j0 * P->ldkv + (size_t)g * c->hd, P->ldkv,
+                         c->n - j0 < 64 ? c->n - j0 : 64, P->scale, D + (size_t)g * c->G * ld + j0,
+                         ld, AP_QISA_AUTO);
+}
+
+/* Dense scores given by the caller (the engine splits that pass over
+ * threads by key chunks) give bit for bit what the call computes itself,
+ * per group and per single-head unit; without measure mode they are
+ * refused. */
+Test(sparse_attn, caller_dense_scores_equal_its_own) {
+    scase c = {.n_groups = 2, .G = 3, .hd = 64, .n = 1003, .B = 16, .sink = 16, .local = 64,
+               .per_q = 1, .measure = 1, .p_keep = 0.1};
+    sprob P;
+    sprob_make(&P, &c, 71);
+    souts ref, got;
+    souts_alloc(&ref, &P);
+    souts_alloc(&got, &P);
+    ap_sparse_attn_args a = sargs(&P, &ref);
+    ap_err err = {0};
+    cr_assert_eq(run_cpu(&a, &err), AP_OK, "%s", err.msg);
+    const size_t ld = (size_t)c.n + 5;
+    float *D = xcalloc((size_t)P.units * ld, sizeof(float));
+    fill_dense_scores(&P, D, ld);
+    ap_sparse_attn_args b = sargs(&P, &got);
+    b.dense_scores = D;
+    b.ld_dense = ld;
+    cr_assert_eq(run_cpu(&b, &err), AP_OK, "%s", err.msg);
+    expect_outs_close(&P, &got, &ref, 0.0, "caller's dense scores");
+    /* and they are the ones used: raise head 0's score of its newest key */
+    fill_dense_scores(&P, D, ld); /* the call overwrote them with probabilities */
+    D[c.n - 1] += 3.0f;
+    cr_assert_eq(run_cpu(&b, &err), AP_OK, "%s", err.msg);
+    cr_expect(got.km[0] != ref.km[0] && got.out[0] != ref.out[0],
+              "a changed dense score must change head 0's kept mass and output");
+    b.kept_mass = NULL;
+    b.dense_bmax = b.dense_bsum = NULL;
+    cr_expect_neq(run_cpu(&b, &err), AP_OK);
+    cr_expect(strstr(err.msg, "measure mode") != NULL, "message: %s", err.msg);
+    free(D);
+    souts_free(&ref);
+    souts_free(&got);
     sprob_free(&P);
 }
 
