@@ -20,10 +20,10 @@
 #include "train/incremental.h"
 
 #include <cblas.h>
-
-#include "kernels/pred_conv.h"
 #include <stdlib.h>
 #include <string.h>
+
+#include "kernels/pred_conv.h"
 
 /* Output positions (rows x columns) per conv2 GEMM tile: enough columns for
  * the GEMM to run near peak, few enough that the per-object scratch (im2col
@@ -135,9 +135,9 @@ ap_status ap_incr_create(const ap_predictor *p, int model, ap_incr **out, ap_err
     s->width = calloc((size_t)s->H, sizeof(int));
     s->xt = malloc(sizeof(float) * n_xt);
     s->a1 = malloc(sizeof(float) * n_a1);
-    s->col = malloc(sizeof(float) * (s->direct ? 1 : (size_t)s->c1 * 9 * P));
+    if (!s->direct) s->col = malloc(sizeof(float) * (size_t)s->c1 * 9 * P);
     s->a2 = malloc(sizeof(float) * (s->direct ? 1 : (size_t)s->c2) * P);
-    if (!s->width || !s->xt || !s->a1 || !s->col || !s->a2) {
+    if (!s->width || !s->xt || !s->a1 || (!s->direct && !s->col) || !s->a2) {
         st = ap_errf(err, AP_ERR_NOMEM, "out of memory creating the incremental predictor");
         goto cleanup;
     }
@@ -296,6 +296,8 @@ static void conv_tile(ap_incr *s, const win *w, long ra, long rb, int xa, int xb
             }
         }
 
+        const int P = Rc * n;
+        s->last_macs += (double)c1 * 9 * ah * aw + (double)c2 * K2 * P + (double)c2 * P;
         if (s->direct) {
             for (int i = 0; i < Rc; i++) {
                 long r = pa + i;
@@ -306,13 +308,11 @@ static void conv_tile(ap_incr *s, const win *w, long ra, long rb, int xa, int xb
                 if (!interior)
                     for (int x = 0; x < n; x++) s->edge[xa + x] += gr[x];
             }
-            s->last_macs += (double)c1 * 9 * ah * aw + (double)c2 * K2 * Rc * n + (double)c2 * Rc * n;
             continue;
         }
 
         /* conv2 as one GEMM over im2col columns (same K order as PyTorch's
          * [out][in][kh][kw] weights) */
-        const int P = Rc * n;
         for (int ci = 0; ci < c1; ci++)
             for (int kh = 0; kh < 3; kh++)
                 for (int kw = 0; kw < 3; kw++) {
@@ -347,7 +347,6 @@ static void conv_tile(ap_incr *s, const win *w, long ra, long rb, int xa, int xb
                     for (int x = 0; x < m; x++) s->edge[xa + x0 + x] += acc[x];
             }
         }
-        s->last_macs += (double)c1 * 9 * ah * aw + (double)c2 * K2 * P + (double)c2 * P;
     }
 }
 

@@ -79,32 +79,7 @@ void ap_metrics_topk(const float *scores, int W, int k, int *order) {
     if (W <= 0 || k <= 0) return;
     if (k > W) k = W;
     if (k > TOPK_MAX || 4 * k >= W || W <= SMALL_W) {
-        int *all = k == W ? order : malloc((size_t)W * sizeof *all);
-        if (!all) {
-            /* Without scratch: k passes of a linear scan; same order. */
-            for (int r = 0; r < k; r++) {
-                int best = -1;
-                for (int j = 0; j < W; j++) {
-                    int used = 0;
-                    for (int t = 0; t < r && !used; t++) used = order[t] == j;
-                    if (used) continue;
-                    scored x = {scores[j], j};
-                    if (best < 0) {
-                        best = j;
-                        continue;
-                    }
-                    scored y = {scores[best], best};
-                    if (scored_cmp(&x, &y) < 0) best = j;
-                }
-                order[r] = best;
-            }
-            return;
-        }
-        ap_metrics_rank(scores, W, all);
-        if (all != order) {
-            memcpy(order, all, (size_t)k * sizeof *order);
-            free(all);
-        }
+        ap_metrics_rank(scores, W, order);
         return;
     }
     /* top[0..n) sorted by scored_cmp; a candidate enters when it ranks

@@ -34,8 +34,8 @@ int ap_metrics_k_blocks(int budget_tokens, int sink_tokens, int local_tokens, in
 void ap_metrics_rank(const float *scores, int W, int *order);
 
 /* The first min(k, W) entries of ap_metrics_rank's order (the kept set at k
- * and its ranking), without ordering the rest: order[0..k) is written,
- * nothing beyond. */
+ * and its ranking) in order[0..k), without ordering the rest when k is small
+ * against W. order[W] is caller-owned; past k it is scratch. */
 void ap_metrics_topk(const float *scores, int W, int k, int *order);
 
 typedef struct {
