@@ -1,12 +1,13 @@
 /* bench-engine: prefill and decode speed of the CPU engine, float32 vs
- * quantized weights, next to this machine's own limits measured in the same
- * process, so every number comes with a ratio immune to machine noise.
+ * quantized weights and float32 vs binary16 KV cache, next to this
+ * machine's own limits measured in the same process, so every number comes
+ * with a ratio immune to machine noise.
  *
  *   bench-engine [--model M.gguf] [--contexts 1024,4096,8192] [--gen 16]
- *                [--reps 2] [--threads 2] [--engines quant,f32]
+ *                [--reps 2] [--threads 2] [--engines quant,f32,f16kv]
  *                [--variants quant,...] [--rewind] [--json OUT]
  *
- * Both engines live side by side, each with one context filled in ascending
+ * The engines live side by side, each with one context filled in ascending
  * steps: at each context N the cache is prefilled up to N minus the decode
  * tokens measured there (512-token chunks alternating between the engines),
  * then every decode variant runs --gen tokens, --reps rounds alternating
@@ -16,12 +17,18 @@
  *   quant engine (default weights): exact decode; decode with Q8
  *     activations (opt-in mode); decode with the BLAS attention path;
  *   f32 engine (f32_weights): the pre-qmatvec engine (sgemv + BLAS
- *     attention); and float32 sgemv with the streaming attention.
- * --variants keeps only the named decode variants (quant, quant_q8act,
- * quant_blasattn, f32, f32_streamattn). --rewind makes each context N a
- * decode depth: the cache is prefilled to exactly N and rewound to N after
- * every decode run, so every variant and rep decodes keys N .. N + gen (what
- * llama-bench -d N -n gen measures; scripts/bench_llamacpp.sh uses it).
+ *     attention); and float32 sgemv with the streaming attention;
+ *   f16kv engine (default weights, kv_type f16): exact decode with the
+ *     streaming attention, which reads half the KV bytes of quant. With
+ *     quant it also reports the f16 cache's error: the first decoded
+ *     token's logits against quant's at the same depth (equal depths need
+ *     --rewind or one variant per engine).
+ * --engines defaults to quant,f32. --variants keeps only the named decode
+ * variants (quant, quant_q8act, quant_blasattn, f32, f32_streamattn,
+ * quant_f16kv). --rewind makes each context N a decode depth: the cache is
+ * prefilled to exactly N and rewound to N after every decode run, so every
+ * variant and rep decodes keys N .. N + gen (what llama-bench -d N -n gen
+ * measures; scripts/bench_llamacpp.sh uses it).
  * Limits: streaming read / copy / triad bandwidth over 3 x 512 MiB arrays
  * (beyond any cache) and AVX2 FMA throughput, each on 1 thread and on
  * --threads threads. Decode is reported as bytes read per token (weights +
@@ -31,6 +38,7 @@
  * in first) and the process peak; run one engine alone for its own peak.
  * Token ids are a fixed pseudo-random stream: speed does not depend on text. */
 #include <getopt.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -50,20 +58,28 @@
 
 /* ------------------------------------------------------------------ engine */
 
-typedef enum { V_QUANT, V_Q8, V_QUANT_BLAS, V_F32_OLD, V_F32_STREAM, N_VARIANTS } variant;
-static const char *const VNAME[N_VARIANTS] = {"quant", "quant_q8act", "quant_blasattn", "f32",
-                                              "f32_streamattn"};
-static const variant ENGINE_VARS[2][3] = {{V_QUANT, V_Q8, V_QUANT_BLAS},
-                                          {V_F32_OLD, V_F32_STREAM, N_VARIANTS}};
-static const int ENGINE_NVARS[2] = {3, 2};
-static const char *const ENAME[2] = {"quant", "f32"};
+typedef enum { E_QUANT, E_F32, E_F16KV, N_ENGINES } engine_id;
+typedef enum { V_QUANT, V_Q8, V_QUANT_BLAS, V_F32_OLD, V_F32_STREAM, V_F16KV, N_VARIANTS } variant;
+static const char *const VNAME[N_VARIANTS] = {"quant", "quant_q8act",    "quant_blasattn",
+                                              "f32",   "f32_streamattn", "quant_f16kv"};
+static const variant ENGINE_VARS[N_ENGINES][3] = {{V_QUANT, V_Q8, V_QUANT_BLAS},
+                                                  {V_F32_OLD, V_F32_STREAM, N_VARIANTS},
+                                                  {V_F16KV, N_VARIANTS, N_VARIANTS}};
+static const int ENGINE_NVARS[N_ENGINES] = {3, 2, 1};
+static const char *const ENAME[N_ENGINES] = {"quant", "f32", "f16kv"};
+static const ap_kv_type ENGINE_KV[N_ENGINES] = {AP_KV_F32, AP_KV_F32, AP_KV_F16};
 
 typedef struct {
     int ctx;
-    double prefill_tps[2]; /* [0] quant engine, [1] f32 engine */
-    double prefill_gflops[2];
+    double prefill_tps[N_ENGINES]; /* indexed like ENAME */
+    double prefill_gflops[N_ENGINES];
     double decode_tps[N_VARIANTS];
     double decode_bytes[N_VARIANTS]; /* bytes read per decode token */
+    /* The f16 cache's error on the first decoded token's logits, against
+     * the f32 cache (quant); only when both decoded at the same depth. */
+    int have_f16kv_err;
+    double f16kv_rel_l2;
+    int f16kv_argmax_same;
 } row_t;
 
 typedef struct {
@@ -104,8 +120,9 @@ static ap_status engine_open(const ap_gguf *g, int e, int max_ctx, int threads,
                              const int32_t *stream, float *logits, engine_t *E, ap_err *err) {
     ap_model_opts o;
     ap_model_opts_default(&o);
-    o.f32_weights = e == 1;
-    o.decode_attn_blas = e == 1; /* the old engine, whole */
+    o.f32_weights = e == E_F32;
+    o.decode_attn_blas = e == E_F32; /* the old engine, whole */
+    o.kv_type = ENGINE_KV[e];
     memset(E, 0, sizeof *E);
     double r0 = rss_now(), t0 = ap_now_seconds();
     ap_status st = ap_model_load_opts(g, &o, &E->m, err);
@@ -132,26 +149,50 @@ static void engine_close(engine_t *E) {
     ap_model_free(E->m);
 }
 
+/* ||a - b|| / ||b|| (in double) and whether argmax (lowest index on ties)
+ * agrees: b is the reference. */
+static void logits_error(const float *a, const float *b, int n, double *rel_l2, int *same) {
+    double d2 = 0.0, b2 = 0.0;
+    int ia = 0, ib = 0;
+    for (int i = 0; i < n; i++) {
+        double d = (double)a[i] - b[i];
+        d2 += d * d;
+        b2 += (double)b[i] * b[i];
+        if (a[i] > a[ia]) ia = i;
+        if (b[i] > b[ib]) ib = i;
+    }
+    *rel_l2 = b2 > 0.0 ? sqrt(d2 / b2) : (d2 > 0.0 ? INFINITY : 0.0);
+    *same = ia == ib;
+}
+
 /* Engines side by side: prefill chunks and decode reps alternate between
  * them, so a load change on a shared machine hits both alike. */
 static int run_engines(const ap_gguf *g, const int *want, const int *vwant, int rewind,
                        const int *ctxs, int n_ctx, int gen, int reps, int threads,
                        const int32_t *stream, row_t *rows, engine_t *eng, ap_err *err) {
     const int max_ctx = ctxs[n_ctx - 1] + (rewind ? gen : 0);
-    int nvars[2] = {0, 0}; /* decode variants run per engine */
-    for (int e = 0; e < 2; e++)
+    int nvars[N_ENGINES] = {0}; /* decode variants run per engine */
+    for (int e = 0; e < N_ENGINES; e++)
         for (int vi = 0; vi < ENGINE_NVARS[e]; vi++) nvars[e] += vwant[ENGINE_VARS[e][vi]];
-    float *logits = NULL;
-    int rc = 1;
+    /* First decoded token's logits of quant [0] and quant_f16kv [1], to
+     * measure the f16 cache's error without disturbing the timing. */
+    const int want_err = want[E_QUANT] && want[E_F16KV] && vwant[V_QUANT] && vwant[V_F16KV];
+    float *logits = NULL, *first[2] = {NULL, NULL};
+    int rc = 1, noted = 0;
     double t0 = ap_now_seconds();
-    for (int e = 0; e < 2; e++) eng[e] = (engine_t){0};
+    for (int e = 0; e < N_ENGINES; e++) eng[e] = (engine_t){0};
     const ap_hparams *hp0 = NULL;
-    if (!(logits = malloc((size_t)1 << 20 /* >= n_vocab floats, checked below */))) goto cleanup;
-    for (int e = 0; e < 2; e++) {
+    const size_t cap = (size_t)1 << 20; /* bytes: >= n_vocab floats, checked below */
+    if (!(logits = malloc(cap))) goto cleanup;
+    if (want_err && (!(first[0] = malloc(cap)) || !(first[1] = malloc(cap)))) {
+        ap_errf(err, AP_ERR_NOMEM, "out of memory for logits");
+        goto cleanup;
+    }
+    for (int e = 0; e < N_ENGINES; e++) {
         if (!want[e]) continue;
         if (engine_open(g, e, max_ctx, threads, stream, logits, &eng[e], err)) goto cleanup;
         hp0 = ap_model_hparams(eng[e].m);
-        if ((size_t)hp0->n_vocab * sizeof(float) > ((size_t)1 << 20)) {
+        if ((size_t)hp0->n_vocab * sizeof(float) > cap) {
             ap_errf(err, AP_ERR_UNSUPPORTED, "vocabulary %d too large for the bench", hp0->n_vocab);
             goto cleanup;
         }
@@ -160,7 +201,7 @@ static int run_engines(const ap_gguf *g, const int *want, const int *vwant, int 
         rows[r].ctx = ctxs[r];
         for (int at_least = 1; at_least;) {
             at_least = 0;
-            for (int e = 0; e < 2; e++) {
+            for (int e = 0; e < N_ENGINES; e++) {
                 if (!want[e]) continue;
                 engine_t *E = &eng[e];
                 int target = ctxs[r] - (rewind ? 0 : nvars[e] * reps * gen);
@@ -177,8 +218,9 @@ static int run_engines(const ap_gguf *g, const int *want, const int *vwant, int 
         }
         double best[N_VARIANTS], keys[N_VARIANTS];
         for (int v = 0; v < N_VARIANTS; v++) best[v] = 1e30, keys[v] = 0.0;
+        int first_p[2] = {-1, -1}; /* decode depth of first[0], first[1] */
         for (int rep = 0; rep < reps; rep++) {
-            for (int e = 0; e < 2; e++) {
+            for (int e = 0; e < N_ENGINES; e++) {
                 if (!want[e]) continue;
                 engine_t *E = &eng[e];
                 for (int vi = 0; vi < ENGINE_NVARS[e]; vi++) {
@@ -187,9 +229,12 @@ static int run_engines(const ap_gguf *g, const int *want, const int *vwant, int 
                     int q8 = v == V_Q8, blas = v == V_QUANT_BLAS || v == V_F32_OLD;
                     if (ap_ctx_set_exec(E->c, q8, blas, err)) goto cleanup;
                     int p = ap_ctx_n_past(E->c);
+                    int fi = !want_err || rep ? -1 : v == V_QUANT ? 0 : v == V_F16KV ? 1 : -1;
+                    if (fi >= 0) first_p[fi] = p;
                     double t = ap_now_seconds();
                     for (int i = 0; i < gen; i++)
-                        if (ap_ctx_eval(E->c, stream + p + i, 1, logits, 0, NULL, err))
+                        if (ap_ctx_eval(E->c, stream + p + i, 1,
+                                        i == 0 && fi >= 0 ? first[fi] : logits, 0, NULL, err))
                             goto cleanup;
                     double dt = ap_now_seconds() - t;
                     if (rewind && ap_ctx_truncate(E->c, p, err)) goto cleanup;
@@ -200,7 +245,16 @@ static int run_engines(const ap_gguf *g, const int *want, const int *vwant, int 
                 }
             }
         }
-        for (int e = 0; e < 2; e++) {
+        if (want_err && first_p[0] == first_p[1]) {
+            rows[r].have_f16kv_err = 1;
+            logits_error(first[1], first[0], hp0->n_vocab, &rows[r].f16kv_rel_l2,
+                         &rows[r].f16kv_argmax_same);
+        } else if (want_err && !noted) {
+            noted = 1;
+            fprintf(stderr, "bench-engine: no f16kv logits error: quant and quant_f16kv decode at "
+                            "different depths (use --rewind or one variant per engine)\n");
+        }
+        for (int e = 0; e < N_ENGINES; e++) {
             if (!want[e]) continue;
             engine_t *E = &eng[e];
             const ap_hparams *hp = ap_model_hparams(E->m);
@@ -210,9 +264,10 @@ static int run_engines(const ap_gguf *g, const int *want, const int *vwant, int 
                 variant v = ENGINE_VARS[e][vi];
                 if (!vwant[v]) continue;
                 rows[r].decode_tps[v] = gen / best[v];
-                /* Weights, plus the K and V rows of every layer (float32). */
-                rows[r].decode_bytes[v] =
-                    E->wbytes + 2.0 * hp->n_layer * keys[v] * hp->n_head_kv * hp->head_dim * 4.0;
+                /* Weights, plus the K and V rows of every layer. */
+                rows[r].decode_bytes[v] = E->wbytes + 2.0 * hp->n_layer * keys[v] * hp->n_head_kv *
+                                                          hp->head_dim *
+                                                          (double)ap_kv_type_size(ENGINE_KV[e]);
             }
         }
         fprintf(stderr, "bench-engine: context %d done (%.0f s)\n", ctxs[r], ap_now_seconds() - t0);
@@ -221,6 +276,8 @@ static int run_engines(const ap_gguf *g, const int *want, const int *vwant, int 
 cleanup:
     if (!logits) ap_errf(err, AP_ERR_NOMEM, "out of memory for logits");
     free(logits);
+    free(first[0]);
+    free(first[1]);
     return rc;
 }
 
@@ -255,17 +312,21 @@ int main(int argc, char **argv) {
         case 'w': rewind = 1; break;
         case 'h':
             printf("usage: bench-engine [--model M] [--contexts 1024,4096,8192] [--gen N]\n"
-                   "                    [--reps N] [--threads N] [--engines quant,f32]\n"
+                   "                    [--reps N] [--threads N] [--engines quant,f32,f16kv]\n"
                    "                    [--variants V,...] [--rewind] [--no-limits] [--json OUT]\n"
-                   "Prefill and decode tokens/s of the quantized engine (default weights) and\n"
-                   "the float32 engine (f32_weights + BLAS attention) on one model, with this\n"
-                   "machine's memory bandwidth and AVX2 FMA peak measured in the same run.\n"
-                   "--gen decode tokens per variant and rep (default 16), best of --reps\n"
-                   "(default 2). Run it under nice on a shared machine; compare ratios.\n"
+                   "Prefill and decode tokens/s of the quantized engine (default weights), the\n"
+                   "float32 engine (f32_weights + BLAS attention) and the quantized engine with\n"
+                   "a binary16 KV cache (f16kv) on one model, with this machine's memory\n"
+                   "bandwidth and AVX2 FMA peak measured in the same run. --engines: any of\n"
+                   "quant, f32, f16kv (default quant,f32). --gen decode tokens per variant\n"
+                   "and rep (default 16), best of --reps (default 2). Run it under nice on a\n"
+                   "shared machine; compare ratios.\n"
                    "--variants: decode variants to run (quant, quant_q8act, quant_blasattn,\n"
-                   "f32, f32_streamattn; default all of the chosen engines). --rewind: each\n"
-                   "context is a decode depth: prefill exactly N tokens, every decode run\n"
-                   "starts at N (the cache is rewound after each), as llama-bench -d N.\n");
+                   "f32, f32_streamattn, quant_f16kv; default all of the chosen engines).\n"
+                   "With quant and quant_f16kv at equal depths, the f16 cache's logits error\n"
+                   "is reported too. --rewind: each context is a decode depth: prefill exactly\n"
+                   "N tokens, every decode run starts at N (the cache is rewound after each),\n"
+                   "as llama-bench -d N.\n");
             return 0;
         default: fprintf(stderr, "bench-engine: bad option (see --help)\n"); return 2;
         }
@@ -292,9 +353,20 @@ int main(int argc, char **argv) {
         fprintf(stderr, "bench-engine: no contexts given\n");
         return 2;
     }
-    int want[2] = {strstr(engines_arg, "quant") != NULL, strstr(engines_arg, "f32") != NULL};
-    if (!want[0] && !want[1]) {
-        fprintf(stderr, "bench-engine: --engines takes quant and/or f32\n");
+    int want[N_ENGINES] = {0}, n_want = 0;
+    for (char *save = NULL, *t = strtok_r(engines_arg, ",", &save); t;
+         t = strtok_r(NULL, ",", &save)) {
+        int e = 0;
+        while (e < N_ENGINES && strcmp(t, ENAME[e]) != 0) e++;
+        if (e == N_ENGINES) {
+            fprintf(stderr, "bench-engine: unknown engine '%s' (quant, f32, f16kv)\n", t);
+            return 2;
+        }
+        n_want += !want[e];
+        want[e] = 1;
+    }
+    if (n_want == 0) {
+        fprintf(stderr, "bench-engine: --engines names no engine (quant, f32, f16kv)\n");
         return 2;
     }
     int vwant[N_VARIANTS];
@@ -306,13 +378,13 @@ int main(int argc, char **argv) {
         if (v == N_VARIANTS) {
             fprintf(stderr,
                     "bench-engine: unknown variant '%s' (quant, quant_q8act, quant_blasattn, f32, "
-                    "f32_streamattn)\n",
+                    "f32_streamattn, quant_f16kv)\n",
                     t);
             return 2;
         }
         vwant[v] = 1;
     }
-    for (int e = 0; e < 2; e++) {
+    for (int e = 0; e < N_ENGINES; e++) {
         int any = 0;
         for (int vi = 0; vi < ENGINE_NVARS[e]; vi++) any |= vwant[ENGINE_VARS[e][vi]];
         if (want[e] && !any) {
@@ -349,11 +421,11 @@ int main(int argc, char **argv) {
         for (size_t o = 0; o < t->nbytes; o += 4096) touch ^= ((const uint8_t *)t->data)[o];
     }
     (void)touch;
-    engine_t eng[2];
+    engine_t eng[N_ENGINES];
     int rc = run_engines(g, want, vwant, rewind, ctxs, n_ctx, gen, reps, threads, stream, rows, eng,
                          &err);
     const double peak_mb = (double)ap_peak_rss_bytes() / 1e6;
-    for (int e = 0; e < 2; e++) engine_close(&eng[e]);
+    for (int e = 0; e < N_ENGINES; e++) engine_close(&eng[e]);
     if (rc) return fail(&err);
     ap_machine_limits L;
     int have_limits = skip_limits ? 0 : ap_machine_limits_measure(threads, &L);
@@ -365,17 +437,21 @@ int main(int argc, char **argv) {
     for (int r = 0; r < n_ctx; r++) {
         const row_t *w = &rows[r];
         printf("ctx=%d", w->ctx);
-        if (want[0] && want[1])
-            printf(" prefill_tps quant=%.1f f32=%.1f (x%.2f)", w->prefill_tps[0], w->prefill_tps[1],
-                   w->prefill_tps[0] / w->prefill_tps[1]);
-        else
-            printf(" prefill_tps %s=%.1f", want[0] ? "quant" : "f32",
-                   w->prefill_tps[want[0] ? 0 : 1]);
+        printf(" prefill_tps");
+        for (int e = 0; e < N_ENGINES; e++)
+            if (want[e]) printf(" %s=%.1f", ENAME[e], w->prefill_tps[e]);
+        if (want[E_QUANT] && want[E_F32])
+            printf(" (x%.2f)", w->prefill_tps[E_QUANT] / w->prefill_tps[E_F32]);
         printf(" decode_tps");
         for (int v = 0; v < N_VARIANTS; v++)
             if (w->decode_tps[v] > 0) printf(" %s=%.1f", VNAME[v], w->decode_tps[v]);
-        if (want[0] && want[1])
+        if (w->decode_tps[V_QUANT] > 0 && w->decode_tps[V_F32_OLD] > 0)
             printf(" (quant/f32 x%.2f)", w->decode_tps[V_QUANT] / w->decode_tps[V_F32_OLD]);
+        if (w->decode_tps[V_F16KV] > 0 && w->decode_tps[V_QUANT] > 0)
+            printf(" (f16kv/quant x%.2f)", w->decode_tps[V_F16KV] / w->decode_tps[V_QUANT]);
+        if (w->have_f16kv_err)
+            printf(" f16kv_logits_rel_l2=%.2e argmax_same=%d", w->f16kv_rel_l2,
+                   w->f16kv_argmax_same);
         printf("\n");
         if (have_limits) {
             printf("  limits:");
@@ -383,24 +459,32 @@ int main(int argc, char **argv) {
                 if (w->decode_tps[v] > 0)
                     printf(" %s %.0f MB/token %.2f of read bw;", VNAME[v], w->decode_bytes[v] / 1e6,
                            w->decode_bytes[v] * w->decode_tps[v] / 1e9 / L.read);
-            for (int e = 0; e < 2; e++)
+            for (int e = 0; e < N_ENGINES; e++)
                 if (want[e])
-                    printf(" prefill %s %.1f GFLOP/s %.2f of FMA peak;", e ? "f32" : "quant",
+                    printf(" prefill %s %.1f GFLOP/s %.2f of FMA peak;", ENAME[e],
                            w->prefill_gflops[e], w->prefill_gflops[e] / L.fma);
             printf("\n");
         }
     }
-    for (int e = 0; e < 2; e++)
+    for (int e = 0; e < N_ENGINES; e++)
         if (want[e])
             printf("%s engine: %.0f MB resident after load (weights and buffers)\n", ENAME[e],
                    eng[e].resident_mb);
     const ap_hparams *hp = NULL;
-    for (int e = 0; e < 2 && !hp; e++)
+    for (int e = 0; e < N_ENGINES && !hp; e++)
         if (want[e]) hp = &eng[e].hp;
-    printf("KV cache of %d tokens: %.0f MB per engine; process peak RSS: %.0f MB (engines side "
-           "by side)\n",
-           ctxs[n_ctx - 1],
-           2.0 * hp->n_layer * ctxs[n_ctx - 1] * hp->n_head_kv * hp->head_dim * 4 / 1e6, peak_mb);
+    printf("KV cache of %d tokens:", ctxs[n_ctx - 1]);
+    const ap_kv_type kvts[2] = {AP_KV_F32, AP_KV_F16};
+    for (int k = 0, sep = 0; k < 2; k++) {
+        int used = 0;
+        for (int e = 0; e < N_ENGINES; e++) used |= want[e] && ENGINE_KV[e] == kvts[k];
+        if (!used) continue;
+        printf("%s %.0f MB %s", sep++ ? "," : "",
+               2.0 * hp->n_layer * ctxs[n_ctx - 1] * hp->n_head_kv * hp->head_dim *
+                   (double)ap_kv_type_size(kvts[k]) / 1e6,
+               ap_kv_type_name(kvts[k]));
+    }
+    printf(" per engine; process peak RSS: %.0f MB (engines side by side)\n", peak_mb);
 
     if (json_path) {
         cJSON *root = cJSON_CreateObject();
@@ -410,7 +494,7 @@ int main(int argc, char **argv) {
         cJSON_AddNumberToObject(root, "reps", reps);
         cJSON_AddBoolToObject(root, "rewind", rewind);
         cJSON_AddNumberToObject(root, "peak_rss_mb", peak_mb);
-        for (int e = 0; e < 2; e++) {
+        for (int e = 0; e < N_ENGINES; e++) {
             if (!want[e]) continue;
             char key[64];
             snprintf(key, sizeof key, "resident_mb_%s", ENAME[e]);
@@ -430,12 +514,12 @@ int main(int argc, char **argv) {
             const row_t *w = &rows[r];
             cJSON *o = cJSON_CreateObject();
             cJSON_AddNumberToObject(o, "ctx", w->ctx);
-            for (int e = 0; e < 2; e++) {
+            for (int e = 0; e < N_ENGINES; e++) {
                 if (!want[e]) continue;
                 char key[64];
-                snprintf(key, sizeof key, "prefill_tps_%s", e ? "f32" : "quant");
+                snprintf(key, sizeof key, "prefill_tps_%s", ENAME[e]);
                 cJSON_AddItemToObject(o, key, num(w->prefill_tps[e]));
-                snprintf(key, sizeof key, "prefill_gflops_%s", e ? "f32" : "quant");
+                snprintf(key, sizeof key, "prefill_gflops_%s", ENAME[e]);
                 cJSON_AddItemToObject(o, key, num(w->prefill_gflops[e]));
             }
             for (int v = 0; v < N_VARIANTS; v++) {
@@ -445,6 +529,10 @@ int main(int argc, char **argv) {
                 cJSON_AddItemToObject(o, key, num(w->decode_tps[v]));
                 snprintf(key, sizeof key, "decode_bytes_%s", VNAME[v]);
                 cJSON_AddItemToObject(o, key, num(w->decode_bytes[v]));
+            }
+            if (w->have_f16kv_err) {
+                cJSON_AddItemToObject(o, "f16kv_logits_rel_l2", num(w->f16kv_rel_l2));
+                cJSON_AddItemToObject(o, "f16kv_argmax_same", num(w->f16kv_argmax_same));
             }
             cJSON_AddItemToArray(arr, o);
         }

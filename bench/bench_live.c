@@ -6,7 +6,8 @@
  *
  *   bench-live [--model M.gguf] [--predictor P.safetensors] [--contexts 2048,4096,max]
  *              [--budget 512] [--methods last_step,attnpred,quest] [--gen 64]
- *              [--threads 2] [--pred-stride S] [--pred-per-kv] [--no-prefetch] [--json OUT]
+ *              [--threads 2] [--pred-stride S] [--pred-per-kv] [--no-prefetch]
+ *              [--kv-type f32|f16] [--json OUT]
  *
  * Each context is one sample of plain text (the prompts of data/tasks/full.jsonl
  * joined, cut so that prompt + --gen tokens is the context; "max" is the
@@ -118,12 +119,14 @@ int main(int argc, char **argv) {
     const char *ctx_arg = "2048,4096,max", *methods_arg = "last_step,attnpred,quest";
     const char *json_out = NULL;
     int budget = 512, gen = 64, threads = 2, stride = 1, per_kv = 0, prefetch = 1, limits = 1;
+    ap_kv_type kv_type = AP_KV_F32;
     static const struct option lo[] = {
         {"model", 1, 0, 'm'},  {"predictor", 1, 0, 'p'},   {"contexts", 1, 0, 'c'},
         {"budget", 1, 0, 'b'}, {"methods", 1, 0, 'M'},     {"gen", 1, 0, 'g'},
         {"threads", 1, 0, 't'}, {"pred-stride", 1, 0, 's'}, {"pred-per-kv", 0, 0, 'k'},
         {"no-prefetch", 0, 0, 'n'}, {"json", 1, 0, 'j'},   {"text", 1, 0, 'x'},
-        {"no-limits", 0, 0, 'L'}, {"help", 0, 0, 'h'},   {0, 0, 0, 0}};
+        {"no-limits", 0, 0, 'L'}, {"kv-type", 1, 0, 'K'}, {"help", 0, 0, 'h'},
+        {0, 0, 0, 0}};
     int o;
     opterr = 0;
     while ((o = getopt_long(argc, argv, "", lo, NULL)) != -1) {
@@ -141,18 +144,26 @@ int main(int argc, char **argv) {
         case 'j': json_out = optarg; break;
         case 'x': text_file = optarg; break;
         case 'L': limits = 0; break;
+        case 'K':
+            if (ap_kv_type_parse(optarg, &kv_type)) {
+                fprintf(stderr, "bench-live: bad value '%s' for --kv-type (f32 or f16)\n", optarg);
+                return 2;
+            }
+            break;
         case 'h':
             printf("usage: bench-live [--model M.gguf] [--predictor P.safetensors]\n"
                    "                  [--contexts 2048,4096,max] [--budget 512]\n"
                    "                  [--methods last_step,attnpred,quest] [--gen 64] [--threads 2]\n"
                    "                  [--pred-stride S] [--pred-per-kv] [--no-prefetch]\n"
-                   "                  [--text TASKS.jsonl] [--no-limits] [--json OUT]\n"
+                   "                  [--text TASKS.jsonl] [--no-limits] [--kv-type f32|f16]\n"
+                   "                  [--json OUT]\n"
                    "Live compressed decoding vs full KV at each context (plain text cut from\n"
                    "the task prompts; max = the model's context_length), one line per\n"
                    "(context, method): tok/s, full KV's tok/s in the same run, the speedup,\n"
                    "teacher-forced agreement with full KV, predictor and step ms per token;\n"
                    "then this machine's read bandwidth and FMA peak (--no-limits: skip) and\n"
-                   "each step's bytes read as a fraction of that bandwidth.\n");
+                   "each step's bytes read as a fraction of that bandwidth. --kv-type: the\n"
+                   "engine's KV cache for every method, full KV included (default f32).\n");
             return 0;
         default:
             fprintf(stderr, "bench-live: unknown or incomplete option '%s' (see --help)\n",
@@ -279,6 +290,7 @@ int main(int argc, char **argv) {
     c.prefetch = prefetch;
     c.pred_stride = stride;
     c.pred_per_kv = per_kv;
+    c.kv_type = kv_type;
     methods_copy = strdup(methods_arg);
     int uses_pred = 0;
     for (char *save = NULL, *t = strtok_r(methods_copy, ",", &save); t;
@@ -330,6 +342,8 @@ int main(int argc, char **argv) {
     cJSON_AddNumberToObject(root, "pred_stride", stride);
     cJSON_AddBoolToObject(root, "pred_per_kv", per_kv);
     cJSON_AddBoolToObject(root, "prefetch", prefetch);
+    cJSON_AddStringToObject(root, "kv_type", ap_kv_type_name(kv_type));
+    printf("kv cache: %s\n", ap_kv_type_name(kv_type));
     cJSON *rows = cJSON_AddArrayToObject(root, "rows");
     for (int s = 0; s < r->n_samples; s++) {
         const ap_task_run *full = ap_tasks_run_at(r, s, 0, 0);

@@ -430,8 +430,8 @@ static float *alloc_floats(size_t n) { return malloc((n ? n : 1) * sizeof(float)
 /* Cache-line aligned: a K/V head row (head_dim floats, 256 bytes in the
  * default model) then spans whole lines. Large mallocs start 16 bytes into a
  * page, which makes every such row touch one line more than it reads. */
-static float *alloc_floats_aligned(size_t n) {
-    size_t bytes = ((n ? n : 1) * sizeof(float) + 63) / 64 * 64;
+static void *alloc_aligned(size_t n, size_t elt) {
+    size_t bytes = ((n ? n : 1) * elt + 63) / 64 * 64;
     return aligned_alloc(64, bytes);
 }
 
@@ -540,6 +540,10 @@ ap_status ap_model_load_opts(const ap_gguf *g, const ap_model_opts *opts, ap_mod
     if (opts) m->opts = *opts;
     else ap_model_opts_default(&m->opts);
     const ap_model_opts *o = &m->opts;
+    if (o->kv_type != AP_KV_F32 && o->kv_type != AP_KV_F16) {
+        st = ap_errf(err, AP_ERR_ARG, "model options: unknown KV cache type %d", (int)o->kv_type);
+        goto cleanup;
+    }
     if ((st = ap_hparams_read(g, &m->hp, err))) goto cleanup;
     const ap_hparams *hp = &m->hp;
     const size_t E = (size_t)hp->n_embd, hd = (size_t)hp->head_dim;
@@ -751,7 +755,13 @@ struct ap_ctx {
     int n_ctx, n_past, n_threads, ubatch;
     size_t qkv_dim, kv_dim;
     ap_qisa isa;
-    float *kcache, *vcache; /* [n_layer][n_ctx][kv_dim] */
+    ap_kv_type kv_type;     /* element type of the cache (m->opts.kv_type) */
+    size_t kv_esz;          /* its bytes per element */
+    void *kcache, *vcache;  /* [n_layer][n_ctx][kv_dim] elements of kv_type */
+    /* With an f16 cache, prefill (and decode_attn_blas) attention reads one
+     * layer's keys and values converted to float32 here, [n_ctx][kv_dim]
+     * each: its BLAS products take float32 only. NULL with an f32 cache. */
+    float *kstage, *vstage;
     float *rope_cs;         /* [n_ctx][head_dim] */
     float *rope_cs_swa;     /* the sliding-window layers' table, or NULL (no such layers) */
     float *x, *xn, *qkv, *att, *gu; /* micro-batch activations */
@@ -782,6 +792,11 @@ struct ap_ctx {
     float *kv_mass;          /* [n_head] */
     int *kv_empty;           /* set_off of empty lists: [n_head + 1] zeros */
 };
+
+/* Element off of a cache array (kcache or vcache), whatever its type. */
+static inline const void *kv_at(const ap_ctx *c, const void *base, size_t off) {
+    return (const char *)base + off * c->kv_esz;
+}
 
 static ap_status pool_create(ap_ctx *c, int n_workers, ap_err *err) {
     pool_t *p = calloc(1, sizeof *p);
@@ -820,6 +835,8 @@ void ap_ctx_free(ap_ctx *c) {
     free(c->wargs);
     free(c->kcache);
     free(c->vcache);
+    free(c->kstage);
+    free(c->vstage);
     free(c->rope_cs);
     free(c->rope_cs_swa);
     free(c->x);
@@ -890,8 +907,17 @@ ap_status ap_ctx_create(const ap_model *m, int n_ctx, int n_threads, ap_ctx **ou
     /* Every chunk holds >= max(KV_CHUNK_MIN, n/8) keys (kv_chunk). */
     c->max_chunks = n_ctx / KV_CHUNK_MAX + 9;
 
-    c->kcache = alloc_floats_aligned(cache);
-    c->vcache = alloc_floats_aligned(cache);
+    c->kv_type = m->opts.kv_type;
+    c->kv_esz = ap_kv_type_size(c->kv_type);
+    c->kcache = alloc_aligned(cache, c->kv_esz);
+    c->vcache = alloc_aligned(cache, c->kv_esz);
+    if (c->kv_type != AP_KV_F32 &&
+        (!(c->kstage = alloc_aligned((size_t)n_ctx * c->kv_dim, sizeof(float))) ||
+         !(c->vstage = alloc_aligned((size_t)n_ctx * c->kv_dim, sizeof(float))))) {
+        st = ap_errf(err, AP_ERR_NOMEM, "out of memory for %d tokens of float32 staging K/V",
+                     n_ctx);
+        goto cleanup;
+    }
     c->rope_cs = alloc_floats((size_t)n_ctx * hd);
     if (hp->swa_window > 0 && !(c->rope_cs_swa = alloc_floats((size_t)n_ctx * hd))) {
         st = ap_errf(err, AP_ERR_NOMEM, "out of memory for a %d-token RoPE table", n_ctx);
@@ -912,8 +938,9 @@ ap_status ap_ctx_create(const ap_model *m, int n_ctx, int n_threads, ap_ctx **ou
     if (!c->kcache || !c->vcache || !c->rope_cs || !c->x || !c->xn || !c->qkv || !c->att ||
         !c->gu || !c->attn_scratch || !c->dscore || !c->dmax || !c->dsum || !c->dfac ||
         !c->dout || !c->colsum_f) {
-        st = ap_errf(err, AP_ERR_NOMEM, "out of memory for a %d-token context (KV cache %zu MiB)",
-                     n_ctx, 2 * cache * sizeof(float) >> 20);
+        st = ap_errf(err, AP_ERR_NOMEM,
+                     "out of memory for a %d-token context (%s KV cache %zu MiB)", n_ctx,
+                     ap_kv_type_name(c->kv_type), 2 * cache * c->kv_esz >> 20);
         goto cleanup;
     }
     if (!m->opts.f32_weights) {
@@ -1184,7 +1211,11 @@ static void attn_run(void *arg, int ith) {
     const int hd = hp->head_dim, group = hp->n_head / hp->n_head_kv;
     const ap_attn_observer *obs = j->obs;
     float *scratch = c->attn_scratch + (size_t)ith * c->attn_scratch_per_thread;
+    /* This layer's K/V as float32: the cache itself, or the staging copy
+     * forward_ubatch made of an f16 cache. */
     const size_t layer_off = (size_t)j->layer * (size_t)c->n_ctx * c->kv_dim;
+    const float *kl = c->kstage ? c->kstage : (const float *)c->kcache + layer_off;
+    const float *vl = c->vstage ? c->vstage : (const float *)c->vcache + layer_off;
     int chunk = c->ubatch < ATTN_CHUNK ? c->ubatch : ATTN_CHUNK;
     /* Work units: single heads for prefill (nine units balance two threads
      * far better than three groups, and prefill is compute-bound); whole
@@ -1215,8 +1246,8 @@ static void attn_run(void *arg, int ith) {
             .scale = hp->attn_scale,
             .q = q,
             .ldq = c->qkv_dim,
-            .k = c->kcache + layer_off + (size_t)g * hd,
-            .v = c->vcache + layer_off + (size_t)g * hd,
+            .k = kl + (size_t)g * hd,
+            .v = vl + (size_t)g * hd,
             .ldkv = c->kv_dim,
             .out = c->att + (size_t)h0 * hd,
             .ldo = (size_t)hp->n_head * hd,
@@ -1269,15 +1300,15 @@ static void dattn_run(void *arg, int ith) {
         int j0 = j->lo + ch * j->chunk, nj = nk - j0 < j->chunk ? nk - j0 : j->chunk;
         float *s = c->dscore + (size_t)h0 * lds + j0;
         const size_t at = layer_off + (size_t)j0 * kvd + (size_t)g * hd;
-        ap_kv_scores(c->qkv + (size_t)h0 * hd, G, hd, c->kcache + at, kvd, nj, scale, s, lds,
-                     c->isa);
+        ap_kv_scores(c->qkv + (size_t)h0 * hd, G, hd, kv_at(c, c->kcache, at), c->kv_type, kvd, nj,
+                     scale, s, lds, c->isa);
         for (int h = 0; h < G; h++) {
             float *row = s + (size_t)h * lds;
             float mx = ap_row_max(row, nj);
             c->dmax[(size_t)(h0 + h) * mc + ch] = mx;
             c->dsum[(size_t)(h0 + h) * mc + ch] = ap_exp_shift_sum(row, nj, mx);
         }
-        ap_kv_mix(s, lds, G, c->vcache + at, kvd, nj, hd,
+        ap_kv_mix(s, lds, G, kv_at(c, c->vcache, at), c->kv_type, kvd, nj, hd,
                   c->dout + ((size_t)ch * hp->n_head + h0) * hd, 0, c->isa);
     }
 }
@@ -1363,7 +1394,7 @@ typedef struct {
     float *dense_bmax, *dense_bsum; /* where measure mode writes the dense views */
     /* The policy's page tables ([n_head_kv][n_blocks]); NULL: the
      * contiguous cache. Never set together with measure. */
-    const float *const *k_pages, *const *v_pages;
+    const void *const *k_pages, *const *v_pages;
     atomic_int next;
     atomic_int failed;
     ap_err err; /* the first failure */
@@ -1394,7 +1425,8 @@ static void sattn_run(void *arg, int ith) {
         ap_sparse_attn_args a = {
             .n_groups = 1, .n_heads = nh, .head_dim = hd, .n_keys = j->pos + 1,
             .scale = hp->attn_scale, .q = c->qkv + u0 * hd,
-            .k = c->kcache + layer_off + (size_t)g * hd, .v = c->vcache + layer_off + (size_t)g * hd,
+            .k = kv_at(c, c->kcache, layer_off + (size_t)g * hd),
+            .v = kv_at(c, c->vcache, layer_off + (size_t)g * hd), .kv_type = c->kv_type,
             .ldkv = c->kv_dim, .group_stride = (size_t)hd, .out = c->att + u0 * hd,
             .block = p->block, .sink = p->sink, .local = p->local, .per_q_head = p->per_q_head,
             .blocks = j->blocks, .set_off = j->set_off + (p->per_q_head ? u0 : (size_t)g),
@@ -1450,14 +1482,14 @@ static void dscore_run(void *arg, int ith) {
         int g = u / j->n_chunks, j0 = (u % j->n_chunks) * j->chunk;
         int nj = nk - j0 < j->chunk ? nk - j0 : j->chunk;
         ap_kv_scores(c->qkv + (size_t)g * G * hd, G, hd,
-                     c->kcache + layer_off + (size_t)j0 * kvd + (size_t)g * hd, kvd, nj,
-                     hp->attn_scale, c->dscore + (size_t)g * G * lds + j0, lds, AP_QISA_AUTO);
+                     kv_at(c, c->kcache, layer_off + (size_t)j0 * kvd + (size_t)g * hd),
+                     c->kv_type, kvd, nj, hp->attn_scale, c->dscore + (size_t)g * G * lds + j0, lds, AP_QISA_AUTO);
     }
 }
 
 static ap_status sparse_pass(ap_ctx *c, int layer, int pos, const int *blocks, const int *set_off,
-                             int measure, float *dmax, float *dsum, const float *const *kp,
-                             const float *const *vp, ap_err *err) {
+                             int measure, float *dmax, float *dsum, const void *const *kp,
+                             const void *const *vp, ap_err *err) {
     if (measure) {
         const int ch = kv_chunk(pos + 1);
         dscore_job dj = {.c = c, .layer = layer, .pos = pos, .chunk = ch,
@@ -1489,9 +1521,9 @@ static ap_status policy_attention(ap_ctx *c, int layer, int pos, ap_err *err) {
     ap_kv_step s = {.layer = layer, .pos = pos, .n_head = hp->n_head, .n_head_kv = hp->n_head_kv,
                     .head_dim = hp->head_dim, .n_blocks = (pos + p->block) / p->block,
                     .ldb = c->kv_ldb, .q = c->qkv,
-                    .k = c->kcache + (size_t)layer * (size_t)c->n_ctx * c->kv_dim,
-                    .v = c->vcache + (size_t)layer * (size_t)c->n_ctx * c->kv_dim,
-                    .kv_stride = c->kv_dim};
+                    .k = kv_at(c, c->kcache, (size_t)layer * (size_t)c->n_ctx * c->kv_dim),
+                    .v = kv_at(c, c->vcache, (size_t)layer * (size_t)c->n_ctx * c->kv_dim),
+                    .kv_type = c->kv_type, .kv_stride = c->kv_dim};
     if (want & AP_KV_DENSE_BEFORE) {
         /* The dense views come from a measuring pass over the smallest kept
          * set (sink + local); its output is overwritten below. */
@@ -1505,7 +1537,7 @@ static ap_status policy_attention(ap_ctx *c, int layer, int pos, ap_err *err) {
     if ((st = p->select(p->user, &s, &blocks, &set_off, err))) return st;
     if (!set_off) return ap_errf(err, AP_ERR_ARG, "KV policy: select gave no set offsets");
     const int measure = (want & AP_KV_MEASURE) != 0;
-    const float *const *kp = NULL, *const *vp = NULL;
+    const void *const *kp = NULL, *const *vp = NULL;
     if (p->pages) {
         if ((st = p->pages(p->user, &s, &kp, &vp, err))) return st;
         if (kp && !vp) return ap_errf(err, AP_ERR_ARG, "KV policy: key pages without value pages");
@@ -1583,17 +1615,23 @@ static ap_status forward_ubatch(ap_ctx *c, const int32_t *tokens, int T, int pos
                        cs + (size_t)pos0 * hd, hp->rope_neox ? AP_ROPE_NEOX : AP_ROPE_NORM);
         const size_t layer_off = (size_t)l * (size_t)c->n_ctx * kvd;
         for (int t = 0; t < T; t++) {
-            const float *row = c->qkv + (size_t)t * c->qkv_dim;
+            float *row = c->qkv + (size_t)t * c->qkv_dim;
             size_t at = layer_off + (size_t)(pos0 + t) * kvd;
-            memcpy(c->kcache + at, row + qd, kvd * sizeof(float));
-            memcpy(c->vcache + at, row + qd + kvd, kvd * sizeof(float));
+            char *kd = (char *)c->kcache + at * c->kv_esz, *vd = (char *)c->vcache + at * c->kv_esz;
+            ap_kv_store_row(kd, c->kv_type, row + qd, kvd, c->isa);
+            ap_kv_store_row(vd, c->kv_type, row + qd + kvd, kvd, c->isa);
+            /* The row takes the rounded values back, so that what the
+             * observer sees below is what attention will read. */
+            if (c->kv_type != AP_KV_F32) {
+                ap_kv_load_row(row + qd, kd, c->kv_type, kvd, c->isa);
+                ap_kv_load_row(row + qd + kvd, vd, c->kv_type, kvd, c->isa);
+            }
         }
         if (obs && obs->on_key)
             for (int g = 0; g < hp->n_head_kv; g++)
                 for (int t = 0; t < T; t++)
                     obs->on_key(obs->user, l, g, pos0 + t,
-                                c->kcache + layer_off + (size_t)(pos0 + t) * kvd + (size_t)g * hd,
-                                (int)hd);
+                                c->qkv + (size_t)t * c->qkv_dim + qd + (size_t)g * hd, (int)hd);
 
         double *colsum = (obs && obs->on_colsum)
                              ? c->colsum + (size_t)l * (size_t)hp->n_head * (size_t)c->n_ctx
@@ -1606,6 +1644,14 @@ static ap_status forward_ubatch(ap_ctx *c, const int32_t *tokens, int T, int pos
         } else if (T == 1 && !c->decode_attn_blas) {
             decode_attention(c, l, pos0, obs, colsum);
         } else {
+            if (c->kstage) {
+                /* Every key up to the micro-batch's last, converted once per
+                 * layer and micro-batch (each query chunk then reads
+                 * float32). */
+                const size_t n = (size_t)(pos0 + T) * kvd;
+                ap_kv_load_row(c->kstage, kv_at(c, c->kcache, layer_off), c->kv_type, n, c->isa);
+                ap_kv_load_row(c->vstage, kv_at(c, c->vcache, layer_off), c->kv_type, n, c->isa);
+            }
             attn_job aj = {.c = c, .layer = l, .pos0 = pos0, .T = T, .obs = obs, .colsum = colsum};
             atomic_init(&aj.next, 0);
             pool_run(c->pool, attn_run, &aj);

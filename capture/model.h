@@ -100,6 +100,12 @@ typedef struct {
     /* Kernel ISA for quantized products and decode attention (AUTO: the
      * best this CPU runs; SCALAR forces the portable kernels). */
     ap_qisa isa;
+    /* Element type of the KV cache of every ctx made from this model
+     * (AP_KV_F32, the exact default; AP_KV_F16 halves the cache and the
+     * bytes decode attention reads: each cached key and value is rounded
+     * to binary16 once, when written; error in docs/engine.md). The CPU
+     * engine only: the CUDA engine refuses AP_KV_F16. */
+    ap_kv_type kv_type;
 } ap_model_opts;
 
 void ap_model_opts_default(ap_model_opts *o);
@@ -220,8 +226,11 @@ typedef struct {
     int n_blocks;            /* ceil((pos + 1) / block) */
     size_t ldb;              /* row stride of every block view below */
     const float *q;          /* [n_head][head_dim] post-RoPE queries */
-    const float *k;          /* this layer's keys: key j of KV head g at k + j*kv_stride + g*head_dim */
-    const float *v;          /* this layer's values, same layout (a hot pool copies from both) */
+    /* This layer's keys: key j of KV head g at element j*kv_stride +
+     * g*head_dim of k, elements of kv_type (the ctx's cache type). */
+    const void *k;
+    const void *v;           /* this layer's values, same layout (a hot pool copies from both) */
+    ap_kv_type kv_type;
     size_t kv_stride;
     /* With AP_KV_DENSE_BEFORE: the dense (true) row's block views
      * [n_head][ldb], before select; otherwise NULL. */
@@ -255,7 +264,8 @@ typedef struct {
      * *v_pages get this layer's page tables, [n_head_kv][n_blocks] pointers
      * (policy-owned, valid until attended returns); page b of KV head g
      * holds that head's keys (values) b*block .. b*block + block - 1, one
-     * after another with a stride of head_dim floats (the last page may be
+     * after another with a stride of head_dim elements of the step's
+     * kv_type (the last page may be
      * partial). Pages of blocks no kept key of the head's sets touches may
      * be NULL. *k_pages = NULL: this step reads the contiguous cache.
      * Passes that read every key (AP_KV_DENSE_BEFORE, and the dense part of
@@ -263,8 +273,8 @@ typedef struct {
      * lives in; under AP_KV_MEASURE the attention output (and n_kept and the
      * sparse views) then comes from a second, paged pass, so what the model
      * computes always comes from the pages. */
-    ap_status (*pages)(void *user, const ap_kv_step *s, const float *const **k_pages,
-                       const float *const **v_pages, ap_err *err);
+    ap_status (*pages)(void *user, const ap_kv_step *s, const void *const **k_pages,
+                       const void *const **v_pages, ap_err *err);
     /* For engines that keep the KV cache away from the compute (the CUDA
      * engine with its cache offloaded to host memory, which then holds a
      * device pool of the kept blocks; the CPU engine ignores both fields):

@@ -422,6 +422,11 @@ ap_status ap_cuda_model_create_opts(const ap_gguf *g, const ap_model *m, int n_c
     *out = NULL;
     if (!g || !m) return ap_errf(err, AP_ERR_ARG, "CUDA engine: no gguf or no model");
     const ap_hparams *hp = ap_model_hparams(m);
+    if (ap_model_get_opts(m)->kv_type != AP_KV_F32)
+        return ap_errf(err, AP_ERR_UNSUPPORTED,
+                       "CUDA engine: KV cache type %s (the device cache is f32; the f16 cache "
+                       "is the CPU engine's)",
+                       ap_kv_type_name(ap_model_get_opts(m)->kv_type));
     if (n_ctx < 1 || n_ctx > hp->n_ctx_train)
         return ap_errf(err, AP_ERR_RANGE,
                        "CUDA engine: context length %d is outside [1, %d] (%s.context_length)",
@@ -661,8 +666,8 @@ static ap_status attention(ap_cuda_model *cm, int l, int pos0, int T, const floa
                 cm->pages_filled = n_pages;
             }
             const size_t tab = (size_t)l * (size_t)hp->n_head_kv * (size_t)cm->max_pages;
-            a.k_pages = cm->d_kp + tab;
-            a.v_pages = cm->d_vp + tab;
+            a.k_pages = (const void *const *)(cm->d_kp + tab);
+            a.v_pages = (const void *const *)(cm->d_vp + tab);
         } else {
             a.k = k;
             a.v = v;
@@ -1008,8 +1013,8 @@ static ap_status policy_layer(ap_cuda_model *cm, int l, int pos, ap_err *err) {
             a.group_stride = (size_t)hd;
             a.ldkv = cm->kvd;
         } else {
-            a.k_pages = (const float *const *)cm->ptab.d;
-            a.v_pages = (const float *const *)cm->ptab.d + (size_t)KV * nb;
+            a.k_pages = (const void *const *)cm->ptab.d;
+            a.v_pages = (const void *const *)((const float *const *)cm->ptab.d + (size_t)KV * nb);
             a.ldkv = (size_t)hd;
         }
     } else {

@@ -498,6 +498,8 @@ static void tasks_usage(FILE *out) {
         "                       CPU is free for them)\n"
         "  --no-hot-pool        attend from the engine's contiguous cache and account KV\n"
         "                       memory from the kept sets instead of measuring a hot pool\n"
+        "  --kv-type T          the engine's KV cache: f32 (default, exact) or f16 (half\n"
+        "                       the bytes; CPU engine only; error in docs/engine.md)\n"
         "  --no-teacher-forced  skip the teacher-forced pass: agreement and KL then cover\n"
         "                       only the prefix shared with the full-KV output (faster)\n"
         "  --threads N          engine threads (default 2)\n"
@@ -569,8 +571,8 @@ static void print_tasks_table(const ap_tasks_result *r) {
             else
                 printf("  %7s\n", "n/a");
         }
-    printf("\n%d samples, %.1f s; score x100; KV memory %s (docs/eval-tasks.md)\n", r->n_samples,
-           r->seconds,
+    printf("\n%d samples, %.1f s; score x100; %s KV cache; KV memory %s (docs/eval-tasks.md)\n",
+           r->n_samples, r->seconds, ap_kv_type_name(r->config.kv_type),
            r->config.device == 1
                ? (r->config.kv_offload ? "measured on the GPU's device pool"
                                        : "accounted from the kept sets (GPU, KV on the device)")
@@ -610,7 +612,7 @@ static int cmd_tasks(int argc, char **argv) {
     ap_tasks_result *r = NULL;
     enum { O_MODEL = 256, O_PRED, O_QUICK, O_FULL, O_TFILE, O_TASKS, O_BUDGET, O_METHODS, O_MAXS,
            O_MAXNEW, O_CALIB, O_KV, O_NOTF, O_NOPF, O_NOHP, O_THREADS, O_JSON, O_MD, O_PNG, O_QUIET, O_HELP,
-           O_DEVICE, O_OFFLOAD, O_PFTH, O_PSTRIDE, O_PKV, O_RESUME };
+           O_DEVICE, O_OFFLOAD, O_PFTH, O_PSTRIDE, O_PKV, O_RESUME, O_KVT };
     static const struct option lo[] = {
         {"resume", 0, 0, O_RESUME},
         {"model", 1, 0, O_MODEL},          {"predictor", 1, 0, O_PRED},
@@ -626,7 +628,7 @@ static int cmd_tasks(int argc, char **argv) {
         {"quiet", 0, 0, O_QUIET},          {"help", 0, 0, O_HELP},
         {"device", 1, 0, O_DEVICE},        {"kv-offload", 0, 0, O_OFFLOAD},
         {"prefetch-threads", 1, 0, O_PFTH}, {"pred-stride", 1, 0, O_PSTRIDE},
-        {"pred-per-kv", 0, 0, O_PKV},
+        {"pred-per-kv", 0, 0, O_PKV},      {"kv-type", 1, 0, O_KVT},
         {0, 0, 0, 0}};
     optind = 1;
     opterr = 0;
@@ -698,6 +700,7 @@ static int cmd_tasks(int argc, char **argv) {
             break;
         case O_OFFLOAD: c.kv_offload = 1; break;
         case O_PFTH: if (!parse_int(optarg, 1, 256, &c.prefetch_threads)) goto bad; break;
+        case O_KVT: if (ap_kv_type_parse(optarg, &c.kv_type)) goto bad; break;
         default:
             ap_cli_error(cmd, "unknown or incomplete option '%s' (see --help)", argv[optind - 1]);
             goto done;
@@ -729,6 +732,11 @@ static int cmd_tasks(int argc, char **argv) {
         }
     if (c.kv_offload && c.device != 1) {
         ap_cli_error(cmd, "--kv-offload needs --device cuda");
+        goto done;
+    }
+    if (c.kv_type != AP_KV_F32 && c.device == 1) {
+        ap_cli_error(cmd, "--kv-type %s needs --device cpu (the CUDA engine's cache is f32)",
+                     ap_kv_type_name(c.kv_type));
         goto done;
     }
     if (file && preset) {

@@ -171,12 +171,13 @@ struct ap_live {
     double worker_seconds;       /* under mu */
     /* Hot pool (opts.hot_pool); pool p = layer * KV + KV head. */
     int cap;                     /* slots per pool */
-    float *hot_k, *hot_v;        /* [L*KV][cap][block][hd] */
+    char *hot_k, *hot_v;         /* [L*KV][cap][block][hd] elements of o.kv_type */
+    size_t esz;                  /* their bytes per element */
     int *slot_of;                /* [L*KV][NB] slot holding the block, -1 none */
     int *block_of;               /* [L*KV][cap] block in the slot, -1 free */
     int *free_slots, *n_free;    /* [L*KV][cap] stack of free slots, [L*KV] its depth */
     uint8_t *gone;               /* [L*KV][NB] eviction methods: blocks freed for good */
-    const float **kp, **vp;      /* [KV][n_blocks] page tables of the current (layer, step) */
+    const void **kp, **vp;       /* [KV][n_blocks] page tables of the current (layer, step) */
     /* peek's own outputs (select's scratch and kept set stay untouched). */
     int *pk_blocks, *pk_set_off, *pk_chosen;
     float *pk_work;
@@ -359,12 +360,15 @@ static ap_status pool_update(ap_live *lv, const ap_kv_step *ks, int g, const uin
                              int n_valid, int t, ap_err *err) {
     const int B = lv->block, hd = lv->hd, cap = lv->cap, n_keys = ks->pos + 1;
     const int eviction = lv->sel->kind == AP_SEL_EVICTION;
-    const size_t pi = (size_t)ks->layer * lv->KV + g, slot_f = (size_t)B * hd;
+    const size_t pi = (size_t)ks->layer * lv->KV + g, slot_f = (size_t)B * hd, es = lv->esz;
+    if (ks->kv_type != lv->o.kv_type)
+        return ap_errf(err, AP_ERR_ARG, "hot pool: the pool holds %s but the KV cache is %s",
+                       ap_kv_type_name(lv->o.kv_type), ap_kv_type_name(ks->kv_type));
     int *slot_of = lv->slot_of + pi * lv->NB, *block_of = lv->block_of + pi * cap;
     int *fr = lv->free_slots + pi * cap, *n_free = &lv->n_free[pi];
     uint8_t *gone = lv->gone + pi * lv->NB;
-    float *hk = lv->hot_k + pi * cap * slot_f, *hv = lv->hot_v + pi * cap * slot_f;
-    const float **kp = lv->kp + (size_t)g * n_valid, **vp = lv->vp + (size_t)g * n_valid;
+    char *hk = lv->hot_k + pi * cap * slot_f * es, *hv = lv->hot_v + pi * cap * slot_f * es;
+    const void **kp = lv->kp + (size_t)g * n_valid, **vp = lv->vp + (size_t)g * n_valid;
     /* Slots of blocks this step does not keep become free first, so the
      * pool never holds more than one step's kept set. */
     for (int sl = 0; sl < cap; sl++) {
@@ -401,11 +405,11 @@ static ap_status pool_update(ap_live *lv, const ap_kv_step *ks, int g, const uin
             from = newest ? rows - 1 : rows;
         }
         if (newest) written++;
-        float *dk = hk + (size_t)sl * slot_f, *dv = hv + (size_t)sl * slot_f;
+        char *dk = hk + (size_t)sl * slot_f * es, *dv = hv + (size_t)sl * slot_f * es;
         for (int r = from; r < rows; r++) {
-            const size_t src = (size_t)(j * B + r) * ks->kv_stride + (size_t)g * hd;
-            memcpy(dk + (size_t)r * hd, ks->k + src, (size_t)hd * sizeof(float));
-            memcpy(dv + (size_t)r * hd, ks->v + src, (size_t)hd * sizeof(float));
+            const size_t src = ((size_t)(j * B + r) * ks->kv_stride + (size_t)g * hd) * es;
+            memcpy(dk + (size_t)r * hd * es, (const char *)ks->k + src, (size_t)hd * es);
+            memcpy(dv + (size_t)r * hd * es, (const char *)ks->v + src, (size_t)hd * es);
         }
         kp[j] = dk;
         vp[j] = dv;
@@ -417,7 +421,7 @@ static ap_status pool_update(ap_live *lv, const ap_kv_step *ks, int g, const uin
         used++;
         held += n_keys - b * B < B ? n_keys - b * B : B;
     }
-    const double slot_bytes = 2.0 * (double)slot_f * sizeof(float);
+    const double slot_bytes = 2.0 * (double)slot_f * (double)es;
     lv->stats.hot_slot_bytes += (double)used * slot_bytes;
     lv->stats.hot_tokens += (double)held;
     lv->stats.pool_written_tokens += (double)written;
@@ -574,16 +578,16 @@ static ap_status live_peek(void *user, int layer, int pos, int wait, const int *
 }
 
 /* The tables pool_update filled for this (layer, step). */
-static ap_status live_pages(void *user, const ap_kv_step *ks, const float *const **k_pages,
-                            const float *const **v_pages, ap_err *err) {
+static ap_status live_pages(void *user, const ap_kv_step *ks, const void *const **k_pages,
+                            const void *const **v_pages, ap_err *err) {
     ap_live *lv = user;
     if (ks->layer != lv->sp_layer || ks->pos != lv->sp.q)
         return ap_errf(err, AP_ERR_INTERNAL,
                        "hot pool: pages of layer %d at %d asked after selecting layer %d at %d",
                        ks->layer, ks->pos, lv->sp_layer, lv->sp.q);
     /* Adds const at both levels: C wants the cast. */
-    *k_pages = (const float *const *)lv->kp;
-    *v_pages = (const float *const *)lv->vp;
+    *k_pages = (const void *const *)lv->kp;
+    *v_pages = (const void *const *)lv->vp;
     return AP_OK;
 }
 
@@ -652,6 +656,8 @@ ap_status ap_live_create(const ap_live_prefill *pf, const ap_selector *sel,
     if (opts->budget < 1 || opts->sink < 0 || opts->local < 0 || opts->sink % pf->block != 0)
         return ap_errf(err, AP_ERR_ARG, "live: budget %d, sink %d, local %d (sink a multiple of %d)",
                        opts->budget, opts->sink, opts->local, pf->block);
+    if (opts->kv_type != AP_KV_F32 && opts->kv_type != AP_KV_F16)
+        return ap_errf(err, AP_ERR_ARG, "live: unknown KV cache type %d", (int)opts->kv_type);
     ap_live *lv = calloc(1, sizeof *lv);
     if (!lv) return ap_errf(err, AP_ERR_NOMEM, "out of memory");
     const ap_hparams *hp = &pf->hp;
@@ -786,10 +792,11 @@ ap_status ap_live_create(const ap_live_prefill *pf, const ap_selector *sel,
     }
     if (opts->hot_pool) {
         const size_t P = (size_t)lv->L * lv->KV, C = (size_t)lv->cap;
-        const size_t floats = P * C * (size_t)lv->block * hd;
+        const size_t elts = P * C * (size_t)lv->block * hd;
+        lv->esz = ap_kv_type_size(opts->kv_type);
         /* malloc, not calloc: a slot is written before attention reads it. */
-        lv->hot_k = malloc(floats * sizeof(float));
-        lv->hot_v = malloc(floats * sizeof(float));
+        lv->hot_k = malloc(elts * lv->esz);
+        lv->hot_v = malloc(elts * lv->esz);
         lv->slot_of = malloc(P * NB * sizeof(int));
         lv->block_of = malloc(P * C * sizeof(int));
         lv->free_slots = malloc(P * C * sizeof(int));
@@ -811,7 +818,7 @@ ap_status ap_live_create(const ap_live_prefill *pf, const ap_selector *sel,
                 lv->free_slots[pi * C + sl] = (int)(C - 1 - sl);
             }
         }
-        lv->stats.hot_capacity_bytes = (double)floats * 2.0 * sizeof(float);
+        lv->stats.hot_capacity_bytes = (double)elts * 2.0 * (double)lv->esz;
     }
     lv->pol = (ap_kv_policy){.user = lv, .block = lv->block, .sink = opts->sink,
                              .local = opts->local,

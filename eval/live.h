@@ -66,7 +66,7 @@ typedef struct {
      * pool). */
     int prefetch_any;
     /* 1: a real hot pool. Per (layer, KV head) a pool of page slots (block
-     * keys x head_dim floats for K and for V each) holds exactly this step's
+     * keys x head_dim elements of kv_type for K and for V each) holds exactly this step's
      * kept blocks (union over the head's query heads), copied from the
      * engine's cache (the cold store) when a block enters the kept set;
      * attention reads the pool through the policy's page tables
@@ -83,6 +83,9 @@ typedef struct {
      * an internal error. Choices are unchanged; outputs agree with the
      * contiguous path within the attention tolerance. */
     int hot_pool;
+    /* Element type of the ctx's KV cache (ap_model_opts.kv_type): the hot
+     * pool holds the same type, and a step of another type is an error. */
+    ap_kv_type kv_type;
 } ap_live_opts;
 
 /* params: kv_mode, calib, snapkv_*, rt, incremental as for the replay; its

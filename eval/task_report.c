@@ -297,6 +297,7 @@ static void json_header(ap_jbuild *j, cJSON *root, const ap_tasks_result *r) {
     ap_jadd_bool(j, cf, "prefetch", c->prefetch);
     ap_jadd_num(j, cf, "pred_stride", c->pred_stride > 1 ? c->pred_stride : 1);
     ap_jadd_bool(j, cf, "pred_per_kv", c->pred_per_kv);
+    ap_jadd_str(j, cf, "kv_type", ap_kv_type_name(c->kv_type));
     ap_jadd_num(j, cf, "threads", c->threads);
     ap_jadd_num(j, cf, "prefetch_threads", c->prefetch_threads);
     ap_jadd_str(j, cf, "device", c->device == 1 ? "cuda" : "cpu");
@@ -853,7 +854,7 @@ static void md_memory(FILE *f, const ap_tasks_result *r) {
         fputs("Resident KV is **measured on the hot pool** for the compressed methods: attention "
               "reads only a per-(layer, KV head) pool of 16-key page slots holding the step's kept "
               "blocks, copied in from the cold store (the engine's contiguous cache) when they "
-              "enter; resident = slots in use x slot bytes (float32 K and V), averaged over the "
+              "enter; resident = slots in use x slot bytes (K and V in the cache's type), averaged over the "
               "decode steps; fetch = KV copied into the pool per step (from the second step on; "
               "the newest key is written, not fetched). The process's memory does not shrink: the "
               "cold store still holds every key for every method, and both are host memory. Full "
@@ -863,11 +864,13 @@ static void md_memory(FILE *f, const ap_tasks_result *r) {
         fputs("Resident KV is **accounted from the kept sets, not measured**: the engine keeps "
               "the whole cache in one array and applies the selection inside attention. Per "
               "decode step, each layer and KV head counts the union of its query heads' kept "
-              "tokens x head_dim x 2 (K and V) x 4 bytes (float32), averaged over the steps; that "
+              "tokens x head_dim x 2 (K and V) x the cache type's bytes, averaged over the steps; that "
               "is what a paged cache would have to hold in fast memory. Fetch: KV per decode step "
               "that a hot cache backed by the cold store would have to bring in (blocks kept now "
               "and not at the previous step). ",
               f);
+    fprintf(f, "The KV cache holds %s (%zu bytes per element). ",
+            ap_kv_type_name(r->config.kv_type), ap_kv_type_size(r->config.kv_type));
     fputs("Retrieval methods need the rest in a cold store (cold KV) to fetch from; eviction "
           "methods drop it. Compression = mean full KV / mean resident KV; budget ratio = mean "
           "context / budget, what the budget alone would give (resident KV holds more than the "

@@ -599,6 +599,10 @@ static ap_status run_signature(const ap_tasks_config *c, const ap_tasks_result *
                      (int)c->kv_mode, c->snapkv_window, c->snapkv_pool, c->teacher_forced,
                      c->max_new_tokens, c->hot_pool, c->device, c->kv_offload, c->pred_stride,
                      c->pred_per_kv);
+    /* Only a non-default type extends the signature: f32 checkpoints made
+     * before the option stay valid. */
+    if (c->kv_type != AP_KV_F32 && n < (int)sizeof line - 16)
+        n += snprintf(line + n, sizeof line - (size_t)n, " kvt %s", ap_kv_type_name(c->kv_type));
     ap_sha256_update(&h, line, (size_t)n);
     uint8_t dig[32];
     ap_sha256_final(&h, dig);
@@ -645,7 +649,18 @@ ap_status ap_tasks_run(const ap_tasks_config *c, ap_tasks_result **out, ap_err *
             goto cleanup;
 
     if ((st = ap_gguf_open(c->model, &g, err))) goto cleanup;
-    if ((st = ap_model_load(g, &model, err))) goto cleanup;
+    if (c->kv_type != AP_KV_F32 && c->device == 1) {
+        st = ap_errf(err, AP_ERR_UNSUPPORTED,
+                     "KV cache type %s: the CUDA engine keeps an f32 cache (use --device cpu)",
+                     ap_kv_type_name(c->kv_type));
+        goto cleanup;
+    }
+    {
+        ap_model_opts mo;
+        ap_model_opts_default(&mo);
+        mo.kv_type = c->kv_type;
+        if ((st = ap_model_load_opts(g, &mo, &model, err))) goto cleanup;
+    }
     if ((st = ap_tokenizer_from_gguf(g, &tok, err))) goto cleanup;
     const ap_hparams *hp = ap_model_hparams(model);
     snprintf(r->model_name, sizeof r->model_name, "%s", hp->name[0] ? hp->name : c->model);
@@ -716,7 +731,7 @@ ap_status ap_tasks_run(const ap_tasks_config *c, ap_tasks_result **out, ap_err *
     for (int si = 0; si < n_smp; si++)
         work_total += run_work(&smp[si], 1, fixed) +
                       (double)(r->n_methods - 1) * r->n_budgets * run_work(&smp[si], 0, fixed);
-    const double kv_tok_bytes = (double)hp->head_dim * 2 * sizeof(float);
+    const double kv_tok_bytes = (double)hp->head_dim * 2 * (double)ap_kv_type_size(c->kv_type);
     for (int si = 0; si < n_smp; si++) r->samples[si] = smp[si].info;
     if (c->checkpoint) {
         char sig[65];
@@ -798,6 +813,7 @@ ap_status ap_tasks_run(const ap_tasks_config *c, ap_tasks_result **out, ap_err *
                                    .local = c->local_tokens, .min_candidates = c->min_candidates,
                                    .prefetch = c->prefetch, .hot_pool = hot_pool,
                                    .prefetch_threads = c->prefetch_threads,
+                                   .kv_type = c->kv_type,
                                    /* The device pool copies every history
                                     * method's next blocks ahead. */
                                    .prefetch_any = gpu_pool};

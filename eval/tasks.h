@@ -38,6 +38,7 @@
 #include "capture/tokenizer.h"
 #include "common/status.h"
 #include "eval/replay.h"
+#include "kernels/qmatvec.h"
 
 /* Seven builtins and every predictor with its _nocal variant. */
 #define AP_TASKS_MAX_METHODS (7 + 2 * AP_REPLAY_MAX_PREDICTORS)
@@ -95,6 +96,10 @@ typedef struct {
     /* Added with issue 14: the predictor's cost options (eval/selectors.h). */
     int pred_stride;         /* 1 (default): the CNN every step; s: every s-th step */
     int pred_per_kv;         /* 0 (default): one CNN per query head; 1: per KV head */
+    /* The engine's KV cache type (capture/model.h, ap_model_opts.kv_type):
+     * AP_KV_F32 (default) or AP_KV_F16 (CPU engine only). KV bytes are
+     * reported in this type. */
+    ap_kv_type kv_type;
     /* Added for long runs: a per-sample checkpoint (eval/tasks_ckpt.h). NULL:
      * none. With resume, the samples a checkpoint of the same inputs and
      * options already holds are taken from it and not run again; without,

@@ -1016,24 +1016,51 @@ void ap_qmatvec_ref(const ap_qmat *w, const ap_qvec *x, float *y, int row0, int 
 
 /* ============================================================ K/V cache */
 
-static void kv_scores_scalar(const float *q, int n_heads, int hd, const float *k, size_t ldk,
-                             int n_keys, float scale, float *s, size_t lds) {
+size_t ap_kv_type_size(ap_kv_type t) { return t == AP_KV_F16 ? 2 : 4; }
+
+const char *ap_kv_type_name(ap_kv_type t) { return t == AP_KV_F16 ? "f16" : "f32"; }
+
+int ap_kv_type_parse(const char *s, ap_kv_type *t) {
+    if (!s) return -1;
+    if (!strcmp(s, "f32")) *t = AP_KV_F32;
+    else if (!strcmp(s, "f16")) *t = AP_KV_F16;
+    else return -1;
+    return 0;
+}
+
+
+/* Element i of a cache row as float32 (exact for both types). */
+static inline float kv_elt(const void *base, ap_kv_type t, size_t i) {
+    return t == AP_KV_F16 ? ap_fp16_to_fp32(((const uint16_t *)base)[i])
+                          : ((const float *)base)[i];
+}
+
+static void kv_load_row_scalar(float *dst, const void *src, ap_kv_type t, size_t n) {
+    for (size_t i = 0; i < n; i++) dst[i] = kv_elt(src, t, i);
+}
+
+static void kv_scores_scalar(const float *q, int n_heads, int hd, const void *k, ap_kv_type kt,
+                             size_t ldk, int n_keys, float scale, float *s, size_t lds) {
     for (int j = 0; j < n_keys; j++) {
-        const float *kj = k + (size_t)j * ldk;
-        for (int h = 0; h < n_heads; h++)
-            s[(size_t)h * lds + j] = scale * dot_f32_scalar(q + (size_t)h * hd, kj, hd);
+        const size_t kj = (size_t)j * ldk;
+        for (int h = 0; h < n_heads; h++) {
+            const float *qh = q + (size_t)h * hd;
+            float acc = 0.0f;
+            for (int d = 0; d < hd; d++) acc += qh[d] * kv_elt(k, kt, kj + (size_t)d);
+            s[(size_t)h * lds + j] = scale * acc;
+        }
     }
 }
 
-static void kv_mix_scalar(const float *p, size_t ldp, int n_heads, const float *v, size_t ldv,
-                          int n_keys, int hd, float *o, int accumulate) {
+static void kv_mix_scalar(const float *p, size_t ldp, int n_heads, const void *v, ap_kv_type kt,
+                          size_t ldv, int n_keys, int hd, float *o, int accumulate) {
     for (int h = 0; h < n_heads; h++) {
         float *oh = o + (size_t)h * hd;
         if (!accumulate) memset(oh, 0, (size_t)hd * sizeof *oh);
         for (int j = 0; j < n_keys; j++) {
             const float pj = p[(size_t)h * ldp + j];
-            const float *vj = v + (size_t)j * ldv;
-            for (int d = 0; d < hd; d++) oh[d] += pj * vj[d];
+            const size_t vj = (size_t)j * ldv;
+            for (int d = 0; d < hd; d++) oh[d] += pj * kv_elt(v, kt, vj + (size_t)d);
         }
     }
 }
@@ -1044,30 +1071,43 @@ static void kv_mix_scalar(const float *p, size_t ldp, int n_heads, const float *
  * prefetcher follows poorly. At 8K keys, 8, 16 and 32 rows all cut the
  * scores' time by about a third; 16 leaves room for a faster machine. */
 #define KV_PREFETCH 16
+#define AVX2_INLINE AVX2_FN static inline __attribute__((always_inline))
+
+/* Eight cache elements from element i as float32. The kernels below are
+ * written once over this load and instantiated per type with a constant
+ * f16, so each instance has no per-load branch. */
+AVX2_INLINE __m256 kv_ld8(const void *base, size_t i, int f16) {
+    if (f16) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)base + i)));
+    return _mm256_loadu_ps((const float *)base + i);
+}
+
+AVX2_INLINE void kv_prefetch(const void *base, size_t i, int f16) {
+    _mm_prefetch((const char *)base + i * (f16 ? 2 : 4), _MM_HINT_T0);
+}
 
 /* Four keys at a time per head: the four key rows stay in L1 while every
  * head of the group reads them, so the cache streams from memory once. */
-AVX2_FN static void kv_scores_avx2(const float *q, int n_heads, int hd, const float *k, size_t ldk,
-                                   int n_keys, float scale, float *s, size_t lds) {
+AVX2_INLINE void kv_scores_avx2_t(const float *q, int n_heads, int hd, const void *k, size_t ldk,
+                                  int n_keys, float scale, float *s, size_t lds, int f16) {
     const __m128 vs = _mm_set1_ps(scale);
+    const int pf_step = f16 ? 32 : 16; /* elements per 64-byte line */
     int j = 0;
     for (; j + 4 <= n_keys; j += 4) {
-        const float *k0 = k + (size_t)j * ldk, *k1 = k0 + ldk, *k2 = k1 + ldk, *k3 = k2 + ldk;
+        const size_t k0 = (size_t)j * ldk, k1 = k0 + ldk, k2 = k1 + ldk, k3 = k2 + ldk;
         if (j + KV_PREFETCH + 4 <= n_keys)
             for (int r = 0; r < 4; r++)
-                for (int d = 0; d < hd; d += 16)
-                    _mm_prefetch((const char *)(k0 + (size_t)(KV_PREFETCH + r) * ldk + d),
-                                 _MM_HINT_T0);
+                for (int d = 0; d < hd; d += pf_step)
+                    kv_prefetch(k, k0 + (size_t)(KV_PREFETCH + r) * ldk + (size_t)d, f16);
         for (int h = 0; h < n_heads; h++) {
             const float *qh = q + (size_t)h * hd;
             __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
             __m256 a2 = _mm256_setzero_ps(), a3 = _mm256_setzero_ps();
             for (int d = 0; d < hd; d += 8) {
                 __m256 qv = _mm256_loadu_ps(qh + d);
-                a0 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k0 + d), a0);
-                a1 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k1 + d), a1);
-                a2 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k2 + d), a2);
-                a3 = _mm256_fmadd_ps(qv, _mm256_loadu_ps(k3 + d), a3);
+                a0 = _mm256_fmadd_ps(qv, kv_ld8(k, k0 + (size_t)d, f16), a0);
+                a1 = _mm256_fmadd_ps(qv, kv_ld8(k, k1 + (size_t)d, f16), a1);
+                a2 = _mm256_fmadd_ps(qv, kv_ld8(k, k2 + (size_t)d, f16), a2);
+                a3 = _mm256_fmadd_ps(qv, kv_ld8(k, k3 + (size_t)d, f16), a3);
             }
             __m256 t = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
             __m128 r = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
@@ -1075,12 +1115,12 @@ AVX2_FN static void kv_scores_avx2(const float *q, int n_heads, int hd, const fl
         }
     }
     for (; j < n_keys; j++) {
-        const float *kj = k + (size_t)j * ldk;
+        const size_t kj = (size_t)j * ldk;
         for (int h = 0; h < n_heads; h++) {
             const float *qh = q + (size_t)h * hd;
             __m256 a0 = _mm256_setzero_ps();
             for (int d = 0; d < hd; d += 8)
-                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qh + d), _mm256_loadu_ps(kj + d), a0);
+                a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qh + d), kv_ld8(k, kj + (size_t)d, f16), a0);
             s[(size_t)h * lds + j] = scale * hsum8(a0);
         }
     }
@@ -1090,35 +1130,36 @@ AVX2_FN static void kv_scores_avx2(const float *q, int n_heads, int hd, const fl
  * reads its value row front to back (a pass over dimension slices instead
  * would miss on every row every pass). The first head's pass brings the
  * chunk's rows in; the other heads of the group find them in L2. */
-AVX2_FN static void kv_mix_avx2(const float *p, size_t ldp, int n_heads, const float *v, size_t ldv,
-                                int n_keys, int hd, float *o, int accumulate) {
+AVX2_INLINE void kv_mix_avx2_t(const float *p, size_t ldp, int n_heads, const void *v, size_t ldv,
+                               int n_keys, int hd, float *o, int accumulate, int f16) {
+    const int pf_step = f16 ? 32 : 16;
     for (int h = 0; h < n_heads; h++) {
         const float *ph = p + (size_t)h * ldp;
         for (int d0 = 0; d0 < hd; d0 += 64) {
             const int nd = hd - d0 < 64 ? (hd - d0) / 8 : 8;
             __m256 a[8];
             for (int i = 0; i < 8; i++) a[i] = _mm256_setzero_ps();
-            const float *vd = v + d0;
+            size_t vd = (size_t)d0;
             if (nd == 8) {
                 for (int j = 0; j < n_keys; j++, vd += ldv) {
                     if (h == 0 && j + KV_PREFETCH < n_keys)
-                        for (int d = 0; d < 64; d += 16)
-                            _mm_prefetch((const char *)(vd + KV_PREFETCH * ldv + d), _MM_HINT_T0);
+                        for (int d = 0; d < 64; d += pf_step)
+                            kv_prefetch(v, vd + KV_PREFETCH * ldv + (size_t)d, f16);
                     __m256 b = _mm256_broadcast_ss(ph + j);
-                    a[0] = _mm256_fmadd_ps(b, _mm256_loadu_ps(vd), a[0]);
-                    a[1] = _mm256_fmadd_ps(b, _mm256_loadu_ps(vd + 8), a[1]);
-                    a[2] = _mm256_fmadd_ps(b, _mm256_loadu_ps(vd + 16), a[2]);
-                    a[3] = _mm256_fmadd_ps(b, _mm256_loadu_ps(vd + 24), a[3]);
-                    a[4] = _mm256_fmadd_ps(b, _mm256_loadu_ps(vd + 32), a[4]);
-                    a[5] = _mm256_fmadd_ps(b, _mm256_loadu_ps(vd + 40), a[5]);
-                    a[6] = _mm256_fmadd_ps(b, _mm256_loadu_ps(vd + 48), a[6]);
-                    a[7] = _mm256_fmadd_ps(b, _mm256_loadu_ps(vd + 56), a[7]);
+                    a[0] = _mm256_fmadd_ps(b, kv_ld8(v, vd, f16), a[0]);
+                    a[1] = _mm256_fmadd_ps(b, kv_ld8(v, vd + 8, f16), a[1]);
+                    a[2] = _mm256_fmadd_ps(b, kv_ld8(v, vd + 16, f16), a[2]);
+                    a[3] = _mm256_fmadd_ps(b, kv_ld8(v, vd + 24, f16), a[3]);
+                    a[4] = _mm256_fmadd_ps(b, kv_ld8(v, vd + 32, f16), a[4]);
+                    a[5] = _mm256_fmadd_ps(b, kv_ld8(v, vd + 40, f16), a[5]);
+                    a[6] = _mm256_fmadd_ps(b, kv_ld8(v, vd + 48, f16), a[6]);
+                    a[7] = _mm256_fmadd_ps(b, kv_ld8(v, vd + 56, f16), a[7]);
                 }
             } else {
                 for (int j = 0; j < n_keys; j++, vd += ldv) {
                     __m256 b = _mm256_broadcast_ss(ph + j);
                     for (int i = 0; i < nd; i++)
-                        a[i] = _mm256_fmadd_ps(b, _mm256_loadu_ps(vd + 8 * i), a[i]);
+                        a[i] = _mm256_fmadd_ps(b, kv_ld8(v, vd + 8 * (size_t)i, f16), a[i]);
                 }
             }
             float *oh = o + (size_t)h * hd + d0;
@@ -1130,51 +1171,115 @@ AVX2_FN static void kv_mix_avx2(const float *p, size_t ldp, int n_heads, const f
         }
     }
 }
+
+AVX2_FN static void kv_scores_avx2_f32(const float *q, int n_heads, int hd, const void *k,
+                                       size_t ldk, int n_keys, float scale, float *s, size_t lds) {
+    kv_scores_avx2_t(q, n_heads, hd, k, ldk, n_keys, scale, s, lds, 0);
+}
+AVX2_FN static void kv_scores_avx2_f16(const float *q, int n_heads, int hd, const void *k,
+                                       size_t ldk, int n_keys, float scale, float *s, size_t lds) {
+    kv_scores_avx2_t(q, n_heads, hd, k, ldk, n_keys, scale, s, lds, 1);
+}
+AVX2_FN static void kv_mix_avx2_f32(const float *p, size_t ldp, int n_heads, const void *v,
+                                    size_t ldv, int n_keys, int hd, float *o, int accumulate) {
+    kv_mix_avx2_t(p, ldp, n_heads, v, ldv, n_keys, hd, o, accumulate, 0);
+}
+AVX2_FN static void kv_mix_avx2_f16(const float *p, size_t ldp, int n_heads, const void *v,
+                                    size_t ldv, int n_keys, int hd, float *o, int accumulate) {
+    kv_mix_avx2_t(p, ldp, n_heads, v, ldv, n_keys, hd, o, accumulate, 1);
+}
+
+AVX2_FN static void kv_load_row_f16_avx2(float *dst, const uint16_t *src, size_t n) {
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(src + i))));
+    for (; i < n; i++) dst[i] = ap_fp16_to_fp32(src[i]);
+}
+
+AVX2_FN static void kv_store_row_f16_avx2(uint16_t *dst, const float *src, size_t n) {
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(dst + i),
+                         _mm256_cvtps_ph(_mm256_loadu_ps(src + i),
+                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    for (; i < n; i++) dst[i] = ap_fp32_to_fp16(src[i]);
+}
 #endif
 
-void ap_kv_scores(const float *q, int n_heads, int hd, const float *k, size_t ldk, int n_keys,
-                  float scale, float *s, size_t lds, ap_qisa isa) {
+void ap_kv_store_row(void *dst, ap_kv_type t, const float *src, size_t n, ap_qisa isa) {
+    if (t == AP_KV_F32) {
+        memcpy(dst, src, n * sizeof(float));
+        return;
+    }
 #if AP_HAVE_X86
-    if (ap_qisa_resolve(isa) == AP_QISA_AVX2 && hd % 8 == 0) {
-        kv_scores_avx2(q, n_heads, hd, k, ldk, n_keys, scale, s, lds);
+    if (ap_qisa_resolve(isa) == AP_QISA_AVX2) {
+        kv_store_row_f16_avx2(dst, src, n);
         return;
     }
 #endif
     (void)isa;
-    kv_scores_scalar(q, n_heads, hd, k, ldk, n_keys, scale, s, lds);
+    uint16_t *d = dst;
+    for (size_t i = 0; i < n; i++) d[i] = ap_fp32_to_fp16(src[i]);
 }
 
-void ap_kv_mix(const float *p, size_t ldp, int n_heads, const float *v, size_t ldv, int n_keys,
-               int hd, float *o, int accumulate, ap_qisa isa) {
+void ap_kv_load_row(float *dst, const void *src, ap_kv_type t, size_t n, ap_qisa isa) {
 #if AP_HAVE_X86
-    if (ap_qisa_resolve(isa) == AP_QISA_AVX2 && hd % 8 == 0) {
-        kv_mix_avx2(p, ldp, n_heads, v, ldv, n_keys, hd, o, accumulate);
+    if (t == AP_KV_F16 && ap_qisa_resolve(isa) == AP_QISA_AVX2) {
+        kv_load_row_f16_avx2(dst, src, n);
         return;
     }
 #endif
     (void)isa;
-    kv_mix_scalar(p, ldp, n_heads, v, ldv, n_keys, hd, o, accumulate);
+    kv_load_row_scalar(dst, src, t, n);
 }
 
-void ap_kv_scores_ref(const float *q, int n_heads, int hd, const float *k, size_t ldk, int n_keys,
-                      float scale, float *s, size_t lds) {
+void ap_kv_scores(const float *q, int n_heads, int hd, const void *k, ap_kv_type kt, size_t ldk,
+                  int n_keys, float scale, float *s, size_t lds, ap_qisa isa) {
+#if AP_HAVE_X86
+    if (ap_qisa_resolve(isa) == AP_QISA_AVX2 && hd % 8 == 0) {
+        (kt == AP_KV_F16 ? kv_scores_avx2_f16 : kv_scores_avx2_f32)(q, n_heads, hd, k, ldk, n_keys,
+                                                                    scale, s, lds);
+        return;
+    }
+#endif
+    (void)isa;
+    kv_scores_scalar(q, n_heads, hd, k, kt, ldk, n_keys, scale, s, lds);
+}
+
+void ap_kv_mix(const float *p, size_t ldp, int n_heads, const void *v, ap_kv_type kt, size_t ldv,
+               int n_keys, int hd, float *o, int accumulate, ap_qisa isa) {
+#if AP_HAVE_X86
+    if (ap_qisa_resolve(isa) == AP_QISA_AVX2 && hd % 8 == 0) {
+        (kt == AP_KV_F16 ? kv_mix_avx2_f16 : kv_mix_avx2_f32)(p, ldp, n_heads, v, ldv, n_keys, hd, o,
+                                                              accumulate);
+        return;
+    }
+#endif
+    (void)isa;
+    kv_mix_scalar(p, ldp, n_heads, v, kt, ldv, n_keys, hd, o, accumulate);
+}
+
+void ap_kv_scores_ref(const float *q, int n_heads, int hd, const void *k, ap_kv_type kt,
+                      size_t ldk, int n_keys, float scale, float *s, size_t lds) {
     for (int h = 0; h < n_heads; h++) {
         for (int j = 0; j < n_keys; j++) {
             double acc = 0.0;
             for (int d = 0; d < hd; d++)
-                acc += (double)q[(size_t)h * hd + d] * (double)k[(size_t)j * ldk + d];
+                acc += (double)q[(size_t)h * hd + d] *
+                       (double)kv_elt(k, kt, (size_t)j * ldk + (size_t)d);
             s[(size_t)h * lds + j] = (float)(acc * (double)scale);
         }
     }
 }
 
-void ap_kv_mix_ref(const float *p, size_t ldp, int n_heads, const float *v, size_t ldv, int n_keys,
-                   int hd, float *o, int accumulate) {
+void ap_kv_mix_ref(const float *p, size_t ldp, int n_heads, const void *v, ap_kv_type kt,
+                   size_t ldv, int n_keys, int hd, float *o, int accumulate) {
     for (int h = 0; h < n_heads; h++) {
         for (int d = 0; d < hd; d++) {
             double acc = accumulate ? (double)o[(size_t)h * hd + d] : 0.0;
             for (int j = 0; j < n_keys; j++)
-                acc += (double)p[(size_t)h * ldp + j] * (double)v[(size_t)j * ldv + d];
+                acc += (double)p[(size_t)h * ldp + j] *
+                       (double)kv_elt(v, kt, (size_t)j * ldv + (size_t)d);
             o[(size_t)h * hd + d] = (float)acc;
         }
     }

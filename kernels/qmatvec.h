@@ -101,18 +101,36 @@ void ap_qmatvec_ref(const ap_qmat *w, const ap_qvec *x, float *y, int row0, int 
  * strips of a quantized matrix. */
 void ap_qmat_dequant_rows(const ap_qmat *w, int row0, int row1, float *dst, ap_qisa isa);
 
-/* Decode attention over a float32 K/V cache: n_heads query heads sharing
- * one K/V head (a GQA group), head_dim hd, n_keys cached positions.
+/* Element type of a K/V cache. F16 (IEEE binary16, llama.cpp's default)
+ * halves the bytes attention reads; every kernel converts to float32
+ * exactly on load and computes in float32, so the only error is the
+ * rounding of each cached element (relative 2^-11), measured end to end in
+ * docs/engine.md. */
+typedef enum { AP_KV_F32 = 0, AP_KV_F16 = 1 } ap_kv_type;
+
+size_t ap_kv_type_size(ap_kv_type t); /* bytes per element */
+const char *ap_kv_type_name(ap_kv_type t); /* "f32", "f16" */
+/* 0 and *t set for "f32" / "f16"; -1 otherwise. */
+int ap_kv_type_parse(const char *s, ap_kv_type *t);
+/* n elements: store float32 into the cache type (round to nearest even;
+ * the AVX2 path is F16C's conversion, equal to ap_fp32_to_fp16 except in a
+ * NaN's payload), and load them back (exact). */
+void ap_kv_store_row(void *dst, ap_kv_type t, const float *src, size_t n, ap_qisa isa);
+void ap_kv_load_row(float *dst, const void *src, ap_kv_type t, size_t n, ap_qisa isa);
+
+/* Decode attention over a K/V cache of type kt (k, v point at elements of
+ * that type; ldk, ldv count elements): n_heads query heads sharing one K/V
+ * head (a GQA group), head_dim hd, n_keys cached positions.
  * s[h*lds + j] = scale * (q[h*hd ..] · k[j*ldk ..]). */
-void ap_kv_scores(const float *q, int n_heads, int hd, const float *k, size_t ldk, int n_keys,
-                  float scale, float *s, size_t lds, ap_qisa isa);
+void ap_kv_scores(const float *q, int n_heads, int hd, const void *k, ap_kv_type kt, size_t ldk,
+                  int n_keys, float scale, float *s, size_t lds, ap_qisa isa);
 /* o[h*hd + d] (+)= sum_j p[h*ldp + j] * v[j*ldv + d]. */
-void ap_kv_mix(const float *p, size_t ldp, int n_heads, const float *v, size_t ldv, int n_keys,
-               int hd, float *o, int accumulate, ap_qisa isa);
-/* Plain loops in double. */
-void ap_kv_scores_ref(const float *q, int n_heads, int hd, const float *k, size_t ldk, int n_keys,
-                      float scale, float *s, size_t lds);
-void ap_kv_mix_ref(const float *p, size_t ldp, int n_heads, const float *v, size_t ldv, int n_keys,
-                   int hd, float *o, int accumulate);
+void ap_kv_mix(const float *p, size_t ldp, int n_heads, const void *v, ap_kv_type kt, size_t ldv,
+               int n_keys, int hd, float *o, int accumulate, ap_qisa isa);
+/* Plain loops in double (elements converted exactly). */
+void ap_kv_scores_ref(const float *q, int n_heads, int hd, const void *k, ap_kv_type kt,
+                      size_t ldk, int n_keys, float scale, float *s, size_t lds);
+void ap_kv_mix_ref(const float *p, size_t ldp, int n_heads, const void *v, ap_kv_type kt,
+                   size_t ldv, int n_keys, int hd, float *o, int accumulate);
 
 #endif

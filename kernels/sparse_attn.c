@@ -21,12 +21,15 @@ static int set_count(const ap_sparse_attn_args *a) {
     return a->per_q_head ? a->n_groups * a->n_heads : a->n_groups;
 }
 
-/* Key (or value) j of group g in either layout; NULL for an unset page. */
-static const float *kv_row(const ap_sparse_attn_args *a, const float *base,
-                           const float *const *pages, int nb, int g, int j) {
-    if (base) return base + (size_t)g * a->group_stride + (size_t)j * a->ldkv;
-    const float *p = pages[(size_t)g * nb + j / a->block];
-    return p ? p + (size_t)(j % a->block) * a->ldkv : NULL;
+/* Key (or value) j of group g in either layout (elements of a->kv_type);
+ * NULL for an unset page. */
+static const void *kv_row(const ap_sparse_attn_args *a, const void *base,
+                          const void *const *pages, int nb, int g, int j) {
+    const size_t es = ap_kv_type_size(a->kv_type);
+    if (base)
+        return (const char *)base + es * ((size_t)g * a->group_stride + (size_t)j * a->ldkv);
+    const char *p = pages[(size_t)g * nb + j / a->block];
+    return p ? p + es * (size_t)(j % a->block) * a->ldkv : NULL;
 }
 
 /* First key of the local window (n_keys when there is none). */
@@ -45,8 +48,8 @@ static int window_touches(const ap_sparse_attn_args *a, int b) {
 static ap_status check_pages(const ap_sparse_attn_args *a, int nb, ap_err *err) {
     const int G = a->n_heads, measure = ap_sparse_attn_measuring(a);
     for (int g = 0; g < a->n_groups; g++) {
-        const float *const *kp = a->k_pages + (size_t)g * nb;
-        const float *const *vp = a->v_pages + (size_t)g * nb;
+        const void *const *kp = a->k_pages + (size_t)g * nb;
+        const void *const *vp = a->v_pages + (size_t)g * nb;
         for (int b = 0; b < nb; b++) {
             int need = measure || window_touches(a, b);
             if (!need) continue;
@@ -86,6 +89,8 @@ ap_status ap_sparse_attn_validate(const ap_sparse_attn_args *a, int lists_on_hos
                        "sparse attention: given dense scores need measure mode and a row stride "
                        "of at least %d keys (got %zu)",
                        a->n_keys, a->ld_dense);
+    if (a->kv_type != AP_KV_F32 && a->kv_type != AP_KV_F16)
+        return ap_errf(err, AP_ERR_ARG, "sparse attention: unknown K/V type %d", (int)a->kv_type);
     int contiguous = a->k && a->v && !a->k_pages && !a->v_pages;
     int paged = a->k_pages && a->v_pages && !a->k && !a->v;
     if (!contiguous && !paged)
@@ -229,10 +234,10 @@ static ap_status dense_scores(const ap_sparse_attn_args *a, int g, float *D, ap_
     const float *q = a->q + (size_t)g * a->n_heads * hd;
     for (int x = 0; x < n;) {
         int y = piece_end(a, x, n);
-        const float *kp = kv_row(a, a->k, a->k_pages, nb, g, x);
+        const void *kp = kv_row(a, a->k, a->k_pages, nb, g, x);
         if (!kp)
             return ap_errf(err, AP_ERR_ARG, "sparse attention: group %d: key %d has no page", g, x);
-        ap_kv_scores(q, a->n_heads, hd, kp, a->ldkv, y - x, a->scale, D + x, (size_t)n,
+        ap_kv_scores(q, a->n_heads, hd, kp, a->kv_type, a->ldkv, y - x, a->scale, D + x, (size_t)n,
                      AP_QISA_AUTO);
         x = y;
     }
@@ -265,11 +270,11 @@ static ap_status one_set(const ap_sparse_attn_args *a, int g, int h0, int nh, co
         for (int r = 0, off = 0; r < nr; r++)
             for (int x = runs[2 * r], x1 = runs[2 * r + 1]; x < x1;) {
                 int y = piece_end(a, x, x1);
-                const float *kp = kv_row(a, a->k, a->k_pages, nb, g, x);
+                const void *kp = kv_row(a, a->k, a->k_pages, nb, g, x);
                 if (!kp)
                     return ap_errf(err, AP_ERR_ARG,
                                    "sparse attention: group %d: key %d has no page", g, x);
-                ap_kv_scores(q, nh, hd, kp, a->ldkv, y - x, a->scale, C + off, (size_t)M,
+                ap_kv_scores(q, nh, hd, kp, a->kv_type, a->ldkv, y - x, a->scale, C + off, (size_t)M,
                              AP_QISA_AUTO);
                 off += y - x;
                 x = y;
@@ -281,11 +286,11 @@ static ap_status one_set(const ap_sparse_attn_args *a, int g, int h0, int nh, co
     for (int r = 0, off = 0; r < nr; r++)
         for (int x = runs[2 * r], x1 = runs[2 * r + 1]; x < x1;) {
             int y = piece_end(a, x, x1);
-            const float *vp = kv_row(a, a->v, a->v_pages, nb, g, x);
+            const void *vp = kv_row(a, a->v, a->v_pages, nb, g, x);
             if (!vp)
                 return ap_errf(err, AP_ERR_ARG, "sparse attention: group %d: value %d has no page",
                                g, x);
-            ap_kv_mix(C + off, (size_t)M, nh, vp, a->ldkv, y - x, hd, o, !first, AP_QISA_AUTO);
+            ap_kv_mix(C + off, (size_t)M, nh, vp, a->kv_type, a->ldkv, y - x, hd, o, !first, AP_QISA_AUTO);
             first = 0;
             off += y - x;
             x = y;
@@ -363,7 +368,8 @@ ap_status ap_sparse_attn_ref(const ap_sparse_attn_args *a, ap_err *err) {
     unsigned char *keep = malloc((size_t)n);
     double *lg = malloc(sizeof(double) * (size_t)n);
     double *acc = malloc(sizeof(double) * (size_t)hd);
-    if (!keep || !lg || !acc) {
+    float *row = malloc(sizeof(float) * (size_t)hd); /* one key or value as float32 */
+    if (!keep || !lg || !acc || !row) {
         st = ap_errf(err, AP_ERR_NOMEM, "sparse attention reference: out of memory for %d keys", n);
         goto done;
     }
@@ -380,7 +386,9 @@ ap_status ap_sparse_attn_ref(const ap_sparse_attn_args *a, ap_err *err) {
             long cnt = 0;
             for (int j = 0; j < n; j++) {
                 if (!keep[j] && !measure) continue;
-                const float *k = kv_row(a, a->k, a->k_pages, nb, g, j);
+                const float *k = row;
+                ap_kv_load_row(row, kv_row(a, a->k, a->k_pages, nb, g, j), a->kv_type, (size_t)hd,
+                               AP_QISA_SCALAR);
                 double d = 0.0;
                 for (int t = 0; t < hd; t++) d += (double)q[t] * (double)k[t];
                 lg[j] = d * (double)a->scale;
@@ -398,7 +406,9 @@ ap_status ap_sparse_attn_ref(const ap_sparse_attn_args *a, ap_err *err) {
             for (int t = 0; t < hd; t++) acc[t] = 0.0;
             for (int j = 0; j < n; j++) {
                 if (!keep[j]) continue;
-                const float *v = kv_row(a, a->v, a->v_pages, nb, g, j);
+                const float *v = row;
+                ap_kv_load_row(row, kv_row(a, a->v, a->v_pages, nb, g, j), a->kv_type, (size_t)hd,
+                               AP_QISA_SCALAR);
                 double p = exp(lg[j] - mk) / zk;
                 for (int t = 0; t < hd; t++) acc[t] += p * (double)v[t];
             }
@@ -435,6 +445,7 @@ done:
     free(keep);
     free(lg);
     free(acc);
+    free(row);
     return st;
 }
 

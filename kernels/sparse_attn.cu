@@ -271,6 +271,10 @@ extern "C" ap_status ap_sparse_attn_cuda(const ap_sparse_attn_args *a, void *d_w
                                          size_t work_bytes, ap_cuda_stream s, ap_err *err) {
     ap_status st = ap_sparse_attn_validate(a, 0, err);
     if (st != AP_OK) return st;
+    if (a->kv_type != AP_KV_F32)
+        return ap_errf(err, AP_ERR_UNSUPPORTED,
+                       "sparse attention (CUDA): K/V type %s (the kernels read f32 only)",
+                       ap_kv_type_name(a->kv_type));
     if (a->head_dim > SP_MAX_HD || a->block > SP_MAX_BLOCK)
         return ap_errf(err, AP_ERR_UNSUPPORTED,
                        "sparse attention (CUDA): head_dim %d / block %d above the kernel's %d / %d",
@@ -300,10 +304,10 @@ extern "C" ap_status ap_sparse_attn_cuda(const ap_sparse_attn_args *a, void *d_w
     p.measure = ap_sparse_attn_measuring(a);
     p.scale = a->scale;
     p.q = a->q;
-    p.k = a->k;
-    p.v = a->v;
-    p.kp = a->k_pages;
-    p.vp = a->v_pages;
+    p.k = (const float *)a->k;
+    p.v = (const float *)a->v;
+    p.kp = (const float *const *)a->k_pages;
+    p.vp = (const float *const *)a->v_pages;
     p.ldkv = a->ldkv;
     p.gstride = a->group_stride;
     p.out = a->out;

@@ -48,6 +48,7 @@
 
 #include "common/status.h"
 #include "kernels/cuda_util.h"
+#include "kernels/qmatvec.h"
 
 typedef struct {
     int n_groups; /* K/V heads handled by this call (>= 1) */
@@ -56,8 +57,11 @@ typedef struct {
     int n_keys;         /* cached keys; the query is at position n_keys - 1 */
     float scale;        /* multiplies q·k; usually 1/sqrt(head_dim) */
     const float *q;     /* query head h of group g at q + (g*n_heads + h)*head_dim */
-    const float *k, *v; /* contiguous layout (or NULL for paged) */
-    const float *const *k_pages, *const *v_pages; /* paged layout */
+    /* K/V elements are of kv_type (the CPU reads AP_KV_F32 and AP_KV_F16;
+     * the CUDA kernels AP_KV_F32 only); strides below count elements. */
+    const void *k, *v;                          /* contiguous layout (or NULL for paged) */
+    const void *const *k_pages, *const *v_pages; /* paged layout */
+    ap_kv_type kv_type;
     size_t ldkv;                                  /* between consecutive keys (both layouts) */
     size_t group_stride;                          /* between K/V heads (contiguous layout) */
     float *out;                                   /* same layout as q */

@@ -12,7 +12,8 @@
 # method as published), kv (the same, --pred-per-kv), c8-kv (the 8/16-channel
 # CNN of scripts/pred_cost_study.sh, --pred-per-kv), c8-kv-s4 (and
 # --pred-stride 4), c4-kv (the shipped 4/8-channel predictor, --pred-per-kv),
-# c4-kv-s2 (and --pred-stride 2).
+# c4-kv-s2 (and --pred-stride 2); exact-f16 and c4-kv-f16: exact and c4-kv with
+# the f16 KV cache (--kv-type f16, for every method: full KV and last_step too).
 # Writes runs/speed/{tasks,live}-NAME.{json,md,txt} and runs/speed/table.md
 # (scripts/speed_table.py); a variant whose outputs exist is skipped. ~6 min
 # per variant on 2 cores.
@@ -43,6 +44,8 @@ variants=(
   "c8-kv-s4|$c8|--pred-per-kv --pred-stride 4"
   "c4-kv|$c4|--pred-per-kv"
   "c4-kv-s2|$c4|--pred-per-kv --pred-stride 2"
+  "exact-f16|$shipped|--kv-type f16"
+  "c4-kv-f16|$c4|--pred-per-kv --kv-type f16"
 )
 for v in "${variants[@]}"; do
   IFS='|' read -r name pred opts <<< "$v"

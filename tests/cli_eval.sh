@@ -110,7 +110,10 @@ expect 2 "for --max-samples" -- "$ap" eval tasks --model m.gguf --json "$j" --ma
 expect 2 "for --device" -- "$ap" eval tasks --model m.gguf --json "$j" --device gpu
 expect 2 "--kv-offload needs --device cuda" -- "$ap" eval tasks --model m.gguf --json "$j" --kv-offload
 expect 2 "for --prefetch-threads" -- "$ap" eval tasks --model m.gguf --json "$j" --prefetch-threads 0
-for opt in device kv-offload prefetch-threads; do expect 0 "--$opt" -- "$ap" eval tasks --help; done
+expect 2 "bad value 'bf16' for --kv-type" -- "$ap" eval tasks --model m.gguf --json "$j" --kv-type bf16
+expect 2 "--kv-type f16 needs --device cpu" -- \
+    "$ap" eval tasks --model m.gguf --json "$j" --kv-type f16 --device cuda
+for opt in device kv-offload prefetch-threads kv-type; do expect 0 "--$opt" -- "$ap" eval tasks --help; done
 expect 2 "bad value 'gpu' for --device" -- "$ap" capture --model m.gguf --device gpu
 expect 0 "--device" -- "$ap" capture --help
 expect 2 "--quick and --full exclude each other" -- \

@@ -14,6 +14,7 @@
 #include "common/tolerance.h"
 #include "eval/live.h"
 #include "eval/tasks.h"
+#include "helpers/keep_all.h"
 #include "helpers/synth_ctx.h"
 #include "helpers/synth_model.h"
 #include "train/predictor.h"
@@ -21,72 +22,6 @@
 
 
 /* ------------------------------------------------------------- engine */
-
-/* Keeps every block and hands attention its own copy of the cache as pages;
- * `scale` multiplies the copied values, so a wrong output proves the pages
- * are what attention reads. */
-typedef struct {
-    int blocks[4096], set_off[64];
-    float *kbuf, *vbuf;          /* [n_head_kv][n_ctx][head_dim] */
-    const float *kp[2048], *vp[2048];
-    float scale;
-    unsigned want;
-    int pages_calls, measured;
-} paged_all;
-
-static unsigned pa_want(void *user, int layer, int pos) {
-    (void)layer;
-    (void)pos;
-    return ((paged_all *)user)->want;
-}
-
-static ap_status pa_select(void *user, const ap_kv_step *s, const int **blocks,
-                           const int **set_off, ap_err *err) {
-    paged_all *k = user;
-    (void)err;
-    int n = 0;
-    for (int u = 0; u < s->n_head; u++) {
-        k->set_off[u] = n;
-        for (int j = 0; j < s->n_blocks; j++) k->blocks[n++] = j;
-    }
-    k->set_off[s->n_head] = n;
-    *blocks = k->blocks;
-    *set_off = k->set_off;
-    return AP_OK;
-}
-
-static ap_status pa_pages(void *user, const ap_kv_step *s, const float *const **kp,
-                          const float *const **vp, ap_err *err) {
-    paged_all *k = user;
-    (void)err;
-    const int hd = s->head_dim, n = s->pos + 1;
-    for (int g = 0; g < s->n_head_kv; g++) {
-        float *kb = k->kbuf + (size_t)g * 512 * hd, *vb = k->vbuf + (size_t)g * 512 * hd;
-        for (int j = 0; j < n; j++)
-            for (int d = 0; d < hd; d++) {
-                kb[(size_t)j * hd + d] = s->k[(size_t)j * s->kv_stride + (size_t)g * hd + d];
-                vb[(size_t)j * hd + d] =
-                    k->scale * s->v[(size_t)j * s->kv_stride + (size_t)g * hd + d];
-            }
-        for (int b = 0; b < s->n_blocks; b++) {
-            k->kp[g * s->n_blocks + b] = kb + (size_t)b * 16 * hd;
-            k->vp[g * s->n_blocks + b] = vb + (size_t)b * 16 * hd;
-        }
-    }
-    *kp = k->kp;
-    *vp = k->vp;
-    k->pages_calls++;
-    return AP_OK;
-}
-
-static ap_status pa_attended(void *user, const ap_kv_step *s, const ap_kv_attended *r,
-                             ap_err *err) {
-    paged_all *k = user;
-    (void)s;
-    (void)err;
-    if (r->kept_mass) k->measured++;
-    return AP_OK;
-}
 
 /* Logits of `steps` forced decode steps under policy p (NULL: dense). */
 static void forced(ap_synth_ctx *f, int np, const int32_t *toks, int steps, const ap_kv_policy *p,
@@ -113,11 +48,8 @@ Test(hotpool, engine_attends_from_the_pages) {
     float *lg = malloc(sizeof(float) * V);
     cr_assert_eq(ap_ctx_eval(f.c, ids, np, lg, 0, NULL, &err), AP_OK, "%s", err.msg);
     float *dense = malloc(sizeof(float) * V * steps), *paged = malloc(sizeof(float) * V * steps);
-    paged_all *k = calloc(1, sizeof *k);
-    k->kbuf = calloc((size_t)hp->n_head_kv * 512 * hp->head_dim, sizeof(float));
-    k->vbuf = calloc((size_t)hp->n_head_kv * 512 * hp->head_dim, sizeof(float));
-    ap_kv_policy p = {.user = k, .block = 16, .per_q_head = 1, .want = pa_want,
-                      .select = pa_select, .attended = pa_attended, .pages = pa_pages};
+    ap_keep_all *k = ap_keep_all_create(hp->n_head_kv, hp->head_dim);
+    ap_kv_policy p = ap_keep_all_policy(k, 1);
     forced(&f, np, toks, steps, NULL, dense);
     /* Exact copy, plain and measuring: the dense logits. */
     for (int measure = 0; measure < 2; measure++) {
@@ -141,9 +73,7 @@ Test(hotpool, engine_attends_from_the_pages) {
                      measure, rel);
     }
     cr_expect_eq(k->pages_calls, 4 * steps * hp->n_layer);
-    free(k->kbuf);
-    free(k->vbuf);
-    free(k);
+    ap_keep_all_free(k);
     free(dense);
     free(paged);
     free(lg);

@@ -362,9 +362,62 @@ Test(qmatvec, k_quant_width_not_whole_blocks) {
     }
 }
 
+/* Cache rows in binary16: every one of the 65,536 halves loads exactly
+ * (AVX2 = scalar, and storing it again gives its bits back unless it is a
+ * NaN), and the AVX2 store rounds like ap_fp32_to_fp16 on finite values of
+ * every scale (normal, subnormal, overflowing, exact ties). */
+Test(qmatvec, kv_f16_rows) {
+    enum { NH = 65536, NF = 200003 };
+    uint16_t *h = malloc(NH * sizeof *h), *h2 = malloc(NH * sizeof *h2);
+    float *fs = malloc(NH * sizeof *fs), *fv = malloc(NH * sizeof *fv);
+    float *x = malloc(NF * sizeof *x);
+    uint16_t *ys = malloc(NF * sizeof *ys), *yv = malloc(NF * sizeof *yv);
+    cr_assert(h && h2 && fs && fv && x && ys && yv);
+    for (int i = 0; i < NH; i++) h[i] = (uint16_t)i;
+    const int n_isa = have_avx2() ? 2 : 1;
+    const ap_qisa isas[2] = {AP_QISA_SCALAR, AP_QISA_AVX2};
+    ap_kv_load_row(fs, h, AP_KV_F16, NH, AP_QISA_SCALAR);
+    for (int ii = 0; ii < n_isa; ii++) {
+        ap_kv_load_row(fv, h, AP_KV_F16, NH, isas[ii]);
+        for (int i = 0; i < NH; i++) {
+            cr_assert(memcmp(&fs[i], &fv[i], 4) == 0 || (isnan(fs[i]) && isnan(fv[i])),
+                      "isa %d: half 0x%04x loads as %a, scalar %a", (int)isas[ii], i, fv[i],
+                      fs[i]);
+        }
+        ap_kv_store_row(h2, AP_KV_F16, fs, NH, isas[ii]);
+        for (int i = 0; i < NH; i++)
+            if (!isnan(fs[i])) cr_assert_eq(h2[i], h[i], "isa %d: 0x%04x round trip", ii, i);
+    }
+    uint64_t s = 7;
+    for (int i = 0; i < NF; i++) {
+        const double e = ldexp(1.0, (int)(mix(&s) % 50) - 30); /* 2^-30 .. 2^19 */
+        x[i] = (float)((2.0 * unif(&s) - 1.0) * e);
+        if (i % 7 == 0) /* an exact tie between two halves */
+            x[i] = (float)(ap_fp16_to_fp32((uint16_t)(mix(&s) & 0x7bff)) *
+                           (1.0 + ldexp(1.0, -11)));
+    }
+    x[0] = INFINITY;
+    x[1] = -INFINITY;
+    x[2] = 65520.0f; /* rounds to infinity */
+    x[3] = -0.0f;
+    ap_kv_store_row(ys, AP_KV_F16, x, NF, AP_QISA_SCALAR);
+    for (int i = 0; i < NF; i++) cr_assert_eq(ys[i], ap_fp32_to_fp16(x[i]));
+    ap_kv_store_row(yv, AP_KV_F16, x, NF, isas[n_isa - 1]);
+    for (int i = 0; i < NF; i++)
+        cr_assert_eq(yv[i], ys[i], "%a: 0x%04x vs scalar 0x%04x", x[i], yv[i], ys[i]);
+    free(h);
+    free(h2);
+    free(fs);
+    free(fv);
+    free(x);
+    free(ys);
+    free(yv);
+}
+
 /* Decode-attention products: odd key counts, strided rows, group sizes
  * 1..4, head_dim in whole 64-wide passes, with an 8-wide tail, or 12 (scalar
- * only). */
+ * only); float32 and binary16 caches (the latter's values rounded first, so
+ * the kernel and the reference see the same numbers). */
 Test(qmatvec, kv_products) {
     static const int keys[] = {1, 3, 4, 5, 130, 1001};
     static const int heads[] = {1, 3, 4};
@@ -372,7 +425,9 @@ Test(qmatvec, kv_products) {
     ap_qisa isas[2] = {AP_QISA_SCALAR, AP_QISA_AVX2};
     uint64_t s = 99;
     double worst = 0.0;
+    for (int kti = 0; kti < 2; kti++)
     for (int ii = 0; ii < (have_avx2() ? 2 : 1); ii++) {
+        const ap_kv_type kt = kti ? AP_KV_F16 : AP_KV_F32;
         for (size_t a = 0; a < sizeof keys / sizeof *keys; a++) {
             for (size_t b = 0; b < sizeof heads / sizeof *heads; b++) {
                 for (size_t c = 0; c < sizeof dims / sizeof *dims; c++) {
@@ -387,8 +442,15 @@ Test(qmatvec, kv_products) {
                     cr_assert(q && k && sc && sr && o && orf);
                     for (int i = 0; i < G * hd; i++) q[i] = (float)(2.0 * unif(&s) - 1.0);
                     for (size_t i = 0; i < (size_t)nk * ldk; i++) k[i] = (float)(2 * unif(&s) - 1);
-                    ap_kv_scores(q, G, hd, k, ldk, nk, 0.125f, sc, lds, isas[ii]);
-                    ap_kv_scores_ref(q, G, hd, k, ldk, nk, 0.125f, sr, lds);
+                    uint16_t *kh = malloc((size_t)nk * ldk * sizeof *kh);
+                    cr_assert(kh);
+                    if (kt == AP_KV_F16) {
+                        ap_kv_store_row(kh, kt, k, (size_t)nk * ldk, AP_QISA_SCALAR);
+                        ap_kv_load_row(k, kh, kt, (size_t)nk * ldk, AP_QISA_SCALAR);
+                    }
+                    const void *kc = kt == AP_KV_F16 ? (const void *)kh : (const void *)k;
+                    ap_kv_scores(q, G, hd, kc, kt, ldk, nk, 0.125f, sc, lds, isas[ii]);
+                    ap_kv_scores_ref(q, G, hd, kc, kt, ldk, nk, 0.125f, sr, lds);
                     /* Relative to the size of the summed terms, sum |q k|: a
                      * single dot product of random signs may cancel to ~0. */
                     double e = 0.0, mag = 1e-30;
@@ -404,8 +466,8 @@ Test(qmatvec, kv_products) {
                     }
                     e /= mag;
                     if (e > worst) worst = e;
-                    cr_expect(e <= AP_TOL_KERNEL_REL, "scores nk %d G %d hd %d isa %d: %.3g", nk,
-                              G, hd, (int)isas[ii], e);
+                    cr_expect(e <= AP_TOL_KERNEL_REL, "scores nk %d G %d hd %d isa %d %s: %.3g",
+                              nk, G, hd, (int)isas[ii], ap_kv_type_name(kt), e);
                     /* Mix with probability-like weights; V is the same strided
                      * buffer. Accumulate onto a nonzero start half the time. */
                     for (int h = 0; h < G; h++)
@@ -421,12 +483,13 @@ Test(qmatvec, kv_products) {
                             if (m > mag) mag = m;
                         }
                     }
-                    ap_kv_mix(sc, lds, G, k, ldk, nk, hd, o, acc, isas[ii]);
-                    ap_kv_mix_ref(sc, lds, G, k, ldk, nk, hd, orf, acc);
+                    ap_kv_mix(sc, lds, G, kc, kt, ldk, nk, hd, o, acc, isas[ii]);
+                    ap_kv_mix_ref(sc, lds, G, kc, kt, ldk, nk, hd, orf, acc);
                     e = ap_max_abs_err_f32(o, orf, G * hd) / mag;
                     if (e > worst) worst = e;
-                    cr_expect(e <= AP_TOL_KERNEL_REL, "mix nk %d G %d hd %d isa %d acc %d: %.3g",
-                              nk, G, hd, (int)isas[ii], acc, e);
+                    cr_expect(e <= AP_TOL_KERNEL_REL, "mix nk %d G %d hd %d isa %d acc %d %s: %.3g",
+                              nk, G, hd, (int)isas[ii], acc, ap_kv_type_name(kt), e);
+                    free(kh);
                     free(q);
                     free(k);
                     free(sc);
@@ -732,7 +795,8 @@ Test(engine, decode_attention_long_context, .timeout = 600) {
 
 /* The default model on real text (the code prompt of the transformers
  * fixtures): 568-token prefill, then 32 decode steps through the quantized
- * engine, the float32 engine, and (measured, not bounded) Q8 activations. */
+ * engine, the float32 engine, (measured, not bounded) Q8 activations, and
+ * the f16 KV cache (bounded by AP_TOL_KV_F16_LOGITS_REL_L2). */
 Test(engine, real_model_quant_vs_f32, .timeout = 1800) {
     if (getenv("AP_SKIP_REAL_MODEL")) cr_skip_test("AP_SKIP_REAL_MODEL is set");
     if (!ap_file_exists(MODEL_PATH)) cr_skip_test("%s not found", MODEL_PATH);
@@ -752,14 +816,16 @@ Test(engine, real_model_quant_vs_f32, .timeout = 1800) {
 
     ap_gguf *g = NULL;
     cr_assert_eq(ap_gguf_open(MODEL_PATH, &g, &err), AP_OK, "%s", err.msg);
-    ap_model_opts opt[3];
-    for (int e = 0; e < 3; e++) ap_model_opts_default(&opt[e]);
+    enum { NE = 4 };
+    ap_model_opts opt[NE];
+    for (int e = 0; e < NE; e++) ap_model_opts_default(&opt[e]);
     opt[1].f32_weights = 1;
     opt[2].q8_activations = 1;
     opt[2].borrow_weights = 1;
-    float *lg[3];
-    keep_rows kr[3];
-    for (int e = 0; e < 3; e++) {
+    opt[3].kv_type = AP_KV_F16;
+    float *lg[NE];
+    keep_rows kr[NE];
+    for (int e = 0; e < NE; e++) {
         lg[e] = malloc((size_t)STEPS * V * sizeof(float));
         cr_assert(lg[e]);
         kr_init(&kr[e], L, H, PRE, N);
@@ -769,7 +835,8 @@ Test(engine, real_model_quant_vs_f32, .timeout = 1800) {
         ap_model_free(m);
     }
     double worst = 0.0, worst_l2 = 0.0, q8_l2 = 0.0, q8_attn = 0.0, attn = 0.0;
-    int agree[3] = {0};
+    double f16_l2 = 0.0, f16_attn = 0.0;
+    int agree[NE] = {0};
     for (int i = 0; i < STEPS; i++) {
         const float *a = lg[0] + (size_t)i * V, *b = lg[1] + (size_t)i * V;
         double e = ap_rel_err_f32(a, b, V), e2 = ap_rel_l2_f32(a, b, V);
@@ -778,10 +845,14 @@ Test(engine, real_model_quant_vs_f32, .timeout = 1800) {
         cr_expect(e <= AP_TOL_FORWARD_REL, "step %d: quantized vs float32 rel err %.3g", i, e);
         cr_expect_eq(argmax_f(a, V), argmax_f(b, V), "step %d: argmax differs", i);
         /* Row i holds the logits of position PRE - 1 + i. */
-        for (int k = 0; k < 3; k++)
+        for (int k = 0; k < NE; k++)
             agree[k] += argmax_f(lg[k] + (size_t)i * V, V) == ref_am[PRE - 1 + i];
         double e8 = ap_rel_l2_f32(lg[2] + (size_t)i * V, a, V);
         if (e8 > q8_l2) q8_l2 = e8;
+        double e16 = ap_rel_l2_f32(lg[3] + (size_t)i * V, a, V);
+        if (e16 > f16_l2) f16_l2 = e16;
+        cr_expect(e16 <= AP_TOL_KV_F16_LOGITS_REL_L2, "step %d: f16 vs f32 KV logits rel L2 %.3g",
+                  i, e16);
     }
     cr_expect_eq(agree[0], STEPS, "quantized engine vs transformers argmax: %d/%d", agree[0],
                  STEPS);
@@ -794,6 +865,8 @@ Test(engine, real_model_quant_vs_f32, .timeout = 1800) {
                       sl / H, sl % H, p, e);
             e = ap_max_abs_err_f32(kr[2].rows + off, kr[0].rows + off, p + 1);
             if (e > q8_attn) q8_attn = e;
+            e = ap_max_abs_err_f32(kr[3].rows + off, kr[0].rows + off, p + 1);
+            if (e > f16_attn) f16_attn = e;
         }
     }
     cr_log_info("real model (code prompt, %d decode steps after %d): quantized vs float32 logits "
@@ -803,7 +876,12 @@ Test(engine, real_model_quant_vs_f32, .timeout = 1800) {
     cr_log_info("Q8 activations vs exact: logits rel L2 %.3g, attention abs %.3g; argmax = "
                 "transformers at %d/%d",
                 q8_l2, q8_attn, agree[2], STEPS);
-    for (int e = 0; e < 3; e++) {
+    cr_log_info("f16 KV cache vs f32: logits rel L2 %.3g, attention abs %.3g; argmax = "
+                "transformers at %d/%d",
+                f16_l2, f16_attn, agree[3], STEPS);
+    cr_expect_geq(agree[3], STEPS - 1, "f16 KV cache argmax vs transformers: %d/%d", agree[3],
+                  STEPS);
+    for (int e = 0; e < NE; e++) {
         free(lg[e]);
         kr_free(&kr[e]);
     }

@@ -208,8 +208,8 @@ static ap_sparse_attn_args sargs(const sprob *P, souts *o) {
                              .bsum = o->bsum,
                              .ldb = o->ldb};
     if (c->paged) {
-        a.k_pages = P->kp;
-        a.v_pages = P->vp;
+        a.k_pages = (const void *const *)P->kp;
+        a.v_pages = (const void *const *)P->vp;
     } else {
         a.k = P->k;
         a.v = P->v;
@@ -377,6 +377,69 @@ Test(sparse_attn, random_kept_sets_match_reference) {
         }
         souts_free(&o);
         souts_free(&r);
+        sprob_free(&P);
+    }
+}
+
+/* The same problems over a binary16 cache (contiguous and paged): the
+ * kernels convert on load, the reference converts each row in its own
+ * loop; both then see the same values, so the kernel tolerance holds. */
+Test(sparse_attn, f16_cache_matches_reference) {
+    static const scase cases[] = {
+        {2, 3, 64, 1000, 16, 64, 64, 1, 1, 0, 0.1}, {3, 3, 64, 8192, 16, 64, 64, 1, 0, 0, 0.05},
+        {2, 2, 40, 300, 8, 0, 17, 0, 1, 1, 0.4},    {2, 3, 64, 777, 16, 0, 0, 1, 0, 1, 0.15},
+        {1, 4, 24, 257, 16, 16, 3, 0, 0, 0, 0.3},
+    };
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        sprob P;
+        sprob_make(&P, &cases[ci], 70 + ci);
+        const size_t elts = (size_t)P.nb * P.c.B * P.ldkv, np = (size_t)P.c.n_groups * P.nb;
+        uint16_t *kh = xcalloc(elts, 2), *vh = xcalloc(elts, 2);
+        uint16_t *skh = xcalloc(elts, 2), *svh = xcalloc(elts, 2);
+        ap_kv_store_row(kh, AP_KV_F16, P.k, elts, AP_QISA_AUTO);
+        ap_kv_store_row(vh, AP_KV_F16, P.v, elts, AP_QISA_AUTO);
+        ap_kv_store_row(skh, AP_KV_F16, P.store_k, elts, AP_QISA_AUTO);
+        ap_kv_store_row(svh, AP_KV_F16, P.store_v, elts, AP_QISA_AUTO);
+        const void **kp = xcalloc(np, sizeof *kp), **vp = xcalloc(np, sizeof *vp);
+        for (size_t i = 0; i < np; i++) {
+            kp[i] = P.kp[i] ? (const void *)(skh + (P.kp[i] - P.store_k)) : NULL;
+            vp[i] = P.vp[i] ? (const void *)(svh + (P.vp[i] - P.store_v)) : NULL;
+        }
+        souts o, r;
+        souts_alloc(&o, &P);
+        souts_alloc(&r, &P);
+        ap_sparse_attn_args a = sargs(&P, &o), ar = sargs(&P, &r);
+        a.kv_type = ar.kv_type = AP_KV_F16;
+        if (P.c.paged) {
+            a.k_pages = ar.k_pages = kp;
+            a.v_pages = ar.v_pages = vp;
+        } else {
+            a.k = ar.k = kh;
+            a.v = ar.v = vh;
+        }
+        ap_err err = {0};
+        cr_assert_eq(run_cpu(&a, &err), AP_OK, "case %zu: %s", ci, err.msg);
+        cr_assert_eq(ap_sparse_attn_ref(&ar, &err), AP_OK, "case %zu: %s", ci, err.msg);
+        char what[32];
+        snprintf(what, sizeof what, "f16 case %zu", ci);
+        expect_outs_close(&P, &o, &r, AP_TOL_KERNEL_REL, what);
+        /* And binary16 is really what was read: the float32 result on the
+         * original values differs by about the rounding, not by zero. */
+        souts f;
+        souts_alloc(&f, &P);
+        ap_sparse_attn_args af = sargs(&P, &f);
+        cr_assert_eq(run_cpu(&af, &err), AP_OK, "case %zu: %s", ci, err.msg);
+        double e = rel_err(o.out, f.out, (long)((size_t)P.units * P.c.hd));
+        cr_expect(e > 0.0 && e < 1e-2, "f16 case %zu: f16 vs f32 output rel err %.3g", ci, e);
+        souts_free(&f);
+        souts_free(&o);
+        souts_free(&r);
+        free(kp);
+        free(vp);
+        free(kh);
+        free(vh);
+        free(skh);
+        free(svh);
         sprob_free(&P);
     }
 }
@@ -600,7 +663,7 @@ static void fill_dense_scores(const sprob *P, float *D, size_t ld) {
     for (int g = 0; g < c->n_groups; g++)
         for (int j0 = 0; j0 < c->n; j0 += 64)
             ap_kv_scores(P->q + (size_t)g * c->G * c->hd, c->G, c->hd,
-                         P->k + (size_t)j0 * P->ldkv + (size_t)g * c->hd, P->ldkv,
+                         P->k + (size_t)j0 * P->ldkv + (size_t)g * c->hd, AP_KV_F32, P->ldkv,
                          c->n - j0 < 64 ? c->n - j0 : 64, P->scale, D + (size_t)g * c->G * ld + j0,
                          ld, AP_QISA_AUTO);
 }
@@ -680,7 +743,7 @@ Test(sparse_attn, rejects_bad_arguments) {
     cr_expect_eq(ap_sparse_attn_validate(&a, 1, &err), AP_OK, "%s", err.msg);
     /* Layout mix, half a view pair, short view stride, negative sink. */
     ap_sparse_attn_args b = a;
-    b.k_pages = P.kp;
+    b.k_pages = (const void *const *)P.kp;
     cr_expect_eq(ap_sparse_attn_validate(&b, 1, &err), AP_ERR_ARG);
     b = a;
     b.bsum = NULL;

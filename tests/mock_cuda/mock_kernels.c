@@ -393,6 +393,10 @@ ap_status ap_sparse_attn_cuda(const ap_sparse_attn_args *a, void *d_work, size_t
                               ap_cuda_stream s, ap_err *err) {
     ap_status st = ap_sparse_attn_validate(a, 0, err);
     if (st != AP_OK) return st;
+    if (a->kv_type != AP_KV_F32)
+        return ap_errf(err, AP_ERR_UNSUPPORTED,
+                       "sparse attention (CUDA): K/V type %s (the kernels read f32 only)",
+                       ap_kv_type_name(a->kv_type));
     if (a->head_dim > SP_MAX_HD || a->block > SP_MAX_BLOCK)
         return ap_errf(err, AP_ERR_UNSUPPORTED,
                        "sparse attention (CUDA): head_dim %d / block %d above the kernel's %d / %d",
@@ -439,8 +443,9 @@ ap_status ap_sparse_attn_cuda(const ap_sparse_attn_args *a, void *d_work, size_t
             b.q = a->q + u0 * hd;
             b.out = a->out + u0 * hd;
             if (a->k) {
-                b.k = a->k + (size_t)g * a->group_stride;
-                b.v = a->v + (size_t)g * a->group_stride;
+                /* The CUDA kernels read f32 only (checked above). */
+                b.k = (const float *)a->k + (size_t)g * a->group_stride;
+                b.v = (const float *)a->v + (size_t)g * a->group_stride;
             } else {
                 b.k_pages = a->k_pages + (size_t)g * nb;
                 b.v_pages = a->v_pages + (size_t)g * nb;
