@@ -205,6 +205,42 @@ static void run_and_compare(const ap_model *m, const fixture *fx, int n_prefill)
     free(logits);
 }
 
+/* The f16 KV cache (ap_model_opts.kv_type) on the same sequence, prefill
+ * then decode: every layer kind of the architecture (sliding-window ones
+ * included) reads binary16 keys and values; logits at the stored positions
+ * stay within AP_TOL_KV_F16_LOGITS_REL_L2 of the reference. */
+static void f16_cache_close(const ap_gguf *g, const fixture *fx) {
+    const int T = fx->T, V = fx->V, n_prefill = T - fx->n_decode;
+    ap_err err = {0};
+    ap_model_opts o;
+    ap_model_opts_default(&o);
+    o.kv_type = AP_KV_F16;
+    ap_model *m = NULL;
+    ap_ctx *c = NULL;
+    float *logits = malloc((size_t)T * V * sizeof(float));
+    cr_assert(logits);
+    cr_assert_eq(ap_model_load_opts(g, &o, &m, &err), AP_OK, "%s: %s", fx->name, err.msg);
+    cr_assert_eq(ap_ctx_create(m, T, 2, &c, &err), AP_OK, "%s: %s", fx->name, err.msg);
+    for (int at = 0; at < T;) {
+        int n = at == 0 ? n_prefill : 1;
+        cr_assert_eq(ap_ctx_eval(c, fx->tok + at, n, logits + (size_t)at * V, 1, NULL, &err),
+                     AP_OK, "%s (f16 cache) at %d: %s", fx->name, at, err.msg);
+        at += n;
+    }
+    double worst = 0.0;
+    for (int k = 0; k < fx->n_lpos; k++) {
+        int p = fx->lpos[k];
+        double e = ap_rel_l2_f32(logits + (size_t)p * V, fx->logits + (size_t)k * V, V);
+        if (e > worst) worst = e;
+        cr_expect(e <= AP_TOL_KV_F16_LOGITS_REL_L2, "%s (f16 cache) position %d: logits rel L2 %.3g",
+                  fx->name, p, e);
+    }
+    cr_log_info("%s, f16 KV cache: logits rel L2 %.3g against transformers", fx->name, worst);
+    ap_ctx_free(c);
+    ap_model_free(m);
+    free(logits);
+}
+
 static void check_arch(const char *name) {
     ap_err err = {0};
     char *js = NULL;
@@ -254,6 +290,7 @@ static void check_arch(const char *name) {
     fixture_load(&fx, m);
     run_and_compare(model, &fx, fx.T);
     run_and_compare(model, &fx, fx.T - fx.n_decode);
+    f16_cache_close(g, &fx);
     fixture_free(&fx);
     ap_model_free(model);
     ap_gguf_free(g);
