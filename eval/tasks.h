@@ -22,11 +22,12 @@
  * attends from a hot pool of page slots that holds exactly each step's kept
  * blocks (eval/live.h), and resident_kv_bytes / fetch_kv_bytes are measured
  * on it (kv_measured = 1): mean over decode steps of the slots in use x
- * block x head_dim x 2 (K and V) x 4 bytes (whole slots, so a partial last
+ * block x head_dim x 2 (K and V) x the cache type's bytes (config.kv_type;
+ * 4 for f32, 2 for f16; whole slots, so a partial last
  * block counts in full), and mean per step (from the second) of the keys
  * copied from the cold store into slots. Without it they are accounted from
  * the kept sets: for each layer and KV head, the union of its query heads'
- * kept tokens x head_dim x 2 x 4 bytes. Eviction methods never need the rest
+ * kept tokens x head_dim x 2 x the same bytes. Eviction methods never need the rest
  * again; retrieval methods (attnpred, Quest, oracle) keep it in a cold store
  * (cold_kv_bytes) and fetch the selected blocks each step.
  *

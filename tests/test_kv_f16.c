@@ -16,7 +16,6 @@
 #include "eval/selectors.h"
 #include "helpers/keep_all.h"
 #include "helpers/synth_ctx.h"
-#include "kernels/quant.h"
 
 #define NP 150
 #define STEPS 12
