@@ -6,8 +6,9 @@
  *
  *   bench-live [--model M.gguf] [--predictor P.safetensors] [--contexts 2048,4096,max]
  *              [--budget 512] [--methods last_step,attnpred,quest] [--gen 64]
- *              [--threads 2] [--pred-stride S] [--pred-per-kv] [--no-prefetch]
- *              [--kv-type f32|f16] [--json OUT]
+ *              [--threads 2] [--pred-stride S] [--pred-per-kv] [--[no-]prefetch]
+ *              [--kv-type f32|f16] [--calib N] [--kv-mode qhead|sum|union]
+ *              [--json OUT]
  *
  * Each context is one sample of plain text (the prompts of data/tasks/full.jsonl
  * joined, cut so that prompt + --gen tokens is the context; "max" is the
@@ -16,7 +17,9 @@
  * decode, then each method's free run (timed) and its teacher-forced pass on
  * full KV's tokens (agreement). tps and step_ms come from the free run's wall
  * time; predictor_ms is the method's scoring work per token (predictor CNN,
- * ranking), whichever thread ran it (the prefetch worker hides part of it);
+ * ranking): wall time of the thread that ran it, its parts split over the
+ * engine's threads included (ap_kv_step.par); with prefetch the worker's,
+ * part of it hidden;
  * the speedup is against full KV in the same process, so machine noise hits
  * both alike. A free run that stops early (end of text) is timed on the
  * tokens it made.
@@ -40,6 +43,7 @@
 #include "capture/model.h"
 #include "capture/tokenizer.h"
 #include "common/util.h"
+#include "eval/report_util.h"
 #include "eval/tasks.h"
 #include "machine_limits.h"
 
@@ -118,14 +122,19 @@ int main(int argc, char **argv) {
     const char *text_file = AP_SOURCE_DIR "/data/tasks/full.jsonl";
     const char *ctx_arg = "2048,4096,max", *methods_arg = "last_step,attnpred,quest";
     const char *json_out = NULL;
-    int budget = 512, gen = 64, threads = 2, stride = 1, per_kv = 0, prefetch = 1, limits = 1;
+    int budget = 512, gen = 64, threads = 2, stride = 1, per_kv = 0, prefetch = -1, limits = 1;
+    int calib = 5;
+    ap_kv_mode kv_mode = AP_KV_PER_QHEAD;
     ap_kv_type kv_type = AP_KV_F32;
     static const struct option lo[] = {
         {"model", 1, 0, 'm'},  {"predictor", 1, 0, 'p'},   {"contexts", 1, 0, 'c'},
         {"budget", 1, 0, 'b'}, {"methods", 1, 0, 'M'},     {"gen", 1, 0, 'g'},
         {"threads", 1, 0, 't'}, {"pred-stride", 1, 0, 's'}, {"pred-per-kv", 0, 0, 'k'},
-        {"no-prefetch", 0, 0, 'n'}, {"json", 1, 0, 'j'},   {"text", 1, 0, 'x'},
-        {"no-limits", 0, 0, 'L'}, {"kv-type", 1, 0, 'K'}, {"help", 0, 0, 'h'},
+        {"no-prefetch", 0, 0, 'n'}, {"prefetch", 0, 0, 'P'}, {"json", 1, 0, 'j'},
+        {"text", 1, 0, 'x'},
+        {"no-limits", 0, 0, 'L'}, {"kv-type", 1, 0, 'K'}, {"calib", 1, 0, 'C'},
+        {"kv-mode", 1, 0, 'V'},
+        {"help", 0, 0, 'h'},
         {0, 0, 0, 0}};
     int o;
     opterr = 0;
@@ -141,9 +150,21 @@ int main(int argc, char **argv) {
         case 's': stride = atoi(optarg); break;
         case 'k': per_kv = 1; break;
         case 'n': prefetch = 0; break;
+        case 'P': prefetch = 1; break;
         case 'j': json_out = optarg; break;
         case 'x': text_file = optarg; break;
         case 'L': limits = 0; break;
+        case 'C': calib = atoi(optarg); break;
+        case 'V':
+            if (!strcmp(optarg, "qhead")) kv_mode = AP_KV_PER_QHEAD;
+            else if (!strcmp(optarg, "sum")) kv_mode = AP_KV_SUM;
+            else if (!strcmp(optarg, "union")) kv_mode = AP_KV_UNION;
+            else {
+                fprintf(stderr, "bench-live: bad value '%s' for --kv-mode (qhead, sum or union)\n",
+                        optarg);
+                return 2;
+            }
+            break;
         case 'K':
             if (ap_kv_type_parse(optarg, &kv_type)) {
                 fprintf(stderr, "bench-live: bad value '%s' for --kv-type (f32 or f16)\n", optarg);
@@ -154,16 +175,22 @@ int main(int argc, char **argv) {
             printf("usage: bench-live [--model M.gguf] [--predictor P.safetensors]\n"
                    "                  [--contexts 2048,4096,max] [--budget 512]\n"
                    "                  [--methods last_step,attnpred,quest] [--gen 64] [--threads 2]\n"
-                   "                  [--pred-stride S] [--pred-per-kv] [--no-prefetch]\n"
+                   "                  [--pred-stride S] [--pred-per-kv] [--[no-]prefetch]\n"
                    "                  [--text TASKS.jsonl] [--no-limits] [--kv-type f32|f16]\n"
-                   "                  [--json OUT]\n"
+                   "                  [--calib N] [--kv-mode qhead|sum|union] [--json OUT]\n"
                    "Live compressed decoding vs full KV at each context (plain text cut from\n"
                    "the task prompts; max = the model's context_length), one line per\n"
                    "(context, method): tok/s, full KV's tok/s in the same run, the speedup,\n"
                    "teacher-forced agreement with full KV, predictor and step ms per token;\n"
                    "then this machine's read bandwidth and FMA peak (--no-limits: skip) and\n"
                    "each step's bytes read as a fraction of that bandwidth. --kv-type: the\n"
-                   "engine's KV cache for every method, full KV included (default f32).\n");
+                   "engine's KV cache for every method, full KV included (default f32).\n"
+                   "--calib: dense history row every N decode steps for last_step and the\n"
+                   "predictor (default 5, the method's; 0: never), as in eval tasks.\n"
+                   "--prefetch / --no-prefetch: the predictor on a worker thread or on the\n"
+                   "engine's threads (default: the worker where the machine has more CPUs\n"
+                   "than --threads), as in eval tasks. --kv-mode: kept sets per query head\n"
+                   "(default) or per KV head (sum, union), as in eval tasks.\n");
             return 0;
         default:
             fprintf(stderr, "bench-live: unknown or incomplete option '%s' (see --help)\n",
@@ -171,9 +198,9 @@ int main(int argc, char **argv) {
             return 2;
         }
     }
-    if (budget < 1 || gen < 1 || gen > 4096 || threads < 1 || stride < 1) {
+    if (budget < 1 || gen < 1 || gen > 4096 || threads < 1 || stride < 1 || calib < 0) {
         fprintf(stderr, "bench-live: --budget, --gen, --threads and --pred-stride must be "
-                        "positive (--gen at most 4096)\n");
+                        "positive (--gen at most 4096), --calib at least 0\n");
         return 2;
     }
     int rc = 1;
@@ -291,6 +318,8 @@ int main(int argc, char **argv) {
     c.pred_stride = stride;
     c.pred_per_kv = per_kv;
     c.kv_type = kv_type;
+    c.calib = calib;
+    c.kv_mode = kv_mode;
     methods_copy = strdup(methods_arg);
     int uses_pred = 0;
     for (char *save = NULL, *t = strtok_r(methods_copy, ",", &save); t;
@@ -341,9 +370,12 @@ int main(int argc, char **argv) {
     cJSON_AddNumberToObject(root, "budget", budget);
     cJSON_AddNumberToObject(root, "pred_stride", stride);
     cJSON_AddBoolToObject(root, "pred_per_kv", per_kv);
-    cJSON_AddBoolToObject(root, "prefetch", prefetch);
+    cJSON_AddBoolToObject(root, "prefetch", r->config.prefetch);
     cJSON_AddStringToObject(root, "kv_type", ap_kv_type_name(kv_type));
-    printf("kv cache: %s\n", ap_kv_type_name(kv_type));
+    cJSON_AddNumberToObject(root, "calib", calib);
+    cJSON_AddStringToObject(root, "kv_mode", ap_kv_mode_name(kv_mode));
+    printf("kv cache: %s, prefetch %s, calib %d\n", ap_kv_type_name(kv_type),
+           r->config.prefetch ? "on" : "off", calib);
     cJSON *rows = cJSON_AddArrayToObject(root, "rows");
     for (int s = 0; s < r->n_samples; s++) {
         const ap_task_run *full = ap_tasks_run_at(r, s, 0, 0);

@@ -731,6 +731,29 @@ static void pool_run(pool_t *p, job_fn fn, void *arg) {
     }
 }
 
+typedef struct {
+    ap_par_fn fn;
+    void *arg;
+    int n;
+    atomic_int next;
+} par_job;
+
+static void par_job_run(void *arg, int ith) {
+    par_job *j = arg;
+    (void)ith;
+    for (int i; (i = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed)) < j->n;)
+        j->fn(j->arg, i);
+}
+
+/* ap_par.run over the ctx's pool: units taken in turn by whichever thread
+ * is free. */
+static void ctx_par_run(void *ctx, ap_par_fn fn, void *arg, int n) {
+    pool_t *p = ctx;
+    par_job j = {.fn = fn, .arg = arg, .n = n};
+    atomic_init(&j.next, 0);
+    pool_run(p, par_job_run, &j);
+}
+
 static void pool_destroy(pool_t *p) {
     if (!p) return;
     if (p->n_started > 0) {
@@ -782,6 +805,7 @@ struct ap_ctx {
     float *colsum_f;        /* [n_ctx] */
     pool_t *pool;
     worker_arg *wargs;
+    ap_par par;              /* the pool, lent to a KV policy's select (ap_kv_step.par) */
     /* Compressed decoding (ap_ctx_set_kv_policy); all NULL when dense. */
     const ap_kv_policy *kvp;
     void *kv_scratch;        /* [n_threads][kv_scratch_per_thread] */
@@ -802,6 +826,8 @@ static ap_status pool_create(ap_ctx *c, int n_workers, ap_err *err) {
     pool_t *p = calloc(1, sizeof *p);
     if (!p) return ap_errf(err, AP_ERR_NOMEM, "out of memory for the thread pool");
     c->pool = p;
+    c->par.run = ctx_par_run;
+    c->par.ctx = p;
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->cv_job, NULL);
     pthread_cond_init(&p->cv_done, NULL);
@@ -1464,10 +1490,15 @@ typedef struct {
     atomic_int next;
 } dscore_job;
 
+/* Keys per piece of a dscore unit: the piece's rows (768 B each in the
+ * default model) stay in L2 while every KV head reads its slice of them. */
+#define DSCORE_PIECE 256
+
 /* A measuring pass's dense scores, scale*q.k of every query head over keys
- * 0..pos into dscore, one (KV group, key chunk) per unit: each key row is
- * read once for the group's heads. Chunks start at multiples of 16, so the
- * kernel groups keys exactly as one call over all keys would. */
+ * 0..pos into dscore, one key chunk of every KV group per unit: each key
+ * row is read once for the group's heads. Chunks and pieces start at
+ * multiples of 16, so the kernel groups keys exactly as one call over all
+ * keys would. */
 static void dscore_run(void *arg, int ith) {
     dscore_job *j = arg;
     ap_ctx *c = j->c;
@@ -1476,14 +1507,21 @@ static void dscore_run(void *arg, int ith) {
     const size_t kvd = c->kv_dim, lds = (size_t)c->n_ctx;
     const size_t layer_off = (size_t)j->layer * (size_t)c->n_ctx * kvd;
     (void)ith;
+    /* A unit is a key chunk of every KV head: one KV head's keys are a
+     * strided slice of each cache row, which streams from memory at about
+     * two thirds of the rate of whole rows read in turn. */
     for (;;) {
         int u = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
-        if (u >= hp->n_head_kv * j->n_chunks) break;
-        int g = u / j->n_chunks, j0 = (u % j->n_chunks) * j->chunk;
-        int nj = nk - j0 < j->chunk ? nk - j0 : j->chunk;
-        ap_kv_scores(c->qkv + (size_t)g * G * hd, G, hd,
-                     kv_at(c, c->kcache, layer_off + (size_t)j0 * kvd + (size_t)g * hd),
-                     c->kv_type, kvd, nj, hp->attn_scale, c->dscore + (size_t)g * G * lds + j0, lds, AP_QISA_AUTO);
+        if (u >= j->n_chunks) break;
+        const int j0 = u * j->chunk, j1 = nk - j0 < j->chunk ? nk : j0 + j->chunk;
+        for (int p0 = j0; p0 < j1; p0 += DSCORE_PIECE) {
+            const int np = j1 - p0 < DSCORE_PIECE ? j1 - p0 : DSCORE_PIECE;
+            for (int g = 0; g < hp->n_head_kv; g++)
+                ap_kv_scores(c->qkv + (size_t)g * G * hd, G, hd,
+                             kv_at(c, c->kcache, layer_off + (size_t)p0 * kvd + (size_t)g * hd),
+                             c->kv_type, kvd, np, hp->attn_scale, c->dscore + (size_t)g * G * lds + p0,
+                             lds, AP_QISA_AUTO);
+        }
     }
 }
 
@@ -1523,7 +1561,7 @@ static ap_status policy_attention(ap_ctx *c, int layer, int pos, ap_err *err) {
                     .ldb = c->kv_ldb, .q = c->qkv,
                     .k = kv_at(c, c->kcache, (size_t)layer * (size_t)c->n_ctx * c->kv_dim),
                     .v = kv_at(c, c->vcache, (size_t)layer * (size_t)c->n_ctx * c->kv_dim),
-                    .kv_type = c->kv_type, .kv_stride = c->kv_dim};
+                    .kv_type = c->kv_type, .kv_stride = c->kv_dim, .par = &c->par};
     if (want & AP_KV_DENSE_BEFORE) {
         /* The dense views come from a measuring pass over the smallest kept
          * set (sink + local); its output is overwritten below. */

@@ -21,6 +21,7 @@
 #include <stdint.h>
 
 #include "capture/gguf.h"
+#include "common/par.h"
 #include "common/status.h"
 #include "kernels/qmatvec.h"
 
@@ -235,6 +236,10 @@ typedef struct {
     /* With AP_KV_DENSE_BEFORE: the dense (true) row's block views
      * [n_head][ldb], before select; otherwise NULL. */
     const float *dense_bmax, *dense_bsum;
+    /* The engine's decode threads, lent to select and attended for the
+     * duration of the call (common/par.h; NULL: none), on the thread the
+     * engine called them on; not to be kept or used from other threads. */
+    const ap_par *par;
 } ap_kv_step;
 
 typedef struct {

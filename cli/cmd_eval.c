@@ -492,8 +492,11 @@ static void tasks_usage(FILE *out) {
         "                       scores between (query fusion still every step; default 1)\n"
         "  --pred-per-kv        one CNN per KV head, on the mean history of its query heads\n"
         "                       (default: one per query head, the method as published)\n"
-        "  --no-prefetch        score attnpred's next step on the decoding thread instead\n"
-        "                       of a prefetch worker (to measure what prefetch hides)\n"
+        "  --prefetch           score attnpred's next step on a prefetch worker thread\n"
+        "                       while the model computes (cross-token prefetch)\n"
+        "  --no-prefetch        score it on the decoding thread, split over the engine's\n"
+        "                       threads (default: prefetch on a GPU run or where the\n"
+        "                       machine has more CPUs than --threads; same choices)\n"
         "  --prefetch-threads N worker threads of the prefetch (default 1; on a GPU run the\n"
         "                       CPU is free for them)\n"
         "  --no-hot-pool        attend from the engine's contiguous cache and account KV\n"
@@ -611,7 +614,7 @@ static int cmd_tasks(int argc, char **argv) {
     int quiet = 0, rc = 2;
     ap_tasks_result *r = NULL;
     enum { O_MODEL = 256, O_PRED, O_QUICK, O_FULL, O_TFILE, O_TASKS, O_BUDGET, O_METHODS, O_MAXS,
-           O_MAXNEW, O_CALIB, O_KV, O_NOTF, O_NOPF, O_NOHP, O_THREADS, O_JSON, O_MD, O_PNG, O_QUIET, O_HELP,
+           O_MAXNEW, O_CALIB, O_KV, O_NOTF, O_NOPF, O_PF, O_NOHP, O_THREADS, O_JSON, O_MD, O_PNG, O_QUIET, O_HELP,
            O_DEVICE, O_OFFLOAD, O_PFTH, O_PSTRIDE, O_PKV, O_RESUME, O_KVT };
     static const struct option lo[] = {
         {"resume", 0, 0, O_RESUME},
@@ -622,7 +625,8 @@ static int cmd_tasks(int argc, char **argv) {
         {"methods", 1, 0, O_METHODS},      {"max-samples", 1, 0, O_MAXS},
         {"max-new", 1, 0, O_MAXNEW},       {"calib", 1, 0, O_CALIB},
         {"kv-mode", 1, 0, O_KV},           {"no-teacher-forced", 0, 0, O_NOTF},
-        {"no-prefetch", 0, 0, O_NOPF},     {"no-hot-pool", 0, 0, O_NOHP},
+        {"no-prefetch", 0, 0, O_NOPF},     {"prefetch", 0, 0, O_PF},
+        {"no-hot-pool", 0, 0, O_NOHP},
         {"threads", 1, 0, O_THREADS},      {"json", 1, 0, O_JSON},
         {"md", 1, 0, O_MD},                {"png", 1, 0, O_PNG},
         {"quiet", 0, 0, O_QUIET},          {"help", 0, 0, O_HELP},
@@ -683,6 +687,7 @@ static int cmd_tasks(int argc, char **argv) {
             break;
         case O_NOTF: c.teacher_forced = 0; break;
         case O_NOPF: c.prefetch = 0; break;
+        case O_PF: c.prefetch = 1; break;
         case O_NOHP: c.hot_pool = 0; break;
         case O_PSTRIDE: if (!parse_int(optarg, 1, 4096, &c.pred_stride)) goto bad; break;
         case O_PKV: c.pred_per_kv = 1; break;

@@ -21,6 +21,7 @@ set(AP_PUBLIC_HEADERS
   capture/tokenizer.h
   kernels/qmatvec.h
   kernels/quant.h
+  common/par.h
   common/status.h)
 foreach(h ${AP_PUBLIC_HEADERS})
   get_filename_component(dir ${h} DIRECTORY)

@@ -94,6 +94,11 @@ ap_status ap_mkdir_p(const char *dir, ap_err *err) {
     return AP_OK;
 }
 
+int ap_cpu_count(void) {
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int)n : 1;
+}
+
 double ap_now_seconds(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);

@@ -31,6 +31,9 @@ ap_status ap_mkdir_p(const char *dir, ap_err *err);
 
 double ap_now_seconds(void); /* monotonic */
 
+/* CPUs online (at least 1). */
+int ap_cpu_count(void);
+
 /* Peak resident set size of this process in bytes (0 if unknown). */
 size_t ap_peak_rss_bytes(void);
 

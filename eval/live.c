@@ -432,6 +432,21 @@ static ap_status pool_update(ap_live *lv, const ap_kv_step *ks, int g, const uin
     return AP_OK;
 }
 
+/* ap_sel_choose for one KV head, so select can split it over the engine's
+ * threads (each head has its own gsum and mark). */
+typedef struct {
+    ap_live *lv;
+    int W, k;
+} choose_job;
+
+static void choose_unit(void *arg, int g) {
+    const choose_job *c = arg;
+    ap_live *lv = c->lv;
+    const size_t at = (size_t)g * lv->NB;
+    ap_sel_choose_kv(lv->params.kv_mode, lv->H, lv->KV, g, lv->work, c->W, c->k, lv->order,
+                     lv->gsum + at, lv->mark + at, lv->chosen);
+}
+
 static ap_status live_select(void *user, const ap_kv_step *ks, const int **blocks,
                              const int **set_off, ap_err *err) {
     ap_live *lv = user;
@@ -445,6 +460,7 @@ static ap_status live_select(void *user, const ap_kv_step *ks, const int **block
     if ((st = sync_layer(lv, ks->layer, err))) goto cleanup;
     ap_sel_step *sp = &lv->sp;
     geometry(lv, ks->pos, sp);
+    sp->par = ks->par;
     memcpy(y->query + (size_t)sp->s * H * lv->hd, ks->q, (size_t)H * lv->hd * sizeof(float));
     if (ks->dense_bmax) put_rows(lv, y, sp->s, ks->dense_bmax, ks->dense_bsum, ks->ldb, ks->n_blocks);
     const int W = sp->W, bypass = W < lv->o.min_candidates;
@@ -463,8 +479,8 @@ static ap_status live_select(void *user, const ap_kv_step *ks, const int **block
             for (int h = 0; h < H; h++)
                 for (int j = 0; j < W; j++)
                     if (y->evicted[(size_t)h * NB + sp->c0 + j]) lv->work[(size_t)h * W + j] = -INFINITY;
-        ap_sel_choose(lv->params.kv_mode, H, lv->KV, lv->work, W, k, lv->order, lv->gsum,
-                      lv->mark, lv->chosen);
+        choose_job cj = {.lv = lv, .W = W, .k = k};
+        ap_par_for(ks->par, choose_unit, &cj, lv->KV);
     }
     /* Kept blocks (what observe() and the accounting see) and eviction. */
     for (int h = 0; h < H; h++) {
@@ -622,6 +638,7 @@ static ap_status live_attended(void *user, const ap_kv_step *ks, const ap_kv_att
         memcpy(lv->pf_kept + (size_t)l * HN, lv->kept, HN);
         memcpy(lv->pf_mass + (size_t)l * lv->H, lv->kept_mass, (size_t)lv->H * sizeof(double));
         lv->pf_obs[l] = *sp;
+        lv->pf_obs[l].par = NULL; /* the engine's threads are select's only */
         lv->pf_sp[l] = nx;
         lv->has_scores[l] = sp->t + 1 < lv->pf->max_steps && nx.W >= lv->o.min_candidates;
         lv->pending[l] = 1;
@@ -687,10 +704,10 @@ ap_status ap_live_create(const ap_live_prefill *pf, const ap_selector *sel,
     lv->layers = calloc((size_t)lv->L, sizeof *lv->layers);
     lv->scores = calloc(H * NB, sizeof(float));
     lv->work = calloc(H * NB, sizeof(float));
-    lv->gsum = calloc(NB, sizeof(float));
+    lv->gsum = calloc((size_t)lv->KV * NB, sizeof(float));
     lv->order = calloc(H * NB, sizeof(int));
     lv->chosen = calloc(H * NB, sizeof(int));
-    lv->mark = calloc(NB, sizeof(int));
+    lv->mark = calloc((size_t)lv->KV * NB, sizeof(int));
     lv->blocks = calloc(H * NB, sizeof(int));
     lv->set_off = calloc(H + 1, sizeof(int));
     lv->kept = calloc(H * NB, 1);

@@ -3,6 +3,7 @@
 #include "eval/selectors.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -253,16 +254,41 @@ static ap_status quest_create(const ap_sel_data *d, const ap_sel_params *p, void
     return data_only_create(d, p, state, err);
 }
 
+/* Blocks per unit when a step's bounds are split over threads: 32 KB of one
+ * KV head's bounds (hd 64), enough work to outweigh handing it out. */
+#define BOUND_CHUNK 64
+
+/* The query bound of every query head of every KV head over the step's
+ * candidates, out[n_head][W] (stride W), split into (KV head, block chunk)
+ * units over st->par. */
+typedef struct {
+    const ap_sel_data *d;
+    const ap_sel_step *st;
+    float *out;
+    int n_chunks;
+} bound_job;
+
+static void bound_unit(void *arg, int i) {
+    const bound_job *b = arg;
+    const ap_sel_data *d = b->d;
+    const int hd = d->head_dim, group = d->n_head / d->n_head_kv, W = b->st->W;
+    const int g = i / b->n_chunks, j0 = (i % b->n_chunks) * BOUND_CHUNK;
+    const int nj = W - j0 < BOUND_CHUNK ? W - j0 : BOUND_CHUNK;
+    const size_t at = ((size_t)g * d->n_blocks + b->st->c0 + j0) * hd;
+    const float *q = d->query + ((size_t)b->st->s * d->n_head + (size_t)g * group) * hd;
+    ap_query_bound_heads_ld(q, group, d->key_min + at, d->key_max + at, hd, nj,
+                            b->out + (size_t)g * group * W + j0, (size_t)W);
+}
+
+static void query_bounds(const ap_sel_data *d, const ap_sel_step *st, float *out) {
+    bound_job b = {.d = d, .st = st, .out = out, .n_chunks = (st->W + BOUND_CHUNK - 1) / BOUND_CHUNK};
+    ap_par_for(st->par, bound_unit, &b, d->n_head_kv * b.n_chunks);
+}
+
 /* Upper bound of q.k over the block's keys, per page (Quest). */
 static ap_status quest_score(void *state, const ap_sel_step *st, float *scores, ap_err *err) {
-    const ap_sel_data *d = ((data_only *)state)->d;
-    const int hd = d->head_dim, group = d->n_head / d->n_head_kv;
-    for (int g = 0; g < d->n_head_kv; g++) {
-        const size_t at = ((size_t)g * d->n_blocks + st->c0) * hd;
-        const float *q = d->query + ((size_t)st->s * d->n_head + (size_t)g * group) * hd;
-        ap_query_bound_heads(q, group, d->key_min + at, d->key_max + at, hd, st->W,
-                             scores + (size_t)g * group * st->W);
-    }
+    (void)err;
+    query_bounds(((data_only *)state)->d, st, scores);
     return AP_OK;
 }
 
@@ -358,12 +384,17 @@ typedef struct {
     int group;       /* query heads per history */
     pred_hist *hist; /* [n_hist] */
     float *x;        /* [n_hist][H][max W] window batch (full recomputation) */
-    float *row;      /* [NB] scratch */
-    float *acc;      /* [NB] scratch: the group's mean row (pred_per_kv) */
+    float *row;      /* [n_hist][NB] scratch, one per history (they run at once) */
+    float *acc;      /* [n_hist][NB] scratch: the group's mean row (pred_per_kv) */
+    ap_status *unit_rc; /* [n_hist] each history's status, when split over threads */
+    ap_err *unit_err;   /* [n_hist] */
+    double *unit_cpu;   /* [n_hist] CPU seconds of each history's work */
     /* The last CNN scores, global blocks [cache_c0, cache_c1) of each
      * history, reused between strided evaluations. */
     float *cache;    /* [n_hist][NB] */
-    float *bound;    /* [group of the model][NB] scratch: query fusion's bounds */
+    float *bound;    /* [n_head][NB] scratch: query fusion's bounds */
+    ap_status *fuse_rc; /* [n_head] each head's fusion, when split over threads */
+    ap_err *fuse_err;   /* [n_head] */
     int cache_c0, cache_c1;
     long n_scored;   /* score() calls so far */
     ap_sel_cost cost;
@@ -401,8 +432,13 @@ static void pred_free(void *state) {
     free(s->x);
     free(s->row);
     free(s->acc);
+    free(s->unit_rc);
+    free(s->unit_err);
+    free(s->unit_cpu);
     free(s->cache);
     free(s->bound);
+    free(s->fuse_rc);
+    free(s->fuse_err);
     free(s);
 }
 
@@ -430,13 +466,18 @@ static ap_status pred_create(const ap_sel_data *d, const ap_sel_params *p, void 
     s->n_hist = p->pred_per_kv ? d->n_head_kv : d->n_head;
     s->group = d->n_head / s->n_hist;
     s->hist = calloc((size_t)s->n_hist, sizeof *s->hist);
-    s->row = malloc((size_t)NB * sizeof(float));
-    s->acc = malloc((size_t)NB * sizeof(float));
+    s->row = malloc((size_t)s->n_hist * NB * sizeof(float));
+    s->acc = malloc((size_t)s->n_hist * NB * sizeof(float));
+    s->unit_rc = calloc((size_t)s->n_hist, sizeof *s->unit_rc);
+    s->unit_err = calloc((size_t)s->n_hist, sizeof *s->unit_err);
+    s->unit_cpu = calloc((size_t)s->n_hist, sizeof *s->unit_cpu);
     s->cache = malloc((size_t)s->n_hist * NB * sizeof(float));
     if (!p->incremental) s->x = malloc((size_t)s->n_hist * H * NB * sizeof(float));
-    s->bound = malloc((size_t)(d->n_head / (d->n_head_kv > 0 ? d->n_head_kv : 1)) * NB *
-                      sizeof(float));
-    if (!s->hist || !s->row || !s->acc || !s->cache || !s->bound ||
+    s->bound = malloc((size_t)d->n_head * NB * sizeof(float));
+    s->fuse_rc = calloc((size_t)d->n_head, sizeof *s->fuse_rc);
+    s->fuse_err = calloc((size_t)d->n_head, sizeof *s->fuse_err);
+    if (!s->hist || !s->row || !s->acc || !s->cache || !s->bound || !s->fuse_rc || !s->fuse_err ||
+        !s->unit_rc || !s->unit_err || !s->unit_cpu ||
         (!p->incremental && !s->x)) {
         st = ap_errf(err, AP_ERR_NOMEM, "out of memory for predictor histories");
         goto cleanup;
@@ -475,22 +516,72 @@ cleanup:
 }
 
 /* CNN scores of every history for candidates [c0, c1): out[n_hist][W]. */
-static ap_status layer_predict(pred_state *s, int c0, int c1, float *out, ap_err *err) {
+/* CPU time of the calling thread: the predictor runs single-threaded inside
+ * one worker (or split by history over lent threads, each unit timing
+ * itself), and on a shared machine wall time would mostly measure the other
+ * processes. */
+static double thread_cpu_seconds(void) {
+    struct timespec ts;
+    if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) != 0) return ap_now_seconds();
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Per-history work split over st->par: histories are independent objects
+ * (each ap_incr has its own scratch; the weights are read only). */
+typedef struct {
+    pred_state *s;
+    const ap_sel_step *st;
+    int c0, c1;
+    float *out;
+    const uint8_t *kept;
+    const double *kept_mass;
+    pthread_t caller; /* units it runs itself are in its own CPU time already */
+} hist_job;
+
+static void predict_unit(void *arg, int h) {
+    const hist_job *j = arg;
+    pred_state *s = j->s;
+    const double t0 = thread_cpu_seconds();
+    s->unit_rc[h] = ap_incr_predict(s->hist[h].incr, j->c0, j->c1,
+                                    j->out + (size_t)h * (j->c1 - j->c0), &s->unit_err[h]);
+    s->unit_cpu[h] = pthread_equal(pthread_self(), j->caller) ? 0.0 : thread_cpu_seconds() - t0;
+}
+
+/* The first failing history's status (its message into err). */
+static ap_status units_status(const pred_state *s, ap_err *err) {
+    for (int h = 0; h < s->n_hist; h++)
+        if (s->unit_rc[h]) {
+            if (err) *err = s->unit_err[h];
+            return s->unit_rc[h];
+        }
+    return AP_OK;
+}
+
+/* CPU seconds the units spent on threads other than the caller's (whose own
+ * time its caller measures). */
+static double units_cpu(const pred_state *s) {
+    double t = 0.0;
+    for (int h = 0; h < s->n_hist; h++) t += s->unit_cpu[h];
+    return t;
+}
+
+static ap_status layer_predict(pred_state *s, const ap_sel_step *st, int c0, int c1, float *out,
+                               ap_err *err) {
     const ap_sel_data *d = s->d;
     const int H = s->H, NB = d->n_blocks, W = c1 - c0;
     if (s->p->incremental) {
-        for (int h = 0; h < s->n_hist; h++) {
-            ap_status st = ap_incr_predict(s->hist[h].incr, c0, c1, out + (size_t)h * W, err);
-            if (st) return st;
-            s->cost.run_macs += ap_incr_last_macs(s->hist[h].incr);
-        }
+        hist_job j = {.s = s, .st = st, .c0 = c0, .c1 = c1, .out = out, .caller = pthread_self()};
+        ap_par_for(st->par, predict_unit, &j, s->n_hist);
+        ap_status rc = units_status(s, err);
+        if (rc) return rc;
+        for (int h = 0; h < s->n_hist; h++) s->cost.run_macs += ap_incr_last_macs(s->hist[h].incr);
         return AP_OK;
     }
     for (int h = 0; h < s->n_hist; h++)
         hist_window(&s->hist[h], H, NB, c0, c1, s->x + (size_t)h * H * W);
-    ap_status st = ap_runtime_predict_batch(s->p->rt, d->layer, s->x, s->n_hist, H, W, out, err);
-    if (st == AP_OK) s->cost.run_macs += ap_sel_naive_macs(s->cfg, H, W) * s->n_hist;
-    return st;
+    ap_status st2 = ap_runtime_predict_batch(s->p->rt, d->layer, s->x, s->n_hist, H, W, out, err);
+    if (st2 == AP_OK) s->cost.run_macs += ap_sel_naive_macs(s->cfg, H, W) * s->n_hist;
+    return st2;
 }
 
 /* Scores of every query head for the step: a fresh CNN evaluation at every
@@ -512,7 +603,7 @@ static ap_status layer_scores(pred_state *s, const ap_sel_step *st, float *score
     if (fresh) {
         /* The first n_hist rows of scores serve as the output buffer;
          * every query head's row is then filled from the cache. */
-        ap_status rc = layer_predict(s, st->c0, st->c1, scores, err);
+        ap_status rc = layer_predict(s, st, st->c0, st->c1, scores, err);
         if (rc) return rc;
         for (int h = 0; h < s->n_hist; h++)
             memcpy(s->cache + (size_t)h * NB + st->c0, scores + (size_t)h * W,
@@ -534,62 +625,73 @@ static ap_status layer_scores(pred_state *s, const ap_sel_step *st, float *score
     return AP_OK;
 }
 
-/* CPU time of the calling thread: the predictor runs single-threaded inside
- * one worker, and on a shared machine wall time would mostly measure the
- * other processes. */
-static double thread_cpu_seconds(void) {
-    struct timespec ts;
-    if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) != 0) return ap_now_seconds();
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
+/* cost.seconds: CPU time of all threads the work ran on. */
 static ap_status pred_score(void *state, const ap_sel_step *st, float *scores, ap_err *err) {
     pred_state *s = state;
+    memset(s->unit_cpu, 0, (size_t)s->n_hist * sizeof *s->unit_cpu);
     double t0 = thread_cpu_seconds();
     ap_status rc = layer_scores(s, st, scores, err);
     s->cost.seconds += thread_cpu_seconds() - t0;
+    s->cost.seconds += units_cpu(s);
     return rc;
+}
+
+static void observe_unit(void *arg, int h) {
+    const hist_job *j = arg;
+    pred_state *s = j->s;
+    const ap_sel_step *st = j->st;
+    const int NB = s->d->n_blocks;
+    float *row = s->row + (size_t)h * NB, *acc = s->acc + (size_t)h * NB;
+    float *r = s->group > 1 ? acc : row;
+    for (int g = 0; g < s->group; g++) {
+        const int qh = h * s->group + g;
+        history_row(s->d, st, s->p->calib, qh, j->kept + (size_t)qh * NB, j->kept_mass[qh], row);
+        if (s->group == 1) break;
+        for (int b = 0; b < NB; b++) acc[b] = (g ? acc[b] : 0.0f) + row[b] / (float)s->group;
+    }
+    s->unit_rc[h] = hist_push(&s->hist[h], s->H, NB, r, st->n_valid, &s->unit_err[h]);
 }
 
 static ap_status pred_observe(void *state, const ap_sel_step *st, const uint8_t *kept,
                               const double *kept_mass, ap_err *err) {
     pred_state *s = state;
-    const int NB = s->d->n_blocks;
-    for (int h = 0; h < s->n_hist; h++) {
-        float *r = s->group > 1 ? s->acc : s->row;
-        for (int g = 0; g < s->group; g++) {
-            const int qh = h * s->group + g;
-            history_row(s->d, st, s->p->calib, qh, kept + (size_t)qh * NB, kept_mass[qh],
-                        s->row);
-            if (s->group == 1) break;
-            for (int j = 0; j < NB; j++)
-                s->acc[j] = (g ? s->acc[j] : 0.0f) + s->row[j] / (float)s->group;
-        }
-        ap_status rc = hist_push(&s->hist[h], s->H, NB, r, st->n_valid, err);
-        if (rc) return rc;
-    }
-    return AP_OK;
+    hist_job j = {.s = s, .st = st, .kept = kept, .kept_mass = kept_mass};
+    ap_par_for(st->par, observe_unit, &j, s->n_hist);
+    return units_status(s, err);
 }
 
 static void pred_cost(const void *state, ap_sel_cost *c) { *c = ((const pred_state *)state)->cost; }
 
-/* Query fusion (train/fusion.h): z(cnn) + w * z(query bound), per head. */
+/* Query fusion (train/fusion.h): z(cnn) + w * z(query bound), per head:
+ * the bounds of all heads first (split by block chunks), then each head's
+ * fusion (split by head). */
+typedef struct {
+    pred_state *s;
+    const ap_sel_step *st;
+    float *scores;
+    ap_status *rc;
+    ap_err *errs;
+} fuse_job;
+
+static void fuse_unit(void *arg, int h) {
+    const fuse_job *f = arg;
+    const size_t W = (size_t)f->st->W;
+    f->rc[h] = ap_runtime_fuse_bound(f->s->p->rt, f->s->d->layer, f->s->bound + (size_t)h * W,
+                                     f->st->W, f->scores + (size_t)h * W, &f->errs[h]);
+}
+
 static ap_status pred_finish(void *state, const ap_sel_step *st, float *scores, ap_err *err) {
     pred_state *s = state;
     const ap_sel_data *d = s->d;
     if (!s->cfg->query_fusion) return AP_OK;
-    const int hd = d->head_dim, group = d->n_head / d->n_head_kv;
-    for (int g = 0; g < d->n_head_kv; g++) {
-        const size_t at = ((size_t)g * d->n_blocks + st->c0) * hd;
-        const float *q = d->query + ((size_t)st->s * d->n_head + (size_t)g * group) * hd;
-        ap_query_bound_heads(q, group, d->key_min + at, d->key_max + at, hd, st->W, s->bound);
-        for (int u = 0; u < group; u++) {
-            const int h = g * group + u;
-            ap_status rc = ap_runtime_fuse_bound(s->p->rt, d->layer, s->bound + (size_t)u * st->W,
-                                                 st->W, scores + (size_t)h * st->W, err);
-            if (rc) return rc;
+    query_bounds(d, st, s->bound);
+    fuse_job f = {.s = s, .st = st, .scores = scores, .rc = s->fuse_rc, .errs = s->fuse_err};
+    ap_par_for(st->par, fuse_unit, &f, d->n_head);
+    for (int h = 0; h < d->n_head; h++)
+        if (s->fuse_rc[h]) {
+            if (err) *err = s->fuse_err[h];
+            return s->fuse_rc[h];
         }
-    }
     return AP_OK;
 }
 
@@ -655,48 +757,53 @@ void ap_sel_step_at(const ap_sel_params *p, int block, int n_prompt, int n_pre, 
     else
         sp->lb0 = q + 1 - p->local_tokens > 0 ? (q + 1 - p->local_tokens) / block : 0;
     sp->k = 0;
+    sp->par = NULL;
 }
 
 /* ------------------------------------------------------------ choosing */
 
-void ap_sel_choose(ap_kv_mode mode, int nh, int n_head_kv, const float *scores, int W, int k,
-                   int *order, float *gsum, int *mark, int *chosen) {
+void ap_sel_choose_kv(ap_kv_mode mode, int nh, int n_head_kv, int g, const float *scores, int W,
+                      int k, int *order, float *gsum, int *mark, int *chosen) {
     const int group = nh / n_head_kv;
     if (mode == AP_KV_PER_QHEAD) {
-        for (int h = 0; h < nh; h++)
+        for (int h = g * group; h < (g + 1) * group; h++)
             ap_metrics_topk(scores + (size_t)h * W, W, k, chosen + (size_t)h * W);
         return;
     }
-    for (int g = 0; g < n_head_kv; g++) {
-        int *out = chosen + (size_t)g * group * W;
-        if (mode == AP_KV_SUM) {
-            /* -INFINITY (not available) anywhere stays -INFINITY. */
-            for (int j = 0; j < W; j++) {
-                float sum = 0.0f;
-                for (int h = g * group; h < (g + 1) * group; h++) sum += scores[(size_t)h * W + j];
-                gsum[j] = sum;
-            }
-            ap_metrics_topk(gsum, W, k, out);
-        } else {
-            for (int h = g * group; h < (g + 1) * group; h++)
-                ap_metrics_topk(scores + (size_t)h * W, W, k, order + (size_t)h * W);
-            memset(mark, 0, (size_t)W * sizeof(int));
-            /* k ranks per head suffice: by rank k every head's first k are
-             * marked, and what ranks below a skipped (NaN, -inf) entry is
-             * skipped too. */
-            int n = 0;
-            for (int rk = 0; rk < k && n < k; rk++)
-                for (int h = g * group; h < (g + 1) * group && n < k; h++) {
-                    int j = order[(size_t)h * W + rk];
-                    float v = scores[(size_t)h * W + j];
-                    if (mark[j] || isnan(v) || v == -INFINITY) continue;
-                    mark[j] = 1;
-                    out[n++] = j;
-                }
+    int *out = chosen + (size_t)g * group * W;
+    if (mode == AP_KV_SUM) {
+        /* -INFINITY (not available) anywhere stays -INFINITY. */
+        for (int j = 0; j < W; j++) {
+            float sum = 0.0f;
+            for (int h = g * group; h < (g + 1) * group; h++) sum += scores[(size_t)h * W + j];
+            gsum[j] = sum;
         }
-        for (int h = g * group + 1; h < (g + 1) * group; h++)
-            memcpy(chosen + (size_t)h * W, out, (size_t)k * sizeof(int));
+        ap_metrics_topk(gsum, W, k, out);
+    } else {
+        for (int h = g * group; h < (g + 1) * group; h++)
+            ap_metrics_topk(scores + (size_t)h * W, W, k, order + (size_t)h * W);
+        memset(mark, 0, (size_t)W * sizeof(int));
+        /* k ranks per head suffice: by rank k every head's first k are
+         * marked, and what ranks below a skipped (NaN, -inf) entry is
+         * skipped too. */
+        int n = 0;
+        for (int rk = 0; rk < k && n < k; rk++)
+            for (int h = g * group; h < (g + 1) * group && n < k; h++) {
+                int j = order[(size_t)h * W + rk];
+                float v = scores[(size_t)h * W + j];
+                if (mark[j] || isnan(v) || v == -INFINITY) continue;
+                mark[j] = 1;
+                out[n++] = j;
+            }
     }
+    for (int h = g * group + 1; h < (g + 1) * group; h++)
+        memcpy(chosen + (size_t)h * W, out, (size_t)k * sizeof(int));
+}
+
+void ap_sel_choose(ap_kv_mode mode, int nh, int n_head_kv, const float *scores, int W, int k,
+                   int *order, float *gsum, int *mark, int *chosen) {
+    for (int g = 0; g < n_head_kv; g++)
+        ap_sel_choose_kv(mode, nh, n_head_kv, g, scores, W, k, order, gsum, mark, chosen);
 }
 
 /* ------------------------------------------------------- predictor methods */

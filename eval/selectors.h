@@ -22,6 +22,7 @@
 
 #include <stdint.h>
 
+#include "common/par.h"
 #include "common/status.h"
 #include "eval/replay.h"
 #include "train/runtime.h"
@@ -82,6 +83,10 @@ typedef struct {
     int lb0;      /* first block touching the local window; blocks [lb0, n_valid) always kept */
     int n_valid;  /* q / block + 1: blocks holding keys <= q */
     int k;        /* blocks chosen among the candidates */
+    /* Threads score and finish may split this step's work over (live
+     * decoding lends the engine's; common/par.h). NULL: one thread. The
+     * split never changes a score. */
+    const ap_par *par;
 } ap_sel_step;
 
 /* Predictor cost accumulated by a state. */
@@ -177,6 +182,11 @@ void ap_sel_step_at(const ap_sel_params *p, int block, int n_prompt, int n_pre, 
  * [W]. Shared by the replay and live decoding (eval/live.c). */
 void ap_sel_choose(ap_kv_mode mode, int nh, int n_head_kv, const float *scores, int W, int k,
                    int *order, float *gsum, int *mark, int *chosen);
+/* The same for the query heads of KV head g only (ap_sel_choose is this for
+ * every g); gsum and mark are this call's own [W], so calls for different g
+ * may run at once. */
+void ap_sel_choose_kv(ap_kv_mode mode, int nh, int n_head_kv, int g, const float *scores, int W,
+                      int k, int *order, float *gsum, int *mark, int *chosen);
 
 /* Naive multiply-adds of the CNN for one head: (9*c1 + 9*c1*c2)*H*W + c2*W
  * (4,752*H*W + 32*W for the defaults; biases not counted). */

@@ -37,7 +37,7 @@ void ap_tasks_config_default(ap_tasks_config *c) {
     c->snapkv_pool = 1;
     c->teacher_forced = 1;
     c->threads = 2;
-    c->prefetch = 1;
+    c->prefetch = -1;
     c->hot_pool = 1;
     c->prefetch_threads = 1;
     c->pred_stride = 1;
@@ -559,6 +559,8 @@ static ap_status check_config(const ap_tasks_config *c, ap_err *err) {
         if (c->budgets[b] < c->sink_tokens + c->local_tokens)
             return ap_errf(err, AP_ERR_ARG, "budget %d is below sink + local = %d tokens",
                            c->budgets[b], c->sink_tokens + c->local_tokens);
+    if (c->prefetch < -1 || c->prefetch > 1)
+        return ap_errf(err, AP_ERR_ARG, "prefetch %d: -1 (auto), 0 or 1", c->prefetch);
     if (c->prefetch_threads < 1 || c->prefetch_threads > 256)
         return ap_errf(err, AP_ERR_ARG, "prefetch threads %d out of [1, 256]", c->prefetch_threads);
     if (c->device < 0 || c->device > 1 || (c->kv_offload && c->device != 1))
@@ -634,6 +636,8 @@ ap_status ap_tasks_run(const ap_tasks_config *c, ap_tasks_result **out, ap_err *
     r = calloc(1, sizeof *r);
     if (!r) return ap_errf(err, AP_ERR_NOMEM, "out of memory");
     r->config = *c;
+    if (r->config.prefetch < 0) r->config.prefetch = c->device == 1 || ap_cpu_count() > c->threads;
+    const int prefetch = r->config.prefetch;
     r->n_budgets = c->n_budgets;
     memcpy(r->budgets, c->budgets, sizeof r->budgets);
     /* Predictors before the model: a bad name or a predictor made for
@@ -716,7 +720,7 @@ ap_status ap_tasks_run(const ap_tasks_config *c, ap_tasks_result **out, ap_err *
         ap_cuda_model_opts co;
         ap_cuda_model_opts_default(&co);
         co.kv_offload = c->kv_offload;
-        co.prefetch = c->prefetch;
+        co.prefetch = prefetch;
         if ((st = ap_cuda_model_create_opts(g, model, max_len, &co, &d.cm, err))) goto cleanup;
     } else if ((st = ap_ctx_create(model, max_len, c->threads, &d.ctx, err))) {
         goto cleanup;
@@ -811,7 +815,7 @@ ap_status ap_tasks_run(const ap_tasks_config *c, ap_tasks_result **out, ap_err *
                 if (c->progress) c->progress(c->progress_user, done, total, work, work_total, what);
                 ap_live_opts lo = {.budget = r->budgets[b], .sink = c->sink_tokens,
                                    .local = c->local_tokens, .min_candidates = c->min_candidates,
-                                   .prefetch = c->prefetch, .hot_pool = hot_pool,
+                                   .prefetch = prefetch, .hot_pool = hot_pool,
                                    .prefetch_threads = c->prefetch_threads,
                                    .kv_type = c->kv_type,
                                    /* The device pool copies every history

@@ -81,7 +81,13 @@ typedef struct {
     int teacher_forced;      /* 1: agreement and KL (default); 0: free-running only */
     int threads;             /* engine threads (default 2) */
     int max_new_tokens;      /* 0 = each sample's own */
-    int prefetch;            /* 1 (default): cross-token prefetch of predictor scores (eval/live.h) */
+    /* Cross-token prefetch of predictor scores (eval/live.h): 1 on, 0 off,
+     * -1 (default) auto: on for GPU runs and where the machine has more
+     * CPUs than `threads` (the worker then has a core of its own), off
+     * where the engine's threads fill the machine (the predictor's work
+     * then runs on them: ap_kv_step.par). The result's config holds the
+     * resolved value. Choices are the same either way. */
+    int prefetch;
     int hot_pool;            /* 1 (default): attend from a measured hot pool (eval/live.h) */
     /* Added with the CUDA engine (capture/model_cuda.h). device 1: decode on
      * the GPU; the CPU hot pool does not apply there (hot_pool ignored).

@@ -9,9 +9,13 @@
  * result depends on the summation order only through float64 rounding: the
  * AVX2 path (four float64 lanes over d) equals ap_query_bound_ref, the plain
  * sequential loop, to within AP_TOL_KERNEL_REL and in practice bit for bit
- * after the final rounding to float. Nothing is kept or freed. */
+ * after the final rounding to float. Key bounds must be finite with
+ * kmin <= kmax elementwise (as every block's key bounds are): the AVX2 path
+ * uses that to take one product per dimension. Nothing is kept or freed. */
 #ifndef AP_QUERY_BOUND_H
 #define AP_QUERY_BOUND_H
+
+#include <stddef.h>
 
 void ap_query_bound(const float *q, const float *kmin, const float *kmax, int hd, int n,
                     float *out);
@@ -21,6 +25,10 @@ void ap_query_bound(const float *q, const float *kmin, const float *kmax, int hd
  * are 256 KB per KV head, past L2 when a layer's heads take turns). */
 void ap_query_bound_heads(const float *q, int nq, const float *kmin, const float *kmax, int hd,
                           int n, float *out);
+/* The same with row stride ldo >= n between the queries' outputs, so a
+ * caller can split the blocks of one KV head into chunks (out + j0). */
+void ap_query_bound_heads_ld(const float *q, int nq, const float *kmin, const float *kmax,
+                             int hd, int n, float *out, size_t ldo);
 void ap_query_bound_ref(const float *q, const float *kmin, const float *kmax, int hd, int n,
                         float *out);
 

@@ -13,7 +13,10 @@
 # CNN of scripts/pred_cost_study.sh, --pred-per-kv), c8-kv-s4 (and
 # --pred-stride 4), c4-kv (the shipped 4/8-channel predictor, --pred-per-kv),
 # c4-kv-s2 (and --pred-stride 2); exact-f16 and c4-kv-f16: exact and c4-kv with
-# the f16 KV cache (--kv-type f16, for every method: full KV and last_step too).
+# the f16 KV cache (--kv-type f16, for every method: full KV and last_step too);
+# exact-pf and c4-kv-pf: exact and c4-kv with --prefetch (the predictor's work on
+# a worker thread; the default runs it on the engine's threads where they fill the
+# machine, e.g. 2 threads on 2 cores: docs/eval-tasks.md, "Cross-token prefetch").
 # Writes runs/speed/{tasks,live}-NAME.{json,md,txt} and runs/speed/table.md
 # (scripts/speed_table.py); a variant whose outputs exist is skipped. ~6 min
 # per variant on 2 cores.
@@ -46,6 +49,8 @@ variants=(
   "c4-kv-s2|$c4|--pred-per-kv --pred-stride 2"
   "exact-f16|$shipped|--kv-type f16"
   "c4-kv-f16|$c4|--pred-per-kv --kv-type f16"
+  "exact-pf|$shipped|--prefetch"
+  "c4-kv-pf|$c4|--pred-per-kv --prefetch"
 )
 for v in "${variants[@]}"; do
   IFS='|' read -r name pred opts <<< "$v"

@@ -51,6 +51,12 @@ Test(fusion, query_bound_kernel_matches_its_reference) {
             for (int j = 0; j < N; j++)
                 cr_assert_eq(out3[u * N + j], out[j], "hd %d query %d block %d", hd, u, j);
         }
+        /* in chunks of blocks (13, 13, 11) into rows of stride N: the same */
+        float outc[3 * N];
+        for (int j0 = 0; j0 < N; j0 += 13)
+            ap_query_bound_heads_ld(q3, 3, lo + (size_t)j0 * hd, hi + (size_t)j0 * hd, hd,
+                                    N - j0 < 13 ? N - j0 : 13, outc + j0, N);
+        cr_assert_eq(memcmp(outc, out3, sizeof outc), 0, "hd %d: chunked bounds differ", hd);
         free(q);
         free(lo);
         free(hi);

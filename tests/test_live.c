@@ -112,6 +112,9 @@ typedef struct {
     float dense_bsum[32][4][64];
     int n_valid[32];
     int peeked, peek_same; /* (step, layer) whose peek answered, and matched select */
+    int no_par;            /* 1: hide the engine's lent threads (ap_kv_step.par) */
+    int per_kv;            /* run_live_rt: the predictor per KV head (pred_per_kv) */
+    int saw_par;           /* steps whose ks carried them */
 } spy;
 
 static unsigned spy_want(void *user, int layer, int pos) {
@@ -120,9 +123,13 @@ static unsigned spy_want(void *user, int layer, int pos) {
     return f | AP_KV_DENSE_BEFORE; /* to check choices against the true row */
 }
 
-static ap_status spy_select(void *user, const ap_kv_step *ks, const int **blocks,
+static ap_status spy_select(void *user, const ap_kv_step *ks0, const int **blocks,
                             const int **set_off, ap_err *err) {
     spy *s = user;
+    ap_kv_step own = *ks0;
+    s->saw_par += ks0->par != NULL;
+    if (s->no_par) own.par = NULL;
+    const ap_kv_step *ks = &own;
     /* What the policy says select will give, asked first (the CUDA engine's
      * prefetch does this a step ahead), copied before select runs. */
     int pk[8 * 64 + 9], n_pk = -1;
@@ -160,9 +167,12 @@ static ap_status spy_select(void *user, const ap_kv_step *ks, const int **blocks
     return AP_OK;
 }
 
-static ap_status spy_attended(void *user, const ap_kv_step *ks, const ap_kv_attended *r,
+static ap_status spy_attended(void *user, const ap_kv_step *ks0, const ap_kv_attended *r,
                               ap_err *err) {
     spy *s = user;
+    ap_kv_step own = *ks0;
+    if (s->no_par) own.par = NULL;
+    const ap_kv_step *ks = &own;
     ap_status st = s->inner->attended ? s->inner->attended(s->inner->user, ks, r, err) : AP_OK;
     if (ks->layer == 1) s->steps++;
     return st;
@@ -171,6 +181,7 @@ static ap_status spy_attended(void *user, const ap_kv_step *ks, const ap_kv_atte
 /* Prefill + `steps` greedy decode steps of selector `name` at `budget`. */
 static void run_live_rt(ap_synth_ctx *f, const char *name, ap_runtime *rt, int prefetch, int budget,
                         int steps, spy *sp, ap_live_stats *stats) {
+    const int no_par = sp->no_par, per_kv = sp->per_kv;
     ap_err err = {0};
     const ap_hparams *hp = ap_model_hparams(f->m);
     const int np = 300, V = hp->n_vocab;
@@ -186,13 +197,14 @@ static void run_live_rt(ap_synth_ctx *f, const char *name, ap_runtime *rt, int p
     const ap_selector *sel = rt ? ap_selector_predictor() : ap_selector_find(name);
     cr_assert(sel, "%s", name);
     ap_sel_params prm = {.calib = 5, .kv_mode = AP_KV_PER_QHEAD, .snapkv_window = 32,
-                         .snapkv_pool = 1, .incremental = 1, .rt = rt};
+                         .snapkv_pool = 1, .incremental = 1, .rt = rt, .pred_per_kv = per_kv};
     /* prefetch > 1: that many worker threads. */
     ap_live_opts lo = {.budget = budget, .sink = 64, .local = 64, .min_candidates = 3,
                        .prefetch = prefetch > 0, .prefetch_threads = prefetch};
     ap_live *lv = NULL;
     cr_assert_eq(ap_live_create(pf, sel, &prm, &lo, &lv, &err), AP_OK, "%s", err.msg);
     memset(sp, 0, sizeof *sp);
+    sp->no_par = no_par;
     sp->inner = ap_live_policy(lv);
     sp->outer = *sp->inner;
     sp->outer.user = sp;
@@ -359,6 +371,55 @@ Test(live, prefetch_gives_the_same_choices) {
     ap_synth_ctx_close(&f);
 }
 
+/* Select and attended split their work over the engine's threads
+ * (ap_kv_step.par: the query bound by block chunks, the fusion by head, the
+ * top-k by KV head, the CNN and its history by history): the same lists as
+ * on one thread, for a query-fused predictor by query head and by KV head,
+ * and for Quest. */
+Test(live, engine_threads_give_the_same_choices) {
+    ap_synth_ctx f;
+    ap_synth_ctx_open(&f, "live", 2);
+    ap_err e = {0};
+    ap_pred_config c;
+    ap_pred_config_default(&c);
+    c.query_fusion = 1;
+    ap_predictor *p = NULL;
+    cr_assert_eq(ap_predictor_create(&c, 7, &p, &e), AP_OK, "%s", e.msg);
+    char path[256];
+    ap_synth_tmp_path(path, sizeof path, "predf", ".safetensors");
+    cr_assert_eq(ap_pred_export(path, NULL, &c, ap_predictor_params(p, NULL), &e), AP_OK, "%s",
+                 e.msg);
+    ap_runtime *rt = NULL;
+    cr_assert_eq(ap_runtime_load(path, &rt, &e), AP_OK, "%s", e.msg);
+    ap_predictor_set_threads(ap_runtime_predictor(rt), 1);
+    spy *a = calloc(1, sizeof *a), *b = calloc(1, sizeof *b);
+    ap_live_stats sa, sb;
+    for (int v = 0; v < 3; v++) {
+        memset(a, 0, sizeof *a);
+        memset(b, 0, sizeof *b);
+        a->no_par = 1;
+        a->per_kv = b->per_kv = v == 1;
+        if (v < 2) {
+            run_live_rt(&f, "attnpred", rt, 0, 176, 16, a, &sa);
+            run_live_rt(&f, "attnpred", rt, 0, 176, 16, b, &sb);
+        } else {
+            run_live(&f, "quest", 176, 16, a, &sa);
+            run_live(&f, "quest", 176, 16, b, &sb);
+        }
+        cr_assert_eq(a->steps, 16);
+        cr_assert_eq(b->steps, 16);
+        cr_expect_gt(b->saw_par, 0, "the engine lent no threads");
+        cr_expect_eq(memcmp(a->lists, b->lists, sizeof a->lists), 0,
+                     "variant %d: the engine's threads changed the choices", v);
+    }
+    free(a);
+    free(b);
+    ap_runtime_free(rt);
+    ap_predictor_free(p);
+    unlink(path);
+    ap_synth_ctx_close(&f);
+}
+
 typedef struct {
     int n_calls, monotone;
     double done, total, work, work_total;
@@ -407,6 +468,9 @@ Test(live, tasks_run_end_to_end) {
     cr_assert_eq(ap_tasks_run(&c, &r, &err), AP_OK, "%s", err.msg);
     cr_assert_eq(r->n_samples, 2);
     cr_assert_eq(r->n_methods, 4);
+    /* prefetch auto: a worker only where the engine's threads leave a CPU */
+    cr_expect_eq(r->config.prefetch, ap_cpu_count() > c.threads, "prefetch resolved to %d",
+                 r->config.prefetch);
     const double fixed = ap_work_fixed(o.n_layer, o.n_embd, o.n_head, o.n_head_kv, o.head_dim,
                                        o.n_ff, o.n_vocab);
     double work_total = 0;
@@ -574,6 +638,7 @@ Test(live, tasks_two_predictors_are_two_identical_methods) {
     c.methods[0] = "attnpred";
     c.methods[1] = "second_nocal";
     c.n_methods = 2;
+    c.prefetch = 1; /* the default (auto) is off where the engine fills the machine */
     c.budgets[0] = 160;
     c.n_budgets = 1;
     ap_tasks_result *r = NULL;

@@ -59,12 +59,12 @@ Test(metrics, rank_ties_and_nan) {
  * with ties, NaN and -inf (the selection's "not available"), on the
  * bounded-list path (k small against W) and the sorting one. */
 Test(metrics, topk_is_the_ranking_prefix) {
-    enum { W = 600 };
+    enum { W = 603 }; /* not a multiple of 8: the skip-ahead's tail */
     float *sc = malloc(sizeof(float) * W);
     int *full = malloc(sizeof(int) * W), *top = malloc(sizeof(int) * W);
     cr_assert(sc && full && top);
     uint64_t s = 11;
-    for (int trial = 0; trial < 6; trial++) {
+    for (int trial = 0; trial < 9; trial++) {
         for (int j = 0; j < W; j++) {
             s = s * 6364136223846793005ull + 1442695040888963407ull;
             int r = (int)(s >> 40) % 97;
@@ -73,6 +73,9 @@ Test(metrics, topk_is_the_ranking_prefix) {
             if (r == 3) sc[j] = NAN;
             if (r == 5) sc[j] = -INFINITY;
             if (trial == 4) sc[j] = (float)j; /* ascending: every candidate enters */
+            if (trial == 6) sc[j] = (float)(W - j); /* descending: whole runs skipped */
+            if (trial == 7 && j < 40) sc[j] = NAN;  /* the list starts full of NaN */
+            if (trial == 8) sc[j] = j % 50 == 49 ? 1.0f : 0.5f; /* late ties of the threshold */
         }
         ap_metrics_rank(sc, W, full);
         const int ks[] = {1, 2, 24, 100, 149, 150, 256, 300, W};

@@ -15,6 +15,7 @@
 
 #include "common/tolerance.h"
 #include "eval/selectors.h"
+#include "kernels/query_bound.h"
 #include "helpers/tiny_trace.h"
 #include "train/predictor.h"
 #include "train/runtime.h"
@@ -271,6 +272,67 @@ Test(selectors, quest_bound_formula_and_gqa) {
     cr_assert_neq(qs->create(&d, &p, &st0, &e), AP_OK);
     cr_assert(strstr(e.msg, "--no-quest") != NULL, "%s", e.msg);
     ap_tiny_seq_free(&s);
+}
+
+/* An ap_par that runs the units serially, last first: a unit that wrote
+ * outside its own part, or depended on another's order, shows up. */
+static void reverse_run(void *ctx, ap_par_fn fn, void *arg, int n) {
+    int *calls = ctx;
+    (*calls)++;
+    for (int i = n - 1; i >= 0; i--) fn(arg, i);
+}
+
+/* Quest split over threads (ap_sel_step.par: KV head x block chunks of 64)
+ * gives bit for bit the single-thread scores, and those are the plain
+ * bound of every head over a window of 300 candidates (5 chunks, the last
+ * partial), GQA groups of 3. */
+Test(selectors, quest_split_over_threads_is_exact) {
+    enum { H = 6, KV = 2, HD = 64, NB = 320, S = 3 };
+    float *q = malloc(sizeof(float) * S * H * HD), *lo = malloc(sizeof(float) * KV * NB * HD),
+          *hi = malloc(sizeof(float) * KV * NB * HD), *a = malloc(sizeof(float) * H * NB),
+          *b = malloc(sizeof(float) * H * NB), *ref = malloc(sizeof(float) * NB);
+    cr_assert(q && lo && hi && a && b && ref);
+    uint64_t r = 3;
+    for (int i = 0; i < S * H * HD; i++) {
+        r = r * 6364136223846793005ull + 1442695040888963407ull;
+        q[i] = (float)((double)(r >> 11) / 9007199254740992.0 * 4.0 - 2.0);
+    }
+    for (int i = 0; i < KV * NB * HD; i++) {
+        r = r * 6364136223846793005ull + 1442695040888963407ull;
+        float x = (float)((double)(r >> 11) / 9007199254740992.0 * 2.0 - 1.0);
+        lo[i] = x;
+        hi[i] = x + (float)(r % 7) * 0.25f;
+    }
+    ap_sel_data d = {.layer = 0, .n_head = H, .n_head_kv = KV, .head_dim = HD, .block = 16,
+                     .n_prompt = 4800, .n_pre = 2, .n_steps = 1, .n_blocks = NB, .query = q,
+                     .key_min = lo, .key_max = hi};
+    ap_sel_step st = {.t = 0, .s = 2, .q = 4800, .c0 = 4, .c1 = 304, .W = 300, .lb0 = 296,
+                      .n_valid = 301, .k = 10};
+    ap_sel_params p = {.sink_blocks = 4, .local_blocks = 4, .local_tokens = 64};
+    const ap_selector *qs = ap_selector_find("quest");
+    void *state = NULL;
+    cr_assert_eq(qs->create(&d, &p, &state, NULL), AP_OK);
+    cr_assert_eq(qs->score(state, &st, a, NULL), AP_OK);
+    int calls = 0;
+    ap_par rev = {.run = reverse_run, .ctx = &calls};
+    st.par = &rev;
+    cr_assert_eq(qs->score(state, &st, b, NULL), AP_OK);
+    cr_assert_eq(calls, 1, "the split did not run");
+    cr_assert_eq(memcmp(a, b, sizeof(float) * H * st.W), 0, "split scores differ");
+    for (int h = 0; h < H; h++) {
+        const int g = h / (H / KV);
+        ap_query_bound_ref(q + ((size_t)st.s * H + h) * HD, lo + ((size_t)g * NB + st.c0) * HD,
+                           hi + ((size_t)g * NB + st.c0) * HD, HD, st.W, ref);
+        double rel = ap_rel_err_f32(a + (size_t)h * st.W, ref, st.W);
+        cr_assert(rel <= AP_TOL_KERNEL_REL, "head %d: relative error %.3g", h, rel);
+    }
+    qs->destroy(state);
+    free(q);
+    free(lo);
+    free(hi);
+    free(a);
+    free(b);
+    free(ref);
 }
 
 Test(selectors, last_step_sparse_rows_and_calibration) {
