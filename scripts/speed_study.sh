@@ -14,6 +14,8 @@
 # --pred-stride 4), c4-kv (the shipped 4/8-channel predictor, --pred-per-kv),
 # c4-kv-s2 (and --pred-stride 2); exact-f16 and c4-kv-f16: exact and c4-kv with
 # the f16 KV cache (--kv-type f16, for every method: full KV and last_step too);
+# c4, c4-s2, c4-s4: the 4/8-channel predictor per query head (the published
+# layout), every step / every 2nd / every 4th step;
 # exact-pf and c4-kv-pf: exact and c4-kv with --prefetch (the predictor's work on
 # a worker thread; the default runs it on the engine's threads where they fill the
 # machine, e.g. 2 threads on 2 cores: docs/eval-tasks.md, "Cross-token prefetch").
@@ -49,6 +51,9 @@ variants=(
   "c4-kv-s2|$c4|--pred-per-kv --pred-stride 2"
   "exact-f16|$shipped|--kv-type f16"
   "c4-kv-f16|$c4|--pred-per-kv --kv-type f16"
+  "c4|$c4|"
+  "c4-s2|$c4|--pred-stride 2"
+  "c4-s4|$c4|--pred-stride 4"
   "exact-pf|$shipped|--prefetch"
   "c4-kv-pf|$c4|--pred-per-kv --prefetch"
 )
