@@ -208,18 +208,12 @@ Test(hotpool, same_decode_and_measured_equals_accounted) {
 Test(hotpool, attnpred_with_prefetch) {
     ap_synth_ctx f;
     ap_synth_ctx_open(&f, "hotpool", 2);
-    ap_err e = {0};
     ap_pred_config c;
     ap_pred_config_default(&c);
     ap_predictor *p = NULL;
-    cr_assert_eq(ap_predictor_create(&c, 5, &p, &e), AP_OK, "%s", e.msg);
-    char path[256];
-    ap_synth_tmp_path(path, sizeof path, "hotpred", ".safetensors");
-    cr_assert_eq(ap_pred_export(path, NULL, &c, ap_predictor_params(p, NULL), &e), AP_OK, "%s",
-                 e.msg);
     ap_runtime *rt = NULL;
-    cr_assert_eq(ap_runtime_load(path, &rt, &e), AP_OK, "%s", e.msg);
-    ap_predictor_set_threads(ap_runtime_predictor(rt), 1);
+    char path[256];
+    ap_synth_runtime(&c, 5, "hotpred", path, &p, &rt);
     check_selector(&f, ap_selector_predictor(), rt, AP_KV_PER_QHEAD, 176, 1);
     ap_runtime_free(rt);
     ap_predictor_free(p);

@@ -326,18 +326,12 @@ Test(live, eviction_never_brings_a_block_back) {
 Test(live, prefetch_gives_the_same_choices) {
     ap_synth_ctx f;
     ap_synth_ctx_open(&f, "live", 2);
-    ap_err e = {0};
     ap_pred_config c;
     ap_pred_config_default(&c);
     ap_predictor *p = NULL;
-    cr_assert_eq(ap_predictor_create(&c, 5, &p, &e), AP_OK, "%s", e.msg);
-    char path[256];
-    ap_synth_tmp_path(path, sizeof path, "pred", ".safetensors");
-    cr_assert_eq(ap_pred_export(path, NULL, &c, ap_predictor_params(p, NULL), &e), AP_OK, "%s",
-                 e.msg);
     ap_runtime *rt = NULL;
-    cr_assert_eq(ap_runtime_load(path, &rt, &e), AP_OK, "%s", e.msg);
-    ap_predictor_set_threads(ap_runtime_predictor(rt), 1);
+    char path[256];
+    ap_synth_runtime(&c, 5, "pred", path, &p, &rt);
     spy *a = calloc(1, sizeof *a), *b = calloc(1, sizeof *b), *c3 = calloc(1, sizeof *c3);
     ap_live_stats sa, sb, sc;
     run_live_rt(&f, "attnpred", rt, 0, 176, 16, a, &sa);
@@ -379,19 +373,13 @@ Test(live, prefetch_gives_the_same_choices) {
 Test(live, engine_threads_give_the_same_choices) {
     ap_synth_ctx f;
     ap_synth_ctx_open(&f, "live", 2);
-    ap_err e = {0};
     ap_pred_config c;
     ap_pred_config_default(&c);
     c.query_fusion = 1;
     ap_predictor *p = NULL;
-    cr_assert_eq(ap_predictor_create(&c, 7, &p, &e), AP_OK, "%s", e.msg);
-    char path[256];
-    ap_synth_tmp_path(path, sizeof path, "predf", ".safetensors");
-    cr_assert_eq(ap_pred_export(path, NULL, &c, ap_predictor_params(p, NULL), &e), AP_OK, "%s",
-                 e.msg);
     ap_runtime *rt = NULL;
-    cr_assert_eq(ap_runtime_load(path, &rt, &e), AP_OK, "%s", e.msg);
-    ap_predictor_set_threads(ap_runtime_predictor(rt), 1);
+    char path[256];
+    ap_synth_runtime(&c, 7, "predf", path, &p, &rt);
     spy *a = calloc(1, sizeof *a), *b = calloc(1, sizeof *b);
     ap_live_stats sa, sb;
     for (int v = 0; v < 3; v++) {

@@ -17,6 +17,17 @@ void ap_synth_ctx_open(ap_synth_ctx *f, const char *tag, int n_threads) {
     cr_assert_eq(ap_ctx_create(f->m, 512, n_threads, &f->c, &err), AP_OK, "%s", err.msg);
 }
 
+void ap_synth_runtime(const ap_pred_config *c, uint64_t seed, const char *tag, char *path,
+                      ap_predictor **p, ap_runtime **rt) {
+    ap_err e = {0};
+    cr_assert_eq(ap_predictor_create(c, seed, p, &e), AP_OK, "%s", e.msg);
+    ap_synth_tmp_path(path, 256, tag, ".safetensors");
+    cr_assert_eq(ap_pred_export(path, NULL, c, ap_predictor_params(*p, NULL), &e), AP_OK, "%s",
+                 e.msg);
+    cr_assert_eq(ap_runtime_load(path, rt, &e), AP_OK, "%s", e.msg);
+    ap_predictor_set_threads(ap_runtime_predictor(*rt), 1);
+}
+
 void ap_synth_ctx_close(ap_synth_ctx *f) {
     ap_ctx_free(f->c);
     ap_model_free(f->m);

@@ -8,6 +8,8 @@
 
 #include "capture/gguf.h"
 #include "capture/model.h"
+#include "train/predictor.h"
+#include "train/runtime.h"
 
 typedef struct {
     char path[256];
@@ -29,6 +31,12 @@ void ap_synth_tokens(int32_t *t, int n, int n_vocab, uint64_t seed);
  * repeated text, answer "cat" (substring metric), max_new tokens
  * each; odd samples use the chat template when chat_odd. */
 void ap_synth_task_file(const char *path, int n_samples, int max_new, int chat_odd);
+/* A predictor of config c with weights drawn from seed, exported to a
+ * temporary file (tag in its name, written to path[256]) and loaded as a
+ * runtime running on one thread: what the live tests decode with. The
+ * caller frees *rt and *p and unlinks path. */
+void ap_synth_runtime(const ap_pred_config *c, uint64_t seed, const char *tag, char *path,
+                      ap_predictor **p, ap_runtime **rt);
 /* Greedy choice: the first index of the largest value. */
 int32_t ap_synth_argmax(const float *x, int n);
 
