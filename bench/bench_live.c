@@ -8,7 +8,7 @@
  *              [--budget 512] [--methods last_step,attnpred,quest] [--gen 64]
  *              [--threads 2] [--pred-stride S] [--pred-per-kv] [--[no-]prefetch]
  *              [--kv-type f32|f16] [--calib N] [--kv-mode qhead|sum|union]
- *              [--json OUT]
+ *              [--texts N] [--json OUT]
  *
  * Each context is one sample of plain text (the prompts of data/tasks/full.jsonl
  * joined, cut so that prompt + --gen tokens is the context; "max" is the
@@ -123,7 +123,7 @@ int main(int argc, char **argv) {
     const char *ctx_arg = "2048,4096,max", *methods_arg = "last_step,attnpred,quest";
     const char *json_out = NULL;
     int budget = 512, gen = 64, threads = 2, stride = 1, per_kv = 0, prefetch = -1, limits = 1;
-    int calib = 5;
+    int calib = 5, n_texts = 1;
     ap_kv_mode kv_mode = AP_KV_PER_QHEAD;
     ap_kv_type kv_type = AP_KV_F32;
     static const struct option lo[] = {
@@ -133,7 +133,7 @@ int main(int argc, char **argv) {
         {"no-prefetch", 0, 0, 'n'}, {"prefetch", 0, 0, 'P'}, {"json", 1, 0, 'j'},
         {"text", 1, 0, 'x'},
         {"no-limits", 0, 0, 'L'}, {"kv-type", 1, 0, 'K'}, {"calib", 1, 0, 'C'},
-        {"kv-mode", 1, 0, 'V'},
+        {"kv-mode", 1, 0, 'V'}, {"texts", 1, 0, 'T'},
         {"help", 0, 0, 'h'},
         {0, 0, 0, 0}};
     int o;
@@ -155,6 +155,7 @@ int main(int argc, char **argv) {
         case 'x': text_file = optarg; break;
         case 'L': limits = 0; break;
         case 'C': calib = atoi(optarg); break;
+        case 'T': n_texts = atoi(optarg); break;
         case 'V':
             if (!strcmp(optarg, "qhead")) kv_mode = AP_KV_PER_QHEAD;
             else if (!strcmp(optarg, "sum")) kv_mode = AP_KV_SUM;
@@ -177,7 +178,8 @@ int main(int argc, char **argv) {
                    "                  [--methods last_step,attnpred,quest] [--gen 64] [--threads 2]\n"
                    "                  [--pred-stride S] [--pred-per-kv] [--[no-]prefetch]\n"
                    "                  [--text TASKS.jsonl] [--no-limits] [--kv-type f32|f16]\n"
-                   "                  [--calib N] [--kv-mode qhead|sum|union] [--json OUT]\n"
+                   "                  [--calib N] [--kv-mode qhead|sum|union] [--texts N]\n"
+                   "                  [--json OUT]\n"
                    "Live compressed decoding vs full KV at each context (plain text cut from\n"
                    "the task prompts; max = the model's context_length), one line per\n"
                    "(context, method): tok/s, full KV's tok/s in the same run, the speedup,\n"
@@ -190,7 +192,10 @@ int main(int argc, char **argv) {
                    "--prefetch / --no-prefetch: the predictor on a worker thread or on the\n"
                    "engine's threads (default: the worker where the machine has more CPUs\n"
                    "than --threads), as in eval tasks. --kv-mode: kept sets per query head\n"
-                   "(default) or per KV head (sum, union), as in eval tasks.\n");
+                   "(default) or per KV head (sum, union), as in eval tasks. --texts N: N\n"
+                   "different texts per context (disjoint windows of the text; default 1),\n"
+                   "each line then sums over them (tok/s from the summed tokens and time,\n"
+                   "agreement over all their tokens, and its lowest and highest text).\n");
             return 0;
         default:
             fprintf(stderr, "bench-live: unknown or incomplete option '%s' (see --help)\n",
@@ -198,9 +203,10 @@ int main(int argc, char **argv) {
             return 2;
         }
     }
-    if (budget < 1 || gen < 1 || gen > 4096 || threads < 1 || stride < 1 || calib < 0) {
+    if (budget < 1 || gen < 1 || gen > 4096 || threads < 1 || stride < 1 || calib < 0 ||
+        n_texts < 1 || n_texts > 64) {
         fprintf(stderr, "bench-live: --budget, --gen, --threads and --pred-stride must be "
-                        "positive (--gen at most 4096), --calib at least 0\n");
+                        "positive (--gen at most 4096), --calib at least 0, --texts 1..64\n");
         return 2;
     }
     int rc = 1;
@@ -245,7 +251,7 @@ int main(int argc, char **argv) {
     for (int i = 0; i < n_ctx; i++) longest = ctxs[i] > longest ? ctxs[i] : longest;
     size_t tlen = 0;
     /* ~4 characters per token in English text; 6 leaves room for code. */
-    if (!(text = source_text(text_file, (size_t)longest * 6, &tlen)) || tlen == 0) {
+    if (!(text = source_text(text_file, (size_t)longest * 6 * (size_t)n_texts, &tlen)) || tlen == 0) {
         fprintf(stderr, "bench-live: %s: cannot read prompts to cut contexts from\n", text_file);
         goto cleanup;
     }
@@ -254,9 +260,9 @@ int main(int argc, char **argv) {
         fprintf(stderr, "bench-live: %s\n", e.msg);
         goto cleanup;
     }
-    if ((int)n_ids < longest) {
-        fprintf(stderr, "bench-live: %s: only %zu tokens of text for a %d-token context\n",
-                text_file, n_ids, longest);
+    if ((long)n_ids < (long)longest * n_texts) {
+        fprintf(stderr, "bench-live: %s: only %zu tokens of text for %d texts of %d tokens\n",
+                text_file, n_ids, n_texts, longest);
         goto cleanup;
     }
     /* One sample per context: the first ctx - gen tokens decoded back to text
@@ -268,7 +274,10 @@ int main(int argc, char **argv) {
         goto cleanup;
     }
     tmp_path = strdup(tmpl);
-    for (int i = 0; i < n_ctx; i++) {
+    for (int si = 0; si < n_ctx * n_texts; si++) {
+        /* Text t of a context starts t windows of the longest context into
+         * the token stream, so the texts are disjoint. */
+        const int i = si / n_texts, t = si % n_texts;
         const int n_prompt = ctxs[i] - gen - 8; /* a few tokens of slack for re-tokenization */
         if (n_prompt < 64) {
             fprintf(stderr, "bench-live: context %d too small for --gen %d\n", ctxs[i], gen);
@@ -277,17 +286,19 @@ int main(int argc, char **argv) {
         }
         char *piece = NULL;
         size_t plen = 0;
-        if (ap_tokenizer_decode(tok, ids, (size_t)n_prompt, &piece, &plen, &e)) {
+        if (ap_tokenizer_decode(tok, ids + (size_t)t * (size_t)longest, (size_t)n_prompt, &piece,
+                                &plen, &e)) {
             fprintf(stderr, "bench-live: %s\n", e.msg);
             goto cleanup;
         }
         cJSON *s = cJSON_CreateObject();
-        char id[32];
-        snprintf(id, sizeof id, "ctx-%d", ctxs[i]);
+        char id[48], bucket[32];
+        snprintf(id, sizeof id, "ctx-%d-text-%d", ctxs[i], t);
+        snprintf(bucket, sizeof bucket, "ctx-%d", ctxs[i]);
         cJSON_AddStringToObject(s, "id", id);
         cJSON_AddStringToObject(s, "task", "bench");
         cJSON_AddStringToObject(s, "category", "bench");
-        cJSON_AddStringToObject(s, "bucket", id);
+        cJSON_AddStringToObject(s, "bucket", bucket);
         cJSON_AddStringToObject(s, "metric", "substring");
         cJSON_AddNumberToObject(s, "max_new_tokens", gen);
         cJSON_AddBoolToObject(s, "chat", 0);
@@ -377,41 +388,81 @@ int main(int argc, char **argv) {
     printf("kv cache: %s, prefetch %s, calib %d\n", ap_kv_type_name(kv_type),
            r->config.prefetch ? "on" : "off", calib);
     cJSON *rows = cJSON_AddArrayToObject(root, "rows");
-    for (int s = 0; s < r->n_samples; s++) {
-        const ap_task_run *full = ap_tasks_run_at(r, s, 0, 0);
-        const double full_tps = full->decode_seconds > 0 ? full->n_gen / full->decode_seconds : 0;
+    if (r->n_samples != n_ctx * n_texts) {
+        fprintf(stderr, "bench-live: %d samples decoded, %d expected\n", r->n_samples,
+                n_ctx * n_texts);
+        goto cleanup;
+    }
+    cJSON_AddNumberToObject(root, "texts", n_texts);
+    for (int i = 0; i < n_ctx; i++) {
+        /* Full KV over the context's texts: summed tokens and time. */
+        double full_gen = 0, full_sec = 0, full_kv = 0, n_prompt = 0;
+        for (int t = 0; t < n_texts; t++) {
+            const ap_task_run *full = ap_tasks_run_at(r, i * n_texts + t, 0, 0);
+            full_gen += full->n_gen;
+            full_sec += full->decode_seconds;
+            full_kv += full->resident_kv_bytes / n_texts;
+            n_prompt += (double)r->samples[i * n_texts + t].n_prompt / n_texts;
+        }
+        const double full_tps = full_sec > 0 ? full_gen / full_sec : 0;
         for (int m = 1; m < r->n_methods; m++) {
-            const ap_task_run *x = ap_tasks_run_at(r, s, m, 0);
-            const int n = x->n_gen > 0 ? x->n_gen : 1;
-            const double tps = x->decode_seconds > 0 ? x->n_gen / x->decode_seconds : 0;
-            const double pred_ms = 1e3 * x->score_seconds / n, step_ms = 1e3 * x->decode_seconds / n;
-            const double mb_tok = (weight_bytes + x->resident_kv_bytes) / 1e6;
+            /* Sums over the texts; agreement and KL weighted by each text's
+             * teacher-forced tokens (full KV's). */
+            double gen_n = 0, sec = 0, score = 0, wait = 0, agree = 0, kl = 0, w = 0, kv = 0,
+                   fkv = 0, a_lo = 1, a_hi = 0;
+            cJSON *per = cJSON_CreateArray();
+            for (int t = 0; t < n_texts; t++) {
+                const int smp = i * n_texts + t;
+                const ap_task_run *x = ap_tasks_run_at(r, smp, m, 0);
+                const double wt = ap_tasks_run_at(r, smp, 0, 0)->n_gen;
+                gen_n += x->n_gen;
+                sec += x->decode_seconds;
+                score += x->score_seconds;
+                wait += x->prefetch_wait_seconds;
+                agree += x->agreement * wt;
+                kl += x->kl * wt;
+                w += wt;
+                kv += x->resident_kv_bytes / n_texts;
+                fkv += x->full_kv_bytes / n_texts;
+                a_lo = x->agreement < a_lo ? x->agreement : a_lo;
+                a_hi = x->agreement > a_hi ? x->agreement : a_hi;
+                cJSON_AddItemToArray(per, cJSON_CreateNumber(x->agreement));
+            }
+            const double n = gen_n > 0 ? gen_n : 1;
+            const double tps = sec > 0 ? gen_n / sec : 0;
+            const double agreement = w > 0 ? agree / w : 0, kl_mean = w > 0 ? kl / w : 0;
+            const double pred_ms = 1e3 * score / n, step_ms = 1e3 * sec / n;
+            const double mb_tok = (weight_bytes + kv) / 1e6;
             const double bw_frac = have_limits ? mb_tok * 1e6 * tps / 1e9 / L.read : 0.0;
             printf("ctx=%d method=%s budget=%d tps=%.1f full_tps=%.1f speedup=%.2fx "
                    "agreement=%.1f predictor_ms=%.2f step_ms=%.2f",
-                   ctxs[s], r->methods[m].name, budget, tps, full_tps,
-                   full_tps > 0 ? tps / full_tps : 0.0, 100.0 * x->agreement, pred_ms, step_ms);
+                   ctxs[i], r->methods[m].name, budget, tps, full_tps,
+                   full_tps > 0 ? tps / full_tps : 0.0, 100.0 * agreement, pred_ms, step_ms);
+            if (n_texts > 1) printf(" texts=%d agreement_range=%.1f-%.1f", n_texts, 100.0 * a_lo,
+                                    100.0 * a_hi);
             if (have_limits) printf(" mb_token=%.1f bw_frac=%.2f", mb_tok, bw_frac);
             printf("\n");
             cJSON *o = cJSON_CreateObject();
-            cJSON_AddNumberToObject(o, "ctx", ctxs[s]);
-            cJSON_AddNumberToObject(o, "n_prompt", r->samples[s].n_prompt);
+            cJSON_AddNumberToObject(o, "ctx", ctxs[i]);
+            cJSON_AddNumberToObject(o, "n_prompt", n_prompt);
             cJSON_AddStringToObject(o, "method", r->methods[m].name);
             cJSON_AddStringToObject(o, "label", r->methods[m].label);
-            cJSON_AddNumberToObject(o, "n_gen", x->n_gen);
+            cJSON_AddNumberToObject(o, "texts", n_texts);
+            cJSON_AddNumberToObject(o, "n_gen", gen_n);
             cJSON_AddNumberToObject(o, "tps", tps);
             cJSON_AddNumberToObject(o, "full_tps", full_tps);
             cJSON_AddNumberToObject(o, "speedup", full_tps > 0 ? tps / full_tps : 0.0);
-            cJSON_AddNumberToObject(o, "agreement", x->agreement);
-            cJSON_AddNumberToObject(o, "kl", x->kl);
+            cJSON_AddNumberToObject(o, "agreement", agreement);
+            cJSON_AddItemToObject(o, "agreement_per_text", per);
+            cJSON_AddNumberToObject(o, "kl", kl_mean);
             cJSON_AddNumberToObject(o, "predictor_ms", pred_ms);
-            cJSON_AddNumberToObject(o, "prefetch_wait_ms", 1e3 * x->prefetch_wait_seconds / n);
+            cJSON_AddNumberToObject(o, "prefetch_wait_ms", 1e3 * wait / n);
             cJSON_AddNumberToObject(o, "step_ms", step_ms);
-            cJSON_AddNumberToObject(o, "resident_kv_mb", x->resident_kv_bytes / 1e6);
-            cJSON_AddNumberToObject(o, "full_kv_mb", x->full_kv_bytes / 1e6);
+            cJSON_AddNumberToObject(o, "resident_kv_mb", kv / 1e6);
+            cJSON_AddNumberToObject(o, "full_kv_mb", fkv / 1e6);
             cJSON_AddNumberToObject(o, "mb_token", mb_tok);
             if (have_limits) cJSON_AddNumberToObject(o, "bw_frac", bw_frac);
-            const double full_mb = (weight_bytes + full->resident_kv_bytes) / 1e6;
+            const double full_mb = (weight_bytes + full_kv) / 1e6;
             cJSON_AddNumberToObject(o, "full_mb_token", full_mb);
             if (have_limits)
                 cJSON_AddNumberToObject(o, "full_bw_frac", full_mb * 1e6 * full_tps / 1e9 / L.read);
