@@ -65,7 +65,7 @@ static ap_sel_params params_of(ap_kv_mode mode, int calib) {
 
 /* The documented geometry (docs/eval.md), computed independently. */
 static ap_sel_step step_of(const ap_tiny_seq *s, int t) {
-    ap_sel_step st;
+    ap_sel_step st = {0};
     st.t = t;
     st.s = s->n_pre + t;
     st.q = s->n_prompt + t;
