@@ -614,6 +614,7 @@ static ap_status live_attended(void *user, const ap_kv_step *ks, const ap_kv_att
     ap_status st = AP_OK;
     live_layer *y = &lv->layers[ks->layer];
     ap_sel_step *sp = &lv->sp;
+    sp->par = ks->par; /* observe below may split its work over them */
     if (r->dense_bmax) {
         put_rows(lv, y, sp->s, r->dense_bmax, r->dense_bsum, ks->ldb, ks->n_blocks);
         for (int h = 0; h < lv->H; h++) {
@@ -638,7 +639,7 @@ static ap_status live_attended(void *user, const ap_kv_step *ks, const ap_kv_att
         memcpy(lv->pf_kept + (size_t)l * HN, lv->kept, HN);
         memcpy(lv->pf_mass + (size_t)l * lv->H, lv->kept_mass, (size_t)lv->H * sizeof(double));
         lv->pf_obs[l] = *sp;
-        lv->pf_obs[l].par = NULL; /* the engine's threads are select's only */
+        lv->pf_obs[l].par = NULL; /* the worker must not use the engine's threads */
         lv->pf_sp[l] = nx;
         lv->has_scores[l] = sp->t + 1 < lv->pf->max_steps && nx.W >= lv->o.min_candidates;
         lv->pending[l] = 1;
